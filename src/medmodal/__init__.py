@@ -1,0 +1,3 @@
+"""medmodal: multimodal medical deep learning toolkit."""
+
+__version__ = "0.1.0"

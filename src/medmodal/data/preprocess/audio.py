@@ -1,0 +1,1 @@
+"""Audio processor (see base.py for the contract)."""

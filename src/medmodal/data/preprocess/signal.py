@@ -1,0 +1,1 @@
+"""Signal processor (see base.py for the contract)."""

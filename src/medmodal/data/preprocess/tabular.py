@@ -1,0 +1,1 @@
+"""Tabular processor (see base.py for the contract)."""

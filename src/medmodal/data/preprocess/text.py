@@ -1,0 +1,1 @@
+"""Text processor (see base.py for the contract)."""

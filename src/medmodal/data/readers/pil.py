@@ -1,0 +1,39 @@
+"""PNG / JPEG / TIFF / BMP through Pillow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from medmodal.errors import DataError
+
+
+def read_pil(path: Path) -> np.ndarray:
+    """Decode fully (so a truncated file fails here), apply EXIF orientation, scale to [0, 1].
+
+    Returns (C, H, W) float32: 1 channel for grayscale, 3 for colour (alpha dropped).
+    16-bit images are scaled by 65535, 8-bit by 255.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            mode = img.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float32) / (65535.0 if mode.startswith("I;16") else max(float(np.asarray(img).max()), 1.0))
+                arr = arr[None]
+            elif mode == "F":
+                arr = np.asarray(img, dtype=np.float32)[None]
+            elif mode in ("L", "1"):
+                arr = np.asarray(img.convert("L"), dtype=np.float32)[None] / 255.0
+            else:
+                arr = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0
+    except FileNotFoundError:
+        raise DataError("file not found", path=path) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"cannot decode image (corrupt or truncated?): {exc}", path=path) from None
+    if not np.isfinite(arr).all():
+        raise DataError("image holds NaN or infinite values", path=path)
+    return np.ascontiguousarray(arr, dtype=np.float32)

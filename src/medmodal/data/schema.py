@@ -1,0 +1,145 @@
+"""The schema: which manifest column is which modality and which is the target.
+
+A schema is YAML (or a dict) validated by pydantic::
+
+    id_column: sample_id          # optional, default: row number
+    patient_column: patient_id
+    split_column: split           # optional: values train / val / test
+    target:
+      task: binary                # binary | multiclass | multilabel
+      column: label               # multilabel: columns: [a, b, c]
+      classes: [benign, malignant]  # optional order; binary: classes[1] is positive
+    modalities:
+      image: {type: image, column: image_path, preprocess: {size: [28, 28], channels: 1}}
+      note:  {type: text, column: clinical_notes}
+      labs:  {type: tabular, columns: [age, wbc], categorical: [sex]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medmodal.errors import ConfigError
+
+ModalityType = Literal["image", "text", "audio", "signal", "tabular"]
+Task = Literal["binary", "multiclass", "multilabel"]
+RESERVED_NAMES = frozenset({"id", "patient_id", "label", "present", "split", "index"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModalitySpec(_Strict):
+    """One named input of a sample."""
+
+    type: ModalityType
+    column: str | None = None
+    columns: list[str] | None = None
+    categorical: list[str] = Field(default_factory=list)
+    preprocess: dict[str, Any] = Field(default_factory=dict)
+    allow_missing: bool = True
+    on_bad: Literal["error", "missing"] = "error"
+
+    @model_validator(mode="after")
+    def _check_columns(self) -> ModalitySpec:
+        if self.type == "tabular":
+            if not (self.columns or self.categorical):
+                raise ValueError("a tabular modality needs `columns` (numeric) and/or `categorical`")
+            if self.column is not None:
+                raise ValueError("a tabular modality takes `columns`, not `column`")
+        else:
+            if not self.column:
+                raise ValueError(f"a {self.type} modality needs `column`")
+            if self.columns or self.categorical:
+                raise ValueError(f"a {self.type} modality takes one `column`, not `columns`")
+        return self
+
+    def input_columns(self) -> list[str]:
+        if self.type == "tabular":
+            numeric = [c for c in (self.columns or []) if c not in self.categorical]
+            return numeric + list(self.categorical)
+        assert self.column is not None
+        return [self.column]
+
+
+class TargetSpec(_Strict):
+    task: Task = "multiclass"
+    column: str | None = None
+    columns: list[str] | None = None
+    classes: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TargetSpec:
+        if self.task == "multilabel":
+            if not self.columns:
+                raise ValueError("a multilabel target needs `columns` (one 0/1 column per finding)")
+        elif not self.column:
+            raise ValueError(f"a {self.task} target needs `column`")
+        if self.task == "binary" and self.classes is not None and len(self.classes) != 2:
+            raise ValueError(f"a binary target needs exactly 2 classes, got {self.classes}")
+        return self
+
+    def label_columns(self) -> list[str]:
+        return list(self.columns) if self.task == "multilabel" else [self.column]  # type: ignore[list-item]
+
+
+class Schema(_Strict):
+    id_column: str | None = None
+    patient_column: str | None = None
+    split_column: str | None = None
+    target: TargetSpec
+    modalities: dict[str, ModalitySpec]
+
+    @model_validator(mode="after")
+    def _check(self) -> Schema:
+        if not self.modalities:
+            raise ValueError("the schema names no modality")
+        bad = sorted(set(self.modalities) & RESERVED_NAMES)
+        if bad:
+            raise ValueError(f"modality names {bad} are reserved; rename them")
+        return self
+
+    def required_columns(self) -> list[str]:
+        cols: list[str] = []
+        for c in (self.id_column, self.patient_column, self.split_column):
+            if c:
+                cols.append(c)
+        for spec in self.modalities.values():
+            cols.extend(spec.input_columns())
+        return list(dict.fromkeys(cols))
+
+    @classmethod
+    def load(cls, source: str | Path | dict[str, Any] | Schema) -> Schema:
+        """Read a schema from YAML path, dict or Schema; errors name the field."""
+        if isinstance(source, Schema):
+            return source
+        where = "schema"
+        if isinstance(source, (str, Path)):
+            path = Path(source)
+            where = str(path)
+            if not path.is_file():
+                raise ConfigError(f"schema file not found: {path}")
+            try:
+                source = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        try:
+            return cls.model_validate(source)
+        except ValidationError as exc:
+            raise ConfigError(f"{where}: {_pydantic_message(exc)}") from None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False))
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    msgs = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msgs.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(msgs)

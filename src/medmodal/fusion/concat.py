@@ -1,0 +1,54 @@
+"""Concatenation fusion (the baseline every other fusion is compared with)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medmodal.fusion.base import FUSIONS, Fusion
+
+
+class ConcatFusion(Fusion):
+    """Concatenate per-modality embeddings, optionally projected to ``dim`` each.
+
+    With ``dim=None`` the embeddings are concatenated as they are (a single
+    modality then passes straight to the head, as in a plain classifier).
+    Absent modalities arrive already replaced by the model's missing token;
+    the mask itself is appended so the head knows what was absent.
+    """
+
+    def __init__(
+        self,
+        in_dims: dict[str, int],
+        n_outputs: int,
+        dim: int | None = None,
+        dropout: float = 0.0,
+        append_mask: bool | None = None,
+    ) -> None:
+        super().__init__(in_dims, n_outputs)
+        self.proj = nn.ModuleDict(
+            {
+                m: nn.Sequential(nn.Linear(d, dim), nn.LayerNorm(dim), nn.GELU())
+                if dim
+                else nn.Identity()
+                for m, d in in_dims.items()
+            }
+        )
+        self.append_mask = len(in_dims) > 1 if append_mask is None else append_mask
+        width = (dim * len(in_dims)) if dim else sum(in_dims.values())
+        self.out_dim = width + (len(in_dims) if self.append_mask else 0)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        parts = [self.proj[m](embeddings[m]) for m in self.modalities]
+        if self.append_mask:
+            parts.append(torch.stack([present[m].float() for m in self.modalities], dim=1))
+        return self.dropout(torch.cat(parts, dim=1))
+
+
+@FUSIONS.register("concat")
+def concat(in_dims: dict[str, int], n_outputs: int, **kw) -> Fusion:
+    """Concatenation of (optionally projected) embeddings plus the presence mask."""
+    return ConcatFusion(in_dims, n_outputs, **kw)

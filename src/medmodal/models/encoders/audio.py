@@ -1,0 +1,1 @@
+"""Audio encoders (see base.py for the contract)."""

@@ -1,0 +1,148 @@
+"""Image encoders (2D and 3D) built on MONAI's networks.
+
+``info`` comes from the image processor: ``in_channels``, ``spatial_dims`` and
+``size`` (the fixed input size after resizing).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from monai.networks import nets
+from torch import nn
+
+from medmodal.models.encoders.base import register_encoder
+
+IMAGE = ("image",)
+
+
+def _dims(info: dict[str, Any]) -> tuple[int, int, tuple[int, ...]]:
+    size = tuple(int(s) for s in info.get("size", (28, 28)))
+    return int(info.get("in_channels", 1)), int(info.get("spatial_dims", len(size))), size
+
+
+class BaselineCNN(nn.Module):
+    """The classic Keras example: Conv(32, 3x3)+ReLU -> MaxPool(2) -> Flatten -> Dense(hidden)+ReLU.
+
+    The final Dense(classes) is the model's head. Its Dense layer is sized at
+    construction from the fixed input size (never inside ``forward``).
+    """
+
+    def __init__(self, in_channels: int, size: tuple[int, ...], hidden: int = 128, filters: int = 32) -> None:
+        super().__init__()
+        dims = len(size)
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
+        self.features = nn.Sequential(conv(in_channels, filters, 3), nn.ReLU(), pool(2), nn.Flatten())
+        flat = filters * math.prod((s - 2) // 2 for s in size)
+        self.fc = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+@register_encoder("baseline_cnn", IMAGE)
+def baseline_cnn(info: dict[str, Any], hidden: int = 128, filters: int = 32) -> nn.Module:
+    """Seed-style CNN: one conv layer, max-pool, dense (the classic Keras example)."""
+    c, _, size = _dims(info)
+    return BaselineCNN(c, size, hidden=hidden, filters=filters)
+
+
+class _Features(nn.Module):
+    """Wrap a MONAI classifier body so it returns pooled features of width ``out_dim``."""
+
+    def __init__(self, body: nn.Module, out_dim: int) -> None:
+        super().__init__()
+        self.body = body
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _resnet(info: dict[str, Any], block: str, layers: list[int], small_input: bool | None) -> nn.Module:
+    c, sd, size = _dims(info)
+    small = min(size) <= 64 if small_input is None else small_input
+    # Small inputs (MedMNIST 28/64 px): 3x3 stride-1 stem without max-pool, as MedMNIST's ResNet.
+    body = nets.ResNet(
+        block=block,
+        layers=layers,
+        block_inplanes=[64, 128, 256, 512],
+        spatial_dims=sd,
+        n_input_channels=c,
+        conv1_t_size=3 if small else 7,
+        conv1_t_stride=1 if small else 2,
+        no_max_pool=small,
+        feed_forward=False,
+    )
+    width = 512 * (4 if block == "bottleneck" else 1)
+    return _Features(body, width)
+
+
+@register_encoder("resnet18", IMAGE, default=True)
+def resnet18(info: dict[str, Any], small_input: bool | None = None) -> nn.Module:
+    """MONAI ResNet-18 (2D or 3D); small-input stem for images of 64 px or less."""
+    return _resnet(info, "basic", [2, 2, 2, 2], small_input)
+
+
+@register_encoder("resnet50", IMAGE)
+def resnet50(info: dict[str, Any], small_input: bool | None = None) -> nn.Module:
+    """MONAI ResNet-50 (bottleneck blocks, 2048-wide features)."""
+    return _resnet(info, "bottleneck", [3, 4, 6, 3], small_input)
+
+
+@register_encoder("densenet121", IMAGE)
+def densenet121(info: dict[str, Any]) -> nn.Module:
+    """MONAI DenseNet-121; the classifier's last Linear is removed (1024-wide features)."""
+    c, sd, _ = _dims(info)
+    net = nets.DenseNet121(spatial_dims=sd, in_channels=c, out_channels=1)
+    width = net.class_layers.out.in_features
+    net.class_layers.out = nn.Identity()
+    return _Features(net, width)
+
+
+class _ViTFeatures(nn.Module):
+    def __init__(self, vit: nn.Module, hidden: int) -> None:
+        super().__init__()
+        self.vit = vit
+        self.norm = nn.LayerNorm(hidden)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens, _ = self.vit(x)
+        return self.norm(tokens.mean(dim=1))
+
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, hidden) patch tokens, for masked-image pretraining and explanations."""
+        tokens, _ = self.vit(x)
+        return tokens
+
+
+@register_encoder("vit", IMAGE)
+def vit(
+    info: dict[str, Any],
+    patch_size: int = 4,
+    hidden_size: int = 192,
+    mlp_dim: int = 768,
+    num_layers: int = 6,
+    num_heads: int = 3,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """MONAI ViT (default ViT-Tiny width); mean-pooled patch tokens."""
+    c, sd, size = _dims(info)
+    net = nets.ViT(
+        in_channels=c,
+        img_size=size,
+        patch_size=patch_size,
+        hidden_size=hidden_size,
+        mlp_dim=mlp_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        dropout_rate=dropout,
+        spatial_dims=sd,
+        classification=False,
+    )
+    return _ViTFeatures(net, hidden_size)

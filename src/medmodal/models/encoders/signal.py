@@ -1,0 +1,1 @@
+"""Signal encoders (see base.py for the contract)."""

@@ -1,0 +1,1 @@
+"""Tabular encoders (see base.py for the contract)."""

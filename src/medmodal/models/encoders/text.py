@@ -1,0 +1,1 @@
+"""Text encoders (see base.py for the contract)."""

@@ -1,0 +1,124 @@
+"""MultimodalModel = per-modality encoders + fusion + head, built from config by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from medmodal.fusion.base import FUSIONS
+from medmodal.models.encoders.base import create_encoder
+from medmodal.models.heads import HEADS
+
+
+class MultimodalModel(nn.Module):
+    """Encode each present modality, fill absent ones with a learned missing token, fuse, predict.
+
+    * Encoders run only on the rows where their modality is present (so batch
+      statistics never see placeholders).
+    * ``modality_dropout``: during training each present modality of a sample is
+      hidden with this probability (never all of a sample's modalities), which
+      teaches the model to predict from any subset.
+    """
+
+    def __init__(
+        self,
+        encoders: dict[str, nn.Module],
+        fusion: nn.Module,
+        head: nn.Module | None,
+        modality_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict(encoders)
+        self.fusion = fusion
+        self.head = head if head is not None else nn.Identity()
+        self.modality_dropout = float(modality_dropout)
+        self.missing_tokens = nn.ParameterDict(
+            {m: nn.Parameter(torch.zeros(enc.out_dim)) for m, enc in encoders.items()}
+        )
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.encoders)
+
+    def _drop(self, present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not (self.training and self.modality_dropout > 0 and len(self.encoders) > 1):
+            return present
+        mods = self.modalities
+        mask = torch.stack([present[m] for m in mods], dim=1)
+        keep = torch.rand(mask.shape, device=mask.device) >= self.modality_dropout
+        dropped = mask & keep
+        # A sample must keep at least one of its modalities: restore one at random.
+        empty = dropped.sum(1) == 0
+        if empty.any():
+            scores = torch.rand(mask.shape, device=mask.device) * mask.float()
+            choice = scores.argmax(1)
+            restore = torch.zeros_like(mask)
+            restore[torch.arange(mask.shape[0], device=mask.device), choice] = True
+            dropped = torch.where(empty[:, None], mask & restore, dropped)
+        return {m: dropped[:, i] for i, m in enumerate(mods)}
+
+    def embed(
+        self, inputs: dict[str, Any], present: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Per-modality (B, D) embeddings; absent rows hold the missing token."""
+        embs: dict[str, torch.Tensor] = {}
+        for m, enc in self.encoders.items():
+            mask = present[m]
+            token = self.missing_tokens[m]
+            batch = mask.shape[0]
+            if bool(mask.all()):
+                embs[m] = enc(inputs[m])
+                continue
+            out = token.unsqueeze(0).expand(batch, -1).clone()
+            if bool(mask.any()):
+                idx = mask.nonzero(as_tuple=True)[0]
+                sub = _index(inputs[m], idx)
+                out = out.index_copy(0, idx, enc(sub).to(out.dtype))
+            embs[m] = out
+        return embs
+
+    def forward(self, inputs: dict[str, Any], present: dict[str, torch.Tensor]) -> torch.Tensor:
+        present = self._drop(present)
+        embs = self.embed(inputs, present)
+        z = self.fusion(embs, present)
+        return z if getattr(self.fusion, "outputs_logits", False) else self.head(z)
+
+
+def _index(x: Any, idx: torch.Tensor) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.index_select(0, idx)
+    if isinstance(x, dict):
+        return {k: _index(v, idx) for k, v in x.items()}
+    raise TypeError(f"cannot index model input of type {type(x).__name__}")
+
+
+def build_model(
+    modality_types: dict[str, str],
+    infos: dict[str, dict[str, Any]],
+    encoders: dict[str, dict[str, Any]],
+    fusion: dict[str, Any],
+    head: dict[str, Any],
+    n_outputs: int,
+    modality_dropout: float = 0.0,
+) -> MultimodalModel:
+    """Build a model from name-based specs, e.g. ``encoders={'image': {'name': 'resnet18'}}``."""
+    from medmodal.models.encoders.base import DEFAULT_ENCODER
+
+    mods: dict[str, nn.Module] = {}
+    for m, mtype in modality_types.items():
+        spec = dict(encoders.get(m, {}))
+        name = spec.pop("name", DEFAULT_ENCODER.get(mtype))
+        if name is None:
+            from medmodal.errors import ConfigError
+
+            raise ConfigError(f"no encoder named for modality {m!r} ({mtype})")
+        mods[m] = create_encoder(name, mtype, infos.get(m, {}), **spec)
+    fspec = dict(fusion)
+    fname = fspec.pop("name", "concat")
+    fus = FUSIONS.create(fname, in_dims={m: e.out_dim for m, e in mods.items()}, n_outputs=n_outputs, **fspec)
+    hspec = dict(head)
+    hname = hspec.pop("name", "linear")
+    hd = None if getattr(fus, "outputs_logits", False) else HEADS.create(hname, in_dim=fus.out_dim, n_outputs=n_outputs, **hspec)
+    return MultimodalModel(mods, fus, hd, modality_dropout=modality_dropout)
