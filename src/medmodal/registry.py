@@ -35,8 +35,8 @@ class Registry(Generic[T]):
             raise ConfigError(f"unknown {self.kind} {name!r}; known: {known}")
         return self._entries[name]
 
-    def create(self, name: str, **kwargs: Any) -> T:
-        return self.get(name)(**kwargs)
+    def create(self, key: str, /, **kwargs: Any) -> T:
+        return self.get(key)(**kwargs)
 
     def names(self) -> list[str]:
         return sorted(self._entries)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from medmodal.errors import ConfigError
 
 ModalityType = Literal["image", "text", "audio", "signal", "tabular"]
-Task = Literal["binary", "multiclass", "multilabel"]
+Task = Literal["binary", "multiclass", "multilabel", "survival"]
 RESERVED_NAMES = frozenset({"id", "patient_id", "label", "present", "split", "index"})
 
 
@@ -72,9 +72,15 @@ class TargetSpec(_Strict):
     column: str | None = None
     columns: list[str] | None = None
     classes: list[str] | None = None
+    time_column: str | None = None
+    event_column: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TargetSpec:
+        if self.task == "survival":
+            if not (self.time_column and self.event_column):
+                raise ValueError("a survival target needs `time_column` and `event_column`")
+            return self
         if self.task == "multilabel":
             if not self.columns:
                 raise ValueError("a multilabel target needs `columns` (one 0/1 column per finding)")
@@ -85,6 +91,8 @@ class TargetSpec(_Strict):
         return self
 
     def label_columns(self) -> list[str]:
+        if self.task == "survival":
+            return [self.time_column, self.event_column]  # type: ignore[list-item]
         return list(self.columns) if self.task == "multilabel" else [self.column]  # type: ignore[list-item]
 
 

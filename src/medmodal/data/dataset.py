@@ -1,0 +1,160 @@
+"""MultimodalDataset: manifest rows -> Sample dicts, with a cache and honest bad-input handling.
+
+A Sample is ``{"id", "patient_id", "label", "present": {modality: bool}, <modality>: tensor}``.
+Reading happens once (``load``) for every row and modality: outputs of the
+stateless stage are cached, so no epoch decodes a file twice; after the
+processors are fitted, ``finalize`` also caches the transformed tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import Progress
+from torch.utils.data import Dataset
+
+from medmodal.data.preprocess.base import ModalityProcessor
+from medmodal.errors import BadSampleLog, DataError
+
+
+class MultimodalDataset(Dataset):
+    """Rows of a manifest as Samples.
+
+    Parameters
+    ----------
+    rows: one mapping per sample with the manifest's columns.
+    ids, patients: sample and patient id per row.
+    labels: encoded labels (int per row, or a float vector for multilabel) or None.
+    processors: modality name -> processor.
+    root: base directory for relative paths in the manifest.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        ids: Sequence[str],
+        patients: Sequence[str],
+        labels: np.ndarray | None,
+        processors: Mapping[str, ModalityProcessor],
+        root: Path | None = None,
+    ) -> None:
+        self.rows = list(rows)
+        self.ids = list(ids)
+        self.patients = list(patients)
+        self.labels = labels
+        self.processors = dict(processors)
+        self.root = root
+        self.raw: list[dict[str, Any]] = []
+        self.cached: list[dict[str, Any]] | None = None
+        self.train = False
+        self.generator: torch.Generator | None = None
+        self.missing_counts: dict[str, dict[str, int]] = {m: {"absent": 0, "bad": 0} for m in processors}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    # -- stage 1 ---------------------------------------------------------------------
+    def load(self, bad: BadSampleLog | None = None, progress: bool = False, label: str = "reading") -> MultimodalDataset:
+        """Read every row once. A bad row raises DataError, or is logged and dropped
+        when ``bad`` is given (``--skip-bad``); a modality with ``on_bad: missing``
+        becomes absent and is counted instead."""
+        keep: list[int] = []
+        raws: list[dict[str, Any]] = []
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task(label, total=len(self.rows))
+            for i, row in enumerate(self.rows):
+                try:
+                    raws.append(self._read_row(i, row))
+                    keep.append(i)
+                except DataError as err:
+                    if bad is None:
+                        raise
+                    bad.add(err)
+                bar.advance(task)
+        self._subset(keep)
+        self.raw = raws
+        return self
+
+    def _read_row(self, i: int, row: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m, proc in self.processors.items():
+            try:
+                value = proc.read(row, self.root)
+            except DataError as err:
+                err = err.with_context(sample_id=self.ids[i], modality=m)
+                if proc.spec.on_bad == "missing":
+                    self.missing_counts[m]["bad"] += 1
+                    out[m] = None
+                    continue
+                raise err from None
+            if value is None:
+                if not proc.spec.allow_missing:
+                    raise DataError("modality is empty and allow_missing is false", sample_id=self.ids[i], modality=m)
+                self.missing_counts[m]["absent"] += 1
+            out[m] = value
+        return out
+
+    def _subset(self, keep: list[int]) -> None:
+        self.rows = [self.rows[i] for i in keep]
+        self.ids = [self.ids[i] for i in keep]
+        self.patients = [self.patients[i] for i in keep]
+        if self.labels is not None:
+            self.labels = self.labels[keep]
+
+    # -- stage 2 ---------------------------------------------------------------------
+    def raws_of(self, modality: str) -> list[Any]:
+        return [r[modality] for r in self.raw]
+
+    def finalize(self) -> MultimodalDataset:
+        """Cache transformed tensors (processors must be fitted)."""
+        self.cached = [self._transform(r) for r in self.raw]
+        return self
+
+    def _transform(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m, proc in self.processors.items():
+            v = raw[m]
+            out[m] = proc.missing() if v is None else proc.transform(v)
+        return out
+
+    def present_matrix(self) -> np.ndarray:
+        """(N, M) bool: which modality is present in which sample."""
+        return np.array([[r[m] is not None for m in self.processors] for r in self.raw], dtype=bool)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not self.raw:
+            raise RuntimeError("call load() before indexing the dataset")
+        tensors = self.cached[i] if self.cached is not None else self._transform(self.raw[i])
+        present = {m: self.raw[i][m] is not None for m in self.processors}
+        sample: dict[str, Any] = {"id": self.ids[i], "patient_id": self.patients[i], "present": present}
+        for m, x in tensors.items():
+            if self.train and present[m]:
+                x = self.processors[m].augment(x, self.generator)
+            sample[m] = x
+        if self.labels is not None:
+            sample["label"] = self.labels[i]
+        return sample
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack Samples into a batch: ``{"id", "patient_id", "label", "inputs", "present"}``."""
+    mods = list(samples[0]["present"])
+    batch: dict[str, Any] = {
+        "id": [s["id"] for s in samples],
+        "patient_id": [s["patient_id"] for s in samples],
+        "present": {m: torch.tensor([s["present"][m] for s in samples], dtype=torch.bool) for m in mods},
+        "inputs": {m: _stack([s[m] for s in samples]) for m in mods},
+    }
+    if "label" in samples[0]:
+        batch["label"] = torch.as_tensor(np.stack([np.asarray(s["label"]) for s in samples]))
+    return batch
+
+
+def _stack(xs: list[Any]) -> Any:
+    if isinstance(xs[0], dict):
+        return {k: _stack([x[k] for x in xs]) for k in xs[0]}
+    return torch.stack([torch.as_tensor(x) for x in xs])
