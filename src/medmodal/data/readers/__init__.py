@@ -45,7 +45,7 @@ def read_image(ref: str | Path, **options: Any) -> np.ndarray:
     if path.is_dir():
         from medmodal.data.readers.dicom import read_dicom_series
 
-        return read_dicom_series(path, **_pick(options, "window", "frames"))
+        return read_dicom_series(path, **_dicom_options(options))
     if suffix in PIL_SUFFIXES:
         from medmodal.data.readers.pil import read_pil
 
@@ -53,7 +53,7 @@ def read_image(ref: str | Path, **options: Any) -> np.ndarray:
     if suffix in DICOM_SUFFIXES:
         from medmodal.data.readers.dicom import read_dicom
 
-        return read_dicom(path, **_pick(options, "window", "frames"))
+        return read_dicom(path, **_dicom_options(options))
     if suffix in NIFTI_SUFFIXES:
         from medmodal.data.readers.nifti import read_nifti
 
@@ -66,7 +66,7 @@ def read_image(ref: str | Path, **options: Any) -> np.ndarray:
     if _is_dicom(path):
         from medmodal.data.readers.dicom import read_dicom
 
-        return read_dicom(path, **_pick(options, "window", "frames"))
+        return read_dicom(path, **_dicom_options(options))
     raise DataError(
         f"unsupported image format {suffix or '(no suffix)'}; expected PNG/JPEG/TIFF, DICOM, NIfTI, .npy or file.npz#key/index",
         path=path,
@@ -75,6 +75,14 @@ def read_image(ref: str | Path, **options: Any) -> np.ndarray:
 
 def _pick(options: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: options[k] for k in keys if options.get(k) is not None}
+
+
+def _dicom_options(options: dict[str, Any]) -> dict[str, Any]:
+    """window / frames for DICOM; ``slice_index`` (the 3D-as-2D option) selects a frame too."""
+    picked = _pick(options, "window", "frames")
+    if "frames" not in picked and options.get("slice_index") is not None:
+        picked["frames"] = options["slice_index"]
+    return picked
 
 
 def _is_dicom(path: Path) -> bool:

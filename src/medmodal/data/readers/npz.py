@@ -18,8 +18,12 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
     if not p.is_file():
         raise DataError("file not found", path=p)
     try:
-        with np.load(p, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        with open(p, "rb") as fh:  # our handle: closed even when numpy fails part-way
+            data = np.load(fh, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):  # a plain .npy saved as .npz
+                raise DataError("not an .npz archive (a single .npy array?)", path=p)
+            with data:
+                return {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise DataError(f"cannot read .npz archive (corrupt or truncated?): {exc}", path=p) from None
 

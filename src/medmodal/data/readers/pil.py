@@ -26,7 +26,7 @@ def read_pil(path: Path) -> np.ndarray:
                 arr = arr[None]
             elif mode == "F":
                 arr = np.asarray(img, dtype=np.float32)[None]
-            elif mode in ("L", "1"):
+            elif mode in ("L", "1", "LA", "La"):  # grayscale (alpha dropped)
                 arr = np.asarray(img.convert("L"), dtype=np.float32)[None] / 255.0
             else:
                 arr = np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1) / 255.0

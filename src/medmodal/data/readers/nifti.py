@@ -1,0 +1,134 @@
+"""NIfTI-1/2 volumes (``.nii``, ``.nii.gz``) through nibabel.
+
+Axis order. The volume is reoriented to the closest canonical (RAS+) orientation and then
+returned as (C, D, H, W) with
+
+* D: inferior -> superior (axial slice index),
+* H: anterior -> posterior (image rows, top = anterior),
+* W: patient right -> patient left (image columns, left = patient right),
+
+so each D-slice is an axial image in the radiological view, the same layout as an axial
+DICOM series from :func:`~medmodal.data.readers.dicom.read_dicom_series`. Axes are only
+permuted and flipped (never resampled), so an oblique scan gets its closest canonical layout.
+
+Intensity: ``window=[center, width]`` maps ``center - width/2 .. center + width/2`` onto
+[0, 1]; without a window each channel uses its own 0.5-99.5 percentile range over the
+whole volume (also when one slice is returned, so slices of one scan share a scale).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medmodal.errors import ConfigError, DataError
+
+PERCENTILES = (0.5, 99.5)
+SliceIndex = int | str | None
+
+
+def read_nifti(
+    path: str | Path,
+    window: Sequence[float] | None = None,
+    slice_index: SliceIndex = None,
+    spatial_dims: int = 3,
+) -> np.ndarray:
+    """Read a NIfTI file as float32 in [0, 1]: (C, D, H, W), or (C, H, W) for 2D.
+
+    3D files give C = 1; the 4th dimension of 4D files (time, echoes, sequences) becomes
+    channels. ``spatial_dims=2`` returns the axial slice ``slice_index`` (an int along D,
+    or ``"middle"``, the default).
+    """
+    path = Path(path)
+    if spatial_dims not in (2, 3):
+        raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    win = _check_window(window)
+    vol = _load_canonical(path)  # (C, D, H, W)
+    out = _scale(vol, win)
+    if spatial_dims == 3:
+        return out
+    return np.ascontiguousarray(out[:, _slice(slice_index, out.shape[1], path)])
+
+
+def _load_canonical(path: Path) -> np.ndarray:
+    """Load, reorient to RAS+, return float32 (C, D, H, W) in the documented axis order."""
+    if not path.exists():
+        raise DataError("file not found", path=path)
+    try:
+        img = nib.load(path)
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise DataError(f"not a NIfTI image (nibabel read {type(img).__name__})", path=path)
+        img = nib.as_closest_canonical(img)
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except DataError:
+        raise
+    except Exception as exc:  # nibabel/gzip/zlib raise many types for bad files
+        raise DataError(_reason(exc), path=path) from None
+    if data.size == 0:
+        raise DataError(f"NIfTI image is empty (shape {data.shape})", path=path)
+    if not np.isfinite(data).all():
+        raise DataError("NIfTI image holds NaN or infinite values", path=path)
+    return _to_cdhw(data, path)
+
+
+def _to_cdhw(data: np.ndarray, path: Path) -> np.ndarray:
+    """RAS+ (X, Y[, Z[, C...]]) -> (C, Z, -Y, -X)."""
+    if data.ndim < 2:
+        raise DataError(f"NIfTI image has {data.ndim} dimension(s); need 2 to 4", path=path)
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim > 4:  # e.g. (X, Y, Z, 1, 3) vector images: fold the rest into channels
+        data = data.reshape(*data.shape[:3], -1)
+    if data.ndim == 3:
+        data = data[..., None]
+    data = data[::-1, ::-1]  # x: right->left, y: anterior->posterior
+    return np.ascontiguousarray(data.transpose(3, 2, 1, 0))
+
+
+def _scale(vol: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """(C, D, H, W) -> [0, 1] by the window, else per-channel percentile range."""
+    if window is not None:
+        center, width = window
+        lo = np.full(vol.shape[0], center - width / 2.0)
+        hi = lo + width
+    else:
+        lo, hi = np.percentile(vol.reshape(vol.shape[0], -1), PERCENTILES, axis=1)
+    lo = np.asarray(lo, dtype=np.float32).reshape(-1, 1, 1, 1)
+    span = np.asarray(hi, dtype=np.float32).reshape(-1, 1, 1, 1) - lo
+    out = np.where(span > 0, (vol - lo) / np.where(span > 0, span, 1.0), 0.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _slice(slice_index: SliceIndex, depth: int, path: Path) -> int:
+    if slice_index is None or slice_index == "middle":
+        return depth // 2
+    if isinstance(slice_index, bool) or not isinstance(slice_index, int | np.integer):
+        raise ConfigError(f"slice_index must be an int or 'middle', got {slice_index!r}")
+    if not 0 <= int(slice_index) < depth:
+        raise DataError(f"slice_index {slice_index} out of range ({depth} slices)", path=path)
+    return int(slice_index)
+
+
+def _check_window(window: Sequence[float] | None) -> tuple[float, float] | None:
+    if window is None:
+        return None
+    try:
+        center, width = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ConfigError(f"window must be [center, width], got {window!r}") from None
+    if not (np.isfinite(center) and np.isfinite(width) and width > 0):
+        raise ConfigError(f"window width must be > 0 and finite, got {window!r}")
+    return center, width
+
+
+def _reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text if len(text) <= 300 else text[:297] + "..."
+    if isinstance(exc, EOFError) or ("Expected" in text and "bytes" in text):
+        return f"truncated NIfTI file: {text}"
+    if isinstance(exc, nib.filebasedimages.ImageFileError):
+        return f"not a readable NIfTI file: {text}"
+    return f"cannot read NIfTI file (corrupt?): {text}"
