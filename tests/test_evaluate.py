@@ -222,6 +222,39 @@ def test_single_class_binary_is_undefined_not_half():
     json.dumps(m, allow_nan=False)
 
 
+def test_macro_averages_follow_sklearn_when_a_class_is_never_predicted():
+    y = np.array([0, 1, 1, 1, 0, 1])
+    p = np.array([0.6, 0.7, 0.9, 0.8, 0.55, 0.6])  # everything called positive
+    m = compute_metrics(y, p, "binary", BIN)
+    pred = (p > 0.5).astype(int)
+    assert m["per_class"]["benign"]["precision"] is None  # undefined stays None per class
+    for avg in ("precision", "recall", "f1"):
+        want = getattr(skm, f"{avg}_score")(y, pred, average="macro", zero_division=0)
+        assert m[f"{avg}_macro"] == pytest.approx(want), avg
+    assert m["precision_macro"] == pytest.approx(4 / 6 / 2)  # not inflated to 4/6
+    assert any("precision_macro counts precision as 0 for ['benign']" in w for w in m["warnings"])
+
+
+def test_multiclass_macro_with_absent_and_unused_classes_matches_sklearn():
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 0])
+    p = np.array(
+        [[0.7, 0.2, 0.1], [0.3, 0.3, 0.4], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1],
+         [0.5, 0.4, 0.1], [0.8, 0.1, 0.1], [0.2, 0.6, 0.2], [0.6, 0.3, 0.1]]
+    )  # fmt: skip
+    names = ["a", "b", "c", "d"]
+    p4 = np.hstack([p * 0.99, np.full((8, 1), 0.01)])  # "d": never true, never predicted
+    pred = p4.argmax(axis=1)
+    assert 2 in pred and 2 not in y  # "c": predicted once, never true
+    m = compute_metrics(y, p4, "multiclass", names)
+    for avg in ("precision", "recall", "f1"):
+        want = getattr(skm, f"{avg}_score")(y, pred, average="macro", zero_division=0)
+        assert m[f"{avg}_macro"] == pytest.approx(want), avg
+    with pytest.warns(UserWarning):  # sklearn warns about the predicted-but-absent class
+        assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert any("['d'] neither occur" in w for w in m["warnings"])
+    assert m["per_class"]["c"]["recall"] is None and m["per_class"]["d"]["f1"] is None
+
+
 def test_never_predicted_class_has_no_precision():
     m = compute_metrics([0, 1, 1], [0.1, 0.2, 0.3], "binary", BIN)
     assert m["precision"] is None and m["recall"] == 0.0 and m["f1"] == 0.0

@@ -230,9 +230,9 @@ def prepare(
 class Engine:
     """All metrics for one batch of weight rows ``weights`` (B, N); values are (B,) arrays.
 
-    Macro averages run over the classes whose metric is defined on the *reference* (full,
-    unit-weight) sample, so every bootstrap resample estimates the same quantity; a resample in
-    which one of those classes becomes undefined yields NaN (and is skipped by the bootstrap).
+    Macro averages run over a class set fixed on the *reference* (full, unit-weight) sample, so
+    every bootstrap resample estimates the same quantity; a resample in which one of those
+    classes drops out yields NaN (and is skipped by the bootstrap).
     """
 
     def __init__(
@@ -303,11 +303,31 @@ class Engine:
         """(K,) mask of classes whose per-class ``metric`` is defined (first weight row)."""
         return ~np.isnan(self.per_class(metric)[0])
 
-    def macro(self, metric: str) -> np.ndarray:
-        mask = self.ref.defined(metric)
+    @cached_property
+    def seen(self) -> np.ndarray:
+        """(B, K): class occurs in y_true or in the predictions (scikit-learn's label set)."""
+        c = self.counts
+        return (c["pos"] > 0) | (c["tp"] + c["fp"] > 0)
+
+    def macro(self, metric: str, zero_undefined: bool | None = None) -> np.ndarray:
+        """Macro average of a per-class metric over a class set fixed on the reference.
+
+        ``zero_undefined`` (default: True for precision / recall / f1) follows scikit-learn's
+        ``zero_division=0``: classes seen in y_true or the predictions, an undefined value
+        counting 0. Otherwise (balanced accuracy, AUROC, AUPRC) the classes where the metric
+        is defined are averaged.
+        """
+        if zero_undefined is None:
+            zero_undefined = metric in MACRO_METRICS
+        vals = self.per_class(metric)
+        if zero_undefined:
+            vals = np.where(np.isnan(vals) & self.seen, 0.0, vals)
+            mask = self.ref.seen[0]
+        else:
+            mask = self.ref.defined(metric)
         if not mask.any():
             return np.full(self.w.shape[0], np.nan)
-        return self.per_class(metric)[:, mask].mean(axis=1)
+        return vals[:, mask].mean(axis=1)
 
     # -- scalars (B,)
     def scalar(self, name: str) -> np.ndarray:
@@ -331,7 +351,8 @@ class Engine:
         if name == "subset_accuracy":
             return _div(self.w @ (p.truth == p.pred).all(axis=1), self.total)
         if name == "balanced_accuracy":
-            return self.macro("balanced_accuracy" if task == "multilabel" else "recall")
+            metric = "balanced_accuracy" if task == "multilabel" else "recall"
+            return self.macro(metric, zero_undefined=False)  # sklearn: classes in y_true
         if name.endswith("_macro"):
             return self.macro(name[: -len("_macro")])
         if name.endswith("_micro"):

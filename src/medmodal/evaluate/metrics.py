@@ -10,8 +10,11 @@ Conventions (MedMNIST-compatible):
   and ``subset_accuracy`` the exact-match ratio.
 
 Undefined values (a class absent from ``y_true`` has no AUROC, a never-predicted class no
-precision, ...) are ``None`` and explained in ``warnings``; macro averages run over the classes
-where the metric is defined and say so in ``warnings``. Nothing is ever replaced by 0 or 0.5.
+precision, ...) are ``None`` in ``per_class`` and explained in ``warnings``. Macro averages:
+precision / recall / f1 follow scikit-learn (classes in y_true or predicted, undefined counted
+as 0, so a model that never predicts a class is penalised); balanced accuracy, AUROC and AUPRC
+average the classes where they are defined (never a filled-in 0.5). ``warnings`` names every
+class that was zeroed or left out.
 """
 
 from __future__ import annotations
@@ -151,16 +154,29 @@ def _warnings(eng: Engine, out: dict[str, Any]) -> list[str]:
 
 def _macro_warnings(eng: Engine, kind: str) -> list[str]:
     p = eng.p
-    macros = [(f"{m}_macro", m) for m in MACRO_METRICS]
-    if p.task == "multilabel":
-        macros.append(("balanced_accuracy", "balanced_accuracy"))
-    else:
-        macros.append(("balanced_accuracy", "recall"))
-    if p.task != "binary":
-        macros += [("auroc", "auroc"), ("auprc", "auprc")]
     plural = "labels" if kind == "label" else "classes"
     msgs = []
-    for key, metric in macros:
+    seen = eng.seen[0]
+    unseen = [n for n, ok in zip(p.names, seen, strict=True) if not ok]
+    if unseen and seen.any():
+        msgs.append(
+            f"precision_macro, recall_macro and f1_macro average {int(seen.sum())} of {p.k} "
+            f"{plural}; {unseen} neither occur in y_true nor are predicted"
+        )
+    for metric in MACRO_METRICS:
+        zero = seen & ~eng.defined(metric)
+        if zero.any():
+            names = [n for n, z in zip(p.names, zero, strict=True) if z]
+            msgs.append(
+                f"{metric}_macro counts {metric} as 0 for {names} (undefined; "
+                "scikit-learn's zero_division=0)"
+            )
+    defined_only = [("balanced_accuracy", "recall")]
+    if p.task == "multilabel":
+        defined_only = [("balanced_accuracy", "balanced_accuracy")]
+    if p.task != "binary":
+        defined_only += [("auroc", "auroc"), ("auprc", "auprc")]
+    for key, metric in defined_only:
         mask = eng.defined(metric)
         if mask.any() and not mask.all():
             left = [n for n, ok in zip(p.names, mask, strict=True) if not ok]
