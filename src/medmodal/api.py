@@ -238,8 +238,6 @@ def _frame_from_source(source: str | Path | pd.DataFrame, predictor: Predictor) 
         frame = pd.DataFrame({spec.column: rel})
         if predictor.schema.id_column:
             frame[predictor.schema.id_column] = rel
-        if predictor.schema.patient_column:
-            frame[predictor.schema.patient_column] = rel
         return frame, p, str(p)
     return read_manifest(p), p.parent, str(p)
 

@@ -11,6 +11,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from medmodal import __version__
@@ -27,13 +28,36 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     body = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "versions": {"medmodal": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": {"medmodal": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
         **payload,
     }
+    body = plain(body)
     tmp = p.with_suffix(p.suffix + ".tmp")
     torch.save(body, tmp)
     tmp.replace(p)
     return p
+
+
+def plain(obj: Any) -> Any:
+    """Only tensors and plain Python values, so ``weights_only`` loading accepts the file."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {plain(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if obj is None or type(obj) in (bool, int, float, str):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    for t in (bool, int, float, str):  # subclasses such as TorchVersion or numpy scalars
+        if isinstance(obj, t):
+            return t(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint (plain values and tensors only)")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

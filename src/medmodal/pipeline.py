@@ -106,8 +106,16 @@ class Predictor:
         return next(self.model.parameters()).device
 
     def align(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Add absent modality columns as empty, so any subset of modalities can be given."""
+        """Add absent modality columns as empty, so any subset of modalities can be given;
+        id / patient / split columns are optional at prediction time."""
         frame = frame.copy()
+        s = self.schema
+        if s.id_column and s.id_column not in frame.columns:
+            frame[s.id_column] = [str(i) for i in range(len(frame))]
+        if s.patient_column and s.patient_column not in frame.columns:
+            frame[s.patient_column] = frame[s.id_column] if s.id_column else [str(i) for i in range(len(frame))]
+        if s.split_column and s.split_column not in frame.columns:
+            frame[s.split_column] = "test"
         for spec in self.schema.modalities.values():
             for col in spec.input_columns():
                 if col not in frame.columns:

@@ -21,6 +21,7 @@ class Fusion(nn.Module):
     """Base class: subclasses set ``out_dim`` and implement ``forward``."""
 
     outputs_logits: bool = False
+    ignores_absent: bool = False  # True: output does not depend on absent modalities at all
     out_dim: int
 
     def __init__(self, in_dims: dict[str, int], n_outputs: int) -> None:

@@ -177,6 +177,9 @@ class Trainer:
         pending = getattr(self, "_pending_scheduler", None)
         if pending is not None and self.scheduler is not None:
             self.scheduler.load_state_dict(pending)
+            # A fresh scheduler resets the optimizer's lr; put back the lr of the interrupted step.
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+                group["lr"] = lr
         amp = c.amp and self.device.type in ("cuda", "cpu")
         scaler = torch.amp.GradScaler(enabled=amp and self.device.type == "cuda")
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -250,12 +253,15 @@ class Trainer:
     def _aux_loss(self, present: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor | float:
         """Optional per-modality loss for fusions that keep per-modality logits (late fusion)."""
         w = self.cfg.aux_loss_weight
-        per = getattr(getattr(self.model, "fusion", None), "last_modality_logits", None)
+        fusion = getattr(self.model, "fusion", None)
+        per = getattr(fusion, "last_modality_logits", None)
         if not w or not per:
             return 0.0
+        # The mask the fusion actually saw (after modality dropout), not the input mask.
+        seen = getattr(fusion, "last_present", None) or present
         losses = []
         for m, logits in per.items():
-            mask = present[m]
+            mask = seen[m]
             if bool(mask.any()):
                 losses.append(self.loss_fn(logits[mask].float(), y[mask]))
         return w * torch.stack(losses).mean() if losses else 0.0
