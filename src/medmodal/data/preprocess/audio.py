@@ -1,1 +1,288 @@
-"""Audio processor (see base.py for the contract)."""
+"""Audio processor (heart / lung sounds): wave -> fixed window -> log-mel or MFCC.
+
+Stage 1 (``read``, cached): decode, reject silent / clipped recordings, resample,
+centre-crop or zero-pad to ``duration`` and compute the time-frequency features.
+Stage 2 (``transform``): per-frequency-bin standardisation fitted on the training
+split. ``augment`` (training only) applies SpecAugment-style masks, a random
+gain and a random circular time shift to the fixed-size tensor.
+
+Random cropping: the dataset caches the transformed tensor and ``augment`` only sees
+that fixed-size window, so the random position is realised by ``augment.shift``
+(a circular roll along time; heart and lung sounds are quasi-periodic, so a roll
+is a plausible re-cut). No longer window is cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmodal.data.preprocess.base import PROCESSORS, ModalityProcessor, is_missing, resolve_path
+from medmodal.data.readers.audio import (
+    CLIP_FRACTION,
+    CLIP_LEVEL,
+    SILENT_PEAK,
+    check_audio,
+    read_audio,
+    resample_audio,
+)
+from medmodal.data.schema import ModalitySpec
+from medmodal.errors import CheckpointError, ConfigError
+
+FEATURES = ("logmel", "mfcc")
+TOP_DB = 80.0  # log-mel floor below the clip's maximum (librosa.power_to_db)
+
+
+class AudioProcessor(ModalityProcessor):
+    """Options (``preprocess:`` in the schema):
+
+    * ``sample_rate``: target rate in Hz (default 8000); files are resampled with soxr.
+    * ``duration``: window in seconds (default 3.0): centre crop, or ``pad``
+      (``zero``, default: zeros at the end; ``repeat``: tile the recording).
+    * ``features``: ``logmel`` (default, dB, ``n_mels`` 64) or ``mfcc`` (``n_mfcc`` 20,
+      ``deltas`` 0/1/2 appends delta and delta-delta coefficients).
+    * ``n_fft`` (512), ``hop_length`` (n_fft // 4), ``fmin`` (0), ``fmax`` (sample_rate / 2).
+    * ``standardize``: ``fit`` (default: per-feature-bin mean/std of the training split)
+      or ``none``.
+    * ``check_silent`` / ``check_clipped`` (default true), ``silent_peak`` (1e-4),
+      ``clip_level`` (0.999), ``clip_fraction`` (0.05): quality checks -> DataError.
+    * ``augment``: ``{time_mask: frames, freq_mask: bins, n_masks: 2, gain_db: 6, shift: frames}``
+      (training only): ``n_masks`` masks of up to ``time_mask`` frames and of up to
+      ``freq_mask`` bins set to the mean (0 after standardisation); a uniform gain in
+      ``[-gain_db, gain_db]`` dB; a circular time roll of up to ``shift`` frames.
+
+    Output: FloatTensor ``(1, n_features, n_frames)``, ``n_frames = 1 + samples // hop_length``.
+    """
+
+    modality_type = "audio"
+
+    def __init__(self, name: str, spec: ModalitySpec) -> None:
+        super().__init__(name, spec)
+        o = self.options
+        self.sample_rate = int(o.get("sample_rate", 8000))
+        self.duration = float(o.get("duration", 3.0))
+        self.pad = str(o.get("pad", "zero"))
+        self.features = str(o.get("features", "logmel"))
+        self.n_mels = int(o.get("n_mels", 64))
+        self.n_mfcc = int(o.get("n_mfcc", 20))
+        self.deltas = int(o.get("deltas", 0))
+        self.n_fft = int(o.get("n_fft", 512))
+        self.hop_length = int(o.get("hop_length") or self.n_fft // 4)
+        self.fmin = float(o.get("fmin", 0.0))
+        self.fmax = float(o.get("fmax") or self.sample_rate / 2)
+        self.standardize = str(o.get("standardize", "fit"))
+        self.checks = {
+            "silent": bool(o.get("check_silent", True)),
+            "clipped": bool(o.get("check_clipped", True)),
+            "silent_peak": float(o.get("silent_peak", SILENT_PEAK)),
+            "clip_level": float(o.get("clip_level", CLIP_LEVEL)),
+            "clip_fraction": float(o.get("clip_fraction", CLIP_FRACTION)),
+        }
+        self.augment_opts: dict[str, float] = dict(o.get("augment") or {})
+        self._validate()
+        self.n_samples = int(round(self.duration * self.sample_rate))
+        self.n_frames = 1 + self.n_samples // self.hop_length
+        per = self.n_mfcc if self.features == "mfcc" else self.n_mels
+        self.n_features = per * (1 + self.deltas if self.features == "mfcc" else 1)
+        self._mel_basis = self._make_mel_basis()
+        self._gain = self._gain_vector()
+        self.mean_: list[float] | None = None
+        self.std_: list[float] | None = None
+
+    def _validate(self) -> None:
+        if self.features not in FEATURES:
+            raise ConfigError(f"audio features must be one of {FEATURES}, got {self.features!r}")
+        if self.pad not in ("zero", "repeat"):
+            raise ConfigError(f"audio pad must be 'zero' or 'repeat', got {self.pad!r}")
+        if self.standardize not in ("fit", "none"):
+            raise ConfigError(
+                f"audio standardize must be 'fit' or 'none', got {self.standardize!r}"
+            )
+        if self.deltas not in (0, 1, 2):
+            raise ConfigError(f"audio deltas must be 0, 1 or 2, got {self.deltas}")
+        if self.duration <= 0 or self.sample_rate <= 0 or self.hop_length <= 0:
+            raise ConfigError("audio duration, sample_rate and hop_length must be positive")
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ConfigError(
+                f"audio needs 0 <= fmin < fmax <= sample_rate/2, got {self.fmin}, {self.fmax}"
+            )
+        if self.features == "mfcc" and self.n_mfcc > self.n_mels:
+            raise ConfigError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
+        unknown = set(self.augment_opts) - {"time_mask", "freq_mask", "n_masks", "gain_db", "shift"}
+        if unknown:
+            raise ConfigError(f"unknown audio augment option(s): {sorted(unknown)}")
+
+    def _make_mel_basis(self) -> np.ndarray:
+        import librosa
+
+        return librosa.filters.mel(
+            sr=self.sample_rate,
+            n_fft=self.n_fft,
+            n_mels=self.n_mels,
+            fmin=self.fmin,
+            fmax=self.fmax,
+        ).astype(np.float32)
+
+    def _gain_vector(self) -> np.ndarray:
+        """How a +1 dB gain moves each unstandardised feature (exact: logmel is in dB,
+        the orthonormal DCT maps a constant offset onto c0 only, deltas are unchanged)."""
+        if self.features == "logmel":
+            return np.ones(self.n_features, dtype=np.float32)
+        g = np.zeros(self.n_features, dtype=np.float32)
+        g[0] = np.sqrt(self.n_mels)
+        return g
+
+    # -- stage 1 -------------------------------------------------------------------------
+    def read(self, row: Mapping[str, Any], root: Path | None) -> np.ndarray | None:
+        value = row[self.spec.column]
+        if is_missing(value):
+            return None
+        path = resolve_path(str(value), root)
+        wave, sr = read_audio(path)
+        c = self.checks
+        check_audio(
+            wave,
+            sr,
+            path,
+            silent=c["silent"],
+            clipped=c["clipped"],
+            silent_peak=c["silent_peak"],
+            clip_level=c["clip_level"],
+            clip_fraction=c["clip_fraction"],
+        )
+        wave = resample_audio(wave, sr, self.sample_rate)
+        return self.featurize(self.fix_length(wave))
+
+    def fix_length(self, wave: np.ndarray) -> np.ndarray:
+        """Centre crop, or pad (zeros at the end / tiled) to ``duration`` seconds."""
+        n = self.n_samples
+        if len(wave) >= n:
+            start = (len(wave) - n) // 2
+            return wave[start : start + n]
+        if self.pad == "repeat":
+            return np.tile(wave, -(-n // len(wave)))[:n]
+        return np.pad(wave, (0, n - len(wave)))
+
+    def featurize(self, wave: np.ndarray) -> np.ndarray:
+        """(n_features, n_frames) float32 log-mel (dB) or MFCC (+ deltas) of a fixed window."""
+        import librosa
+
+        spec = np.abs(librosa.stft(wave, n_fft=self.n_fft, hop_length=self.hop_length)) ** 2
+        # einsum, not BLAS: a small matmul stalls for tens of ms in BLAS thread contention
+        # once torch is loaded, and the loop order is fixed (bit-reproducible).
+        mel = np.einsum("mf,ft->mt", self._mel_basis, spec)
+        db = librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=TOP_DB)
+        if self.features == "logmel":
+            return np.ascontiguousarray(db, dtype=np.float32)
+        feats = [librosa.feature.mfcc(S=db, n_mfcc=self.n_mfcc)]
+        width = min(9, self.n_frames if self.n_frames % 2 else self.n_frames - 1)
+        for order in range(1, self.deltas + 1):
+            feats.append(librosa.feature.delta(feats[0], width=max(width, 3), order=order))
+        return np.ascontiguousarray(np.concatenate(feats, axis=0), dtype=np.float32)
+
+    # -- stage 2 -------------------------------------------------------------------------
+    def fit(self, raws: Sequence[np.ndarray | None]) -> AudioProcessor:
+        if self.standardize != "fit":
+            return self
+        feats = [r for r in raws if r is not None]
+        if not feats:
+            raise ValueError(
+                f"modality {self.name!r}: no training recording to fit standardisation on"
+            )
+        s = np.zeros(self.n_features)
+        s2 = np.zeros(self.n_features)
+        n = 0
+        for r in feats:
+            r64 = r.astype(np.float64)
+            s += r64.sum(axis=1)
+            s2 += (r64**2).sum(axis=1)
+            n += r.shape[1]
+        mean = s / n
+        std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
+        self.mean_, self.std_ = mean.tolist(), np.maximum(std, 1e-6).tolist()
+        return self
+
+    def transform(self, raw: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(raw, dtype=np.float32))
+        if self.mean_ is not None and self.std_ is not None:
+            x = (x - torch.tensor(self.mean_).view(-1, 1)) / torch.tensor(self.std_).view(-1, 1)
+        return x.float().unsqueeze(0)
+
+    def missing(self) -> torch.Tensor:
+        return torch.zeros((1, self.n_features, self.n_frames))
+
+    def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """SpecAugment masks, random gain and time roll on a copy of ``x`` (1, F, T)."""
+        opts = self.augment_opts
+        if not opts:
+            return x
+        g = generator
+        x = x.clone()
+        if opts.get("gain_db"):
+            db = (float(torch.rand((), generator=g)) * 2 - 1) * float(opts["gain_db"])
+            x += db * self._scaled_gain().view(-1, 1)
+        if opts.get("shift"):
+            k = int(torch.randint(-int(opts["shift"]), int(opts["shift"]) + 1, (), generator=g))
+            x = torch.roll(x, k, dims=-1)
+        fill = 0.0 if self.mean_ is not None else float(x.mean())
+        n_masks = int(opts.get("n_masks", 2))
+        for dim, key in ((-1, "time_mask"), (-2, "freq_mask")):
+            width = int(opts.get(key, 0))
+            for _ in range(n_masks if width > 0 else 0):
+                _mask(x, dim, width, fill, g)
+        return x
+
+    def _scaled_gain(self) -> torch.Tensor:
+        gain = torch.from_numpy(self._gain)
+        return gain / torch.tensor(self.std_) if self.std_ is not None else gain
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "in_channels": 1,
+            "n_features": self.n_features,
+            "n_frames": self.n_frames,
+            "features": self.features,
+            "sample_rate": self.sample_rate,
+        }
+
+    # -- persistence ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean_": self.mean_, "std_": self.std_}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> AudioProcessor:
+        mean, std = state.get("mean_"), state.get("std_")
+        for v in (mean, std):
+            if v is not None and len(v) != self.n_features:
+                raise CheckpointError(
+                    f"audio modality {self.name!r}: checkpoint has {len(v)} feature bins, "
+                    f"the options give {self.n_features}"
+                )
+        self.mean_ = None if mean is None else [float(v) for v in mean]
+        self.std_ = None if std is None else [float(v) for v in std]
+        return self
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.standardize != "fit" or self.mean_ is not None
+
+
+def _mask(
+    x: torch.Tensor, dim: int, max_width: int, fill: float, g: torch.Generator | None
+) -> None:
+    """Set a random band of up to ``max_width`` entries along ``dim`` to ``fill`` (in place)."""
+    size = x.shape[dim]
+    width = int(torch.randint(0, min(max_width, size) + 1, (), generator=g))
+    if width == 0:
+        return
+    start = int(torch.randint(0, size - width + 1, (), generator=g))
+    x.narrow(dim, start, width).fill_(fill)
+
+
+@PROCESSORS.register("audio")
+def audio(name: str, spec: ModalitySpec) -> ModalityProcessor:
+    """Heart / lung sounds: WAV/FLAC/OGG -> log-mel or MFCC, standardised, SpecAugment."""
+    return AudioProcessor(name, spec)
