@@ -25,6 +25,7 @@ class DataConfig(_Strict):
     dataset: str | None = None
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     data_dir: str | None = None
+    modalities: list[str] | None = Field(default=None, description="use only these schema modalities")
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     stratify: bool = True
@@ -69,6 +70,7 @@ class EvaluateConfig(_Strict):
     ci: float = 0.95
     threshold: float = 0.5
     report: bool = True
+    ablation: bool = True  # with several modalities: metrics with each one removed at test time
 
 
 class ExperimentConfig(_Strict):

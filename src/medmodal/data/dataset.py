@@ -52,7 +52,7 @@ class MultimodalDataset(Dataset):
         self.cached: list[dict[str, Any]] | None = None
         self.train = False
         self.generator: torch.Generator | None = None
-        self.missing_counts: dict[str, dict[str, int]] = {m: {"absent": 0, "bad": 0} for m in processors}
+        self.bad_inputs: list[dict[str, str]] = []  # per row: modality -> reason it was unreadable
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -64,46 +64,74 @@ class MultimodalDataset(Dataset):
         becomes absent and is counted instead."""
         keep: list[int] = []
         raws: list[dict[str, Any]] = []
+        flags: list[dict[str, str]] = []
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(label, total=len(self.rows))
             for i, row in enumerate(self.rows):
                 try:
-                    raws.append(self._read_row(i, row))
+                    raw, flag = self._read_row(i, row)
+                    raws.append(raw)
+                    flags.append(flag)
                     keep.append(i)
                 except DataError as err:
                     if bad is None:
                         raise
                     bad.add(err)
                 bar.advance(task)
-        self._subset(keep)
+        self._keep(keep)
         self.raw = raws
+        self.bad_inputs = flags
         return self
 
-    def _read_row(self, i: int, row: Mapping[str, Any]) -> dict[str, Any]:
+    def _read_row(self, i: int, row: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
         out: dict[str, Any] = {}
+        flags: dict[str, str] = {}
         for m, proc in self.processors.items():
             try:
                 value = proc.read(row, self.root)
             except DataError as err:
                 err = err.with_context(sample_id=self.ids[i], modality=m)
                 if proc.spec.on_bad == "missing":
-                    self.missing_counts[m]["bad"] += 1
+                    flags[m] = str(err)
                     out[m] = None
                     continue
                 raise err from None
-            if value is None:
-                if not proc.spec.allow_missing:
-                    raise DataError("modality is empty and allow_missing is false", sample_id=self.ids[i], modality=m)
-                self.missing_counts[m]["absent"] += 1
+            if value is None and not proc.spec.allow_missing:
+                raise DataError("modality is empty and allow_missing is false", sample_id=self.ids[i], modality=m)
             out[m] = value
-        return out
+        return out, flags
 
-    def _subset(self, keep: list[int]) -> None:
+    def _keep(self, keep: list[int]) -> None:
         self.rows = [self.rows[i] for i in keep]
         self.ids = [self.ids[i] for i in keep]
         self.patients = [self.patients[i] for i in keep]
         if self.labels is not None:
             self.labels = self.labels[keep]
+
+    def subset(
+        self, index: Sequence[int], processors: Mapping[str, ModalityProcessor] | None = None
+    ) -> MultimodalDataset:
+        """Rows ``index`` as a new dataset sharing the cached reads (optionally other processors,
+        e.g. freshly fitted ones for one cross-validation fold)."""
+        idx = [int(i) for i in index]
+        ds = MultimodalDataset(
+            [self.rows[i] for i in idx], [self.ids[i] for i in idx], [self.patients[i] for i in idx],
+            None if self.labels is None else self.labels[idx], processors or self.processors, self.root,
+        )
+        ds.raw = [self.raw[i] for i in idx]
+        ds.bad_inputs = [self.bad_inputs[i] for i in idx]
+        return ds
+
+    @property
+    def missing_counts(self) -> dict[str, dict[str, int]]:
+        """Per modality: rows where it is absent (empty cell) and rows where it was unreadable
+        but counted as missing (``on_bad: missing``)."""
+        out = {}
+        for m in self.processors:
+            bad = sum(1 for f in self.bad_inputs if m in f)
+            absent = sum(1 for r in self.raw if r[m] is None) - bad
+            out[m] = {"absent": absent, "bad": bad}
+        return out
 
     # -- stage 2 ---------------------------------------------------------------------
     def raws_of(self, modality: str) -> list[Any]:

@@ -46,16 +46,26 @@ def move(x: Any, device: torch.device) -> Any:
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, dataset: MultimodalDataset, batch_size: int = 256, device: torch.device | str = "cpu"
+    model: nn.Module,
+    dataset: MultimodalDataset,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    absent: tuple[str, ...] | list[str] = (),
 ) -> torch.Tensor:
-    """Logits for every sample, in dataset order (eval mode, no augmentation)."""
+    """Logits for every sample, in dataset order (eval mode, no augmentation).
+
+    ``absent``: modalities to treat as missing for every sample (test-time removal).
+    """
     device = torch.device(device)
     was_train, dataset.train = dataset.train, False
     model.eval()
     out = []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     for batch in loader:
-        out.append(model(move(batch["inputs"], device), move(batch["present"], device)).float().cpu())
+        present = move(batch["present"], device)
+        for m in absent:
+            present[m] = torch.zeros_like(present[m])
+        out.append(model(move(batch["inputs"], device), present).float().cpu())
     dataset.train = was_train
     return torch.cat(out) if out else torch.zeros(0)
 

@@ -1,0 +1,1 @@
+"""Built-in dataset covid_cxr (being written)."""

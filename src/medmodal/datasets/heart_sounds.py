@@ -1,0 +1,1 @@
+"""Built-in dataset heart_sounds (being written)."""
