@@ -79,11 +79,27 @@ class MultimodalModel(nn.Module):
             embs[m] = out
         return embs
 
-    def forward(self, inputs: dict[str, Any], present: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, inputs: dict[str, Any] | torch.Tensor, present: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """``inputs``: {modality: batch}; a bare tensor is accepted for a one-modality model.
+        ``present``: {modality: (B,) bool}; None means every modality is present."""
+        if not isinstance(inputs, dict):
+            if len(self.encoders) != 1:
+                raise ValueError("a bare tensor input needs a one-modality model; pass {modality: tensor}")
+            inputs = {self.modalities[0]: inputs}
+        if present is None:
+            batch = _batch_size(next(iter(inputs.values())))
+            device = next(self.parameters()).device
+            present = {m: torch.ones(batch, dtype=torch.bool, device=device) for m in self.modalities}
         present = self._drop(present)
         embs = self.embed(inputs, present)
         z = self.fusion(embs, present)
         return z if getattr(self.fusion, "outputs_logits", False) else self.head(z)
+
+
+def _batch_size(x: Any) -> int:
+    return _batch_size(next(iter(x.values()))) if isinstance(x, dict) else int(x.shape[0])
 
 
 def _index(x: Any, idx: torch.Tensor) -> Any:
@@ -122,3 +138,24 @@ def build_model(
     hname = hspec.pop("name", "linear")
     hd = None if getattr(fus, "outputs_logits", False) else HEADS.create(hname, in_dim=fus.out_dim, n_outputs=n_outputs, **hspec)
     return MultimodalModel(mods, fus, hd, modality_dropout=modality_dropout)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 2,
+    task: str = "multiclass",
+    in_channels: int = 1,
+    size: tuple[int, ...] = (28, 28),
+    head: str = "linear",
+    **kwargs: Any,
+) -> MultimodalModel:
+    """An image classifier by encoder name, timm style: ``create_model("resnet18", num_classes=5)``.
+
+    ``size`` with 3 entries builds the 3D variant. The model also accepts a bare (B, C, *size) tensor.
+    """
+    from medmodal.models.heads import n_outputs_for
+
+    info = {"in_channels": in_channels, "spatial_dims": len(size), "size": list(size)}
+    return build_model({"image": "image"}, {"image": info}, {"image": {"name": name, **kwargs}},
+                       {"name": "concat"}, {"name": head}, n_outputs_for(task, num_classes))

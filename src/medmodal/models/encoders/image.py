@@ -95,10 +95,18 @@ def resnet50(info: dict[str, Any], small_input: bool | None = None) -> nn.Module
 
 
 @register_encoder("densenet121", IMAGE)
-def densenet121(info: dict[str, Any]) -> nn.Module:
-    """MONAI DenseNet-121; the classifier's last Linear is removed (1024-wide features)."""
-    c, sd, _ = _dims(info)
+def densenet121(info: dict[str, Any], small_input: bool | None = None) -> nn.Module:
+    """MONAI DenseNet-121; the classifier's last Linear is removed (1024-wide features).
+
+    Small inputs (64 px or less) get a 3x3 stride-1 stem without max-pool, so the three
+    transition layers do not shrink a 28-px image to nothing.
+    """
+    c, sd, size = _dims(info)
     net = nets.DenseNet121(spatial_dims=sd, in_channels=c, out_channels=1)
+    if (min(size) <= 64) if small_input is None else small_input:
+        conv = nn.Conv2d if sd == 2 else nn.Conv3d
+        net.features.conv0 = conv(c, net.features.conv0.out_channels, 3, stride=1, padding=1, bias=False)
+        net.features.pool0 = nn.Identity()
     width = net.class_layers.out.in_features
     net.class_layers.out = nn.Identity()
     return _Features(net, width)
@@ -145,4 +153,7 @@ def vit(
         spatial_dims=sd,
         classification=False,
     )
+    for block in net.blocks:  # MONAI builds a cross-attention norm even when unused: drop dead weights
+        if not getattr(block, "with_cross_attention", False) and hasattr(block, "norm_cross_attn"):
+            block.norm_cross_attn = nn.Identity()
     return _ViTFeatures(net, hidden_size)

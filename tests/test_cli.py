@@ -1,0 +1,144 @@
+"""The command line: help, datasets, and bad input as one clear line (never a traceback)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from medmodal.data.schema import Schema
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CI": "true"}
+    return subprocess.run([sys.executable, "-m", "medmodal.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def test_help_on_every_command() -> None:
+    for cmd in ([], ["train"], ["evaluate"], ["predict"], ["demo"], ["datasets", "prepare"], ["models", "list"]):
+        res = run_cli(*cmd, "--help")
+        assert res.returncode == 0, res.stderr
+        assert "Usage" in res.stdout
+
+
+def test_datasets_list_and_info() -> None:
+    res = run_cli("datasets", "list")
+    assert res.returncode == 0 and "breastmnist" in res.stdout and "wdbc" in res.stdout
+    res = run_cli("datasets", "info", "breastmnist")
+    assert "Scientific Data" in res.stdout and "CC BY 4.0" in res.stdout
+    res = run_cli("datasets", "info", "no_such_set")
+    assert res.returncode == 2 and "unknown dataset 'no_such_set'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_models_list() -> None:
+    res = run_cli("models", "list")
+    assert res.returncode == 0
+    for name in ("resnet18", "densenet121", "baseline_cnn", "concat", "attention", "gated", "late"):
+        assert name in res.stdout
+
+
+def _image_manifest(tmp_path: Path, data_dir: Path, n: int = 24) -> tuple[Path, Path]:
+    """A small manifest of real MedMNIST images written as PNG, with an NIfTI and DICOM row later."""
+    arrays = np.load(data_dir / "medmnist" / "breastmnist.npz")
+    imgs, labels = arrays["train_images"][:n], arrays["train_labels"][:n, 0]
+    rows = []
+    for i in range(n):
+        p = tmp_path / f"img_{i}.png"
+        Image.fromarray(imgs[i]).save(p)
+        rows.append({"sid": f"s{i}", "pid": f"p{i}", "path": p.name, "y": ["malignant", "benign"][int(labels[i])]})
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    schema = tmp_path / "schema.yaml"
+    Schema.load({"id_column": "sid", "patient_column": "pid",
+                 "target": {"task": "binary", "column": "y", "classes": ["benign", "malignant"]},
+                 "modalities": {"image": {"type": "image", "column": "path",
+                                          "preprocess": {"size": [28, 28], "channels": 1}}}}).save(schema)
+    return manifest, schema
+
+
+def _config(tmp_path: Path, manifest: Path, schema: Path) -> Path:
+    cfg = {"name": "cli", "output_dir": str(tmp_path / "run"),
+           "data": {"manifest": str(manifest), "schema": str(schema), "val_fraction": 0.25, "test_fraction": 0.25},
+           "model": {"encoders": {"image": {"name": "baseline_cnn"}}},
+           "train": {"epochs": 1, "batch_size": 8}, "evaluate": {"bootstrap": 50}}
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("missing", "file not found"),
+        ("truncated_png", "cannot decode image"),
+        ("corrupt_dicom", "truncated"),
+        ("text_as_nifti", ".nii"),
+        ("bad_label", "not in the label map"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path: Path, data_dir: Path, case: str, expect: str) -> None:
+    from pydicom.data import get_testdata_file
+
+    manifest, schema = _image_manifest(tmp_path, data_dir)
+    frame = pd.read_csv(manifest)
+    if case == "missing":
+        frame.loc[3, "path"] = "gone.png"
+    elif case == "truncated_png":
+        (tmp_path / "cut.png").write_bytes((tmp_path / "img_3.png").read_bytes()[:40])
+        frame.loc[3, "path"] = "cut.png"
+    elif case == "corrupt_dicom":
+        shutil.copy(get_testdata_file("MR_truncated.dcm"), tmp_path / "mr.dcm")
+        frame.loc[3, "path"] = "mr.dcm"
+    elif case == "text_as_nifti":
+        (tmp_path / "scan.nii").write_text("not a nifti file")
+        frame.loc[3, "path"] = "scan.nii"
+    else:
+        frame.loc[3, "y"] = "cyst"
+    frame.to_csv(manifest, index=False)
+    res = run_cli("train", str(_config(tmp_path, manifest, schema)))
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+    err = " ".join(res.stderr.split())
+    assert err.startswith("error:") and "'s3'" in err and expect in err, err
+
+
+def test_wrong_columns_and_empty_manifest(tmp_path: Path, data_dir: Path) -> None:
+    manifest, schema = _image_manifest(tmp_path, data_dir)
+    frame = pd.read_csv(manifest).rename(columns={"path": "file"})
+    frame.to_csv(manifest, index=False)
+    res = run_cli("train", str(_config(tmp_path, manifest, schema)))
+    assert res.returncode == 2 and "lacks column(s) ['path']" in " ".join(res.stderr.split())
+    manifest.write_text("sid,pid,path,y\n")
+    res = run_cli("train", str(_config(tmp_path, manifest, schema)))
+    assert res.returncode == 2 and "has no rows" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_train_skip_bad_then_predict_and_evaluate(tmp_path: Path, data_dir: Path) -> None:
+    manifest, schema = _image_manifest(tmp_path, data_dir, n=40)
+    frame = pd.read_csv(manifest)
+    frame.loc[5, "path"] = "gone.png"
+    frame.to_csv(manifest, index=False)
+    res = run_cli("train", str(_config(tmp_path, manifest, schema)), "--skip-bad")
+    assert res.returncode == 0, res.stderr
+    assert "1 sample(s) skipped" in res.stderr
+    ckpt = tmp_path / "run" / "best.pt"
+    out = tmp_path / "pred.csv"
+    res = run_cli("predict", str(ckpt), str(manifest), "--out", str(out), "--skip-bad")
+    assert res.returncode == 0, res.stderr
+    pred = pd.read_csv(out)
+    assert len(pred) == 39 and "s5" not in set(pred["sample_id"])
+    assert (tmp_path / "pred.skipped.json").read_text().count("gone.png") == 1
+    res = run_cli("evaluate", str(ckpt), str(manifest), "--skip-bad", "--out-dir", str(tmp_path / "ev"), "--bootstrap", "50")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "ev" / "report.html").is_file()
+    res = run_cli("predict", str(tmp_path / "nope.pt"), str(manifest))
+    assert res.returncode == 2 and "checkpoint not found" in res.stderr
