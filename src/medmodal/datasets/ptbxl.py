@@ -1,1 +1,304 @@
-"""Built-in dataset ptbxl (being written)."""
+"""PTB-XL (Wagner et al., Sci. Data 2020): 12-lead ECG + cardiologist's report + demographics,
+paired per record (the same patient, the same visit).
+
+``prepare`` writes a manifest with
+
+* a **multilabel target** over the five diagnostic superclasses NORM / MI / STTC / CD / HYP:
+  the ``diagnostic_class`` of every ``scp_codes`` statement with ``diagnostic == 1`` in
+  ``scp_statements.csv``, at any likelihood (Strodthoff et al. 2021's ``superdiagnostic`` labels).
+  Records with no diagnostic statement are **excluded** by default, as in Strodthoff et al.
+  (``no_diagnostic="exclude"``; they are listed in ``excluded.csv`` and in the facts), or kept
+  with all five labels 0 (``no_diagnostic="keep"``).
+* modalities ``ecg`` (signal: the WFDB record, 12 leads at 100 Hz, 1000 samples),
+  ``report`` (text: the cardiologist's free-text report in German, English or Swedish; it
+  usually *states the diagnosis*, so a model reading it reads the cardiologist's words) and
+  ``demo`` (tabular: age, sex, height, weight; missing values are imputed with indicators by
+  the tabular processor). Ages above 89 are capped at 90 (= "90 or older"), the
+  de-identification PhysioNet applied from v1.0.2 on.
+* a **split** column from ``strat_fold``: folds 1-8 train, 9 val, 10 test (the recommended
+  split). ``strat_fold`` is assigned per patient; ``prepare`` checks that no patient is in two
+  splits.
+
+``report_mask=True`` masks the diagnostic vocabulary of the reports (every report word that
+contains one of :data:`MASK_STEMS` or equals one of :data:`MASK_WORDS`, plus the SCP codes)
+through the text processor's ``mask_terms``. Masking across three languages is partial: the
+masked report still describes rhythm, axis and findings in the cardiologist's words.
+
+Files are checked against PhysioNet's SHA-256 values (package file ``checksums/ptbxl.sha256``):
+the two CSVs always, every waveform file for presence, and every waveform's digest with
+``verify="all"``.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import unicodedata
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medmodal.data.schema import Schema
+from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared, require_file
+from medmodal.errors import DatasetError
+
+SOURCE = (
+    "PhysioNet PTB-XL (Wagner et al. 2020, https://physionet.org/content/ptb-xl/, CC BY 4.0), "
+    "records with ecg_id < 2000 at 100 Hz"
+)
+CITATION = (
+    "Wagner P., Strodthoff N., Bousseljot R.-D., Kreiseler D., Lunze F.I., Samek W., Schaeffter T. "
+    "PTB-XL, a large publicly available electrocardiography dataset. Scientific Data 7, 154 (2020). "
+    "Goldberger A.L. et al. PhysioBank, PhysioToolkit, and PhysioNet. Circulation 101(23) (2000)."
+)
+SUPERCLASSES: tuple[str, ...] = ("NORM", "MI", "STTC", "CD", "HYP")
+SPLIT_OF_FOLD: dict[int, str] = {**{f: "train" for f in range(1, 9)}, 9: "val", 10: "test"}
+AGE_CAP = 90
+DATABASE = "ptbxl_database.csv"
+STATEMENTS = "scp_statements.csv"
+CHECKSUMS = "ptbxl.sha256"
+DEMO_NUMERIC = ["age", "height", "weight"]
+
+# Diagnostic vocabulary for ``report_mask``: a report word is masked when it contains a stem
+# (German / English / Swedish) or equals a word below. Chosen from the five superclasses'
+# names and findings, not from the labels of any record.
+MASK_STEMS: tuple[str, ...] = (
+    "norm", "patholog", "infar", "infark", "myokard", "myocard", "isch", "isc", "st-", "-st",
+    "senkung", "hebung", "sänkning", "depress", "elevat", "invert", "inversion", "flach", "flat",
+    "strain", "belast", "repolar", "t-förändr", "t-verae", "t-ver", "digitalis", "hypokal",
+    "electrolyt", "elektrolyt", "block", "skänkel", "schenkel", "fascic", "faszik", "leitungs",
+    "intraventr", "bbb", "hypertro", "hypertrof", "enlarg", "sokolow", "amplitud", "voltage",
+    "sinistrocard", "dextrocard", "verbreiter", "überlast", "ueberlast", "inferi", "anter",
+    "sept", "lateral", "posterior", "subendocard", "injury", "necro", "nekro",
+    "a-v", "av-", "wpw", "pre-excit", "präexz",
+)
+MASK_WORDS: tuple[str, ...] = (
+    "q", "qs", "st", "t", "lvh", "rvh", "lao", "rao", "lae", "rae", "lafb", "lpfb", "crbbb",
+    "clbbb", "irbbb", "ilbbb", "ivcd", "1avb", "2avb", "3avb", "imi", "asmi", "ami", "almi",
+    "ilmi", "ipmi", "lmi", "pmi", "ndt", "nst", "isc", "old", "alt", "äldre", "gammal", "färsk",
+    "recent", "lv", "rv", "nst_",
+)
+_WORD = re.compile(r"\w+(?:[-'’]\w+)*")
+
+
+class PTBXL(BuiltinDataset):
+    info = DatasetInfo(
+        name="ptbxl",
+        title="PTB-XL 12-lead ECG + report + demographics (ecg_id < 2000 subset)",
+        task="multilabel",
+        modalities={
+            "ecg": "signal, 12 leads (I, II, III, aVR, aVL, aVF, V1-V6), 100 Hz, 1000 samples (10 s)",
+            "report": "text, the cardiologist's free-text report (German/English/Swedish); it "
+                      "states the diagnosis, so a text model reads the cardiologist's words",
+            "demo": "tabular: age (capped at 90), sex, height, weight (missing -> imputed + indicator)",
+        },
+        size="1,987 records of 1,850 patients; 1,965 with a diagnostic statement "
+             "(train folds 1-8 / val 9 / test 10)",
+        source=SOURCE,
+        citation=CITATION,
+        licence="CC BY 4.0",
+        pairing="real patient pairing: ECG, report and demographics of the same record",
+        notes="Target: diagnostic superclasses NORM/MI/STTC/CD/HYP (multilabel, at any likelihood). "
+              "22 records without a diagnostic statement are excluded by default (Strodthoff et al. "
+              "2021). Full-release benchmark (21,799 records): macro-AUROC ~0.93 (Strodthoff et al. "
+              "2021), not directly comparable with this subset.",
+    )
+
+    def locate(self, data_dir: Path | None) -> Path:
+        if data_dir is None:
+            raise DatasetError(
+                "ptbxl: no data directory; pass --data-dir or set $MEDMODAL_DATA_DIR to the folder "
+                f"holding ptbxl/ (the files come from {SOURCE})"
+            )
+        data_dir = Path(data_dir)
+        for folder in (data_dir / "ptbxl", data_dir):
+            if (folder / DATABASE).is_file():
+                return folder
+        return data_dir / "ptbxl"
+
+    def prepare(
+        self,
+        out_dir: Path,
+        data_dir: Path | None = None,
+        verify: str = "csv",
+        no_diagnostic: str = "exclude",
+        report_mask: bool = False,
+        **_: Any,
+    ) -> Prepared:
+        """Write ``manifest.csv`` + ``schema.yaml`` (+ ``excluded.csv``) into ``out_dir``.
+
+        ``verify``: ``"csv"`` (default: SHA-256 of both CSVs, every waveform file present) or
+        ``"all"`` (SHA-256 of every waveform file too). ``no_diagnostic``: ``"exclude"`` or
+        ``"keep"`` (all-zero labels). ``report_mask``: mask the report's diagnostic words.
+        """
+        if verify not in ("csv", "all"):
+            raise DatasetError(f"ptbxl: verify must be 'csv' or 'all', not {verify!r}")
+        if no_diagnostic not in ("exclude", "keep"):
+            raise DatasetError(f"ptbxl: no_diagnostic must be 'exclude' or 'keep', not {no_diagnostic!r}")
+        folder = self.locate(data_dir)
+        sums = load_checksums()
+        for name in (DATABASE, STATEMENTS):
+            require_file(folder / name, "ptbxl", SOURCE, sums[name], "sha256")
+        db = _read_csv(folder / DATABASE)
+        classes_of = diagnostic_classes(_read_csv(folder / STATEMENTS, index_col=0))
+        verify_waveforms(folder, db, sums, digests=(verify == "all"))
+        labels = superclass_labels(db, classes_of, folder / DATABASE)
+        frame = _manifest(db, labels, folder)
+        counts_all = {c: int(frame[c].sum()) for c in SUPERCLASSES}
+        no_diag = frame[frame[list(SUPERCLASSES)].sum(axis=1) == 0]
+        check_patient_splits(frame)
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        excluded = pd.DataFrame({"sample_id": no_diag["sample_id"],
+                                 "reason": "no diagnostic SCP statement (diagnostic == 1)"})
+        excluded.to_csv(out_dir / "excluded.csv", index=False)
+        if no_diagnostic == "exclude":
+            frame = frame.drop(index=no_diag.index).reset_index(drop=True)
+        else:
+            excluded = excluded.iloc[0:0]
+        manifest = out_dir / "manifest.csv"
+        frame.to_csv(manifest, index=False)
+        mask_terms = report_mask_terms(db["report"], classes_of) if report_mask else []
+        schema_path = out_dir / "schema.yaml"
+        build_schema(mask_terms).save(schema_path)
+        facts = {
+            "rows": len(frame),
+            "records": len(db),
+            "patients": int(frame["patient_id"].nunique()),
+            "superclass_counts_all_records": counts_all,
+            "superclass_counts": {c: int(frame[c].sum()) for c in SUPERCLASSES},
+            "no_diagnostic_statement": list(no_diag["sample_id"]),
+            "no_diagnostic": no_diagnostic,
+            "excluded": list(excluded["sample_id"]),
+            "split_counts": {k: int(v) for k, v in frame["split"].value_counts().items()},
+            "ages_capped": int((db["age"] > AGE_CAP - 1).sum()),
+            "report_mask_terms": len(mask_terms),
+            "verified": "csv digests + waveform presence" if verify == "csv" else "all digests",
+            "source": SOURCE,
+            "pairing": self.info.pairing,
+        }
+        return Prepared(manifest, schema_path, facts)
+
+
+# -- checks ---------------------------------------------------------------------------------
+def load_checksums() -> dict[str, str]:
+    """PhysioNet's SHA-256 values of the subset's files (relative path -> digest)."""
+    text = resources.files("medmodal.datasets").joinpath("checksums", CHECKSUMS).read_text()
+    sums: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            sums[name.strip().lstrip("*")] = digest
+    return sums
+
+
+def verify_waveforms(folder: Path, db: pd.DataFrame, sums: dict[str, str], digests: bool) -> None:
+    """Every record's ``.hea`` / ``.dat`` exists (and, with ``digests``, matches PhysioNet's)."""
+    for ref in db["filename_lr"]:
+        for suffix in (".hea", ".dat"):
+            name = f"{ref}{suffix}"
+            if name not in sums:
+                raise DatasetError(
+                    f"ptbxl: {folder / DATABASE} lists {name}, which is not part of the known "
+                    f"PTB-XL subset (no checksum); the files come from {SOURCE}"
+                )
+            require_file(folder / name, "ptbxl", SOURCE, sums[name] if digests else None, "sha256")
+
+
+def check_patient_splits(frame: pd.DataFrame) -> None:
+    """DatasetError when a patient has records in two splits (strat_fold is per patient)."""
+    n = frame.groupby("patient_id")["split"].nunique()
+    bad = n[n > 1]
+    if len(bad):
+        raise DatasetError(
+            f"ptbxl: patient(s) {list(bad.index[:5])} have records in several splits; strat_fold "
+            f"should be per patient ({SOURCE})"
+        )
+
+
+# -- labels -----------------------------------------------------------------------------------
+def diagnostic_classes(statements: pd.DataFrame) -> dict[str, str]:
+    """SCP code -> diagnostic superclass, for statements with ``diagnostic == 1``."""
+    diag = statements[statements["diagnostic"] == 1]
+    out = {str(code): str(cls) for code, cls in diag["diagnostic_class"].items()}
+    unknown = sorted(set(out.values()) - set(SUPERCLASSES))
+    if unknown:
+        raise DatasetError(f"ptbxl: {STATEMENTS} has unknown diagnostic classes {unknown}")
+    return out
+
+
+def superclass_labels(db: pd.DataFrame, classes_of: dict[str, str], path: Path) -> pd.DataFrame:
+    """0/1 frame (one column per superclass) from each record's ``scp_codes``."""
+    rows = []
+    for ecg_id, cell in zip(db["ecg_id"], db["scp_codes"], strict=True):
+        try:
+            codes = ast.literal_eval(str(cell))
+            if not isinstance(codes, dict):
+                raise ValueError("not a mapping")
+        except (ValueError, SyntaxError) as exc:
+            raise DatasetError(f"ptbxl: {path}: ecg_id {ecg_id}: unreadable scp_codes {cell!r} ({exc})") from None
+        found = {classes_of[c] for c in codes if c in classes_of}
+        rows.append({c: int(c in found) for c in SUPERCLASSES})
+    return pd.DataFrame(rows, index=db.index)
+
+
+# -- manifest + schema ---------------------------------------------------------------------
+def _read_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"ptbxl: cannot read {path}: {exc}") from None
+
+
+def _manifest(db: pd.DataFrame, labels: pd.DataFrame, folder: Path) -> pd.DataFrame:
+    folds = pd.to_numeric(db["strat_fold"], errors="coerce")
+    bad = db.loc[~folds.isin(list(SPLIT_OF_FOLD)), "ecg_id"]
+    if len(bad):
+        raise DatasetError(f"ptbxl: {folder / DATABASE}: ecg_id {list(bad[:5])} have no strat_fold in 1-10")
+    frame = pd.DataFrame({
+        "sample_id": [f"ptbxl_{int(i):05d}" for i in db["ecg_id"]],
+        "patient_id": [f"p{int(p)}" for p in db["patient_id"]],
+        "split": [SPLIT_OF_FOLD[int(f)] for f in folds],
+        "strat_fold": folds.astype(int),
+    })
+    frame = pd.concat([frame, labels.reset_index(drop=True)], axis=1)
+    frame["ecg"] = [str(folder / ref) for ref in db["filename_lr"]]
+    frame["report"] = db["report"].to_numpy()
+    frame["age"] = db["age"].clip(upper=AGE_CAP).to_numpy()
+    frame["sex"] = db["sex"].map({0: "male", 1: "female"}).to_numpy()
+    frame["height"] = db["height"].to_numpy()
+    frame["weight"] = db["weight"].to_numpy()
+    frame["scp_codes"] = db["scp_codes"].to_numpy()
+    return frame
+
+
+def build_schema(mask_terms: list[str] | None = None) -> Schema:
+    report_pre: dict[str, Any] = {"tokenizer": "word", "source": "inline", "max_len": 96, "min_freq": 2}
+    if mask_terms:
+        report_pre["mask_terms"] = list(mask_terms)
+    return Schema.load({
+        "id_column": "sample_id",
+        "patient_column": "patient_id",
+        "split_column": "split",
+        "target": {"task": "multilabel", "columns": list(SUPERCLASSES)},
+        "modalities": {
+            "ecg": {"type": "signal", "column": "ecg", "allow_missing": False,
+                    "preprocess": {"fs": 100, "length": 1000, "length_policy": "error", "standardize": "fit"}},
+            "report": {"type": "text", "column": "report", "preprocess": report_pre},
+            "demo": {"type": "tabular", "columns": [*DEMO_NUMERIC, "sex"], "categorical": ["sex"]},
+        },
+    })
+
+
+def report_mask_terms(reports: pd.Series, classes_of: dict[str, str]) -> list[str]:
+    """The report words to mask: those containing a stem of :data:`MASK_STEMS`, equal to one of
+    :data:`MASK_WORDS` or to a diagnostic SCP code (lower case)."""
+    exact = {w.lower() for w in MASK_WORDS} | {c.lower() for c in classes_of}
+    vocab = {w for r in reports.dropna() for w in _WORD.findall(unicodedata.normalize("NFKC", str(r)).lower())}
+    return sorted(w for w in vocab if w in exact or any(s in w for s in MASK_STEMS))
+
+
+DATASETS.register("ptbxl")(PTBXL)
