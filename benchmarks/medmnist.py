@@ -29,29 +29,61 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 # Yang et al. 2023, Table 4: ResNet-18 (28) test AUC / ACC.
 PUBLISHED_RESNET18_28 = {
-    "pathmnist": (0.983, 0.907), "chestmnist": (0.768, 0.947), "dermamnist": (0.917, 0.735),
-    "octmnist": (0.943, 0.743), "pneumoniamnist": (0.944, 0.854), "retinamnist": (0.717, 0.524),
-    "breastmnist": (0.901, 0.863), "bloodmnist": (0.998, 0.958), "tissuemnist": (0.930, 0.676),
-    "organamnist": (0.997, 0.935), "organcmnist": (0.992, 0.900), "organsmnist": (0.972, 0.782),
+    "pathmnist": (0.983, 0.907),
+    "chestmnist": (0.768, 0.947),
+    "dermamnist": (0.917, 0.735),
+    "octmnist": (0.943, 0.743),
+    "pneumoniamnist": (0.944, 0.854),
+    "retinamnist": (0.717, 0.524),
+    "breastmnist": (0.901, 0.863),
+    "bloodmnist": (0.998, 0.958),
+    "tissuemnist": (0.930, 0.676),
+    "organamnist": (0.997, 0.935),
+    "organcmnist": (0.992, 0.900),
+    "organsmnist": (0.972, 0.782),
 }
 
 AUGMENT = {"flip": 0.5, "rotate": 10, "scale": 0.1}
 # Per dataset and model: training recipe (epochs chosen so that ResNet-18 fits 15 CPU-minutes on 2 cores).
 RECIPES: dict[str, dict[str, dict]] = {
     "breastmnist": {
-        "resnet18": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "augment": AUGMENT},
+        "resnet18": {
+            "epochs": 40,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+            "augment": AUGMENT,
+        },
         "baseline_cnn": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "augment": None},
     },
     "pneumoniamnist": {
-        "resnet18": {"epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4, "augment": AUGMENT},
+        "resnet18": {
+            "epochs": 10,
+            "batch_size": 128,
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+            "augment": AUGMENT,
+        },
         "baseline_cnn": {"epochs": 20, "batch_size": 128, "lr": 1e-3, "augment": None},
     },
     "retinamnist": {
-        "resnet18": {"epochs": 30, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4, "augment": AUGMENT},
+        "resnet18": {
+            "epochs": 30,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "weight_decay": 1e-4,
+            "augment": AUGMENT,
+        },
         "baseline_cnn": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "augment": None},
     },
 }
-DEFAULT_RECIPE = {"epochs": 10, "batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4, "augment": AUGMENT}
+DEFAULT_RECIPE = {
+    "epochs": 10,
+    "batch_size": 128,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "augment": AUGMENT,
+}
 
 
 def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> dict:
@@ -69,7 +101,10 @@ def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> 
         "name": f"{dataset}_{model}",
         "seed": seed,
         "output_dir": str(work / dataset / model),
-        "data": {"manifest": str(prepared.manifest), "schema": schema.model_dump(mode="json", exclude_none=True)},
+        "data": {
+            "manifest": str(prepared.manifest),
+            "schema": schema.model_dump(mode="json", exclude_none=True),
+        },
         "model": {"encoders": {"image": {"name": model}}},
         "train": {**recipe, "optimizer": "adam", "scheduler": "cosine", "monitor": "auroc"},
         "evaluate": {"bootstrap": 1000},
@@ -80,12 +115,18 @@ def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> 
     test = run.metrics["test"]
     ci = test.get("ci", {})
     return {
-        "dataset": dataset, "model": model, "seed": seed,
-        "test_auc": test["auroc"], "test_acc": test["accuracy"],
+        "dataset": dataset,
+        "model": model,
+        "seed": seed,
+        "test_auc": test["auroc"],
+        "test_acc": test["accuracy"],
         "test_auc_ci": [ci.get("auroc", {}).get("low"), ci.get("auroc", {}).get("high")],
         "test_acc_ci": [ci.get("accuracy", {}).get("low"), ci.get("accuracy", {}).get("high")],
-        "val_auc": run.metrics["val"]["auroc"], "best_epoch": run.metrics["best_epoch"],
-        "epochs": run.metrics["epochs_run"], "wall_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1),
+        "val_auc": run.metrics["val"]["auroc"],
+        "best_epoch": run.metrics["best_epoch"],
+        "epochs": run.metrics["epochs_run"],
+        "wall_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
         "recipe": {**recipe, "augment": augment},
         "published_resnet18_28": PUBLISHED_RESNET18_28.get(dataset),
     }
@@ -126,8 +167,12 @@ def to_markdown(rows: list[dict], command: str, env: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="*", default=None, help="default: every MedMNIST file in the data dir")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--datasets", nargs="*", default=None, help="default: every MedMNIST file in the data dir"
+    )
     ap.add_argument("--models", nargs="*", default=["resnet18", "baseline_cnn"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
@@ -137,11 +182,22 @@ def main() -> None:
     data_dir = resolve_data_dir(args.data_dir)
     if data_dir is None:
         sys.exit("no data directory: pass --data-dir or set MEDMODAL_DATA_DIR")
-    names = args.datasets or [n for n in PUBLISHED_RESNET18_28 if (data_dir / "medmnist" / file_name(n, 28)).is_file()]
-    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-           "python": platform.python_version(), "machine": platform.machine()}
+    names = args.datasets or [
+        n for n in PUBLISHED_RESNET18_28 if (data_dir / "medmnist" / file_name(n, 28)).is_file()
+    ]
+    env = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
     out = Path(args.out)
-    prev = json.loads(out.with_suffix(".json").read_text())["results"] if out.with_suffix(".json").is_file() else []
+    prev = (
+        json.loads(out.with_suffix(".json").read_text())["results"]
+        if out.with_suffix(".json").is_file()
+        else []
+    )
     rows = [r for r in prev if not (r["dataset"] in names and r["model"] in args.models)]
     for name in names:
         for model in args.models:
@@ -150,9 +206,13 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
             rows.sort(key=lambda r: (r["dataset"], r["model"] != "resnet18", r["model"]))
-            command = "MEDMODAL_DATA_DIR=../shared/data python benchmarks/medmnist.py " + " ".join(sys.argv[1:])
+            command = "MEDMODAL_DATA_DIR=../shared/data python benchmarks/medmnist.py " + " ".join(
+                sys.argv[1:]
+            )
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.with_suffix(".json").write_text(json.dumps({"command": command, "env": env, "results": rows}, indent=2))
+            out.with_suffix(".json").write_text(
+                json.dumps({"command": command, "env": env, "results": rows}, indent=2)
+            )
             out.with_suffix(".md").write_text(to_markdown(rows, command, env))
 
 

@@ -19,12 +19,26 @@ from medmodal.data.schema import Schema
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CI": "true"}
-    return subprocess.run([sys.executable, "-m", "medmodal.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "medmodal.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 def test_help_on_every_command() -> None:
-    for cmd in ([], ["train"], ["evaluate"], ["predict"], ["demo"], ["datasets", "prepare"], ["models", "list"]):
+    for cmd in (
+        [],
+        ["train"],
+        ["evaluate"],
+        ["predict"],
+        ["demo"],
+        ["datasets", "prepare"],
+        ["models", "list"],
+    ):
         res = run_cli(*cmd, "--help")
         assert res.returncode == 0, res.stderr
         assert "Usage" in res.stdout
@@ -36,7 +50,11 @@ def test_datasets_list_and_info() -> None:
     res = run_cli("datasets", "info", "breastmnist")
     assert "Scientific Data" in res.stdout and "CC BY 4.0" in res.stdout
     res = run_cli("datasets", "info", "no_such_set")
-    assert res.returncode == 2 and "unknown dataset 'no_such_set'" in res.stderr and "Traceback" not in res.stderr
+    assert (
+        res.returncode == 2
+        and "unknown dataset 'no_such_set'" in res.stderr
+        and "Traceback" not in res.stderr
+    )
 
 
 def test_models_list() -> None:
@@ -54,22 +72,48 @@ def _image_manifest(tmp_path: Path, data_dir: Path, n: int = 24) -> tuple[Path, 
     for i in range(n):
         p = tmp_path / f"img_{i}.png"
         Image.fromarray(imgs[i]).save(p)
-        rows.append({"sid": f"s{i}", "pid": f"p{i}", "path": p.name, "y": ["malignant", "benign"][int(labels[i])]})
+        rows.append(
+            {
+                "sid": f"s{i}",
+                "pid": f"p{i}",
+                "path": p.name,
+                "y": ["malignant", "benign"][int(labels[i])],
+            }
+        )
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     schema = tmp_path / "schema.yaml"
-    Schema.load({"id_column": "sid", "patient_column": "pid",
-                 "target": {"task": "binary", "column": "y", "classes": ["benign", "malignant"]},
-                 "modalities": {"image": {"type": "image", "column": "path",
-                                          "preprocess": {"size": [28, 28], "channels": 1}}}}).save(schema)
+    Schema.load(
+        {
+            "id_column": "sid",
+            "patient_column": "pid",
+            "target": {"task": "binary", "column": "y", "classes": ["benign", "malignant"]},
+            "modalities": {
+                "image": {
+                    "type": "image",
+                    "column": "path",
+                    "preprocess": {"size": [28, 28], "channels": 1},
+                }
+            },
+        }
+    ).save(schema)
     return manifest, schema
 
 
 def _config(tmp_path: Path, manifest: Path, schema: Path) -> Path:
-    cfg = {"name": "cli", "output_dir": str(tmp_path / "run"),
-           "data": {"manifest": str(manifest), "schema": str(schema), "val_fraction": 0.25, "test_fraction": 0.25},
-           "model": {"encoders": {"image": {"name": "baseline_cnn"}}},
-           "train": {"epochs": 1, "batch_size": 8}, "evaluate": {"bootstrap": 50}}
+    cfg = {
+        "name": "cli",
+        "output_dir": str(tmp_path / "run"),
+        "data": {
+            "manifest": str(manifest),
+            "schema": str(schema),
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },
+        "model": {"encoders": {"image": {"name": "baseline_cnn"}}},
+        "train": {"epochs": 1, "batch_size": 8},
+        "evaluate": {"bootstrap": 50},
+    }
     p = tmp_path / "config.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
@@ -137,7 +181,16 @@ def test_train_skip_bad_then_predict_and_evaluate(tmp_path: Path, data_dir: Path
     pred = pd.read_csv(out)
     assert len(pred) == 39 and "s5" not in set(pred["sample_id"])
     assert (tmp_path / "pred.skipped.json").read_text().count("gone.png") == 1
-    res = run_cli("evaluate", str(ckpt), str(manifest), "--skip-bad", "--out-dir", str(tmp_path / "ev"), "--bootstrap", "50")
+    res = run_cli(
+        "evaluate",
+        str(ckpt),
+        str(manifest),
+        "--skip-bad",
+        "--out-dir",
+        str(tmp_path / "ev"),
+        "--bootstrap",
+        "50",
+    )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "ev" / "report.html").is_file()
     res = run_cli("predict", str(tmp_path / "nope.pt"), str(manifest))

@@ -29,16 +29,26 @@ def _rows(tmp_path: Path, data_dir: Path, n: int = 12) -> list[dict]:
 
 def _procs() -> dict:
     return {
-        "xray": create_processor("xray", ModalitySpec(type="image", column="img", preprocess={"size": [28, 28]})),
-        "labs": create_processor("labs", ModalitySpec(type="tabular", columns=["age", "sex"], categorical=["sex"])),
+        "xray": create_processor(
+            "xray", ModalitySpec(type="image", column="img", preprocess={"size": [28, 28]})
+        ),
+        "labs": create_processor(
+            "labs", ModalitySpec(type="tabular", columns=["age", "sex"], categorical=["sex"])
+        ),
     }
 
 
 def test_sample_and_batch_structure(tmp_path: Path, data_dir: Path) -> None:
     rows = _rows(tmp_path, data_dir)
     rows[2]["img"] = np.nan  # absent image: the row stays, the mask says so
-    ds = MultimodalDataset(rows, [f"s{i}" for i in range(12)], [f"p{i}" for i in range(12)],
-                           np.arange(12) % 2, _procs(), tmp_path).load()
+    ds = MultimodalDataset(
+        rows,
+        [f"s{i}" for i in range(12)],
+        [f"p{i}" for i in range(12)],
+        np.arange(12) % 2,
+        _procs(),
+        tmp_path,
+    ).load()
     for m, p in ds.processors.items():
         p.fit(ds.raws_of(m))
     ds.finalize()
@@ -54,9 +64,13 @@ def test_sample_and_batch_structure(tmp_path: Path, data_dir: Path) -> None:
     assert ds.missing_counts == {"xray": {"absent": 1, "bad": 0}, "labs": {"absent": 0, "bad": 0}}
 
 
-def test_second_epoch_does_not_decode_again(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_epoch_does_not_decode_again(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rows = _rows(tmp_path, data_dir)
-    frame = pd.DataFrame([{**r, "sid": f"s{i}", "pid": f"p{i}", "y": "ab"[i % 2]} for i, r in enumerate(rows)])
+    frame = pd.DataFrame(
+        [{**r, "sid": f"s{i}", "pid": f"p{i}", "y": "ab"[i % 2]} for i, r in enumerate(rows)]
+    )
     frame.to_csv(tmp_path / "m.csv", index=False)
     calls = {"n": 0}
     original = ImageProcessor.read
@@ -66,14 +80,26 @@ def test_second_epoch_does_not_decode_again(tmp_path: Path, data_dir: Path, monk
         return original(self, row, root)
 
     monkeypatch.setattr(ImageProcessor, "read", counting)
-    cfg = {"name": "c", "output_dir": str(tmp_path / "run"),
-           "data": {"manifest": str(tmp_path / "m.csv"), "val_fraction": 0.25, "test_fraction": 0.25,
-                    "schema": {"id_column": "sid", "patient_column": "pid",
-                               "target": {"task": "binary", "column": "y"},
-                               "modalities": {"xray": {"type": "image", "column": "img",
-                                                       "preprocess": {"size": [28, 28]}}}}},
-           "model": {"encoders": {"xray": {"name": "baseline_cnn"}}},
-           "train": {"epochs": 3, "batch_size": 4}, "evaluate": {"bootstrap": 0, "report": False}}
+    cfg = {
+        "name": "c",
+        "output_dir": str(tmp_path / "run"),
+        "data": {
+            "manifest": str(tmp_path / "m.csv"),
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+            "schema": {
+                "id_column": "sid",
+                "patient_column": "pid",
+                "target": {"task": "binary", "column": "y"},
+                "modalities": {
+                    "xray": {"type": "image", "column": "img", "preprocess": {"size": [28, 28]}}
+                },
+            },
+        },
+        "model": {"encoders": {"xray": {"name": "baseline_cnn"}}},
+        "train": {"epochs": 3, "batch_size": 4},
+        "evaluate": {"bootstrap": 0, "report": False},
+    }
     api.fit(cfg, progress=False)
     assert calls["n"] == 12  # once per sample, not once per epoch
 

@@ -55,14 +55,30 @@ def test_empty_manifest_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_wrong_columns_listed(tmp_path: Path) -> None:
-    df = read_manifest(_write(tmp_path, pd.DataFrame({"sid": ["a"], "patient": ["p"], "y": ["neg"], "path": ["x.png"]})))
+    df = read_manifest(
+        _write(
+            tmp_path,
+            pd.DataFrame({"sid": ["a"], "patient": ["p"], "y": ["neg"], "path": ["x.png"]}),
+        )
+    )
     with pytest.raises(ManifestError, match=r"lacks column\(s\) \['pid'\].*it has"):
         check_columns(df, Schema.load(SCHEMA), "m.csv")
 
 
 def test_label_not_in_map_names_the_row(tmp_path: Path) -> None:
-    df = read_manifest(_write(tmp_path, pd.DataFrame(
-        {"sid": ["a", "b", "c"], "pid": ["1", "2", "3"], "y": ["neg", "maybe", "pos"], "path": ["x"] * 3})))
+    df = read_manifest(
+        _write(
+            tmp_path,
+            pd.DataFrame(
+                {
+                    "sid": ["a", "b", "c"],
+                    "pid": ["1", "2", "3"],
+                    "y": ["neg", "maybe", "pos"],
+                    "path": ["x"] * 3,
+                }
+            ),
+        )
+    )
     schema = Schema.load(SCHEMA)
     lm = build_label_map(df, schema, "m.csv")
     ids = sample_ids(df, schema, "m.csv")
@@ -75,7 +91,12 @@ def test_label_not_in_map_names_the_row(tmp_path: Path) -> None:
 
 
 def test_numeric_labels_and_duplicates(tmp_path: Path) -> None:
-    df = read_manifest(_write(tmp_path, pd.DataFrame({"sid": ["a", "a"], "pid": ["1", "2"], "y": [0, 1], "path": ["x"] * 2})))
+    df = read_manifest(
+        _write(
+            tmp_path,
+            pd.DataFrame({"sid": ["a", "a"], "pid": ["1", "2"], "y": [0, 1], "path": ["x"] * 2}),
+        )
+    )
     with pytest.raises(ManifestError, match="duplicate sample ids"):
         sample_ids(df, Schema.load(SCHEMA), "m.csv")
     schema = Schema.load({**SCHEMA, "target": {"task": "binary", "column": "y"}})
@@ -85,8 +106,20 @@ def test_numeric_labels_and_duplicates(tmp_path: Path) -> None:
 
 def test_split_column_validated(tmp_path: Path) -> None:
     schema = Schema.load({**SCHEMA, "split_column": "split"})
-    df = read_manifest(_write(tmp_path, pd.DataFrame(
-        {"sid": ["a", "b"], "pid": ["1", "2"], "y": ["neg", "pos"], "path": ["x"] * 2, "split": ["train", "holdout"]})))
+    df = read_manifest(
+        _write(
+            tmp_path,
+            pd.DataFrame(
+                {
+                    "sid": ["a", "b"],
+                    "pid": ["1", "2"],
+                    "y": ["neg", "pos"],
+                    "path": ["x"] * 2,
+                    "split": ["train", "holdout"],
+                }
+            ),
+        )
+    )
     with pytest.raises(ManifestError, match="train/val/test"):
         read_splits(df, schema, ["a", "b"], "m.csv")
 

@@ -29,14 +29,18 @@ def test_3d_variants(name: str) -> None:
 
 def test_heads_per_task() -> None:
     assert create_model("baseline_cnn", task="binary")(torch.randn(3, 1, 28, 28)).shape == (3, 1)
-    assert create_model("baseline_cnn", task="multilabel", num_classes=4)(torch.randn(3, 1, 28, 28)).shape == (3, 4)
+    assert create_model("baseline_cnn", task="multilabel", num_classes=4)(
+        torch.randn(3, 1, 28, 28)
+    ).shape == (3, 4)
 
 
 def test_baseline_cnn_is_the_classic_architecture() -> None:
     enc = create_model("baseline_cnn", num_classes=10).encoders["image"]
     conv = enc.features[0]
     assert conv.out_channels == 32 and conv.kernel_size == (3, 3)
-    assert isinstance(enc.features[1], torch.nn.ReLU) and isinstance(enc.features[2], torch.nn.MaxPool2d)
+    assert isinstance(enc.features[1], torch.nn.ReLU) and isinstance(
+        enc.features[2], torch.nn.MaxPool2d
+    )
     assert enc.fc[0].in_features == 32 * 13 * 13 and enc.fc[0].out_features == 128
     # The dense layer exists before the first forward (no layer built inside forward).
     n_before = sum(p.numel() for p in enc.parameters())

@@ -36,7 +36,9 @@ def _config(manifest: Path, schema: Path, out: Path, **train: object) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(breast_png: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> api.RunResult:
+def trained(
+    breast_png: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> api.RunResult:
     out = tmp_path_factory.mktemp("run")
     return api.fit(_config(*breast_png, out), progress=False)
 
@@ -52,7 +54,9 @@ def test_training_beats_chance_on_real_ultrasound(trained: api.RunResult) -> Non
     assert best["epoch"] == trained.metrics["best_epoch"]
 
 
-def test_checkpoint_round_trip_gives_identical_probabilities(trained: api.RunResult, breast_png: tuple[Path, Path]) -> None:
+def test_checkpoint_round_trip_gives_identical_probabilities(
+    trained: api.RunResult, breast_png: tuple[Path, Path]
+) -> None:
     manifest, _ = breast_png
     frame = pd.read_csv(manifest)
     test_rows = frame[frame["split"] == "test"]
@@ -68,14 +72,18 @@ def test_best_checkpoint_is_a_copy_not_the_last_epoch(trained: api.RunResult) ->
 
     best = torch.load(trained.checkpoint, weights_only=True)
     last = torch.load(trained.run_dir / "last.pt", weights_only=True)
-    same = all(torch.equal(best["model_state"][k], last["model_state"][k]) for k in best["model_state"])
+    same = all(
+        torch.equal(best["model_state"][k], last["model_state"][k]) for k in best["model_state"]
+    )
     if trained.metrics["best_epoch"] == trained.metrics["epochs_run"]:
         assert same
     else:
         assert not same
 
 
-def test_predict_folder_of_images(trained: api.RunResult, breast_png: tuple[Path, Path], tmp_path: Path) -> None:
+def test_predict_folder_of_images(
+    trained: api.RunResult, breast_png: tuple[Path, Path], tmp_path: Path
+) -> None:
     manifest, _ = breast_png
     folder = manifest.parent / "images" / "test"
     pred = api.predict(trained.checkpoint, folder, out=tmp_path / "p.csv")
@@ -108,8 +116,12 @@ def test_resume_after_interruption_matches_uninterrupted(
         api.fit(_config(*breast_png, tmp_path / "cut", epochs=3), progress=False)
     monkeypatch.setattr(Trainer, "validate", original)
     resumed = api.fit(_config(*breast_png, tmp_path / "cut", epochs=3), progress=False, resume=True)
-    assert [round(h["train_loss"], 6) for h in resumed.history] == [round(h["train_loss"], 6) for h in full.history]
-    assert resumed.metrics["test"]["auroc"] == pytest.approx(full.metrics["test"]["auroc"], abs=1e-9)
+    assert [round(h["train_loss"], 6) for h in resumed.history] == [
+        round(h["train_loss"], 6) for h in full.history
+    ]
+    assert resumed.metrics["test"]["auroc"] == pytest.approx(
+        full.metrics["test"]["auroc"], abs=1e-9
+    )
 
 
 def _bad_manifest(breast_png: tuple[Path, Path], tmp_path: Path) -> Path:
@@ -128,7 +140,9 @@ def _bad_manifest(breast_png: tuple[Path, Path], tmp_path: Path) -> Path:
     return out
 
 
-def test_bad_input_stops_with_one_clear_message(breast_png: tuple[Path, Path], tmp_path: Path) -> None:
+def test_bad_input_stops_with_one_clear_message(
+    breast_png: tuple[Path, Path], tmp_path: Path
+) -> None:
     bad = _bad_manifest(breast_png, tmp_path)
     cfg = _config(bad, breast_png[1], tmp_path / "run", epochs=1)
     with pytest.raises(DataError) as exc:
@@ -147,7 +161,9 @@ def test_skip_bad_lists_every_skipped_sample(breast_png: tuple[Path, Path], tmp_
     cfg = _config(bad, breast_png[1], tmp_path / "run", epochs=1)
     cfg["data"]["skip_bad"] = True
     run = api.fit(cfg, progress=False)
-    skipped = {d["sample_id"]: d for d in json.loads((run.run_dir / "bad_samples.json").read_text())}
+    skipped = {
+        d["sample_id"]: d for d in json.loads((run.run_dir / "bad_samples.json").read_text())
+    }
     assert set(skipped) == {"train_00001", "train_00002", "train_00003"}
     assert "truncated.png" in skipped["train_00002"]["path"]
     assert run.metrics["n"]["train"] == 546 - 3

@@ -28,7 +28,11 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     body = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "versions": {"medmodal": __version__, "torch": str(torch.__version__), "python": platform.python_version()},
+        "versions": {
+            "medmodal": __version__,
+            "torch": str(torch.__version__),
+            "python": platform.python_version(),
+        },
         **payload,
     }
     body = plain(body)
@@ -57,7 +61,9 @@ def plain(obj: Any) -> Any:
             return t(obj)
     if isinstance(obj, Path):
         return str(obj)
-    raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint (plain values and tensors only)")
+    raise TypeError(
+        f"cannot store {type(obj).__name__} in a checkpoint (plain values and tensors only)"
+    )
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -67,7 +73,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         body = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"cannot read checkpoint {p}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {p}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a medmodal checkpoint")
     if int(body.get("format_version", 0)) > FORMAT_VERSION:

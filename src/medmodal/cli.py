@@ -16,8 +16,12 @@ from rich.table import Table
 
 from medmodal.errors import MedmodalError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
-                  help="medmodal: multimodal medical deep learning (train, evaluate, predict, datasets).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    help="medmodal: multimodal medical deep learning (train, evaluate, predict, datasets).",
+)
 datasets_app = typer.Typer(no_args_is_help=True, help="Built-in datasets: list, info, prepare.")
 models_app = typer.Typer(no_args_is_help=True, help="Registered encoders, fusions and heads.")
 app.add_typer(datasets_app, name="datasets")
@@ -59,11 +63,18 @@ def _summary(metrics: dict[str, Any], split: str = "test") -> None:
         if m.get(key) is None:
             continue
         c = ci.get(key)
-        table.add_row(key, f"{m[key]:.4f}", f"{c['low']:.4f} - {c['high']:.4f}" if c and c.get("low") is not None else "")
+        table.add_row(
+            key,
+            f"{m[key]:.4f}",
+            f"{c['low']:.4f} - {c['high']:.4f}" if c and c.get("low") is not None else "",
+        )
     out.print(table)
 
 
-Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config field, e.g. --set train.epochs=5")]
+Overrides = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config field, e.g. --set train.epochs=5"),
+]
 
 
 @app.command()
@@ -71,9 +82,17 @@ Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a c
 def train(
     config: Annotated[Path, typer.Argument(help="Experiment YAML (data, model, train, evaluate).")],
     overrides: Overrides = None,
-    output_dir: Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>).")] = None,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable samples and list them in the report.")] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from <run dir>/last.pt after an interruption.")] = False,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/<name>).")
+    ] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option("--skip-bad", help="Skip unreadable samples and list them in the report."),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from <run dir>/last.pt after an interruption."),
+    ] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
 ) -> None:
     """Train a model from a config; writes best.pt, metrics.json and report.html."""
@@ -89,26 +108,84 @@ def train(
     run = api.fit(config, sets, progress=_progress(), resume=resume, console=err)
     _summary(run.metrics)
     if run.bad_samples:
-        err.print(f"[yellow]{len(run.bad_samples)} sample(s) skipped[/]: see {run.run_dir / 'bad_samples.json'}")
-    out.print(f"checkpoint: {run.checkpoint}\nreport: {run.report}\nmetrics: {run.run_dir / 'metrics.json'}")
+        err.print(
+            f"[yellow]{len(run.bad_samples)} sample(s) skipped[/]: see {run.run_dir / 'bad_samples.json'}"
+        )
+    out.print(
+        f"checkpoint: {run.checkpoint}\nreport: {run.report}\nmetrics: {run.run_dir / 'metrics.json'}"
+    )
+
+
+@app.command()
+@friendly
+def tune(
+    config: Annotated[
+        Path,
+        typer.Argument(help="Experiment YAML with a `search:` mapping (dotted field -> range)."),
+    ],
+    trials: Annotated[int, typer.Option(help="Number of trials.")] = 20,
+    overrides: Overrides = None,
+) -> None:
+    """Hyper-parameter search (Optuna TPE) on the validation split; retrains the best and tests it once."""
+    import yaml
+
+    from medmodal.tune import tune as run_tune
+
+    raw = yaml.safe_load(config.read_text()) or {}
+    space = raw.pop("search", None)
+    if not space:
+        raise MedmodalError(
+            f"{config}: add a `search:` mapping, e.g. search: {{train.lr: {{type: float, low: 1e-4, high: 1e-2, log: true}}}}"
+        )
+    cfg_path = config.with_suffix(".notune.yaml")
+    cfg_path.write_text(yaml.safe_dump(raw))
+    try:
+        run, history = run_tune(
+            cfg_path, space, n_trials=trials, overrides=overrides, progress=_progress(), console=err
+        )
+    finally:
+        cfg_path.unlink(missing_ok=True)
+    best = max(history, key=lambda t: next(v for k, v in t.items() if k.startswith("val_")))
+    out.print(f"best trial {best['trial']}: {best['params']}")
+    _summary(run.metrics)
+    out.print(f"checkpoint: {run.checkpoint}\ntrials: {run.run_dir / 'tuning.json'}")
 
 
 @app.command()
 @friendly
 def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="best.pt from `medmodal train`.")],
-    manifest: Annotated[Path, typer.Argument(help="Labelled manifest (CSV/Parquet) with the training schema's columns.")],
-    split: Annotated[str | None, typer.Option(help="Evaluate only this split (train/val/test).")] = None,
-    root: Annotated[Path | None, typer.Option(help="Base folder for relative paths (default: the manifest's folder).")] = None,
-    out_dir: Annotated[Path | None, typer.Option(help="Write metrics.json, predictions.csv, report.html here.")] = None,
+    manifest: Annotated[
+        Path,
+        typer.Argument(help="Labelled manifest (CSV/Parquet) with the training schema's columns."),
+    ],
+    split: Annotated[
+        str | None, typer.Option(help="Evaluate only this split (train/val/test).")
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(help="Base folder for relative paths (default: the manifest's folder)."),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Write metrics.json, predictions.csv, report.html here.")
+    ] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad")] = False,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for 95% CIs (0 = none).")] = 1000,
+    bootstrap: Annotated[
+        int, typer.Option(help="Bootstrap resamples for 95% CIs (0 = none).")
+    ] = 1000,
 ) -> None:
     """Evaluate a checkpoint on a labelled manifest (metrics with 95% CIs, HTML report)."""
     from medmodal import api
 
-    metrics = api.evaluate(checkpoint, manifest, root=root, split=split, skip_bad=skip_bad,
-                           out_dir=out_dir, bootstrap=bootstrap)
+    metrics = api.evaluate(
+        checkpoint,
+        manifest,
+        root=root,
+        split=split,
+        skip_bad=skip_bad,
+        out_dir=out_dir,
+        bootstrap=bootstrap,
+    )
     _summary({"test": metrics})
     if metrics.get("skipped_samples"):
         err.print(f"[yellow]{len(metrics['skipped_samples'])} sample(s) skipped[/]")
@@ -118,8 +195,12 @@ def evaluate(
 @friendly
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="best.pt from `medmodal train`.")],
-    source: Annotated[Path, typer.Argument(help="A manifest (any subset of modalities) or a folder of images.")],
-    out_csv: Annotated[Path, typer.Option("--out", help="CSV of probabilities.")] = Path("predictions.csv"),
+    source: Annotated[
+        Path, typer.Argument(help="A manifest (any subset of modalities) or a folder of images.")
+    ],
+    out_csv: Annotated[Path, typer.Option("--out", help="CSV of probabilities.")] = Path(
+        "predictions.csv"
+    ),
     root: Annotated[Path | None, typer.Option(help="Base folder for relative paths.")] = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad")] = False,
 ) -> None:
@@ -130,13 +211,17 @@ def predict(
     skipped = frame.attrs.get("skipped", [])
     out.print(f"{len(frame)} prediction(s) written to {out_csv}")
     if skipped:
-        err.print(f"[yellow]{len(skipped)} sample(s) skipped[/]: see {out_csv.with_suffix('.skipped.json')}")
+        err.print(
+            f"[yellow]{len(skipped)} sample(s) skipped[/]: see {out_csv.with_suffix('.skipped.json')}"
+        )
 
 
 @app.command()
 @friendly
 def demo(
-    data_dir: Annotated[Path | None, typer.Option(help="Folder with medmnist/ (default $MEDMODAL_DATA_DIR).")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Folder with medmnist/ (default $MEDMODAL_DATA_DIR).")
+    ] = None,
     output_dir: Annotated[Path, typer.Option(help="Where the run goes.")] = Path("runs/demo"),
     epochs: Annotated[int | None, typer.Option(help="Override the demo's epoch count.")] = None,
 ) -> None:
@@ -145,10 +230,14 @@ def demo(
     from medmodal.datasets import resolve_data_dir
 
     ddir = resolve_data_dir(data_dir)
-    has_breast = ddir is not None and any((ddir / p).is_file() for p in ("medmnist/breastmnist.npz", "breastmnist.npz"))
+    has_breast = ddir is not None and any(
+        (ddir / p).is_file() for p in ("medmnist/breastmnist.npz", "breastmnist.npz")
+    )
     name = "demo_breastmnist.yaml" if has_breast else "demo_wdbc.yaml"
     if not has_breast:
-        err.print("no MedMNIST data directory found (set --data-dir or $MEDMODAL_DATA_DIR): running the WDBC table demo")
+        err.print(
+            "no MedMNIST data directory found (set --data-dir or $MEDMODAL_DATA_DIR): running the WDBC table demo"
+        )
     cfg = resources.files("medmodal") / "configs" / name
     sets = [f"output_dir={output_dir}"]
     if ddir is not None:
@@ -190,11 +279,21 @@ def datasets_info(name: str) -> None:
 @friendly
 def datasets_prepare(
     name: str,
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for manifest.csv + schema.yaml (+ files).")],
-    data_dir: Annotated[Path | None, typer.Option(help="Folder with the raw files (default $MEDMODAL_DATA_DIR).")] = None,
-    image_format: Annotated[str, typer.Option(help="MedMNIST: npz (references) or png (writes image files).")] = "npz",
-    download: Annotated[bool, typer.Option("--download", help="Download missing files (needs internet).")] = False,
-    limit: Annotated[int | None, typer.Option(help="Keep only the first N samples per split.")] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for manifest.csv + schema.yaml (+ files).")
+    ],
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Folder with the raw files (default $MEDMODAL_DATA_DIR).")
+    ] = None,
+    image_format: Annotated[
+        str, typer.Option(help="MedMNIST: npz (references) or png (writes image files).")
+    ] = "npz",
+    download: Annotated[
+        bool, typer.Option("--download", help="Download missing files (needs internet).")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option(help="Keep only the first N samples per split.")
+    ] = None,
 ) -> None:
     """Write a dataset as the standard manifest + schema."""
     from medmodal.datasets import get_dataset, resolve_data_dir

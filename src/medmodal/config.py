@@ -25,7 +25,9 @@ class DataConfig(_Strict):
     dataset: str | None = None
     dataset_options: dict[str, Any] = Field(default_factory=dict)
     data_dir: str | None = None
-    modalities: list[str] | None = Field(default=None, description="use only these schema modalities")
+    modalities: list[str] | None = Field(
+        default=None, description="use only these schema modalities"
+    )
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     stratify: bool = True

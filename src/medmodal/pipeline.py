@@ -27,7 +27,10 @@ def make_processors(schema: Schema) -> dict[str, ModalityProcessor]:
 
 
 def model_from_config(
-    schema: Schema, label_map: LabelMap, processors: dict[str, ModalityProcessor], model_cfg: dict[str, Any]
+    schema: Schema,
+    label_map: LabelMap,
+    processors: dict[str, ModalityProcessor],
+    model_cfg: dict[str, Any],
 ) -> MultimodalModel:
     return build_model(
         modality_types={m: spec.type for m, spec in schema.modalities.items()},
@@ -68,8 +71,12 @@ def build_dataset(
     rows = frame.to_dict("records")
     idx = np.flatnonzero(keep)
     ds = MultimodalDataset(
-        [rows[i] for i in idx], [ids[i] for i in idx], [pats[i] for i in idx],
-        None if labels is None else labels[idx], processors, root,
+        [rows[i] for i in idx],
+        [ids[i] for i in idx],
+        [pats[i] for i in idx],
+        None if labels is None else labels[idx],
+        processors,
+        root,
     )
     return ds.load(bad, progress=progress, label=f"reading {source}")
 
@@ -97,7 +104,9 @@ class Predictor:
             model = model_from_config(schema, label_map, processors, body["config"]["model"])
             model.load_state_dict(body["model_state"])
         except (KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint {path} does not fit this medmodal version: {exc}") from None
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this medmodal version: {exc}"
+            ) from None
         model.to(device).eval()
         return cls(schema, label_map, processors, model, body["config"], body)
 
@@ -113,7 +122,9 @@ class Predictor:
         if s.id_column and s.id_column not in frame.columns:
             frame[s.id_column] = [str(i) for i in range(len(frame))]
         if s.patient_column and s.patient_column not in frame.columns:
-            frame[s.patient_column] = frame[s.id_column] if s.id_column else [str(i) for i in range(len(frame))]
+            frame[s.patient_column] = (
+                frame[s.id_column] if s.id_column else [str(i) for i in range(len(frame))]
+            )
         if s.split_column and s.split_column not in frame.columns:
             frame[s.split_column] = "test"
         for spec in self.schema.modalities.values():
@@ -122,12 +133,25 @@ class Predictor:
                     frame[col] = np.nan
         return frame
 
-    def dataset(self, frame: pd.DataFrame, root: Path | None, bad: BadSampleLog | None,
-                with_labels: bool = False, source: str = "input") -> MultimodalDataset:
+    def dataset(
+        self,
+        frame: pd.DataFrame,
+        root: Path | None,
+        bad: BadSampleLog | None,
+        with_labels: bool = False,
+        source: str = "input",
+    ) -> MultimodalDataset:
         frame = self.align(frame)
         check_columns(frame, self.schema, source, need_labels=with_labels)
-        ds = build_dataset(frame, self.schema, self.processors, root,
-                           self.label_map if with_labels else None, bad, source)
+        ds = build_dataset(
+            frame,
+            self.schema,
+            self.processors,
+            root,
+            self.label_map if with_labels else None,
+            bad,
+            source,
+        )
         return ds.finalize()
 
     def predict_proba(self, ds: MultimodalDataset, batch_size: int = 256) -> np.ndarray:
@@ -138,7 +162,9 @@ class Predictor:
         return probability_frame(ds, probs, self.label_map)
 
 
-def probability_frame(ds: MultimodalDataset, probs: np.ndarray, label_map: LabelMap) -> pd.DataFrame:
+def probability_frame(
+    ds: MultimodalDataset, probs: np.ndarray, label_map: LabelMap
+) -> pd.DataFrame:
     """One row per sample: ids, presence flags, a probability per class and the prediction."""
     classes = label_map.classes
     out = pd.DataFrame({"sample_id": ds.ids, "patient_id": ds.patients})
@@ -156,10 +182,14 @@ def probability_frame(ds: MultimodalDataset, probs: np.ndarray, label_map: Label
     else:
         for k, c in enumerate(classes):
             out[f"prob_{c}"] = probs[:, k]
-        out["predicted"] = [";".join(c for k, c in enumerate(classes) if row[k] >= 0.5) for row in probs]
+        out["predicted"] = [
+            ";".join(c for k, c in enumerate(classes) if row[k] >= 0.5) for row in probs
+        ]
     if ds.labels is not None:
         if label_map.task == "multilabel":
-            out["label"] = [";".join(c for k, c in enumerate(classes) if row[k]) for row in ds.labels]
+            out["label"] = [
+                ";".join(c for k, c in enumerate(classes) if row[k]) for row in ds.labels
+            ]
         else:
             out["label"] = [classes[int(v)] for v in ds.labels]
     return out

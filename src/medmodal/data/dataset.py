@@ -58,7 +58,9 @@ class MultimodalDataset(Dataset):
         return len(self.ids)
 
     # -- stage 1 ---------------------------------------------------------------------
-    def load(self, bad: BadSampleLog | None = None, progress: bool = False, label: str = "reading") -> MultimodalDataset:
+    def load(
+        self, bad: BadSampleLog | None = None, progress: bool = False, label: str = "reading"
+    ) -> MultimodalDataset:
         """Read every row once. A bad row raises DataError, or is logged and dropped
         when ``bad`` is given (``--skip-bad``); a modality with ``on_bad: missing``
         becomes absent and is counted instead."""
@@ -97,7 +99,11 @@ class MultimodalDataset(Dataset):
                     continue
                 raise err from None
             if value is None and not proc.spec.allow_missing:
-                raise DataError("modality is empty and allow_missing is false", sample_id=self.ids[i], modality=m)
+                raise DataError(
+                    "modality is empty and allow_missing is false",
+                    sample_id=self.ids[i],
+                    modality=m,
+                )
             out[m] = value
         return out, flags
 
@@ -115,8 +121,12 @@ class MultimodalDataset(Dataset):
         e.g. freshly fitted ones for one cross-validation fold)."""
         idx = [int(i) for i in index]
         ds = MultimodalDataset(
-            [self.rows[i] for i in idx], [self.ids[i] for i in idx], [self.patients[i] for i in idx],
-            None if self.labels is None else self.labels[idx], processors or self.processors, self.root,
+            [self.rows[i] for i in idx],
+            [self.ids[i] for i in idx],
+            [self.patients[i] for i in idx],
+            None if self.labels is None else self.labels[idx],
+            processors or self.processors,
+            self.root,
         )
         ds.raw = [self.raw[i] for i in idx]
         ds.bad_inputs = [self.bad_inputs[i] for i in idx]
@@ -158,7 +168,11 @@ class MultimodalDataset(Dataset):
             raise RuntimeError("call load() before indexing the dataset")
         tensors = self.cached[i] if self.cached is not None else self._transform(self.raw[i])
         present = {m: self.raw[i][m] is not None for m in self.processors}
-        sample: dict[str, Any] = {"id": self.ids[i], "patient_id": self.patients[i], "present": present}
+        sample: dict[str, Any] = {
+            "id": self.ids[i],
+            "patient_id": self.patients[i],
+            "present": present,
+        }
         for m, x in tensors.items():
             if self.train and present[m]:
                 x = self.processors[m].augment(x, self.generator)
@@ -174,7 +188,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch: dict[str, Any] = {
         "id": [s["id"] for s in samples],
         "patient_id": [s["patient_id"] for s in samples],
-        "present": {m: torch.tensor([s["present"][m] for s in samples], dtype=torch.bool) for m in mods},
+        "present": {
+            m: torch.tensor([s["present"][m] for s in samples], dtype=torch.bool) for m in mods
+        },
         "inputs": {m: _stack([s[m] for s in samples]) for m in mods},
     }
     if "label" in samples[0]:

@@ -30,7 +30,13 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
             df = pd.read_parquet(p)
         else:
             df = pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
+    except (
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        UnicodeDecodeError,
+        OSError,
+        ValueError,
+    ) as exc:
         raise ManifestError(f"cannot read manifest {p}: {exc}") from None
     if df.empty:
         raise ManifestError(f"manifest {p} has no rows")
@@ -121,7 +127,9 @@ def build_label_map(df: pd.DataFrame, schema: Schema, source: str) -> LabelMap:
         return LabelMap(t.task, [_norm_label(c) for c in t.classes])
     values = sorted({_norm_label(v) for v in df[t.column].dropna()})
     if len(values) < 2:
-        raise ManifestError(f"manifest {source}: target {t.column!r} has fewer than 2 classes: {values}")
+        raise ManifestError(
+            f"manifest {source}: target {t.column!r} has fewer than 2 classes: {values}"
+        )
     if t.task == "binary" and len(values) != 2:
         raise ManifestError(
             f"manifest {source}: binary target {t.column!r} has {len(values)} classes {values[:10]}; "
@@ -160,7 +168,10 @@ def encode_labels(
             y[i] = label_map.encode(v)
         except KeyError:
             _fail(
-                bad, ok, i, ids[i],
+                bad,
+                ok,
+                i,
+                ids[i],
                 f"label {v!r} in column {t.column!r} is not in the label map {label_map.classes}",
             )
     return y, ok

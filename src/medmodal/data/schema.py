@@ -49,7 +49,9 @@ class ModalitySpec(_Strict):
     def _check_columns(self) -> ModalitySpec:
         if self.type == "tabular":
             if not (self.columns or self.categorical):
-                raise ValueError("a tabular modality needs `columns` (numeric) and/or `categorical`")
+                raise ValueError(
+                    "a tabular modality needs `columns` (numeric) and/or `categorical`"
+                )
             if self.column is not None:
                 raise ValueError("a tabular modality takes `columns`, not `column`")
         else:

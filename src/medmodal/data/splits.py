@@ -10,7 +10,9 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from medmodal.errors import ManifestError
 
 
-def _patient_table(patients: Sequence[str], labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _patient_table(
+    patients: Sequence[str], labels: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     pats = np.asarray(patients, dtype=object)
     uniq, inverse = np.unique(pats, return_inverse=True)
     strat = None

@@ -69,7 +69,9 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     return default if default.is_dir() else None
 
 
-def require_file(path: Path, dataset: str, source: str, digest: str | None = None, algo: str = "md5") -> Path:
+def require_file(
+    path: Path, dataset: str, source: str, digest: str | None = None, algo: str = "md5"
+) -> Path:
     """Check a dataset file exists and (if a digest is known) is unaltered."""
     if not path.is_file():
         raise DatasetError(

@@ -17,7 +17,14 @@ import pandas as pd
 
 from medmodal.data.readers.npz import load_npz
 from medmodal.data.schema import Schema
-from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared, download, require_file
+from medmodal.datasets.base import (
+    DATASETS,
+    BuiltinDataset,
+    DatasetInfo,
+    Prepared,
+    download,
+    require_file,
+)
 from medmodal.errors import DatasetError
 
 ZENODO = "https://zenodo.org/records/10519652/files/{file}?download=1"
@@ -28,21 +35,93 @@ CITATION = (
 
 # name -> (task, labels, channels, md5 of the 28-px file, {size: md5} for MedMNIST+ sizes, source)
 SPECS: dict[str, dict[str, Any]] = {
-    "breastmnist": dict(task="binary", labels=["malignant", "normal, benign"], channels=1,
-                        md5="750601b1f35ba3300ea97c75c52ff8f6", source="BUSI breast ultrasound (Al-Dhabyani et al. 2020)", licence="CC BY 4.0"),
-    "pneumoniamnist": dict(task="binary", labels=["normal", "pneumonia"], channels=1,
-                           md5="28209eda62fecd6e6a2d98b1501bb15f", source="Pediatric chest X-ray (Kermany et al. 2018)", licence="CC BY 4.0"),
-    "retinamnist": dict(task="multiclass", labels=["0", "1", "2", "3", "4"], channels=3,
-                        md5="bd4c0672f1bba3e3a89f0e4e876791e4", source="DeepDRiD fundus (diabetic retinopathy grade)", licence="CC BY 4.0"),
-    "bloodmnist": dict(task="multiclass", labels=["basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte", "neutrophil", "platelet"],
-                       channels=3, md5="7053d0359d879ad8a5505303e11de1dc", source="Blood cell microscopy (Acevedo et al. 2020)", licence="CC BY 4.0"),
-    "dermamnist": dict(task="multiclass", labels=["actinic keratoses", "basal cell carcinoma", "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions"],
-                       channels=3, md5="0744692d530f8e62ec473284d019b0c7", source="HAM10000 dermatoscopy", licence="CC BY-NC 4.0"),
-    "organamnist": dict(task="multiclass", labels=["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left", "lung-right", "pancreas", "spleen"],
-                        channels=1, md5="866b832ed4eeba67bfb9edee1d5544e6", source="LiTS abdominal CT, axial", licence="CC BY 4.0"),
-    "adrenalmnist3d": dict(task="binary", labels=["normal", "hyperplasia"], channels=1, dims=3,
-                           md5="bbd3c5a5576322bc4cdfea780653b1ce", md5_sizes={64: "17721accfe9fb005146a47d33bc54b2f"},
-                           source="Adrenal CT (MedMNIST v2 in-house)", licence="CC BY 4.0"),
+    "breastmnist": dict(
+        task="binary",
+        labels=["malignant", "normal, benign"],
+        channels=1,
+        md5="750601b1f35ba3300ea97c75c52ff8f6",
+        source="BUSI breast ultrasound (Al-Dhabyani et al. 2020)",
+        licence="CC BY 4.0",
+    ),
+    "pneumoniamnist": dict(
+        task="binary",
+        labels=["normal", "pneumonia"],
+        channels=1,
+        md5="28209eda62fecd6e6a2d98b1501bb15f",
+        source="Pediatric chest X-ray (Kermany et al. 2018)",
+        licence="CC BY 4.0",
+    ),
+    "retinamnist": dict(
+        task="multiclass",
+        labels=["0", "1", "2", "3", "4"],
+        channels=3,
+        md5="bd4c0672f1bba3e3a89f0e4e876791e4",
+        source="DeepDRiD fundus (diabetic retinopathy grade)",
+        licence="CC BY 4.0",
+    ),
+    "bloodmnist": dict(
+        task="multiclass",
+        labels=[
+            "basophil",
+            "eosinophil",
+            "erythroblast",
+            "immature granulocytes",
+            "lymphocyte",
+            "monocyte",
+            "neutrophil",
+            "platelet",
+        ],
+        channels=3,
+        md5="7053d0359d879ad8a5505303e11de1dc",
+        source="Blood cell microscopy (Acevedo et al. 2020)",
+        licence="CC BY 4.0",
+    ),
+    "dermamnist": dict(
+        task="multiclass",
+        labels=[
+            "actinic keratoses",
+            "basal cell carcinoma",
+            "benign keratosis-like lesions",
+            "dermatofibroma",
+            "melanoma",
+            "melanocytic nevi",
+            "vascular lesions",
+        ],
+        channels=3,
+        md5="0744692d530f8e62ec473284d019b0c7",
+        source="HAM10000 dermatoscopy",
+        licence="CC BY-NC 4.0",
+    ),
+    "organamnist": dict(
+        task="multiclass",
+        labels=[
+            "bladder",
+            "femur-left",
+            "femur-right",
+            "heart",
+            "kidney-left",
+            "kidney-right",
+            "liver",
+            "lung-left",
+            "lung-right",
+            "pancreas",
+            "spleen",
+        ],
+        channels=1,
+        md5="866b832ed4eeba67bfb9edee1d5544e6",
+        source="LiTS abdominal CT, axial",
+        licence="CC BY 4.0",
+    ),
+    "adrenalmnist3d": dict(
+        task="binary",
+        labels=["normal", "hyperplasia"],
+        channels=1,
+        dims=3,
+        md5="bbd3c5a5576322bc4cdfea780653b1ce",
+        md5_sizes={64: "17721accfe9fb005146a47d33bc54b2f"},
+        source="Adrenal CT (MedMNIST v2 in-house)",
+        licence="CC BY 4.0",
+    ),
 }
 
 
@@ -59,7 +138,9 @@ class MedMNIST(BuiltinDataset):
             name=name,
             title=f"MedMNIST {name}",
             task=self.spec["task"],
-            modalities={"image": f"{dims}D, {self.spec['channels']} channel(s), 28 px (MedMNIST+ sizes where available)"},
+            modalities={
+                "image": f"{dims}D, {self.spec['channels']} channel(s), 28 px (MedMNIST+ sizes where available)"
+            },
             size="official train/val/test splits",
             source=f"{ZENODO.format(file=name + '.npz')} ; {self.spec['source']}",
             citation=CITATION,
@@ -112,27 +193,53 @@ class MedMNIST(BuiltinDataset):
                 sid = f"{split}_{i:05d}"
                 if image_format == "png":
                     if dims != 2:
-                        raise DatasetError(f"{self.name} is 3D; PNG export is for 2D sets (use image_format=npz)")
+                        raise DatasetError(
+                            f"{self.name} is 3D; PNG export is for 2D sets (use image_format=npz)"
+                        )
                     ref = _write_png(out_dir / "images" / split / f"{i:05d}.png", imgs[i])
                     ref = str(ref.relative_to(out_dir))
                 elif image_format == "npz":
                     ref = f"{path}#{split}_images/{i}"
                 else:
                     raise DatasetError(f"unknown image_format {image_format!r}; use npz or png")
-                rows.append({"sample_id": sid, "patient_id": sid, "split": split,
-                             "label": self.spec["labels"][int(labels[i])], "image": ref})
+                rows.append(
+                    {
+                        "sample_id": sid,
+                        "patient_id": sid,
+                        "split": split,
+                        "label": self.spec["labels"][int(labels[i])],
+                        "image": ref,
+                    }
+                )
         manifest = out_dir / "manifest.csv"
         pd.DataFrame(rows).to_csv(manifest, index=False)
-        schema = Schema.load({
-            "id_column": "sample_id",
-            "patient_column": "patient_id",
-            "split_column": "split",
-            "target": {"task": self.spec["task"], "column": "label", "classes": self.spec["labels"]},
-            "modalities": {"image": {"type": "image", "column": "image", "allow_missing": False,
-                                     "preprocess": {"size": [size] * dims, "channels": self.spec["channels"],
-                                                    "normalize": {"mean": [0.5] * self.spec["channels"],
-                                                                  "std": [0.5] * self.spec["channels"]}}}},
-        })
+        schema = Schema.load(
+            {
+                "id_column": "sample_id",
+                "patient_column": "patient_id",
+                "split_column": "split",
+                "target": {
+                    "task": self.spec["task"],
+                    "column": "label",
+                    "classes": self.spec["labels"],
+                },
+                "modalities": {
+                    "image": {
+                        "type": "image",
+                        "column": "image",
+                        "allow_missing": False,
+                        "preprocess": {
+                            "size": [size] * dims,
+                            "channels": self.spec["channels"],
+                            "normalize": {
+                                "mean": [0.5] * self.spec["channels"],
+                                "std": [0.5] * self.spec["channels"],
+                            },
+                        },
+                    }
+                },
+            }
+        )
         schema_path = out_dir / "schema.yaml"
         schema.save(schema_path)
         return Prepared(manifest, schema_path, {"rows": len(rows), "source_file": str(path)})

@@ -46,7 +46,9 @@ class WDBC(BuiltinDataset):
         X = bunch.data.copy()
         X.columns = [c.replace(" ", "_") for c in X.columns]
         names = list(bunch.target_names)  # ['malignant', 'benign']
-        frame = pd.concat([pd.DataFrame({"sample_id": [f"wdbc_{i:03d}" for i in range(len(X))]}), X], axis=1)
+        frame = pd.concat(
+            [pd.DataFrame({"sample_id": [f"wdbc_{i:03d}" for i in range(len(X))]}), X], axis=1
+        )
         frame["patient_id"] = frame["sample_id"]
         frame["diagnosis"] = [names[t] for t in bunch.target]
         schema = {
@@ -59,16 +61,31 @@ class WDBC(BuiltinDataset):
 
 
 SURVIVAL_TABLES: dict[str, dict[str, str]] = {
-    "whas500": dict(loader="load_whas500", title="Worcester Heart Attack Study (500 patients)",
-                    citation="Hosmer D., Lemeshow S., May S. Applied Survival Analysis, 2nd ed. Wiley, 2008."),
-    "gbsg2": dict(loader="load_gbsg2", title="German Breast Cancer Study Group 2 (686 patients)",
-                  citation="Schumacher M. et al. Randomized 2x2 trial evaluating hormonal treatment... J Clin Oncol 12(10), 1994."),
-    "veterans": dict(loader="load_veterans_lung_cancer", title="Veterans' Administration lung cancer trial (137 patients)",
-                     citation="Kalbfleisch J.D., Prentice R.L. The Statistical Analysis of Failure Time Data. Wiley, 1980."),
-    "aids": dict(loader="load_aids", title="AIDS Clinical Trials Group 320 (1151 patients)",
-                 citation="Hammer S.M. et al. NEJM 337:725-733, 1997."),
-    "flchain": dict(loader="load_flchain", title="Serum free light chain and mortality (7874 people)",
-                    citation="Dispenzieri A. et al. Mayo Clin Proc 87(6):517-523, 2012."),
+    "whas500": dict(
+        loader="load_whas500",
+        title="Worcester Heart Attack Study (500 patients)",
+        citation="Hosmer D., Lemeshow S., May S. Applied Survival Analysis, 2nd ed. Wiley, 2008.",
+    ),
+    "gbsg2": dict(
+        loader="load_gbsg2",
+        title="German Breast Cancer Study Group 2 (686 patients)",
+        citation="Schumacher M. et al. Randomized 2x2 trial evaluating hormonal treatment... J Clin Oncol 12(10), 1994.",
+    ),
+    "veterans": dict(
+        loader="load_veterans_lung_cancer",
+        title="Veterans' Administration lung cancer trial (137 patients)",
+        citation="Kalbfleisch J.D., Prentice R.L. The Statistical Analysis of Failure Time Data. Wiley, 1980.",
+    ),
+    "aids": dict(
+        loader="load_aids",
+        title="AIDS Clinical Trials Group 320 (1151 patients)",
+        citation="Hammer S.M. et al. NEJM 337:725-733, 1997.",
+    ),
+    "flchain": dict(
+        loader="load_flchain",
+        title="Serum free light chain and mortality (7874 people)",
+        citation="Dispenzieri A. et al. Mayo Clin Proc 87(6):517-523, 2012.",
+    ),
 }
 
 
@@ -79,12 +96,16 @@ class SurvivalTable(BuiltinDataset):
         self.name = name
         spec = SURVIVAL_TABLES[name]
         self.info = DatasetInfo(
-            name=name, title=spec["title"], task="survival",
+            name=name,
+            title=spec["title"],
+            task="survival",
             modalities={"record": "tabular clinical variables (numeric + categorical)"},
-            size=spec["title"], source=f"sksurv.datasets.{spec['loader']} (scikit-survival)",
-            citation=spec["citation"], licence="see scikit-survival's documentation",
+            size=spec["title"],
+            source=f"sksurv.datasets.{spec['loader']} (scikit-survival)",
+            citation=spec["citation"],
+            licence="see scikit-survival's documentation",
             notes="Survival target (time, event). Survival training arrives with the survival issue; "
-                  "the manifest and schema are ready for it.",
+            "the manifest and schema are ready for it.",
         )
 
     def locate(self, data_dir: Path | None) -> Path:
@@ -94,7 +115,9 @@ class SurvivalTable(BuiltinDataset):
         try:
             from sksurv import datasets as skd
         except ImportError:
-            raise DatasetError(f"{self.name} needs scikit-survival: pip install 'medmodal[survival]'") from None
+            raise DatasetError(
+                f"{self.name} needs scikit-survival: pip install 'medmodal[survival]'"
+            ) from None
         X, y = getattr(skd, SURVIVAL_TABLES[self.name]["loader"])()
         event_field, time_field = y.dtype.names[0], y.dtype.names[1]
         frame = X.reset_index(drop=True).copy()
@@ -108,8 +131,13 @@ class SurvivalTable(BuiltinDataset):
             "id_column": "sample_id",
             "patient_column": "patient_id",
             "target": {"task": "survival", "time_column": "time", "event_column": "event"},
-            "modalities": {"record": {"type": "tabular", "columns": numeric + categorical,
-                                      "categorical": categorical}},
+            "modalities": {
+                "record": {
+                    "type": "tabular",
+                    "columns": numeric + categorical,
+                    "categorical": categorical,
+                }
+            },
         }
         return _write(out_dir, frame, schema)
 

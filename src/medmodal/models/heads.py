@@ -19,7 +19,11 @@ def n_outputs_for(task: str, n_classes: int) -> int:
 @HEADS.register("linear")
 def linear(in_dim: int, n_outputs: int, dropout: float = 0.0) -> nn.Module:
     """Dropout then one linear layer."""
-    return nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, n_outputs)) if dropout else nn.Linear(in_dim, n_outputs)
+    return (
+        nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, n_outputs))
+        if dropout
+        else nn.Linear(in_dim, n_outputs)
+    )
 
 
 @HEADS.register("mlp")

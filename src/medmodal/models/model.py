@@ -86,12 +86,16 @@ class MultimodalModel(nn.Module):
         ``present``: {modality: (B,) bool}; None means every modality is present."""
         if not isinstance(inputs, dict):
             if len(self.encoders) != 1:
-                raise ValueError("a bare tensor input needs a one-modality model; pass {modality: tensor}")
+                raise ValueError(
+                    "a bare tensor input needs a one-modality model; pass {modality: tensor}"
+                )
             inputs = {self.modalities[0]: inputs}
         if present is None:
             batch = _batch_size(next(iter(inputs.values())))
             device = next(self.parameters()).device
-            present = {m: torch.ones(batch, dtype=torch.bool, device=device) for m in self.modalities}
+            present = {
+                m: torch.ones(batch, dtype=torch.bool, device=device) for m in self.modalities
+            }
         present = self._drop(present)
         embs = self.embed(inputs, present)
         z = self.fusion(embs, present)
@@ -133,10 +137,16 @@ def build_model(
         mods[m] = create_encoder(name, mtype, infos.get(m, {}), **spec)
     fspec = dict(fusion)
     fname = fspec.pop("name", "concat")
-    fus = FUSIONS.create(fname, in_dims={m: e.out_dim for m, e in mods.items()}, n_outputs=n_outputs, **fspec)
+    fus = FUSIONS.create(
+        fname, in_dims={m: e.out_dim for m, e in mods.items()}, n_outputs=n_outputs, **fspec
+    )
     hspec = dict(head)
     hname = hspec.pop("name", "linear")
-    hd = None if getattr(fus, "outputs_logits", False) else HEADS.create(hname, in_dim=fus.out_dim, n_outputs=n_outputs, **hspec)
+    hd = (
+        None
+        if getattr(fus, "outputs_logits", False)
+        else HEADS.create(hname, in_dim=fus.out_dim, n_outputs=n_outputs, **hspec)
+    )
     return MultimodalModel(mods, fus, hd, modality_dropout=modality_dropout)
 
 
@@ -157,5 +167,11 @@ def create_model(
     from medmodal.models.heads import n_outputs_for
 
     info = {"in_channels": in_channels, "spatial_dims": len(size), "size": list(size)}
-    return build_model({"image": "image"}, {"image": info}, {"image": {"name": name, **kwargs}},
-                       {"name": "concat"}, {"name": head}, n_outputs_for(task, num_classes))
+    return build_model(
+        {"image": "image"},
+        {"image": info},
+        {"image": {"name": name, **kwargs}},
+        {"name": "concat"},
+        {"name": head},
+        n_outputs_for(task, num_classes),
+    )

@@ -19,7 +19,9 @@ def class_weights(labels: np.ndarray, task: str, n_classes: int) -> torch.Tensor
     return torch.tensor(neg / np.maximum(pos, 1), dtype=torch.float32)
 
 
-def make_loss(task: str, weights: torch.Tensor | None = None, label_smoothing: float = 0.0) -> nn.Module:
+def make_loss(
+    task: str, weights: torch.Tensor | None = None, label_smoothing: float = 0.0
+) -> nn.Module:
     if task == "multiclass":
         return nn.CrossEntropyLoss(weight=weights, label_smoothing=label_smoothing)
     if task in ("binary", "multilabel"):
@@ -36,7 +38,9 @@ class _BCE(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.float().reshape(logits.shape)
-        return nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+        return nn.functional.binary_cross_entropy_with_logits(
+            logits, target, pos_weight=self.pos_weight
+        )
 
 
 def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:

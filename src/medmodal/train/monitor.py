@@ -33,6 +33,14 @@ def monitor_score(y: np.ndarray, probs: np.ndarray, task: str) -> dict[str, floa
         out["accuracy"] = float((pred == y).mean())
         out["f1_macro"] = float(f1_score(y, pred, average="macro", zero_division=0))
         ok = [k for k in range(y.shape[1]) if 0 < y[:, k].sum() < len(y)]
-        out["auroc"] = float(np.mean([roc_auc_score(y[:, k], probs[:, k]) for k in ok])) if ok else float("nan")
-        out["auprc"] = float(np.mean([average_precision_score(y[:, k], probs[:, k]) for k in ok])) if ok else float("nan")
+        out["auroc"] = (
+            float(np.mean([roc_auc_score(y[:, k], probs[:, k]) for k in ok]))
+            if ok
+            else float("nan")
+        )
+        out["auprc"] = (
+            float(np.mean([average_precision_score(y[:, k], probs[:, k]) for k in ok]))
+            if ok
+            else float("nan")
+        )
     return out

@@ -107,24 +107,30 @@ class Trainer:
             return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
         if c.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.SGD(params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay, nesterov=True)
+        return torch.optim.SGD(
+            params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay, nesterov=True
+        )
 
     def _make_scheduler(self, steps_per_epoch: int) -> Any:
         c = self.cfg
         total = c.epochs * steps_per_epoch
         warm = c.warmup_epochs * steps_per_epoch
         if c.scheduler == "cosine":
+
             def f(step: int) -> float:
                 if step < warm:
                     return (step + 1) / warm
                 t = (step - warm) / max(1, total - warm)
                 return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
             return torch.optim.lr_scheduler.LambdaLR(self.optimizer, f)
         if c.scheduler == "multistep":
             marks = [int(m * c.epochs) * steps_per_epoch for m in c.milestones]
             return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, marks, gamma=c.gamma)
         if c.scheduler == "plateau":
-            return torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="max", factor=c.gamma, patience=3)
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="max", factor=c.gamma, patience=3
+            )
         return None
 
     def _loader(self, ds: MultimodalDataset, epoch: int) -> DataLoader:
@@ -133,7 +139,9 @@ class Trainer:
         if self.cfg.sampler == "balanced" and ds.labels is not None and self.task != "multilabel":
             y = np.asarray(ds.labels).astype(int)
             w = 1.0 / np.bincount(y)[y]
-            sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(y), generator=g)
+            sampler = WeightedRandomSampler(
+                torch.as_tensor(w, dtype=torch.double), len(y), generator=g
+            )
         return DataLoader(
             ds,
             batch_size=self.cfg.batch_size,
@@ -188,13 +196,22 @@ class Trainer:
         if pending is not None and self.scheduler is not None:
             self.scheduler.load_state_dict(pending)
             # A fresh scheduler resets the optimizer's lr; put back the lr of the interrupted step.
-            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True):
+            for group, lr in zip(
+                self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True
+            ):
                 group["lr"] = lr
         amp = c.amp and self.device.type in ("cuda", "cpu")
         scaler = torch.amp.GradScaler(enabled=amp and self.device.type == "cuda")
-        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeElapsedColumn()]
-        with Progress(*columns, console=self.console, disable=not self.progress, transient=False) as bar:
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        ]
+        with Progress(
+            *columns, console=self.console, disable=not self.progress, transient=False
+        ) as bar:
             for epoch in range(self.state.epoch, c.epochs):
                 torch.manual_seed(epoch_seed(self.seed, epoch))
                 train_ds.train = True
@@ -208,7 +225,11 @@ class Trainer:
                     inputs = move(batch["inputs"], self.device)
                     present = move(batch["present"], self.device)
                     y = batch["label"].to(self.device)
-                    with torch.autocast(self.device.type, enabled=amp, dtype=torch.bfloat16 if self.device.type == "cpu" else torch.float16):
+                    with torch.autocast(
+                        self.device.type,
+                        enabled=amp,
+                        dtype=torch.bfloat16 if self.device.type == "cpu" else torch.float16,
+                    ):
                         logits = self.model(inputs, present)
                         loss = self.loss_fn(logits.float(), y)
                         loss = loss + self._aux_loss(present, y)
@@ -225,8 +246,11 @@ class Trainer:
                     count += len(y)
                     bar.update(task_id, advance=1, info=f"loss {total / count:.4f}")
                 train_ds.train = False
-                record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
-                                          "lr": self.optimizer.param_groups[0]["lr"]}
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "train_loss": total / max(count, 1),
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                }
                 if val_ds is not None and len(val_ds):
                     record.update(self.validate(val_ds))
                     score = record[f"val_{c.monitor}"]
@@ -249,12 +273,21 @@ class Trainer:
                 record["best"] = improved
                 self.state.history.append(record)
                 self.state.epoch = epoch + 1
-                shown = {k: round(v, 4) for k, v in record.items() if k.startswith("val_") and isinstance(v, float)}
-                bar.update(task_id, info=f"loss {record['train_loss']:.4f} {shown}{' *' if improved else ''}")
+                shown = {
+                    k: round(v, 4)
+                    for k, v in record.items()
+                    if k.startswith("val_") and isinstance(v, float)
+                }
+                bar.update(
+                    task_id,
+                    info=f"loss {record['train_loss']:.4f} {shown}{' *' if improved else ''}",
+                )
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(self.state, self)
                 if c.early_stopping is not None and self.state.bad_epochs >= c.early_stopping:
-                    self.console.print(f"early stopping after epoch {epoch + 1} (best epoch {self.state.best_epoch})")
+                    self.console.print(
+                        f"early stopping after epoch {epoch + 1} (best epoch {self.state.best_epoch})"
+                    )
                     break
         if self.state.best_state is not None:
             self.model.load_state_dict(self.state.best_state)
@@ -284,5 +317,10 @@ class Trainer:
         self.loss_fn.to(self.device)
         probs = to_probs(logits, self.task).numpy()
         out = {"val_loss": loss}
-        out.update({f"val_{k}": v for k, v in monitor_score(np.asarray(ds.labels), probs, self.task).items()})
+        out.update(
+            {
+                f"val_{k}": v
+                for k, v in monitor_score(np.asarray(ds.labels), probs, self.task).items()
+            }
+        )
         return out

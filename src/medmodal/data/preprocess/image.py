@@ -84,14 +84,18 @@ class ImageProcessor(ModalityProcessor):
         t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         if tuple(t.shape[1:]) != self.size:
             mode = "bilinear" if want == 2 else "trilinear"
-            t = F.interpolate(t[None], size=self.size, mode=mode, align_corners=False, antialias=want == 2)[0]
+            t = F.interpolate(
+                t[None], size=self.size, mode=mode, align_corners=False, antialias=want == 2
+            )[0]
         return t.numpy()
 
     def fit(self, raws: Sequence[np.ndarray | None]) -> ImageProcessor:
         if self.normalize == "fit":
             imgs = [r for r in raws if r is not None]
             if not imgs:
-                raise ValueError(f"modality {self.name!r}: no training image to fit normalisation on")
+                raise ValueError(
+                    f"modality {self.name!r}: no training image to fit normalisation on"
+                )
             axes = tuple(range(1, imgs[0].ndim))
             s = np.zeros(self.channels)
             s2 = np.zeros(self.channels)
@@ -133,14 +137,20 @@ class ImageProcessor(ModalityProcessor):
             cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
             theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x.dtype)[None]
             grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
-            x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+            x = F.grid_sample(
+                x[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+            )[0]
         if opts.get("intensity"):
             k = float(opts["intensity"])
             x = x * (1 + (u() * 2 - 1) * k) + (u() * 2 - 1) * k
         return x
 
     def info(self) -> dict[str, Any]:
-        return {"in_channels": self.channels, "spatial_dims": self.spatial_dims, "size": list(self.size)}
+        return {
+            "in_channels": self.channels,
+            "spatial_dims": self.spatial_dims,
+            "size": list(self.size),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"mean_": self.mean_, "std_": self.std_}

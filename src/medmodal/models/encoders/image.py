@@ -30,12 +30,16 @@ class BaselineCNN(nn.Module):
     construction from the fixed input size (never inside ``forward``).
     """
 
-    def __init__(self, in_channels: int, size: tuple[int, ...], hidden: int = 128, filters: int = 32) -> None:
+    def __init__(
+        self, in_channels: int, size: tuple[int, ...], hidden: int = 128, filters: int = 32
+    ) -> None:
         super().__init__()
         dims = len(size)
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         pool = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
-        self.features = nn.Sequential(conv(in_channels, filters, 3), nn.ReLU(), pool(2), nn.Flatten())
+        self.features = nn.Sequential(
+            conv(in_channels, filters, 3), nn.ReLU(), pool(2), nn.Flatten()
+        )
         flat = filters * math.prod((s - 2) // 2 for s in size)
         self.fc = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU())
         self.out_dim = hidden
@@ -63,7 +67,9 @@ class _Features(nn.Module):
         return self.body(x)
 
 
-def _resnet(info: dict[str, Any], block: str, layers: list[int], small_input: bool | None) -> nn.Module:
+def _resnet(
+    info: dict[str, Any], block: str, layers: list[int], small_input: bool | None
+) -> nn.Module:
     c, sd, size = _dims(info)
     small = min(size) <= 64 if small_input is None else small_input
     # Small inputs (MedMNIST 28/64 px): 3x3 stride-1 stem without max-pool, as MedMNIST's ResNet.
@@ -105,7 +111,9 @@ def densenet121(info: dict[str, Any], small_input: bool | None = None) -> nn.Mod
     net = nets.DenseNet121(spatial_dims=sd, in_channels=c, out_channels=1)
     if (min(size) <= 64) if small_input is None else small_input:
         conv = nn.Conv2d if sd == 2 else nn.Conv3d
-        net.features.conv0 = conv(c, net.features.conv0.out_channels, 3, stride=1, padding=1, bias=False)
+        net.features.conv0 = conv(
+            c, net.features.conv0.out_channels, 3, stride=1, padding=1, bias=False
+        )
         net.features.pool0 = nn.Identity()
     width = net.class_layers.out.in_features
     net.class_layers.out = nn.Identity()
@@ -153,7 +161,9 @@ def vit(
         spatial_dims=sd,
         classification=False,
     )
-    for block in net.blocks:  # MONAI builds a cross-attention norm even when unused: drop dead weights
+    for (
+        block
+    ) in net.blocks:  # MONAI builds a cross-attention norm even when unused: drop dead weights
         if not getattr(block, "with_cross_attention", False) and hasattr(block, "norm_cross_attn"):
             block.norm_cross_attn = nn.Identity()
     return _ViTFeatures(net, hidden_size)

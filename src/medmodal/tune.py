@@ -1,0 +1,146 @@
+"""Hyper-parameter search with Optuna, selected on the validation split only.
+
+The search space names config fields by their dotted path::
+
+    space = {
+        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "train.weight_decay": {"type": "float", "low": 1e-6, "high": 1e-3, "log": True},
+        "model.fusion.name": {"type": "categorical", "choices": ["concat", "attention", "gated"]},
+        "train.batch_size": {"type": "int", "low": 16, "high": 128, "step": 16},
+    }
+
+Every trial trains on the training split and is scored on the validation split; the test
+split is not touched until the best setting is retrained once and evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from medmodal.api import RunResult, assign_splits, load_data, train_and_evaluate
+from medmodal.config import ExperimentConfig, load_config
+from medmodal.errors import ConfigError
+from medmodal.utils.io import dump_json
+from medmodal.utils.runtime import seed_everything, set_threads
+
+
+def _suggest(trial: Any, name: str, spec: dict[str, Any]) -> Any:
+    kind = spec.get("type")
+    if kind == "float":
+        return trial.suggest_float(
+            name, float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False))
+        )
+    if kind == "int":
+        return trial.suggest_int(
+            name, int(spec["low"]), int(spec["high"]), step=int(spec.get("step", 1))
+        )
+    if kind == "categorical":
+        return trial.suggest_categorical(name, list(spec["choices"]))
+    raise ConfigError(
+        f"search space entry {name!r}: type must be float, int or categorical, got {kind!r}"
+    )
+
+
+def _overrides(params: dict[str, Any]) -> list[str]:
+    import yaml
+
+    return [
+        f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+        for k, v in params.items()
+    ]
+
+
+def tune(
+    config: str | Path | dict[str, Any] | ExperimentConfig,
+    space: dict[str, dict[str, Any]],
+    *,
+    n_trials: int = 20,
+    metric: str | None = None,
+    overrides: list[str] | None = None,
+    progress: bool = False,
+    console: Console | None = None,
+) -> tuple[RunResult, list[dict[str, Any]]]:
+    """Search ``space`` for ``n_trials`` (TPE, seeded), then retrain the best and evaluate on test.
+
+    Returns the final run and the list of trials (params, validation score, seconds).
+    """
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            "hyper-parameter search needs Optuna: pip install 'medmodal[tune]'"
+        ) from None
+    base = load_config(config, overrides)
+    metric = metric or base.train.monitor
+    seed_everything(base.seed)
+    set_threads(base.train.threads)
+    run_dir = Path(base.output_dir or Path("runs") / base.name)
+    loaded = load_data(base, run_dir)
+    splits = assign_splits(loaded)
+    if not (splits == "val").any():
+        raise ConfigError(
+            "tuning needs a validation split (data.val_fraction > 0 or a split column)"
+        )
+    search = np.where(
+        splits == "test", "holdout", splits
+    )  # the test split stays unseen while searching
+    trials: list[dict[str, Any]] = []
+
+    def objective(trial: Any) -> float:
+        params = {name: _suggest(trial, name, spec) for name, spec in space.items()}
+        cfg = load_config(
+            base, _overrides(params) + ["evaluate.bootstrap=0", "evaluate.report=false"]
+        )
+        t0 = time.perf_counter()
+        res = train_and_evaluate(
+            dataclasses.replace(loaded, cfg=cfg),
+            search,
+            run_dir / "trials" / f"{trial.number:03d}",
+            progress=progress,
+            console=console,
+        )
+        score = res.metrics["val"].get(metric)
+        if score is None:
+            raise ConfigError(f"validation metric {metric!r} is undefined for trial {trial.number}")
+        trials.append(
+            {
+                "trial": trial.number,
+                "params": params,
+                f"val_{metric}": score,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        return float(score)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = "minimize" if metric in ("loss", "brier", "ece") else "maximize"
+    study = optuna.create_study(
+        direction=direction, sampler=optuna.samplers.TPESampler(seed=base.seed)
+    )
+    study.optimize(objective, n_trials=n_trials)
+    best = study.best_trial.params
+    final_cfg = load_config(base, _overrides(best))
+    result = train_and_evaluate(
+        dataclasses.replace(loaded, cfg=final_cfg),
+        splits,
+        run_dir,
+        progress=progress,
+        console=console,
+    )
+    dump_json(
+        run_dir / "tuning.json",
+        {
+            "metric": metric,
+            "direction": direction,
+            "best_params": best,
+            "best_val": study.best_value,
+            "trials": trials,
+        },
+    )
+    return result, trials
