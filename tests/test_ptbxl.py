@@ -48,6 +48,7 @@ def test_counts_match_sources(prepared, kept_all) -> None:
     assert f["records"] == 1987
     assert f["superclass_counts_all_records"] == TOTALS
     assert len(f["no_diagnostic_statement"]) == 22
+    assert f["reports_without_words"] == ["ptbxl_00443"]  # a single space: the report is absent there
     # default: the 22 records without a diagnostic statement are excluded, and listed
     assert f["rows"] == 1965 and f["excluded"] == f["no_diagnostic_statement"]
     excluded = pd.read_csv(prepared.manifest.parent / "excluded.csv")

@@ -11,7 +11,8 @@ paired per record (the same patient, the same visit).
   with all five labels 0 (``no_diagnostic="keep"``).
 * modalities ``ecg`` (signal: the WFDB record, 12 leads at 100 Hz, 1000 samples),
   ``report`` (text: the cardiologist's free-text report in German, English or Swedish; it
-  usually *states the diagnosis*, so a model reading it reads the cardiologist's words) and
+  usually *states the diagnosis*, so a model reading it reads the cardiologist's words; one
+  report, ecg_id 443, is a single space and so an absent modality) and
   ``demo`` (tabular: age, sex, height, weight; missing values are imputed with indicators by
   the tabular processor). Ages above 89 are capped at 90 (= "90 or older"), the
   de-identification PhysioNet applied from v1.0.2 on.
@@ -175,6 +176,8 @@ class PTBXL(BuiltinDataset):
             "excluded": list(excluded["sample_id"]),
             "split_counts": {k: int(v) for k, v in frame["split"].value_counts().items()},
             "ages_capped": int((db["age"] > AGE_CAP - 1).sum()),
+            # e.g. ecg_id 443's report is a single space: the report modality is absent there
+            "reports_without_words": list(frame.loc[~frame["report"].fillna("").str.contains(r"\w"), "sample_id"]),
             "report_mask_terms": len(mask_terms),
             "verified": "csv digests + waveform presence" if verify == "csv" else "all digests",
             "source": SOURCE,
@@ -276,7 +279,7 @@ def _manifest(db: pd.DataFrame, labels: pd.DataFrame, folder: Path) -> pd.DataFr
 
 
 def build_schema(mask_terms: list[str] | None = None) -> Schema:
-    report_pre: dict[str, Any] = {"tokenizer": "word", "source": "inline", "max_len": 96, "min_freq": 2}
+    report_pre: dict[str, Any] = {"tokenizer": "word", "source": "inline", "max_len": 64, "min_freq": 2}
     if mask_terms:
         report_pre["mask_terms"] = list(mask_terms)
     return Schema.load({
