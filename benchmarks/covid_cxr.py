@@ -222,6 +222,10 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"{result['env']['load_average_at_start']}, at end {result['env'].get('load_average_at_end', 'n/a')}: other "
         "users' processes share the machine).",
         "",
+        "## Summary (pooled out-of-fold AUROC [95% CI])",
+        "",
+        *[_summary_line(t, b) for t, b in result["targets"].items()],
+        "",
         "## Protocol",
         "",
         "- Data: built-in dataset `covid_cxr` (621 X-ray rows of the COVID-19 image data collection, "
@@ -293,7 +297,8 @@ def to_markdown(result: dict[str, Any]) -> str:
         checks = d["confounder_checks"]
         lines += [
             "",
-            f"Confounder checks ({target}, no model: AUROC of one metadata flag as the score): "
+            f"Confounder checks ({target}, no model: AUROC of one metadata flag as the score for "
+            f"{list(d['per_class'])[1]}; 0.5 = no information, below 0.5 = the flag points the other way): "
             f"dated 2020 {_f(checks['auroc_dated_2020'])}, note present {_f(checks['auroc_note_present'])}, "
             f"offset filled in {_f(checks['auroc_offset_present'])}. Per class: "
             + "; ".join(f"{c}: {v['rows']} rows / {v['patients']} patients, {v['dated_2020']} dated 2020, "
@@ -314,6 +319,26 @@ def to_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _summary_line(target: str, block: dict[str, Any]) -> str:
+    by = {r["id"]: r for r in block["runs"]}
+    sm = block.get("summary", {})
+
+    def cell(run: dict[str, Any] | None) -> str:
+        if not run:
+            return "n/a"
+        lo, hi = run["auroc_ci"]
+        return f"{_f(run['auroc'])} [{_f(lo)}, {_f(hi)}]"
+
+    parts = [f"{label}: {cell(by.get(i))}" for i, label in
+             (("image", "image"), ("text_raw", "text (raw)"), ("text_masked", "text (masked)"),
+              ("tabular", "tabular"))]
+    for key, label in (("best_fusion_raw_notes", "best fusion, raw notes"),
+                       ("best_fusion_masked_notes", "best fusion, masked notes")):
+        if key in sm:
+            parts.append(f"{label} ({sm[key]['id'].split('_')[0]}): {cell(by.get(sm[key]['id']))}")
+    return f"- **{target}**: " + "; ".join(parts) + "."
 
 
 def _signed(v: float | None) -> str:
