@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medmodal.data.preprocess.base import PROCESSORS, ModalityProcessor, is_missing, resolve_path
+from medmodal.data.preprocess.base import (
+    PROCESSORS,
+    ModalityProcessor,
+    channel_mean_std,
+    is_missing,
+    resolve_path,
+    uniform,
+)
 from medmodal.data.readers.audio import (
     CLIP_FRACTION,
     CLIP_LEVEL,
@@ -193,17 +200,7 @@ class AudioProcessor(ModalityProcessor):
             raise ValueError(
                 f"modality {self.name!r}: no training recording to fit standardisation on"
             )
-        s = np.zeros(self.n_features)
-        s2 = np.zeros(self.n_features)
-        n = 0
-        for r in feats:
-            r64 = r.astype(np.float64)
-            s += r64.sum(axis=1)
-            s2 += (r64**2).sum(axis=1)
-            n += r.shape[1]
-        mean = s / n
-        std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
-        self.mean_, self.std_ = mean.tolist(), np.maximum(std, 1e-6).tolist()
+        self.mean_, self.std_ = channel_mean_std(feats)
         return self
 
     def transform(self, raw: np.ndarray) -> torch.Tensor:
@@ -223,7 +220,7 @@ class AudioProcessor(ModalityProcessor):
         g = generator
         x = x.clone()
         if opts.get("gain_db"):
-            db = (float(torch.rand((), generator=g)) * 2 - 1) * float(opts["gain_db"])
+            db = (uniform(g) * 2 - 1) * float(opts["gain_db"])
             x += db * self._scaled_gain().view(-1, 1)
         if opts.get("shift"):
             k = int(torch.randint(-int(opts["shift"]), int(opts["shift"]) + 1, (), generator=g))

@@ -56,6 +56,28 @@ def resolve_path(value: str, root: Path | None) -> Path:
     return p
 
 
+def channel_mean_std(arrays: Sequence[np.ndarray], eps: float = 1e-6) -> tuple[list[float], list[float]]:
+    """Mean and std per channel (axis 0) over every other axis, pooled over ``arrays``
+    (one pass, float64 sums); std is floored at ``eps``."""
+    s = s2 = None
+    n = 0
+    for r in arrays:
+        r64 = np.asarray(r, dtype=np.float64).reshape(r.shape[0], -1)
+        s = r64.sum(axis=1) if s is None else s + r64.sum(axis=1)
+        s2 = (r64**2).sum(axis=1) if s2 is None else s2 + (r64**2).sum(axis=1)
+        n += r64.shape[1]
+    if s is None or s2 is None or n == 0:
+        raise ValueError("no data to compute channel statistics from")
+    mean = s / n
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
+    return mean.tolist(), np.maximum(std, eps).tolist()
+
+
+def uniform(generator: torch.Generator | None) -> float:
+    """One U(0, 1) draw from ``generator`` (the dataset's per-epoch augmentation stream)."""
+    return float(torch.rand((), generator=generator))
+
+
 class ModalityProcessor:
     """Base class; subclasses set ``modality_type`` and override the stages."""
 

@@ -10,7 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medmodal.data.preprocess.base import PROCESSORS, ModalityProcessor, is_missing, resolve_path
+from medmodal.data.preprocess.base import (
+    PROCESSORS,
+    ModalityProcessor,
+    channel_mean_std,
+    is_missing,
+    resolve_path,
+    uniform,
+)
 from medmodal.data.readers import read_image
 from medmodal.data.schema import ModalitySpec
 from medmodal.errors import DataError
@@ -96,17 +103,7 @@ class ImageProcessor(ModalityProcessor):
                 raise ValueError(
                     f"modality {self.name!r}: no training image to fit normalisation on"
                 )
-            axes = tuple(range(1, imgs[0].ndim))
-            s = np.zeros(self.channels)
-            s2 = np.zeros(self.channels)
-            n = 0
-            for r in imgs:
-                s += r.sum(axis=axes, dtype=np.float64)
-                s2 += (r.astype(np.float64) ** 2).sum(axis=axes)
-                n += int(np.prod(r.shape[1:]))
-            mean = s / n
-            std = np.sqrt(np.maximum(s2 / n - mean**2, 1e-12))
-            self.mean_, self.std_ = mean.tolist(), np.maximum(std, 1e-6).tolist()
+            self.mean_, self.std_ = channel_mean_std(imgs)
         return self
 
     def transform(self, raw: np.ndarray) -> torch.Tensor:
@@ -124,10 +121,9 @@ class ImageProcessor(ModalityProcessor):
         opts = self.augment_opts
         if not opts:
             return x
-        g = generator
 
         def u() -> float:
-            return float(torch.rand((), generator=g))
+            return uniform(generator)
 
         if opts.get("flip") and u() < float(opts["flip"]):
             x = torch.flip(x, dims=(-1,))

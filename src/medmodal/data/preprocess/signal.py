@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medmodal.data.preprocess.base import PROCESSORS, ModalityProcessor, is_missing, resolve_path
+from medmodal.data.preprocess.base import (
+    PROCESSORS,
+    ModalityProcessor,
+    channel_mean_std,
+    is_missing,
+    resolve_path,
+    uniform,
+)
 from medmodal.data.readers.signal import (
     ByteLRU,
     check_finite,
@@ -143,10 +150,9 @@ class SignalProcessor(ModalityProcessor):
             x, fs_in = self._read_whole(path)
         else:
             x, fs_in = self._read_window(path, start, stop)
-        self._check_fs(fs_in, path)
         if self.standardize == "record":
             x = _zscore(x)
-        return self._fix_length(x, str(path))
+        return SignalArray(self._fix_length(x, str(path)), self.fs or fs_in)
 
     def _read_whole(self, path: Path) -> tuple[np.ndarray, float]:
         rec = load_record(path, fs=self.input_fs, lead_names=self.lead_names, cache=False)
@@ -237,18 +243,6 @@ class SignalProcessor(ModalityProcessor):
     def _ratio(self, fs_in: float) -> tuple[int, int]:
         return (1, 1) if self.fs is None else _ratio(self.fs, fs_in)
 
-    def _check_fs(self, fs_in: float, path: Path) -> None:
-        """Without ``fs`` every record must share one native rate (remembered as ``fs_``)."""
-        if self.fs is not None:
-            return
-        if self.fs_ is None:
-            self.fs_ = float(fs_in)
-        elif self.fs_ != fs_in:
-            raise DataError(
-                f"sampled at {fs_in:g} Hz, earlier records at {self.fs_:g} Hz; set preprocess.fs",
-                path=path,
-            )
-
     def _fix_length(self, x: np.ndarray, path: str) -> np.ndarray:
         if self.length is None or x.shape[1] == self.length:
             return np.ascontiguousarray(x, dtype=np.float32)
@@ -272,6 +266,14 @@ class SignalProcessor(ModalityProcessor):
                 "set preprocess.leads"
             )
         self.n_channels_ = channels.pop()
+        rates = {getattr(r, "fs", None) for r in sigs} - {None}
+        if len(rates) > 1:
+            raise ConfigError(
+                f"modality {self.name!r}: training records are sampled at {sorted(rates)} Hz; "
+                "set preprocess.fs to resample them to one rate"
+            )
+        if self.fs is None and rates:
+            self.fs_ = float(rates.pop())
         if self.length is None:
             self.length_ = Counter(r.shape[1] for r in sigs).most_common(1)[0][0]
         if self.standardize == "fit":
@@ -279,19 +281,16 @@ class SignalProcessor(ModalityProcessor):
         return self
 
     def _fit_scaling(self, sigs: Sequence[np.ndarray]) -> None:
-        c = self.n_channels_ or sigs[0].shape[0]
-        s, s2, n = np.zeros(c), np.zeros(c), 0
-        for r in sigs:
-            r = _crop_pad(r, self.length_) if self.length_ else r
-            r64 = r.astype(np.float64)
-            s += r64.sum(axis=1)
-            s2 += (r64**2).sum(axis=1)
-            n += r.shape[1]
-        mean = s / n
-        std = np.sqrt(np.maximum(s2 / n - mean**2, 0.0))
-        self.mean_, self.std_ = mean.tolist(), np.maximum(std, 1e-6).tolist()
+        fixed = (_crop_pad(r, self.length_) if self.length_ else r for r in sigs)
+        self.mean_, self.std_ = channel_mean_std(list(fixed))
 
     def transform(self, raw: np.ndarray) -> torch.Tensor:
+        fs = getattr(raw, "fs", None)
+        if fs is not None and self.fs_ is not None and fs != self.fs_:
+            raise DataError(
+                f"signal sampled at {fs:g} Hz, the model was trained at {self.fs_:g} Hz; "
+                "set preprocess.fs to resample"
+            )
         x = np.asarray(raw, dtype=np.float32)
         if self.n_channels_ is not None and x.shape[0] != self.n_channels_:
             raise DataError(f"signal has {x.shape[0]} leads, the model expects {self.n_channels_}")
@@ -317,7 +316,7 @@ class SignalProcessor(ModalityProcessor):
         g = generator
 
         def u() -> float:
-            return float(torch.rand((), generator=g))
+            return uniform(g)
 
         if opts.get("scale"):
             x = x * (1 + (2 * u() - 1) * float(opts["scale"]))
@@ -370,6 +369,21 @@ class SignalProcessor(ModalityProcessor):
 # -- helpers --------------------------------------------------------------------------------
 def _opt_float(v: Any) -> float | None:
     return None if v is None else float(v)
+
+
+class SignalArray(np.ndarray):
+    """A (C, L) float32 signal that remembers its sampling rate, so ``read`` stays stateless
+    and ``fit`` can learn the rate from the cached reads."""
+
+    fs: float | None
+
+    def __new__(cls, x: np.ndarray, fs: float | None) -> SignalArray:
+        obj = np.ascontiguousarray(x, dtype=np.float32).view(cls)
+        obj.fs = None if fs is None else float(fs)
+        return obj
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.fs = getattr(obj, "fs", None)
 
 
 @lru_cache(maxsize=64)

@@ -31,6 +31,7 @@ from pydicom.pixels import (
 )
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medmodal.data.readers.window import check_window
 from medmodal.errors import ConfigError, DataError
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
@@ -65,7 +66,7 @@ def read_dicom(path: str | Path, window: Window = None, frames: Frames = None) -
     (0-based) or ``"middle"`` picks one frame (C, H, W). Single-frame files give (C, H, W).
     """
     path = Path(path)
-    win = _check_window(window)
+    win = check_window(window)
     ds = _open(path)
     n_frames = _n_frames(ds)
     index = None if frames is None else _frame_index(frames, n_frames, path)
@@ -89,7 +90,7 @@ def read_dicom_series(
     (C, H, W) of the ordered volume.
     """
     directory = Path(directory)
-    win = _check_window(window)
+    win = check_window(window)
     if not directory.is_dir():
         raise DataError("DICOM series directory not found", path=directory)
     files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -452,16 +453,6 @@ def _slice_positions(slices: list[tuple[Path, Dataset]], directory: Path) -> lis
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_window(window: Window) -> tuple[float, float] | None:
-    if window is None:
-        return None
-    try:
-        center, width = (float(v) for v in window)
-    except (TypeError, ValueError):
-        raise ConfigError(f"window must be [center, width], got {window!r}") from None
-    if not (np.isfinite(center) and np.isfinite(width) and width > 0):
-        raise ConfigError(f"window width must be > 0 and finite, got {window!r}")
-    return center, width
 
 
 def _first(value: Any) -> Any:

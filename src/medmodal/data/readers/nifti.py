@@ -24,6 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medmodal.data.readers.window import check_window
 from medmodal.errors import ConfigError, DataError
 
 PERCENTILES = (0.5, 99.5)
@@ -45,7 +46,7 @@ def read_nifti(
     path = Path(path)
     if spatial_dims not in (2, 3):
         raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    win = _check_window(window)
+    win = check_window(window)
     vol = _load_canonical(path)  # (C, D, H, W)
     out = _scale(vol, win)
     if spatial_dims == 3:
@@ -112,16 +113,6 @@ def _slice(slice_index: SliceIndex, depth: int, path: Path) -> int:
     return int(slice_index)
 
 
-def _check_window(window: Sequence[float] | None) -> tuple[float, float] | None:
-    if window is None:
-        return None
-    try:
-        center, width = (float(v) for v in window)
-    except (TypeError, ValueError):
-        raise ConfigError(f"window must be [center, width], got {window!r}") from None
-    if not (np.isfinite(center) and np.isfinite(width) and width > 0):
-        raise ConfigError(f"window width must be > 0 and finite, got {window!r}")
-    return center, width
 
 
 def _reason(exc: Exception) -> str:
