@@ -113,9 +113,12 @@ class HeartSounds(BuiltinDataset):
         notes=("No patient or recording identifiers are published: patient_id is the clip itself. "
                "Clips are cut to about three cardiac cycles, so several clips may come from one "
                "recording or person and any split (including stratified k-fold) can put the same "
-               "heart in train and test; results are optimistic for new patients. 12 AS clips are "
-               "mildly clipped (1.1-1.4% of samples at full scale), a possible class cue. The AS "
-               "files could only be checked against the fork, not the authors' archive."),
+               "heart in train and test; results are optimistic for new patients. Clips with "
+               "neighbouring file numbers look alike (probably cut from one recording), so grouping "
+               "runs of consecutive numbers is a partial guard (see benchmarks/heart_sounds.py). "
+               "12 AS clips are mildly clipped (1.1-1.4% of samples at full scale), a possible class "
+               "cue. The 200 AS files come only from the fork; they could not be compared with the "
+               "authors' archive."),
     )
 
     def locate(self, data_dir: Path | None) -> Path:
