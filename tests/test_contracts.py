@@ -37,7 +37,9 @@ from medmodal.models.encoders.base import encoder_modalities
 N_FIT, N_CHECK = 6, 3
 
 # encoder -> parameter-name prefixes that are frozen by design (and nothing else may be)
-FROZEN: dict[str, tuple[str, ...]] = {"minilm": ("bert.",)}  # MiniLMEncoder(freeze=True), the default
+FROZEN: dict[str, tuple[str, ...]] = {
+    "minilm": ("bert.",)
+}  # MiniLMEncoder(freeze=True), the default
 # encoder -> small constructor arguments so the generic check stays fast (defaults otherwise)
 SMALL: dict[str, dict[str, Any]] = {
     "vit": {"hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 2},
@@ -60,7 +62,9 @@ def _covid(data_dir: Path) -> tuple[list[dict[str, Any]], Path]:
     if not (root / "metadata.csv").is_file():
         pytest.skip("covid_cxr not found")
     df = pd.read_csv(root / "metadata.csv")
-    df = df[df["clinical_notes"].notna() & df["png"].map(lambda p: (root / "images" / str(p)).is_file())]
+    df = df[
+        df["clinical_notes"].notna() & df["png"].map(lambda p: (root / "images" / str(p)).is_file())
+    ]
     rows = df.iloc[:: max(len(df) // (N_FIT + N_CHECK), 1)].head(N_FIT + N_CHECK).to_dict("records")
     for r in rows:
         r["image"] = f"images/{r['png']}"
@@ -84,45 +88,119 @@ def _mitdb(data_dir: Path) -> tuple[list[dict[str, Any]], Path]:
 
 
 Source = Callable[[Path], tuple[list[dict[str, Any]], Path]]
-TABULAR = {"columns": ["age", "sex", "temperature", "pO2_saturation", "view"], "categorical": ["sex", "view"]}
+TABULAR = {
+    "columns": ["age", "sex", "temperature", "pO2_saturation", "view"],
+    "categorical": ["sex", "view"],
+}
 
 
-def case(name: str, fields: dict[str, Any], options: dict[str, Any], source: Source, empty: dict[str, Any],
-         stateful: bool) -> dict[str, Any]:
+def case(
+    name: str,
+    fields: dict[str, Any],
+    options: dict[str, Any],
+    source: Source,
+    empty: dict[str, Any],
+    stateful: bool,
+) -> dict[str, Any]:
     """One processor variant; ``stateful``: its fitted state depends on the rows it is fitted on."""
-    return dict(name=name, fields=fields, options=options, source=source, empty=empty, stateful=stateful)
+    return dict(
+        name=name, fields=fields, options=options, source=source, empty=empty, stateful=stateful
+    )
 
 
 CASES: dict[str, list[dict[str, Any]]] = {
     "image": [
-        case("gray28", {"column": "image"}, {"size": [28, 28], "channels": 1}, _covid, {"image": ""}, True),
-        case("rgb32_fixed", {"column": "image"},
-             {"size": [32, 32], "channels": 3, "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}}, _covid,
-             {"image": float("nan")}, False),
+        case(
+            "gray28",
+            {"column": "image"},
+            {"size": [28, 28], "channels": 1},
+            _covid,
+            {"image": ""},
+            True,
+        ),
+        case(
+            "rgb32_fixed",
+            {"column": "image"},
+            {"size": [32, 32], "channels": 3, "normalize": {"mean": [0.5] * 3, "std": [0.25] * 3}},
+            _covid,
+            {"image": float("nan")},
+            False,
+        ),
     ],
     "text": [
-        case("word", {"column": "clinical_notes"}, {"tokenizer": "word", "max_len": 64, "min_freq": 1}, _covid,
-             {"clinical_notes": ""}, True),
-        case("wordpiece", {"column": "clinical_notes"}, {"tokenizer": "wordpiece", "max_len": 64}, _covid,
-             {"clinical_notes": "  "}, False),
-        case("minilm_embed", {"column": "clinical_notes"}, {"tokenizer": "minilm_embed"}, _covid,
-             {"clinical_notes": None}, False),
+        case(
+            "word",
+            {"column": "clinical_notes"},
+            {"tokenizer": "word", "max_len": 64, "min_freq": 1},
+            _covid,
+            {"clinical_notes": ""},
+            True,
+        ),
+        case(
+            "wordpiece",
+            {"column": "clinical_notes"},
+            {"tokenizer": "wordpiece", "max_len": 64},
+            _covid,
+            {"clinical_notes": "  "},
+            False,
+        ),
+        case(
+            "minilm_embed",
+            {"column": "clinical_notes"},
+            {"tokenizer": "minilm_embed"},
+            _covid,
+            {"clinical_notes": None},
+            False,
+        ),
     ],
     "audio": [
-        case("logmel", {"column": "path"}, {"duration": 1.0, "n_mels": 32}, _heart, {"path": ""}, True),
-        case("mfcc", {"column": "path"}, {"duration": 1.0, "features": "mfcc", "deltas": 2}, _heart,
-             {"path": ""}, True),
+        case(
+            "logmel",
+            {"column": "path"},
+            {"duration": 1.0, "n_mels": 32},
+            _heart,
+            {"path": ""},
+            True,
+        ),
+        case(
+            "mfcc",
+            {"column": "path"},
+            {"duration": 1.0, "features": "mfcc", "deltas": 2},
+            _heart,
+            {"path": ""},
+            True,
+        ),
     ],
     "signal": [
-        case("mlii_fit", {"column": "ref"}, {"leads": ["MLII"], "standardize": "fit", "fs": 180}, _mitdb,
-             {"ref": ""}, True),
-        case("two_leads_record", {"column": "ref"}, {"leads": [0, 1], "bandpass": [0.5, 40]}, _mitdb,
-             {"ref": ""}, False),
+        case(
+            "mlii_fit",
+            {"column": "ref"},
+            {"leads": ["MLII"], "standardize": "fit", "fs": 180},
+            _mitdb,
+            {"ref": ""},
+            True,
+        ),
+        case(
+            "two_leads_record",
+            {"column": "ref"},
+            {"leads": [0, 1], "bandpass": [0.5, 40]},
+            _mitdb,
+            {"ref": ""},
+            False,
+        ),
     ],
     "tabular": [
-        case("covid", dict(TABULAR), {}, _covid, {c: float("nan") for c in TABULAR["columns"]}, True),
-        case("covid_mode_noscale", dict(TABULAR), {"categorical_missing": "mode", "scale": False, "clip": None},
-             _covid, {c: "" for c in TABULAR["columns"]}, True),
+        case(
+            "covid", dict(TABULAR), {}, _covid, {c: float("nan") for c in TABULAR["columns"]}, True
+        ),
+        case(
+            "covid_mode_noscale",
+            dict(TABULAR),
+            {"categorical_missing": "mode", "scale": False, "clip": None},
+            _covid,
+            {c: "" for c in TABULAR["columns"]},
+            True,
+        ),
     ],
 }
 VARIANTS = [(t, v) for t in sorted(CASES) for v in CASES[t]]
@@ -130,8 +208,14 @@ VARIANT_IDS = [f"{t}-{v['name']}" for t, v in VARIANTS]
 # Known contract violations (strict xfail: the test starts failing once the processor is fixed).
 KNOWN_ISSUES: dict[str, str] = {}
 STATE_PARAMS = [
-    pytest.param(t, v, id=vid, marks=[pytest.mark.xfail(reason=KNOWN_ISSUES[vid], strict=True)]
-                 if vid in KNOWN_ISSUES else [])
+    pytest.param(
+        t,
+        v,
+        id=vid,
+        marks=[pytest.mark.xfail(reason=KNOWN_ISSUES[vid], strict=True)]
+        if vid in KNOWN_ISSUES
+        else [],
+    )
     for (t, v), vid in zip(VARIANTS, VARIANT_IDS, strict=True)
 ]
 
@@ -148,9 +232,17 @@ def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor):
         return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
     if isinstance(a, np.ndarray):
-        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        return (
+            isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and np.array_equal(a, b, equal_nan=a.dtype.kind == "f")
+        )
     if isinstance(a, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+        )
     return bool(a == b)
 
 
@@ -208,7 +300,9 @@ def test_processor_state_survives_weights_only_reload(vid: str, fitted: Fitted) 
 
 
 @pytest.mark.parametrize(("mtype", "variant"), STATE_PARAMS)
-def test_processor_state_comes_from_the_rows_given(mtype: str, variant: dict[str, Any], fitted: Fitted) -> None:
+def test_processor_state_comes_from_the_rows_given(
+    mtype: str, variant: dict[str, Any], fitted: Fitted
+) -> None:
     proc, raws, factory = fitted[f"{mtype}-{variant['name']}"]
     state = proc.state_dict()
     assert _equal(factory().fit(raws[:N_FIT]).state_dict(), state)  # fit is deterministic
@@ -230,16 +324,20 @@ def _build(name: str, fitted: Fitted) -> tuple[torch.nn.Module, list[Any], str]:
         if mtype not in encoder_modalities(name):
             continue
         try:
-            return create_encoder(name, mtype, proc.info(), **SMALL.get(name, {})), [
-                proc.transform(r) for r in raws[:N_CHECK]
-            ], vid
+            return (
+                create_encoder(name, mtype, proc.info(), **SMALL.get(name, {})),
+                [proc.transform(r) for r in raws[:N_CHECK]],
+                vid,
+            )
         except ConfigError as exc:  # e.g. a text encoder that needs another tokenizer
             errors.append(f"{vid}: {exc}")
     pytest.fail(f"encoder {name!r} builds from no processor case: {errors}")
 
 
 def _batch(xs: list[Any]) -> Any:
-    return collate([{"present": {"m": True}, "m": x, "id": "", "patient_id": ""} for x in xs])["inputs"]["m"]
+    return collate([{"present": {"m": True}, "m": x, "id": "", "patient_id": ""} for x in xs])[
+        "inputs"
+    ]["m"]
 
 
 def _rows(x: Any, sl: slice) -> Any:
@@ -259,7 +357,9 @@ def test_encoder_shapes_masks_and_gradients(name: str, fitted: Fitted) -> None:
     trainable = [(n, p) for n, p in enc.named_parameters() if p.requires_grad]
     for pname, p in enc.named_parameters():
         if not p.requires_grad:
-            assert frozen and pname.startswith(frozen), f"{name}: undocumented frozen parameter {pname}"
+            assert frozen and pname.startswith(frozen), (
+                f"{name}: undocumented frozen parameter {pname}"
+            )
     if not trainable:  # wholly frozen (documented): no graph at all
         assert frozen and not out.requires_grad, name
     else:
@@ -267,10 +367,16 @@ def test_encoder_shapes_masks_and_gradients(name: str, fitted: Fitted) -> None:
         (out * weights).sum().backward()
         for pname, p in trainable:
             assert p.grad is not None, f"{name}: no gradient reaches {pname}"
-            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, f"{name}: zero gradient at {pname}"
+            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, (
+                f"{name}: zero gradient at {pname}"
+            )
     enc.eval()
     with torch.no_grad():
         full = enc(x)
-        for i in range(len(xs)):  # a row's embedding does not depend on the other rows / their padding
+        for i in range(
+            len(xs)
+        ):  # a row's embedding does not depend on the other rows / their padding
             alone = enc(_rows(x, slice(i, i + 1)))
-            torch.testing.assert_close(alone[0], full[i], rtol=1e-4, atol=1e-4, msg=f"{name} row {i}")
+            torch.testing.assert_close(
+                alone[0], full[i], rtol=1e-4, atol=1e-4, msg=f"{name} row {i}"
+            )
