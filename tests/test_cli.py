@@ -195,3 +195,15 @@ def test_train_skip_bad_then_predict_and_evaluate(tmp_path: Path, data_dir: Path
     assert (tmp_path / "ev" / "report.html").is_file()
     res = run_cli("predict", str(tmp_path / "nope.pt"), str(manifest))
     assert res.returncode == 2 and "checkpoint not found" in res.stderr
+
+
+def test_prepare_passes_dataset_options(tmp_path: Path, data_dir: Path) -> None:
+    res = run_cli("datasets", "prepare", "covid_cxr", "--out", str(tmp_path / "c"), "--data-dir", str(data_dir),
+                  "-o", "target=survival")
+    assert res.returncode == 0, res.stderr
+    frame = pd.read_csv(tmp_path / "c" / "manifest.csv")
+    finding = run_cli("datasets", "prepare", "covid_cxr", "--out", str(tmp_path / "f"), "--data-dir", str(data_dir))
+    assert finding.returncode == 0, finding.stderr
+    assert len(frame) != len(pd.read_csv(tmp_path / "f" / "manifest.csv"))
+    res = run_cli("datasets", "prepare", "wdbc", "--out", str(tmp_path / "w"), "-o", "novalue")
+    assert res.returncode == 2 and "key=value" in res.stderr

@@ -294,13 +294,26 @@ def datasets_prepare(
     limit: Annotated[
         int | None, typer.Option(help="Keep only the first N samples per split.")
     ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option", "-o", help="Dataset option key=value, e.g. -o target=survival."
+        ),
+    ] = None,
 ) -> None:
     """Write a dataset as the standard manifest + schema."""
+    import yaml
+
     from medmodal.datasets import get_dataset, resolve_data_dir
 
     opts: dict[str, Any] = {"image_format": image_format, "download": download}
     if limit is not None:
         opts["limit"] = limit
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MedmodalError(f"--option {item!r} must look like key=value")
+        opts[key.strip()] = yaml.safe_load(value)
     prepared = get_dataset(name).prepare(out_dir, resolve_data_dir(data_dir), **opts)
     out.print(f"manifest: {prepared.manifest}\nschema: {prepared.schema}")
     for k, v in prepared.facts.items():
