@@ -152,3 +152,11 @@ def test_kfold_groups_patients() -> None:
     frame = pd.DataFrame({"p": patients, "f": folds})
     assert (frame.groupby("p")["f"].nunique() == 1).all()
     assert sorted(set(folds)) == [0, 1, 2, 3, 4]
+
+
+def test_split_too_small_to_stratify_falls_back() -> None:
+    # 12 patients, 5 classes: a 10% validation part (2 patients) cannot hold every class.
+    patients = [f"p{i}" for i in range(12)]
+    labels = np.array([i % 5 for i in range(12)])
+    split = patient_split(patients, labels, val_fraction=0.1, test_fraction=0.0, seed=0)
+    assert (split == "val").sum() >= 1 and (split == "train").sum() >= 9

@@ -56,14 +56,24 @@ def patient_split(
     rest = idx
     if test_fraction > 0:
         s = strat if _can_stratify(strat, 2) else None
-        rest, test = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=s)
+        rest, test = _split(idx, test_fraction, seed, s)
         assign[test] = "test"
     if val_fraction > 0:
         frac = val_fraction / (1 - test_fraction)
         s = strat[rest] if strat is not None and _can_stratify(strat[rest], 2) else None
-        _, val = train_test_split(rest, test_size=frac, random_state=seed + 1, stratify=s)
+        _, val = _split(rest, frac, seed + 1, s)
         assign[val] = "val"
     return assign[inverse].astype(str)
+
+
+def _split(idx: np.ndarray, size: float, seed: int, strat: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified when the held-out part can hold every class, else a plain seeded split."""
+    if strat is not None:
+        n_out = int(np.ceil(size * len(idx)))
+        n_classes = len(np.unique(strat))
+        if n_classes <= n_out <= len(idx) - n_classes:
+            return train_test_split(idx, test_size=size, random_state=seed, stratify=strat)
+    return train_test_split(idx, test_size=size, random_state=seed)
 
 
 def patient_kfold(
