@@ -168,7 +168,8 @@ def to_markdown(rows: list[dict], command: str, env: dict) -> str:
         "3D sets (AdrenalMNIST3D) have their own table (Table 5), not transcribed here.",
         "`baseline_cnn` is the classic Keras example (Conv 32 3x3 + ReLU, MaxPool 2, Dense 128 + ReLU, Dense classes).",
         "",
-        f"Command: `{command}`",
+        "Commands (one per run; each row's command is in the JSON):",
+        *sorted({f"- `{r.get('command', command)}`" for r in rows}),
         "",
         f"Environment: {env}",
         "",
@@ -203,22 +204,20 @@ def main() -> None:
         "machine": platform.machine(),
     }
     out = Path(args.out)
-    prev = (
-        json.loads(out.with_suffix(".json").read_text())["results"]
-        if out.with_suffix(".json").is_file()
-        else []
-    )
+    prev: list[dict] = []
+    if out.with_suffix(".json").is_file():
+        old = json.loads(out.with_suffix(".json").read_text())
+        prev = [{"command": old.get("command"), **r} for r in old["results"]]
     rows = [r for r in prev if not (r["dataset"] in names and r["model"] in args.models)]
+    command = "MEDMODAL_DATA_DIR=../shared/data python benchmarks/medmnist.py " + " ".join(sys.argv[1:])
     for name in names:
         for model in args.models:
             print(f"== {name} / {model}", flush=True)
             row = run_one(name, model, args.seed, data_dir, Path(args.work))
+            row["command"] = command
             print(json.dumps(row), flush=True)
             rows.append(row)
             rows.sort(key=lambda r: (r["dataset"], r["model"] != "resnet18", r["model"]))
-            command = "MEDMODAL_DATA_DIR=../shared/data python benchmarks/medmnist.py " + " ".join(
-                sys.argv[1:]
-            )
             out.parent.mkdir(parents=True, exist_ok=True)
             out.with_suffix(".json").write_text(
                 json.dumps({"command": command, "env": env, "results": rows}, indent=2)
