@@ -31,6 +31,7 @@ def model_from_config(
     label_map: LabelMap,
     processors: dict[str, ModalityProcessor],
     model_cfg: dict[str, Any],
+    load_init: bool = True,
 ) -> MultimodalModel:
     return build_model(
         modality_types={m: spec.type for m, spec in schema.modalities.items()},
@@ -40,6 +41,7 @@ def model_from_config(
         head=model_cfg.get("head", {"name": "linear"}),
         n_outputs=n_outputs_for(label_map.task, len(label_map.classes)),
         modality_dropout=model_cfg.get("modality_dropout", 0.0),
+        load_init=load_init,
     )
 
 
@@ -101,7 +103,9 @@ class Predictor:
             processors = make_processors(schema)
             for m, state in body["processors"].items():
                 processors[m].load_state_dict(state)
-            model = model_from_config(schema, label_map, processors, body["config"]["model"])
+            model = model_from_config(
+                schema, label_map, processors, body["config"]["model"], load_init=False
+            )
             model.load_state_dict(body["model_state"])
         except (KeyError, RuntimeError) as exc:
             raise CheckpointError(

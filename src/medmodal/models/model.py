@@ -122,9 +122,16 @@ def build_model(
     head: dict[str, Any],
     n_outputs: int,
     modality_dropout: float = 0.0,
+    load_init: bool = True,
 ) -> MultimodalModel:
-    """Build a model from name-based specs, e.g. ``encoders={'image': {'name': 'resnet18'}}``."""
+    """Build a model from name-based specs, e.g. ``encoders={'image': {'name': 'resnet18'}}``.
+
+    An encoder spec may hold ``init`` (a state-dict file or a medmodal checkpoint to start from,
+    e.g. SimMIM-pretrained weights) and ``freeze_init`` (keep those weights fixed). With
+    ``load_init=False`` (rebuilding a trained checkpoint) the init file is not read.
+    """
     from medmodal.models.encoders.base import DEFAULT_ENCODER
+    from medmodal.models.init import init_encoder
 
     mods: dict[str, nn.Module] = {}
     for m, mtype in modality_types.items():
@@ -134,7 +141,13 @@ def build_model(
             from medmodal.errors import ConfigError
 
             raise ConfigError(f"no encoder named for modality {m!r} ({mtype})")
+        init, freeze = spec.pop("init", None), bool(spec.pop("freeze_init", False))
         mods[m] = create_encoder(name, mtype, infos.get(m, {}), **spec)
+        if init is not None and load_init:
+            init_encoder(mods[m], init, m, freeze=freeze)
+        elif freeze:
+            for prm in mods[m].parameters():
+                prm.requires_grad_(False)
     fspec = dict(fusion)
     fname = fspec.pop("name", "concat")
     fus = FUSIONS.create(

@@ -1,0 +1,48 @@
+"""Initialise an encoder from saved weights (e.g. a SimMIM-pretrained image encoder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medmodal.errors import ConfigError
+
+
+def encoder_state(path: str | Path, modality: str) -> dict[str, torch.Tensor]:
+    """The encoder's state dict from ``path``.
+
+    ``path`` holds either a plain state dict of the encoder, or a medmodal checkpoint, whose
+    ``encoders.<modality>.*`` weights are used.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"encoder init for {modality!r}: file not found: {p}")
+    try:
+        body: Any = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets one message
+        raise ConfigError(f"encoder init for {modality!r}: cannot read {p}: {e}") from e
+    if isinstance(body, dict) and isinstance(body.get("model_state"), dict):
+        prefix = f"encoders.{modality}."
+        state = {k[len(prefix) :]: v for k, v in body["model_state"].items() if k.startswith(prefix)}
+        if not state:
+            raise ConfigError(f"encoder init: checkpoint {p} has no encoder for modality {modality!r}")
+        return state
+    if isinstance(body, dict) and body and all(isinstance(v, torch.Tensor) for v in body.values()):
+        return body
+    raise ConfigError(f"encoder init for {modality!r}: {p} is neither a state dict nor a medmodal checkpoint")
+
+
+def init_encoder(encoder: nn.Module, path: str | Path, modality: str, freeze: bool = False) -> None:
+    """Load weights into ``encoder`` (every key must match) and optionally freeze it."""
+    state = encoder_state(path, modality)
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0:2]
+        raise ConfigError(f"encoder init for {modality!r} from {path}: weights do not fit: {' '.join(first)}") from e
+    if freeze:
+        for prm in encoder.parameters():
+            prm.requires_grad_(False)
