@@ -207,7 +207,9 @@ def check_record_files(folder: Path, record: str, verify: bool = True) -> None:
 
 def _dat_bytes(hea: Path) -> int | None:
     """Bytes the header's signals need (format 212 etc.), or None when unknown."""
-    import wfdb
+    from medmodal.data.readers.signal import import_wfdb
+
+    wfdb = import_wfdb()
 
     from medmodal.data.readers.signal import WFDB_BITS
 
@@ -282,7 +284,9 @@ def record_beats(
 
 
 def _record_length(folder: Path, record: str) -> int:
-    import wfdb
+    from medmodal.data.readers.signal import import_wfdb
+
+    wfdb = import_wfdb()
 
     return int(wfdb.rdheader(str(folder / record)).sig_len)
 

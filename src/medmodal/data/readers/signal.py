@@ -16,12 +16,14 @@ Every failure is a :class:`~medmodal.errors.DataError` naming the file.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,22 @@ RECORD_CACHE = ByteLRU()
 
 
 # -- references -------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _quiet_wfdb() -> Iterator[None]:
+    """Silence wfdb's own pandas deprecation warnings (wfdb's noise, not the user's)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The inplace keyword", module="wfdb")
+        yield
+
+
+def import_wfdb() -> Any:
+    """``import wfdb`` without its import-time pandas deprecation warnings."""
+    with _quiet_wfdb():
+        import wfdb
+
+    return wfdb
+
 def parse_ref(ref: str | Path) -> tuple[str, int | None, int | None]:
     """Split ``path#start:stop`` into (path, start, stop); no segment gives (path, None, None)."""
     text = str(ref)
@@ -227,7 +245,7 @@ def read_annotations(
     ``record_path`` is the record name, or a path with a ``.hea``/``.dat``/``.<extension>``
     suffix. A missing, empty or corrupt file is a DataError naming it.
     """
-    import wfdb
+    wfdb = import_wfdb()
 
     base = _strip_suffix(Path(str(record_path)), (*WFDB_SUFFIXES, f".{extension}"))
     file = base.with_name(f"{base.name}.{extension}")
@@ -236,7 +254,8 @@ def read_annotations(
     if file.stat().st_size == 0:
         raise DataError("empty annotation file (0 bytes)", path=file)
     try:
-        ann = wfdb.rdann(str(base), extension, sampfrom=sampfrom, sampto=sampto)
+        with _quiet_wfdb():
+            ann = wfdb.rdann(str(base), extension, sampfrom=sampfrom, sampto=sampto)
     except Exception as exc:  # wfdb raises ValueError/IndexError/... on garbage
         raise DataError(f"corrupt annotation file: {_first_line(exc)}", path=file) from None
     samples = np.asarray(ann.sample)
@@ -267,7 +286,7 @@ def _strip_suffix(path: Path, suffixes: Sequence[str]) -> Path:
 
 
 def _load_wfdb(base: Path) -> Record:
-    import wfdb
+    wfdb = import_wfdb()
 
     hea = base.with_name(base.name + ".hea")
     try:
