@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -153,7 +153,7 @@ def train_and_evaluate(
     splits: np.ndarray,
     run_dir: Path,
     *,
-    progress: bool = False,
+    progress: bool | Literal["lines"] = False,
     resume: bool = False,
     console: Console | None = None,
 ) -> RunResult:
@@ -292,7 +292,7 @@ def fit(
     config: str | Path | dict[str, Any] | ExperimentConfig,
     overrides: list[str] | None = None,
     *,
-    progress: bool = True,
+    progress: bool | Literal["lines"] = True,
     resume: bool = False,
     console: Console | None = None,
 ) -> RunResult:
@@ -303,7 +303,7 @@ def fit(
     set_threads(cfg.train.threads)
     run_dir = Path(cfg.output_dir or Path("runs") / cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    loaded = load_data(cfg, run_dir, progress)
+    loaded = load_data(cfg, run_dir, progress is True)
     result = train_and_evaluate(
         loaded, assign_splits(loaded), run_dir, progress=progress, resume=resume, console=console
     )
@@ -327,7 +327,7 @@ def cross_validate(
     overrides: list[str] | None = None,
     *,
     k: int = 5,
-    progress: bool = False,
+    progress: bool | Literal["lines"] = False,
     console: Console | None = None,
 ) -> CVResult:
     """Patient-grouped, stratified k-fold cross-validation.
@@ -343,7 +343,7 @@ def cross_validate(
     set_threads(cfg.train.threads)
     run_dir = Path(cfg.output_dir or Path("runs") / cfg.name)
     run_dir.mkdir(parents=True, exist_ok=True)
-    loaded = load_data(cfg, run_dir, progress)
+    loaded = load_data(cfg, run_dir, progress is True)
     ds, label_map = loaded.dataset, loaded.label_map
     folds = patient_kfold(ds.patients, ds.labels, n_splits=k, seed=cfg.seed)
     results: list[RunResult] = []

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -48,8 +48,9 @@ def friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _progress() -> bool:
-    return sys.stderr.isatty() and not os.environ.get("CI")
+def _progress() -> bool | Literal["lines"]:
+    """Live progress bars on a terminal; one plain line per epoch in a log or CI."""
+    return True if sys.stderr.isatty() and not os.environ.get("CI") else "lines"
 
 
 def _summary(metrics: dict[str, Any], split: str = "test") -> None:

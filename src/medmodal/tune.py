@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from rich.console import Console
@@ -63,7 +63,7 @@ def tune(
     n_trials: int = 20,
     metric: str | None = None,
     overrides: list[str] | None = None,
-    progress: bool = False,
+    progress: bool | Literal["lines"] = False,
     console: Console | None = None,
 ) -> tuple[RunResult, list[dict[str, Any]]]:
     """Search ``space`` for ``n_trials`` (TPE, seeded), then retrain the best and evaluate on test.

@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -80,7 +80,7 @@ class Trainer:
         n_classes: int,
         cfg: TrainConfig,
         seed: int = 0,
-        progress: bool = True,
+        progress: bool | Literal["lines"] = True,
         on_epoch_end: Callable[[TrainState, Trainer], None] | None = None,
         console: Console | None = None,
     ) -> None:
@@ -210,7 +210,7 @@ class Trainer:
             TimeElapsedColumn(),
         ]
         with Progress(
-            *columns, console=self.console, disable=not self.progress, transient=False
+            *columns, console=self.console, disable=self.progress is not True, transient=False
         ) as bar:
             for epoch in range(self.state.epoch, c.epochs):
                 torch.manual_seed(epoch_seed(self.seed, epoch))
@@ -282,6 +282,14 @@ class Trainer:
                     task_id,
                     info=f"loss {record['train_loss']:.4f} {shown}{' *' if improved else ''}",
                 )
+                if self.progress == "lines":  # no terminal (a log, CI): one plain line per epoch
+                    self.console.print(
+                        f"epoch {epoch + 1}/{c.epochs} loss {record['train_loss']:.4f} "
+                        + " ".join(f"{k} {v}" for k, v in shown.items())
+                        + f" ({record['seconds']:.0f} s){' *best*' if improved else ''}",
+                        highlight=False,
+                        soft_wrap=True,
+                    )
                 if self.on_epoch_end is not None:
                     self.on_epoch_end(self.state, self)
                 if c.early_stopping is not None and self.state.bad_epochs >= c.early_stopping:
