@@ -3,7 +3,9 @@
 Compares medmodal's ResNet-18 (and the seed-style baseline CNN) with the published
 ResNet-18 (28) row of Yang et al., Scientific Data 10:41 (2023), Table 4.
 
-    MEDMODAL_DATA_DIR=../shared/data python benchmarks/medmnist.py [--datasets breastmnist ...] [--models resnet18 baseline_cnn]
+    MEDMODAL_DATA_DIR=../shared/data python benchmarks/medmnist.py [--datasets breastmnist ...] [--models resnet18 baseline_cnn] [--seeds 0 1 2]
+
+Results accumulate in the JSON: a run replaces only the (dataset, model, seed) rows it makes.
 
 Writes benchmarks/results/medmnist.json and benchmarks/results/medmnist.md.
 Runs on the CPU in a few tens of minutes; not part of CI.
@@ -19,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from medmodal import api
@@ -109,7 +112,7 @@ def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> 
     config = {
         "name": f"{dataset}_{model}",
         "seed": seed,
-        "output_dir": str(work / dataset / model),
+        "output_dir": str(work / dataset / f"{model}_seed{seed}"),
         "data": {
             "manifest": str(prepared.manifest),
             "schema": schema.model_dump(mode="json", exclude_none=True),
@@ -141,6 +144,34 @@ def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> 
     }
 
 
+def over_seeds(rows: list[dict]) -> list[str]:
+    """Mean +- sd (ddof 1) of test AUC / ACC for every (dataset, model) run with several seeds."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["model"]), []).append(r)
+    multi = {k: v for k, v in groups.items() if len(v) > 1}
+    if not multi:
+        return []
+    out = [
+        "",
+        "## Over seeds",
+        "",
+        "| dataset | model | seeds | test AUC mean ± sd (min) | test ACC mean ± sd | seeds with AUC >= published |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (ds, model), rs in multi.items():
+        auc = np.array([r["test_auc"] for r in rs])
+        acc = np.array([r["test_acc"] for r in rs])
+        pub = rs[0]["published_resnet18_28"]
+        hits = f"{int((auc >= pub[0]).sum())} / {len(rs)}" if pub else "n/a"
+        out.append(
+            f"| {ds} | {model} | {', '.join(str(r['seed']) for r in rs)} | "
+            f"{auc.mean():.3f} ± {auc.std(ddof=1):.3f} ({auc.min():.3f}) | "
+            f"{acc.mean():.3f} ± {acc.std(ddof=1):.3f} | {hits} |"
+        )
+    return out
+
+
 def to_markdown(rows: list[dict], command: str, env: dict) -> str:
     lines = [
         "# MedMNIST v2 (28 px): medmodal vs the published ResNet-18 (28) row",
@@ -149,8 +180,8 @@ def to_markdown(rows: list[dict], command: str, env: dict) -> str:
         "metrics on the official test split (AUC: binary ROC AUC / mean one-vs-rest AUC; ACC: threshold 0.5 / argmax). "
         "95% CIs: 1000 bootstrap resamples of the test set.",
         "",
-        "| dataset | model | test AUC [95% CI] | test ACC | published ResNet-18 (28) AUC / ACC | AUC >= published | best epoch / epochs | wall time (2 CPU cores) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | model | seed | test AUC [95% CI] | test ACC | published ResNet-18 (28) AUC / ACC | AUC >= published | best epoch / epochs | wall time (2 CPU cores) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         pub = r["published_resnet18_28"]
@@ -159,9 +190,10 @@ def to_markdown(rows: list[dict], command: str, env: dict) -> str:
         lo, hi = r["test_auc_ci"]
         ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
         lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['test_auc']:.3f}{ci} | {r['test_acc']:.3f} | {pub_s} | {ok} | "
+            f"| {r['dataset']} | {r['model']} | {r['seed']} | {r['test_auc']:.3f}{ci} | {r['test_acc']:.3f} | {pub_s} | {ok} | "
             f"{r['best_epoch']} / {r['epochs']} | {r['wall_seconds'] / 60:.1f} min |"
         )
+    lines += over_seeds(rows)
     lines += [
         "",
         "Published: Yang J. et al., MedMNIST v2, Scientific Data 10:41 (2023), Table 4, ResNet-18 (28). "
@@ -185,7 +217,7 @@ def main() -> None:
         "--datasets", nargs="*", default=None, help="default: every MedMNIST file in the data dir"
     )
     ap.add_argument("--models", nargs="*", default=["resnet18", "baseline_cnn"])
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "work" / "medmnist"))
     ap.add_argument("--out", default=str(RESULTS / "medmnist"))
@@ -208,21 +240,23 @@ def main() -> None:
     if out.with_suffix(".json").is_file():
         old = json.loads(out.with_suffix(".json").read_text())
         prev = [{"command": old.get("command"), **r} for r in old["results"]]
-    rows = [r for r in prev if not (r["dataset"] in names and r["model"] in args.models)]
+    rows = [
+        r for r in prev
+        if not (r["dataset"] in names and r["model"] in args.models and r["seed"] in args.seeds)
+    ]
     command = "MEDMODAL_DATA_DIR=../shared/data python benchmarks/medmnist.py " + " ".join(sys.argv[1:])
-    for name in names:
-        for model in args.models:
-            print(f"== {name} / {model}", flush=True)
-            row = run_one(name, model, args.seed, data_dir, Path(args.work))
-            row["command"] = command
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            rows.sort(key=lambda r: (r["dataset"], r["model"] != "resnet18", r["model"]))
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.with_suffix(".json").write_text(
-                json.dumps({"command": command, "env": env, "results": rows}, indent=2)
-            )
-            out.with_suffix(".md").write_text(to_markdown(rows, command, env))
+    for name, model, seed in ((n, m, s) for n in names for m in args.models for s in args.seeds):
+        print(f"== {name} / {model} / seed {seed}", flush=True)
+        row = run_one(name, model, seed, data_dir, Path(args.work))
+        row["command"] = command
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        rows.sort(key=lambda r: (r["dataset"], r["model"] != "resnet18", r["model"], r["seed"]))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(
+            json.dumps({"command": command, "env": env, "results": rows}, indent=2)
+        )
+        out.with_suffix(".md").write_text(to_markdown(rows, command, env))
 
 
 if __name__ == "__main__":
