@@ -170,7 +170,9 @@ def evaluate(
     out_dir: Annotated[
         Path | None, typer.Option(help="Write metrics.json, predictions.csv, report.html here.")
     ] = None,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad")] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable samples and list them in metrics.json (skipped_samples).")
+    ] = False,
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap resamples for 95% CIs (0 = none).")
     ] = 1000,
@@ -203,7 +205,9 @@ def predict(
         "predictions.csv"
     ),
     root: Annotated[Path | None, typer.Option(help="Base folder for relative paths.")] = None,
-    skip_bad: Annotated[bool, typer.Option("--skip-bad")] = False,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable samples and list them in <out>.skipped.json.")
+    ] = False,
 ) -> None:
     """Predict class probabilities for a manifest or an image folder -> CSV."""
     from medmodal import api
