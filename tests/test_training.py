@@ -179,3 +179,33 @@ def test_empty_training_split_is_an_error(breast_png: tuple[Path, Path], tmp_pat
     frame.to_csv(p, index=False)
     with pytest.raises(ManifestError, match="no usable training rows"):
         api.fit(_config(p, schema, tmp_path / "r", epochs=1), progress=False)
+
+
+def test_cross_validation_pools_out_of_fold_predictions(
+    breast_png: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cfg = _config(*breast_png, tmp_path / "cv", epochs=3)
+    cfg["evaluate"]["report"] = False
+    cv = api.cross_validate(cfg, k=3)
+    pred = cv.predictions
+    manifest = pd.read_csv(breast_png[0])
+    # every sample predicted exactly once, by the one fold that held it out
+    assert len(pred) == len(manifest) and pred["sample_id"].is_unique
+    assert sorted(pred["fold"].unique()) == [0, 1, 2]
+    assert (pred.groupby("patient_id")["fold"].nunique() == 1).all()
+    assert len(cv.folds) == 3 and len(cv.per_fold["auroc"]["folds"]) == 3
+    # the pooled probabilities are the fold checkpoints' own predictions
+    prob_col = [c for c in pred.columns if c.startswith("prob_")][-1]
+    for f, run in enumerate(cv.folds):
+        held = pred[pred["fold"] == f]
+        again = api.predict(
+            run.checkpoint,
+            manifest[manifest["sample_id"].isin(held["sample_id"])],
+            root=breast_png[0].parent,
+        )
+        merged = held.merge(again, on="sample_id", suffixes=("", "_again"))
+        assert len(merged) == len(held)
+        np.testing.assert_allclose(merged[prob_col], merged[f"{prob_col}_again"], atol=1e-5)
+    assert cv.pooled["auroc"] > 0.7  # real ultrasound: clearly above chance
+    saved = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())
+    assert saved["k"] == 3 and sum(saved["fold_sizes"]) == len(manifest)

@@ -288,6 +288,20 @@ def _probs(
     return to_probs(logits, label_map.task).numpy()
 
 
+def _start_run(
+    config: str | Path | dict[str, Any] | ExperimentConfig,
+    overrides: list[str] | None,
+    show_progress: bool,
+) -> tuple[ExperimentConfig, Path, Loaded]:
+    """Load the config, seed and size the run, create its directory and load the data."""
+    cfg = load_config(config, overrides)
+    seed_everything(cfg.seed)
+    set_threads(cfg.train.threads)
+    run_dir = Path(cfg.output_dir or Path("runs") / cfg.name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg, run_dir, load_data(cfg, run_dir, show_progress)
+
+
 def fit(
     config: str | Path | dict[str, Any] | ExperimentConfig,
     overrides: list[str] | None = None,
@@ -298,12 +312,7 @@ def fit(
 ) -> RunResult:
     """Train and evaluate one experiment; writes checkpoint, metrics, report into the run dir."""
     t0 = time.perf_counter()
-    cfg = load_config(config, overrides)
-    seed_everything(cfg.seed)
-    set_threads(cfg.train.threads)
-    run_dir = Path(cfg.output_dir or Path("runs") / cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    loaded = load_data(cfg, run_dir, progress is True)
+    cfg, run_dir, loaded = _start_run(config, overrides, progress is True)
     result = train_and_evaluate(
         loaded, assign_splits(loaded), run_dir, progress=progress, resume=resume, console=console
     )
@@ -338,12 +347,7 @@ def cross_validate(
     per-fold mean and standard deviation are reported too. A manifest split column is ignored.
     """
     t0 = time.perf_counter()
-    cfg = load_config(config, overrides)
-    seed_everything(cfg.seed)
-    set_threads(cfg.train.threads)
-    run_dir = Path(cfg.output_dir or Path("runs") / cfg.name)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    loaded = load_data(cfg, run_dir, progress is True)
+    cfg, run_dir, loaded = _start_run(config, overrides, progress is True)
     ds, label_map = loaded.dataset, loaded.label_map
     folds = patient_kfold(ds.patients, ds.labels, n_splits=k, seed=cfg.seed)
     results: list[RunResult] = []
