@@ -288,7 +288,7 @@ def _probs(
     return to_probs(logits, label_map.task).numpy()
 
 
-def _start_run(
+def start_run(
     config: str | Path | dict[str, Any] | ExperimentConfig,
     overrides: list[str] | None,
     show_progress: bool,
@@ -312,7 +312,7 @@ def fit(
 ) -> RunResult:
     """Train and evaluate one experiment; writes checkpoint, metrics, report into the run dir."""
     t0 = time.perf_counter()
-    cfg, run_dir, loaded = _start_run(config, overrides, progress is True)
+    cfg, run_dir, loaded = start_run(config, overrides, progress is True)
     result = train_and_evaluate(
         loaded, assign_splits(loaded), run_dir, progress=progress, resume=resume, console=console
     )
@@ -347,7 +347,7 @@ def cross_validate(
     per-fold mean and standard deviation are reported too. A manifest split column is ignored.
     """
     t0 = time.perf_counter()
-    cfg, run_dir, loaded = _start_run(config, overrides, progress is True)
+    cfg, run_dir, loaded = start_run(config, overrides, progress is True)
     ds, label_map = loaded.dataset, loaded.label_map
     folds = patient_kfold(ds.patients, ds.labels, n_splits=k, seed=cfg.seed)
     results: list[RunResult] = []

@@ -23,11 +23,10 @@ from typing import Any, Literal
 import numpy as np
 from rich.console import Console
 
-from medmodal.api import RunResult, assign_splits, load_data, train_and_evaluate
+from medmodal.api import RunResult, assign_splits, start_run, train_and_evaluate
 from medmodal.config import ExperimentConfig, load_config
 from medmodal.errors import ConfigError
 from medmodal.utils.io import dump_json
-from medmodal.utils.runtime import seed_everything, set_threads
 
 
 def _suggest(trial: Any, name: str, spec: dict[str, Any]) -> Any:
@@ -76,12 +75,8 @@ def tune(
         raise ConfigError(
             "hyper-parameter search needs Optuna: pip install 'medmodal[tune]'"
         ) from None
-    base = load_config(config, overrides)
+    base, run_dir, loaded = start_run(config, overrides, show_progress=False)
     metric = metric or base.train.monitor
-    seed_everything(base.seed)
-    set_threads(base.train.threads)
-    run_dir = Path(base.output_dir or Path("runs") / base.name)
-    loaded = load_data(base, run_dir)
     splits = assign_splits(loaded)
     if not (splits == "val").any():
         raise ConfigError(
