@@ -3,6 +3,7 @@ file verification, bad input in a copied manifest, note masking and a short mult
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -15,20 +16,27 @@ from medmodal.config import load_config
 from medmodal.data.preprocess import create_processor
 from medmodal.data.schema import Schema
 from medmodal.data.splits import patient_kfold
-from medmodal.datasets import get_dataset
+from medmodal.datasets import get_dataset, prepare_dataset
 from medmodal.datasets.covid_cxr import (
     PLACEHOLDERS,
+    SAME_FILMS,
     CovidCXR,
+    image_digests,
     mask_terms,
     merged_patients,
     read_metadata,
 )
-from medmodal.errors import DataError, DatasetError
+from medmodal.errors import ConfigError, DataError, DatasetError
+from medmodal.run import LoadedData, load_data
 
 SOURCE_HINT = "ieee8023/covid-chestxray-dataset"
-# SOURCES.md: the same people under two ids (Eurorad cases 10483 and 10665).
+# SOURCES.md: the same people under two ids (Eurorad cases 10483 and 10665), one file name each.
 DUPLICATES = {"285": "339", "287": "340"}
 DUP_FILES = ["000001-24", "000006-17", "000007-15", "000001-27", "000002-29"]
+# Two file names with identical bytes (SIRM cases 54 and 72), and the same films re-encoded or
+# recropped upstream (SAME_FILMS, found by `medmodal audit`'s perceptual hash).
+SAME_BYTES = {"78": "201"}
+SAME_FILM_IDS = {"97": "178", "137": "202", "192": "196"}
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -56,30 +64,59 @@ def prepared(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {t: ds.prepare(out / t, folder.parent, target=t) for t in ("finding", "survival")}
 
 
-def _reference_patients(meta: pd.DataFrame) -> pd.Series:
-    """Patient ids merged when they share an image file, computed directly with pandas."""
-    alias: dict[str, str] = {}
+def _sha256(folder: Path, names: pd.Series) -> pd.Series:
+    return names.map(lambda n: hashlib.sha256((folder / "images" / n).read_bytes()).hexdigest())
+
+
+def _reference_patients(meta: pd.DataFrame, folder: Path) -> pd.Series:
+    """Patient ids merged when they share an image (same sha256, or a SAME_FILMS pair), computed
+    directly with pandas and hashlib: relabel every id by the smallest id it is linked to until
+    nothing changes."""
+
     def key(p: str) -> tuple[int, int, str]:
         return (0, int(p), p) if p.isdigit() else (1, 0, p)  # a few ids are "311a", "350b"
 
-    for ids in meta.groupby("filename")["patientid"].agg(lambda s: sorted(set(s), key=key)):
-        for other in ids[1:]:
-            alias[other] = ids[0]
-    return meta["patientid"].map(lambda p: alias.get(p, p))
+    digest = _sha256(folder, meta["png"])
+    film_of = dict(zip(meta["png"], meta["patientid"], strict=True))
+    edges = [tuple(ids) for ids in meta.groupby(digest)["patientid"].agg(set) if len(ids) > 1]
+    edges += [(film_of[a], film_of[b]) for a, b in SAME_FILMS]
+    label = {p: p for p in meta["patientid"]}
+    changed = True
+    while changed:
+        changed = False
+        for ids in edges:
+            low = min((label[p] for p in ids), key=key)
+            for p in ids:
+                if label[p] != low:
+                    label[p], changed = low, True
+    return meta["patientid"].map(label)
 
 
-def test_row_and_patient_counts_match_pandas(meta: pd.DataFrame, prepared: dict) -> None:
-    pid = _reference_patients(meta)
+def test_row_and_patient_counts_match_pandas(
+    meta: pd.DataFrame, prepared: dict, folder: Path
+) -> None:
+    pid = _reference_patients(meta, folder)
     finding = meta["finding"].str.strip()
     keep_f = finding != "todo"
     covid = finding.isin(["COVID-19", "COVID-19, ARDS"])
     keep_s = meta["survival"].isin(["Y", "N"])
     expected = {
-        "finding": (keep_f, {"COVID-19": int((covid & keep_f).sum()), "other": int((~covid & keep_f).sum())}),
-        "survival": (keep_s, {"died": int((meta["survival"] == "N").sum()),
-                              "survived": int((meta["survival"] == "Y").sum())}),
+        "finding": (
+            keep_f,
+            {"COVID-19": int((covid & keep_f).sum()), "other": int((~covid & keep_f).sum())},
+        ),
+        "survival": (
+            keep_s,
+            {
+                "died": int((meta["survival"] == "N").sum()),
+                "survived": int((meta["survival"] == "Y").sum()),
+            },
+        ),
     }
-    assert expected["finding"][1] == {"COVID-19": 424, "other": 119}  # SOURCES.md: 412 + 12 COVID rows
+    assert expected["finding"][1] == {
+        "COVID-19": 424,
+        "other": 119,
+    }  # SOURCES.md: 412 + 12 COVID rows
     assert expected["survival"][1] == {"died": 49, "survived": 184}
     for target, (keep, per_class) in expected.items():
         p = prepared[target]
@@ -91,28 +128,59 @@ def test_row_and_patient_counts_match_pandas(meta: pd.DataFrame, prepared: dict)
         src = meta.loc[m["source_row"].astype(int)]
         assert (src["png"].to_numpy() == m["image"].map(lambda s: Path(s).name).to_numpy()).all()
         assert m["sample_id"].is_unique
-        assert p.facts["notes_absent"] == int(src["clinical_notes"].isna().sum()) == int(m["note"].isna().sum())
-    assert prepared["finding"].facts["patients"] == 298 and prepared["survival"].facts["patients"] == 98
+        assert (
+            p.facts["notes_absent"]
+            == int(src["clinical_notes"].isna().sum())
+            == int(m["note"].isna().sum())
+        )
+    assert (
+        prepared["finding"].facts["patients"] == 294
+        and prepared["survival"].facts["patients"] == 98
+    )
 
 
-def test_duplicate_people_share_one_patient_id(meta: pd.DataFrame, prepared: dict, folder: Path) -> None:
-    merged = merged_patients(read_metadata(folder / "metadata.csv"))
-    assert meta["patientid"].nunique() == 338 and merged.nunique() == 336
-    for a, b in DUPLICATES.items():
-        ids = set(merged[meta["patientid"].isin([a, b])])
-        assert ids == {f"{a}+{b}"}
+def test_duplicate_people_share_one_patient_id(
+    meta: pd.DataFrame, prepared: dict, folder: Path
+) -> None:
+    clean = read_metadata(folder / "metadata.csv")
+    merged = merged_patients(clean, image_digests(folder / "images"))
+    assert meta["patientid"].nunique() == 338 and merged.nunique() == 332
+    by_name_only = merged_patients(clean)  # without digests: shared file names and SAME_FILMS
+    assert by_name_only.nunique() == 333
+    for a, b in {**DUPLICATES, **SAME_BYTES, **SAME_FILM_IDS}.items():
+        assert set(merged[meta["patientid"].isin([a, b])]) == {f"{a}+{b}"}
+    assert set(by_name_only[meta["patientid"].isin(list(SAME_BYTES.items())[0])]) == {"78", "201"}
     m = _read(prepared["finding"].manifest)
     dup = m[m["image"].map(lambda s: Path(s).stem).isin(DUP_FILES)]
     assert len(dup) == 10  # 5 files, each in two rows
     assert dup.groupby(dup["image"])["patient_id"].nunique().eq(1).all()
     assert set(dup["source_patientid"]) == {"285", "287", "339", "340"}
-    assert sorted(prepared["finding"].facts["merged_patients"]) == ["285+339", "287+340"]
+    assert prepared["finding"].facts["merged_patients"] == [
+        "78+201",
+        "97+178",
+        "137+202",
+        "192+196",
+        "285+339",
+        "287+340",
+    ]
+    assert prepared["survival"].facts["merged_patients"] == ["97+178", "285+339", "287+340"]
+    # Every byte-identical image (sha256 with hashlib) stays within one patient id.
+    for target in ("finding", "survival"):
+        m = _read(prepared[target].manifest)
+        digest = m["image"].map(lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest())
+        shared = m[digest.duplicated(keep=False)]
+        assert len(shared) == {"finding": 12, "survival": 10}[target]
+        assert shared.groupby(digest[shared.index])["patient_id"].nunique().eq(1).all()
 
 
 def test_todo_rows_excluded(meta: pd.DataFrame, prepared: dict) -> None:
     m = _read(prepared["finding"].manifest)
     assert "todo" not in set(m["finding"])
-    assert prepared["finding"].facts["excluded"]["todo"] == int((meta["finding"] == "todo").sum()) == 78
+    assert (
+        prepared["finding"].facts["excluded"]["todo"]
+        == int((meta["finding"] == "todo").sum())
+        == 78
+    )
     todo_rows = set(meta.index[meta["finding"] == "todo"])
     assert not todo_rows & set(m["source_row"].astype(int))
 
@@ -130,7 +198,10 @@ def test_placeholders_become_missing(meta: pd.DataFrame, folder: Path, prepared:
     parsed = record.read(raw, None)
     numeric = dict(zip(record.numeric_columns, parsed["numeric"], strict=True))
     assert numeric["age"] == 45 and all(np.isnan(v) for k, v in numeric.items() if k != "age")
-    assert dict(zip(record.categorical_columns, parsed["categorical"], strict=True)) == {"sex": "F", "view": None}
+    assert dict(zip(record.categorical_columns, parsed["categorical"], strict=True)) == {
+        "sex": "F",
+        "view": None,
+    }
     m = _read(prepared["survival"].manifest)
     assert not m[["offset", "view", "temperature"]].isin(PLACEHOLDERS).any().any()
 
@@ -144,6 +215,13 @@ def test_patient_folds_share_no_patient(prepared: dict, target: str) -> None:
     assert m.assign(fold=folds).groupby("patient_id")["fold"].nunique().max() == 1
     for f in range(5):
         assert len(set(labels[folds == f])) == 2
+    # The same film never lands in two folds: byte-identical images, and the SAME_FILMS pairs.
+    digest = m["image"].map(lambda p: hashlib.sha256(Path(p).read_bytes()).hexdigest())
+    assert m.assign(fold=folds).groupby(digest)["fold"].nunique().max() == 1
+    fold_of = dict(zip(m["image"].map(lambda p: Path(p).name), folds, strict=True))
+    for a, b in SAME_FILMS:
+        if a in fold_of and b in fold_of:
+            assert fold_of[a] == fold_of[b], (a, b)
 
 
 def _copy_folder(folder: Path, dest: Path, *, skip: str | None = None) -> Path:
@@ -169,7 +247,11 @@ def test_altered_or_missing_files_name_the_file_and_source(folder: Path, tmp_pat
     _copy_folder(folder, tmp_path / "b" / "covid_cxr", skip=name)
     with pytest.raises(DatasetError, match=name) as err:
         ds.prepare(tmp_path / "out", tmp_path / "b")
-    assert "missing" in str(err.value) and SOURCE_HINT in str(err.value) and "license" in str(err.value)
+    assert (
+        "missing" in str(err.value)
+        and SOURCE_HINT in str(err.value)
+        and "license" in str(err.value)
+    )
 
     bad = _copy_folder(folder, tmp_path / "c" / "covid_cxr", skip=name)
     (bad / "images" / name).write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
@@ -179,12 +261,15 @@ def test_altered_or_missing_files_name_the_file_and_source(folder: Path, tmp_pat
 
     with pytest.raises(DatasetError, match="target"):
         ds.prepare(tmp_path / "out", folder.parent, target="died")
-    with pytest.raises(DatasetError, match="unknown option"):
-        ds.prepare(tmp_path / "out", folder.parent, mask_note=True)
+    with pytest.raises(ConfigError, match="mask_note") as cfg_err:  # a misspelled option
+        prepare_dataset("covid_cxr", tmp_path / "out", folder.parent, {"mask_note": True})
+    assert "mask_notes" in str(cfg_err.value)  # the allowed options are listed
     with pytest.raises(DatasetError, match="no download"):
         ds.prepare(tmp_path / "out", folder.parent, download=True)
     # The CLI's generic options (`medmodal datasets prepare covid_cxr --limit 20`) are accepted.
-    small = ds.prepare(tmp_path / "small", folder.parent, image_format="npz", download=False, limit=20)
+    small = ds.prepare(
+        tmp_path / "small", folder.parent, image_format="npz", download=False, limit=20
+    )
     assert small.facts["rows"] == len(_read(small.manifest)) == 20
 
 
@@ -201,9 +286,9 @@ def _bad_manifest(prepared: dict, tmp_path: Path) -> tuple[Path, str, str, str]:
     return path, m.loc[0, "sample_id"], m.loc[note_row, "sample_id"], str(corrupt)
 
 
-def _load(manifest: Path, schema: dict, run_dir: Path) -> api.Loaded:
+def _load(manifest: Path, schema: dict, run_dir: Path) -> LoadedData:
     cfg = load_config({"data": {"manifest": str(manifest), "schema": schema}})
-    return api.load_data(cfg, run_dir)
+    return load_data(cfg, run_dir)
 
 
 def test_bad_image_and_empty_note_in_a_copied_manifest(prepared: dict, tmp_path: Path) -> None:
@@ -228,18 +313,22 @@ def test_bad_image_and_empty_note_in_a_copied_manifest(prepared: dict, tmp_path:
     assert "image" in ds.bad_inputs[ds.ids.index(bad_id)]
 
     no_empty_notes = CovidCXR.schema_dict("finding", on_bad="missing", **kw)
-    no_empty_notes["modalities"] = {"note": {**no_empty_notes["modalities"]["note"], "allow_missing": False,
-                                             "on_bad": "error"}}
+    no_empty_notes["modalities"] = {
+        "note": {**no_empty_notes["modalities"]["note"], "allow_missing": False, "on_bad": "error"}
+    }
     with pytest.raises(DataError, match="note"):
         _load(manifest, no_empty_notes, tmp_path / "r3")
 
 
 def test_mask_notes_hides_diagnosis_and_outcome_words(prepared: dict, tmp_path: Path) -> None:
-    schema = Schema.load(CovidCXR.schema_dict("survival", text_tokenizer="word", mask_notes=True,
-                                              mask_numbers=True))
+    schema = Schema.load(
+        CovidCXR.schema_dict("survival", text_tokenizer="word", mask_notes=True, mask_numbers=True)
+    )
     proc = create_processor("note", schema.modalities["note"])
-    note = ("On March 3, 2020 the 65-year-old patient tested COVID-19 positive (SARS-CoV-2 RT-PCR); "
-            "he was intubated in the ICU and died. Streptococcus was excluded.")
+    note = (
+        "On March 3, 2020 the 65-year-old patient tested COVID-19 positive (SARS-CoV-2 RT-PCR); "
+        "he was intubated in the ICU and died. Streptococcus was excluded."
+    )
     tokens = proc.read({"note": note}, None)
     text = " ".join(tokens)
     for word in ("covid", "sars", "pcr", "intubated", "icu", "died", "streptococcus", "2020", "65"):
@@ -250,16 +339,32 @@ def test_mask_notes_hides_diagnosis_and_outcome_words(prepared: dict, tmp_path: 
     assert "mask_terms" not in raw  # raw notes by default
 
 
+@pytest.mark.slow
 def test_short_multimodal_training_beats_chance(folder: Path, tmp_path: Path) -> None:
     cfg = {
-        "name": "covid_short", "seed": 0, "output_dir": str(tmp_path / "run"),
-        "data": {"dataset": "covid_cxr", "data_dir": str(folder.parent),
-                 "dataset_options": {"target": "finding", "image_size": 32, "text_tokenizer": "word"}},
-        "model": {"encoders": {"image": {"name": "baseline_cnn", "filters": 8, "hidden": 32},
-                               "note": {"name": "bigru", "embed_dim": 32, "hidden": 32},
-                               "record": {"name": "mlp"}},
-                  "fusion": {"name": "concat"}},
-        "train": {"epochs": 5, "batch_size": 32, "lr": 2e-3, "class_weights": "balanced", "threads": 1},
+        "name": "covid_short",
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "data": {
+            "dataset": "covid_cxr",
+            "data_dir": str(folder.parent),
+            "dataset_options": {"target": "finding", "image_size": 32, "text_tokenizer": "word"},
+        },
+        "model": {
+            "encoders": {
+                "image": {"name": "baseline_cnn", "filters": 8, "hidden": 32},
+                "note": {"name": "bigru", "embed_dim": 32, "hidden": 32},
+                "record": {"name": "mlp"},
+            },
+            "fusion": {"name": "concat"},
+        },
+        "train": {
+            "epochs": 5,
+            "batch_size": 32,
+            "lr": 2e-3,
+            "class_weights": "balanced",
+            "threads": 1,
+        },
         "evaluate": {"bootstrap": 200, "report": False},
     }
     run = api.fit(cfg, progress=False)

@@ -11,10 +11,14 @@ missing indicators come from the tabular processor). Two targets:
   empty or ``?`` survival are left out.
 
 Pitfalls handled here (see the data folder's SOURCES.md): the same person listed under two
-patient ids (any two ids sharing an image file are merged, found from the file names:
-Eurorad case 10483 = patients 285 + 339, case 10665 = 287 + 340), several films per patient
-(``patient_id`` groups them), placeholders (``?``, "Not visible", "Would have been stated")
--> missing. Label leakage through the notes is *not* removed by default: ``mask_notes=True``
+patient ids. Ids are merged (union-find, :func:`merged_patients`) when they share a
+byte-identical image (sha256 of the PNG: the 5 files of Eurorad cases 10483 = patients
+285 + 339 and 10665 = 287 + 340, and two different file names with identical bytes,
+SIRM cases 54 and 72 = 78 + 201) or one of the films of :data:`SAME_FILMS` (the same X-ray
+re-encoded, re-cropped or captioned upstream, found by the leakage audit's perceptual hash
+and checked by eye and against the notes: 97 + 178, 137 + 202, 192 + 196). Several films
+per patient (``patient_id`` groups them), placeholders (``?``, "Not visible", "Would have
+been stated") -> missing. Label leakage through the notes is *not* removed by default: ``mask_notes=True``
 replaces the words of :data:`MASK_TERMS` by ``[MASK]`` (``mask_numbers=True`` also masks
 numbers: ages, dates, doses).
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +61,35 @@ METADATA_SHA256 = "a8875c74c48104f458f3daafc34096bcafbeec0169543a64e89be1d936952
 IMAGES_SHA256 = "b8268e9670fda83111f1612b2f8fb39f85857d16245bcdbdce86c6bc7b1a3643"
 N_ROWS, N_IMAGES = 621, 616
 
+# The same film under two patient ids without identical bytes (one pair per person; `medmodal audit`
+# lists them as near-identical images, 256-bit pHash distance in brackets). Each was checked by eye
+# and the notes agree (age, sex, history):
+SAME_FILMS: tuple[tuple[str, str], ...] = (
+    # Radiopaedia "rapidly progressive ARDS" (97) = Eurorad 16660 (178), 70-72 y woman, Valencia:
+    # 4 films, pHash 0-2.
+    (
+        "covid-19-rapidly-progressive-acute-respiratory-distress-syndrome-ards-admission.png",
+        "16660_2_1.png",
+    ),
+    # SIRM case 67 (137) = case 76 (202), 83 y man; case 76's note quotes case 67's report (pHash 22).
+    ("A7E260CE-8A00-4C5F-A7F5-27336527A981.png", "case_76_1-3.png"),
+    # radiologyassistant.nl, 73 y man with a pacemaker: admission film (192) = "day 1" (196), recropped
+    # and captioned (pHash 44).
+    ("AR-1.png", "extubation-1.png"),
+)
+
 TARGETS = ("finding", "survival")
 CLASSES = {"finding": ["other", "COVID-19"], "survival": ["survived", "died"]}
 PLACEHOLDERS = ("?", "Not visible", "Would have been stated")
-NUMERIC = ["age", "temperature", "pO2_saturation", "leukocyte_count", "neutrophil_count",
-           "lymphocyte_count", "offset"]
+NUMERIC = [
+    "age",
+    "temperature",
+    "pO2_saturation",
+    "leukocyte_count",
+    "neutrophil_count",
+    "lymphocyte_count",
+    "offset",
+]
 CATEGORICAL = ["sex", "view"]
 # Kept in the manifest for inspection (not model inputs): they carry source / date / outcome.
 INFO_COLUMNS = ["finding", "survival", "date", "year", "location", "url", "doi", "license", "png"]
@@ -71,22 +100,104 @@ INFO_COLUMNS = ["finding", "survival", "date", "year", "location", "url", "doi",
 # Deliberately not masked: generic findings ("pneumonia", "consolidation", "opacity") that every
 # class shares, and dates / places other than the few below (use mask_numbers for dates).
 MASK_TERMS: dict[str, list[str]] = {
-    "covid": ["covid", "covid-19", "covid-2019", "sars-cov-2", "sars-cov", "coronavirus",
-              "corona virus", "corona", "2019-ncov", "ncov", "novel coronavirus", "cov"],
-    "other findings": ["sars", "mers", "ards", "pneumocystis", "pcp", "pjp", "jirovecii", "carinii",
-                       "legionella", "legionnaire", "legionnaires", "streptococcus", "streptococcal",
-                       "pneumococcus", "pneumococcal", "klebsiella", "mycoplasma", "e. coli",
-                       "e.coli", "escherichia", "influenza", "flu", "h1n1", "varicella",
-                       "chickenpox", "chicken pox", "zoster", "tuberculosis", "tb", "lipoid",
-                       "bacterial", "bacteria", "viral", "virus", "fungal"],
+    "covid": [
+        "covid",
+        "covid-19",
+        "covid-2019",
+        "sars-cov-2",
+        "sars-cov",
+        "coronavirus",
+        "corona virus",
+        "corona",
+        "2019-ncov",
+        "ncov",
+        "novel coronavirus",
+        "cov",
+    ],
+    "other findings": [
+        "sars",
+        "mers",
+        "ards",
+        "pneumocystis",
+        "pcp",
+        "pjp",
+        "jirovecii",
+        "carinii",
+        "legionella",
+        "legionnaire",
+        "legionnaires",
+        "streptococcus",
+        "streptococcal",
+        "pneumococcus",
+        "pneumococcal",
+        "klebsiella",
+        "mycoplasma",
+        "e. coli",
+        "e.coli",
+        "escherichia",
+        "influenza",
+        "flu",
+        "h1n1",
+        "varicella",
+        "chickenpox",
+        "chicken pox",
+        "zoster",
+        "tuberculosis",
+        "tb",
+        "lipoid",
+        "bacterial",
+        "bacteria",
+        "viral",
+        "virus",
+        "fungal",
+    ],
     "tests": ["pcr", "rt-pcr", "swab", "nasopharyngeal swab"],
-    "epidemiology": ["wuhan", "hubei", "huanan", "seafood market", "seafood", "pandemic",
-                     "epidemic", "outbreak", "quarantine", "quarantined"],
-    "outcome": ["died", "die", "dies", "dying", "death", "dead", "deceased", "expired", "passed away",
-                "succumbed", "fatal", "mortality", "survived", "survive", "survival", "survivor",
-                "discharged", "discharge", "recovered", "recovery", "intubated", "intubation",
-                "extubated", "extubation", "ventilated", "ventilation", "mechanical ventilation",
-                "ventilator", "icu", "intensive care", "intensive care unit", "ecmo"],
+    "epidemiology": [
+        "wuhan",
+        "hubei",
+        "huanan",
+        "seafood market",
+        "seafood",
+        "pandemic",
+        "epidemic",
+        "outbreak",
+        "quarantine",
+        "quarantined",
+    ],
+    "outcome": [
+        "died",
+        "die",
+        "dies",
+        "dying",
+        "death",
+        "dead",
+        "deceased",
+        "expired",
+        "passed away",
+        "succumbed",
+        "fatal",
+        "mortality",
+        "survived",
+        "survive",
+        "survival",
+        "survivor",
+        "discharged",
+        "discharge",
+        "recovered",
+        "recovery",
+        "intubated",
+        "intubation",
+        "extubated",
+        "extubation",
+        "ventilated",
+        "ventilation",
+        "mechanical ventilation",
+        "ventilator",
+        "icu",
+        "intensive care",
+        "intensive care unit",
+        "ecmo",
+    ],
 }
 
 
@@ -95,18 +206,35 @@ def mask_terms() -> list[str]:
     return list(dict.fromkeys(t for terms in MASK_TERMS.values() for t in terms))
 
 
-def images_digest(folder: Path) -> str:
+def image_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every PNG in ``folder``, by file name."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.png"))
+    }
+
+
+def images_digest(folder: Path, digests: Mapping[str, str] | None = None) -> str:
     """sha256 over the names and sha256 digests of the PNGs in ``folder`` (sorted by name)."""
+    digests = image_digests(folder) if digests is None else digests
     h = hashlib.sha256()
-    for p in sorted(folder.glob("*.png")):
-        h.update(p.name.encode() + b"\0" + hashlib.sha256(p.read_bytes()).hexdigest().encode() + b"\n")
+    for name in sorted(digests):
+        h.update(name.encode() + b"\0" + digests[name].encode() + b"\n")
     return h.hexdigest()
 
 
 def read_metadata(path: Path) -> pd.DataFrame:
     """metadata.csv as text (empty cells NaN), placeholders -> NaN, checked for the needed columns."""
     df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
-    need = ["patientid", "finding", "survival", "clinical_notes", "filename", "png", *NUMERIC, *CATEGORICAL]
+    need = [
+        "patientid",
+        "finding",
+        "survival",
+        "clinical_notes",
+        "filename",
+        "png",
+        *NUMERIC,
+        *CATEGORICAL,
+    ]
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise DatasetError(f"{NAME}: {path} lacks column(s) {missing}; it comes from {SOURCE}")
@@ -118,8 +246,13 @@ def read_metadata(path: Path) -> pd.DataFrame:
     return df
 
 
-def merged_patients(df: pd.DataFrame) -> pd.Series:
-    """Patient id per row, ids that share an image file merged ("285+339")."""
+def merged_patients(df: pd.DataFrame, digests: Mapping[str, str] | None = None) -> pd.Series:
+    """Patient id per row; ids that share an image are merged ("285+339").
+
+    Two rows share an image when their PNGs have the same sha256 (``digests``: PNG name ->
+    digest, from :func:`image_digests`; a PNG without a digest is keyed by its name) or
+    when they hold the two films of a :data:`SAME_FILMS` pair.
+    """
     parent: dict[str, str] = {p: p for p in df["patientid"].astype(str)}
 
     def find(p: str) -> str:
@@ -128,8 +261,13 @@ def merged_patients(df: pd.DataFrame) -> pd.Series:
             p = parent[p]
         return p
 
-    for _, ids in df.groupby("filename")["patientid"]:
-        first, *rest = [str(i) for i in ids.unique()]
+    digests = digests or {}
+    image = df["png"].astype(str).map(lambda n: digests.get(n, n))
+    same = {
+        digests.get(b, b): digests.get(a, a) for a, b in SAME_FILMS
+    }  # 2nd film counts as the 1st
+    for _, ids in df["patientid"].astype(str).groupby(image.map(lambda k: same.get(k, k))):
+        first, *rest = ids.unique()
         for other in rest:
             a, b = find(first), find(other)
             if a != b:
@@ -137,7 +275,9 @@ def merged_patients(df: pd.DataFrame) -> pd.Series:
     groups: dict[str, list[str]] = {}
     for p in parent:
         groups.setdefault(find(p), []).append(p)
-    name = {p: "+".join(sorted(members, key=_id_key)) for members in groups.values() for p in members}
+    name = {
+        p: "+".join(sorted(members, key=_id_key)) for members in groups.values() for p in members
+    }
     return df["patientid"].astype(str).map(name)
 
 
@@ -159,24 +299,31 @@ class CovidCXR(BuiltinDataset):
             "image": "chest X-ray PNG, 8-bit grayscale, longer side 256 px (resized to image_size)",
             "note": "clinical_notes free text (MiniLM sentence embedding by default); empty -> absent",
             "record": "age, sex, temperature, pO2_saturation, leukocyte/neutrophil/lymphocyte counts, "
-                      "view, offset (days since symptom onset)",
+            "view, offset (days since symptom onset)",
         },
-        size=("621 X-ray rows / 616 images / 338 patient ids (336 people after merging duplicates); "
-              "finding: 543 rows (todo excluded); survival: 233 rows"),
+        size=(
+            "621 X-ray rows / 616 images / 338 patient ids (332 people after merging the ids that share "
+            "an image); "
+            "finding: 543 rows (todo excluded); survival: 233 rows"
+        ),
         source=SOURCE,
         citation=CITATION,
         licence=LICENCE,
         pairing="image, note and record of the same film (row); patients have several films",
-        notes=("Notes often state the diagnosis or outcome (use mask_notes=True and compare); COVID-19 rows "
-               "are mostly 2020 case reports and the others older teaching cases, so source / date "
-               "confound every modality, images included. Survival is known for a third of the rows."),
+        notes=(
+            "Notes often state the diagnosis or outcome (use mask_notes=True and compare); COVID-19 rows "
+            "are mostly 2020 case reports and the others older teaching cases, so source / date "
+            "confound every modality, images included. Survival is known for a third of the rows."
+        ),
     )
 
     def locate(self, data_dir: Path | None) -> Path:
         """``data_dir/covid_cxr`` (or ``data_dir`` itself when it holds metadata.csv)."""
         if data_dir is None:
-            raise DatasetError(f"{NAME}: no data directory; pass --data-dir or set $MEDMODAL_DATA_DIR to the "
-                               f"folder holding {FOLDER}/ (metadata.csv + images/, from {SOURCE})")
+            raise DatasetError(
+                f"{NAME}: no data directory; pass --data-dir or set $MEDMODAL_DATA_DIR to the "
+                f"folder holding {FOLDER}/ (metadata.csv + images/, from {SOURCE})"
+            )
         data_dir = Path(data_dir)
         return data_dir if (data_dir / "metadata.csv").is_file() else data_dir / FOLDER
 
@@ -196,7 +343,6 @@ class CovidCXR(BuiltinDataset):
         limit: int | None = None,
         download: bool = False,
         image_format: str | None = None,
-        **unknown: Any,
     ) -> Prepared:
         """Verify the files and write ``manifest.csv`` + ``schema.yaml`` into ``out_dir``.
 
@@ -211,15 +357,15 @@ class CovidCXR(BuiltinDataset):
         ``download`` / ``image_format`` are the CLI's generic options: there is no download (the
         files are converted from the upstream repository, see SOURCES), images are PNG references.
         """
-        if unknown:
-            raise DatasetError(f"{NAME}: unknown option(s) {sorted(unknown)}; prepare takes target, image_size, "
-                               "image_augment, text_tokenizer, mask_notes, extra_mask_terms, mask_numbers, "
-                               "on_bad, verify, limit")
         if download:
-            raise DatasetError(f"{NAME}: no download: the PNGs are converted from {SOURCE}; put metadata.csv and "
-                               f"images/ in <data dir>/{FOLDER}")
+            raise DatasetError(
+                f"{NAME}: no download: the PNGs are converted from {SOURCE}; put metadata.csv and "
+                f"images/ in <data dir>/{FOLDER}"
+            )
         if image_format not in (None, "npz", "png"):
-            raise DatasetError(f"{NAME}: images are PNG files; image_format {image_format!r} is not available")
+            raise DatasetError(
+                f"{NAME}: images are PNG files; image_format {image_format!r} is not available"
+            )
         if target not in TARGETS:
             raise DatasetError(f"{NAME}: target must be one of {list(TARGETS)}, not {target!r}")
         if on_bad not in ("error", "missing"):
@@ -230,46 +376,31 @@ class CovidCXR(BuiltinDataset):
         if len(df) != N_ROWS:
             raise DatasetError(f"{NAME}: {meta_path} has {len(df)} rows, expected {N_ROWS}")
         images = folder / "images"
-        if verify:
-            verify_images(images, df["png"])
-
-        df["patient_id"] = merged_patients(df)
+        digests = verify_images(images, df["png"]) if verify else image_digests(images)
+        df["patient_id"] = merged_patients(df, digests)
         frame, excluded = select_target(df, target)
         if limit is not None:
             frame = frame.head(int(limit))
-        frame = frame.reset_index().rename(columns={"index": "source_row"})
-        out = pd.DataFrame({
-            "sample_id": [f"r{r:03d}_{Path(p).stem}" for r, p in zip(frame["source_row"], frame["png"], strict=True)],
-            "patient_id": frame["patient_id"],
-            "source_patientid": frame["patientid"],
-            "label": frame["label"],
-            "image": [str((images / p).resolve()) for p in frame["png"]],
-            "note": frame["clinical_notes"],
-            **{c: frame[c] for c in NUMERIC + CATEGORICAL},
-            "year": frame["date"].map(_year),
-            **{c: frame[c] for c in INFO_COLUMNS if c not in ("year",)},
-            "source_row": frame["source_row"],
-        })
+        out = manifest_frame(frame, images)
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest = out_dir / "manifest.csv"
         out.to_csv(manifest, index=False)
-        schema = Schema.load(self.schema_dict(target, image_size, image_augment, text_tokenizer, mask_notes,
-                                              extra_mask_terms, mask_numbers, on_bad))
+        schema = Schema.load(
+            self.schema_dict(
+                target,
+                image_size,
+                image_augment,
+                text_tokenizer,
+                mask_notes,
+                extra_mask_terms,
+                mask_numbers,
+                on_bad,
+            )
+        )
         schema_path = out_dir / "schema.yaml"
         schema.save(schema_path)
-        merged = sorted({p for p in out["patient_id"] if "+" in p})
-        facts = {
-            "target": target,
-            "rows": len(out),
-            "patients": int(out["patient_id"].nunique()),
-            "per_class": out["label"].value_counts().reindex(CLASSES[target], fill_value=0).astype(int).to_dict(),
-            "excluded": excluded,
-            "merged_patients": merged,
-            "notes_absent": int(out["note"].fillna("").str.strip().eq("").sum()),
-            "metadata_sha256": METADATA_SHA256,
-            "folder": str(folder),
-        }
+        facts = {**prepared_facts(out, target, excluded), "folder": str(folder)}
         return Prepared(manifest, schema_path, facts)
 
     @staticmethod
@@ -284,7 +415,11 @@ class CovidCXR(BuiltinDataset):
         on_bad: str = "error",
     ) -> dict[str, Any]:
         """The schema (as a dict) for one target and set of options."""
-        image_pre: dict[str, Any] = {"size": [int(image_size)] * 2, "channels": 1, "normalize": "fit"}
+        image_pre: dict[str, Any] = {
+            "size": [int(image_size)] * 2,
+            "channels": 1,
+            "normalize": "fit",
+        }
         if image_augment:
             image_pre["augment"] = dict(image_augment)
         text_pre: dict[str, Any] = {"tokenizer": text_tokenizer, "source": "inline"}
@@ -298,15 +433,67 @@ class CovidCXR(BuiltinDataset):
             "patient_column": "patient_id",
             "target": {"task": "binary", "column": "label", "classes": CLASSES[target]},
             "modalities": {
-                "image": {"type": "image", "column": "image", "allow_missing": False, "on_bad": on_bad,
-                          "preprocess": image_pre},
-                "note": {"type": "text", "column": "note", "allow_missing": True, "on_bad": on_bad,
-                         "preprocess": text_pre},
-                "record": {"type": "tabular", "columns": NUMERIC + CATEGORICAL, "categorical": CATEGORICAL,
-                           "allow_missing": True,
-                           "preprocess": {"na_values": list(dict.fromkeys([*DEFAULT_NA_VALUES, *PLACEHOLDERS]))}},
+                "image": {
+                    "type": "image",
+                    "column": "image",
+                    "allow_missing": False,
+                    "on_bad": on_bad,
+                    "preprocess": image_pre,
+                },
+                "note": {
+                    "type": "text",
+                    "column": "note",
+                    "allow_missing": True,
+                    "on_bad": on_bad,
+                    "preprocess": text_pre,
+                },
+                "record": {
+                    "type": "tabular",
+                    "columns": NUMERIC + CATEGORICAL,
+                    "categorical": CATEGORICAL,
+                    "allow_missing": True,
+                    "preprocess": {
+                        "na_values": list(dict.fromkeys([*DEFAULT_NA_VALUES, *PLACEHOLDERS]))
+                    },
+                },
             },
         }
+
+
+def manifest_frame(frame: pd.DataFrame, images: Path) -> pd.DataFrame:
+    """The manifest's columns from the selected metadata rows (``label`` and ``patient_id`` set)."""
+    frame = frame.reset_index().rename(columns={"index": "source_row"})
+    rows = zip(frame["source_row"], frame["png"], strict=True)
+    return pd.DataFrame(
+        {
+            "sample_id": [f"r{r:03d}_{Path(p).stem}" for r, p in rows],
+            "patient_id": frame["patient_id"],
+            "source_patientid": frame["patientid"],
+            "label": frame["label"],
+            "image": [str((images / p).resolve()) for p in frame["png"]],
+            "note": frame["clinical_notes"],
+            **{c: frame[c] for c in NUMERIC + CATEGORICAL},
+            "year": frame["date"].map(_year),
+            **{c: frame[c] for c in INFO_COLUMNS if c not in ("year",)},
+            "source_row": frame["source_row"],
+        }
+    )
+
+
+def prepared_facts(out: pd.DataFrame, target: str, excluded: dict[str, int]) -> dict[str, Any]:
+    """What ``prepare`` reports: rows, patients, classes, exclusions, merged patient ids."""
+    merged = {p for p in out["patient_id"] if "+" in p}
+    per_class = out["label"].value_counts().reindex(CLASSES[target], fill_value=0)
+    return {
+        "target": target,
+        "rows": len(out),
+        "patients": int(out["patient_id"].nunique()),
+        "per_class": per_class.astype(int).to_dict(),
+        "excluded": excluded,
+        "merged_patients": sorted(merged, key=lambda p: _id_key(p.split("+")[0])),
+        "notes_absent": int(out["note"].fillna("").str.strip().eq("").sum()),
+        "metadata_sha256": METADATA_SHA256,
+    }
 
 
 def select_target(df: pd.DataFrame, target: str) -> tuple[pd.DataFrame, dict[str, int]]:
@@ -316,7 +503,9 @@ def select_target(df: pd.DataFrame, target: str) -> tuple[pd.DataFrame, dict[str
         todo = finding.str.casefold().eq("todo")
         empty = finding.eq("")
         keep = ~todo & ~empty
-        covid = finding.str.split(",").map(lambda parts: any(p.strip().casefold() == "covid-19" for p in parts))
+        covid = finding.str.split(",").map(
+            lambda parts: any(p.strip().casefold() == "covid-19" for p in parts)
+        )
         out = df[keep].copy()
         out["label"] = covid[keep].map({True: "COVID-19", False: "other"})
         return out, {"todo": int(todo.sum()), "no finding value": int(empty.sum())}
@@ -327,24 +516,32 @@ def select_target(df: pd.DataFrame, target: str) -> tuple[pd.DataFrame, dict[str
     return out, {"survival empty or placeholder (?)": int((~keep).sum())}
 
 
-def verify_images(folder: Path, names: pd.Series) -> None:
-    """Every listed PNG exists and decodes, and the folder matches the recorded digest."""
+def verify_images(folder: Path, names: pd.Series) -> dict[str, str]:
+    """Every listed PNG exists and decodes, and the folder matches the recorded digest;
+    returns each PNG's sha256 (see :func:`image_digests`)."""
     from PIL import Image, UnidentifiedImageError
 
     wanted = sorted({str(n) for n in names.dropna()})
     if len(wanted) != N_IMAGES or names.isna().any():
-        raise DatasetError(f"{NAME}: metadata.csv lists {len(wanted)} images (expected {N_IMAGES}); "
-                           f"fetch it again from {SOURCE}")
+        raise DatasetError(
+            f"{NAME}: metadata.csv lists {len(wanted)} images (expected {N_IMAGES}); "
+            f"fetch it again from {SOURCE}"
+        )
     for n in wanted:
         path = folder / n
         if not path.is_file():
-            raise DatasetError(f"{NAME}: image {path} is missing. It comes from {SOURCE}; licence: {LICENCE}")
+            raise DatasetError(
+                f"{NAME}: image {path} is missing. It comes from {SOURCE}; licence: {LICENCE}"
+            )
         try:
             with Image.open(path) as im:
                 im.load()
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-            raise DatasetError(f"{NAME}: image {path} does not decode ({exc}); fetch it again from {SOURCE}") from None
-    got = images_digest(folder)
+            raise DatasetError(
+                f"{NAME}: image {path} does not decode ({exc}); fetch it again from {SOURCE}"
+            ) from None
+    digests = image_digests(folder)
+    got = images_digest(folder, digests)
     if got != IMAGES_SHA256:
         present = {p.name for p in folder.glob("*.png")}
         extra = sorted(present - set(wanted))
@@ -353,6 +550,7 @@ def verify_images(folder: Path, names: pd.Series) -> None:
             + (f"; unexpected files: {extra[:5]}" if extra else "; at least one image was altered")
             + f". Fetch them again from {SOURCE}"
         )
+    return digests
 
 
 DATASETS.register(NAME)(CovidCXR)
