@@ -223,6 +223,152 @@ def predict(
 
 @app.command()
 @friendly
+def audit(
+    manifest: Annotated[
+        Path | None,
+        typer.Argument(help="Manifest (CSV/Parquet) to audit; leave out with --dataset."),
+    ] = None,
+    schema: Annotated[
+        Path | None, typer.Option(help="Schema YAML naming the modalities (needed with MANIFEST).")
+    ] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(help="Base folder for relative paths (default: the manifest's folder)."),
+    ] = None,
+    out_json: Annotated[
+        Path | None, typer.Option("--out", help="Write the full report (every group) as JSON.")
+    ] = None,
+    split_column: Annotated[
+        str | None,
+        typer.Option(help="Column of train/val/test values (default: the schema's split_column)."),
+    ] = None,
+    near_threshold: Annotated[
+        int | None,
+        typer.Option(
+            help="Near-identical images: pHash bits (of 256) that may differ (default 24)."
+        ),
+    ] = None,
+    no_near: Annotated[
+        bool, typer.Option("--no-near", help="Skip the perceptual (near-identical image) search.")
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit 1 when a duplicate group spans patients or splits."),
+    ] = False,
+    dataset: Annotated[
+        str | None,
+        typer.Option(help="Audit a built-in dataset instead (prepared into a temporary folder)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="With --dataset: its raw files (default $MEDMODAL_DATA_DIR)."),
+    ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option", "-o", help="With --dataset: option key=value, e.g. -o target=survival."
+        ),
+    ] = None,
+) -> None:
+    """Leakage audit: duplicated images, signals, audio and notes across patients and splits."""
+    import tempfile
+
+    from medmodal.audit import NEAR_THRESHOLD, audit_manifest
+    from medmodal.data.manifest import read_manifest
+
+    near = None if no_near else (NEAR_THRESHOLD if near_threshold is None else near_threshold)
+    with tempfile.TemporaryDirectory(prefix="medmodal-audit-") as tmp:
+        if dataset is not None:
+            from medmodal.datasets import prepare_dataset
+
+            prepared = prepare_dataset(dataset, tmp, data_dir, _dataset_options(option))
+            manifest, schema = prepared.manifest, prepared.schema
+        if manifest is None or schema is None:
+            raise MedmodalError("give MANIFEST and --schema SCHEMA.yaml, or --dataset NAME")
+        splits = None
+        if split_column is not None:
+            frame = read_manifest(manifest)
+            if split_column not in frame.columns:
+                raise MedmodalError(f"manifest {manifest} has no column {split_column!r}")
+            splits = frame[split_column].tolist()
+        report = audit_manifest(
+            manifest, schema, root, splits, near_threshold=near, progress=sys.stderr.isatty()
+        )
+    _print_audit(report)
+    if out_json is not None:
+        from medmodal.utils.io import dump_json
+
+        out.print(f"report: {dump_json(out_json, report.to_dict())}")
+    if strict and (report.cross_split or report.cross_patient):
+        err.print(
+            f"audit failed (--strict): {len(report.cross_split)} duplicate group(s) across "
+            f"splits, {len(report.cross_patient)} across patients"
+        )
+        raise typer.Exit(1)
+
+
+def _print_audit(report: Any, limit: int = 20) -> None:
+    """The audit's counts as a table, then the groups that span patients or splits."""
+    table = Table(title=f"leakage audit: {report.rows} rows, {report.seconds:.1f} s")
+    for col in ("modality", "duplicates", "groups", "pairs", "across patients", "across splits"):
+        table.add_column(col)
+    for c in report.counts():
+        table.add_row(
+            c["modality"],
+            c["label"],
+            str(c["groups"]),
+            str(c["pairs"]),
+            str(c["cross_patient_groups"]),
+            str(c["cross_split_groups"]),
+        )
+    out.print(table)
+    flagged = [g for g in report.groups if g.cross_split or g.cross_patient]
+    for g in flagged[:limit]:
+        where = " and ".join(
+            w for w, on in (("splits", g.cross_split), ("patients", g.cross_patient)) if on
+        )
+        dist = f", pHash distance {g.distance[0]}-{g.distance[1]}" if g.distance else ""
+        rows = "; ".join(
+            f"{m.sample_id} (patient {m.patient_id}, {m.split or 'no split'}, "
+            f"{Path(m.file).name if m.file else 'inline'})"
+            for m in g.members[:6]
+        )
+        more = f"; ... {len(g.members) - 6} more" if len(g.members) > 6 else ""
+        out.print(
+            f"[bold]{g.modality}[/] {g.label} across {where}{dist}: {rows}{more}", highlight=False
+        )
+    if len(flagged) > limit:
+        out.print(
+            f"... {len(flagged) - limit} more group(s) across patients or splits (see --out JSON)"
+        )
+    for u in report.unreadable[:5]:
+        err.print(
+            f"[yellow]unreadable[/] {u.modality} of {u.sample_id}: {u.file}: {u.reason}",
+            highlight=False,
+        )
+    if len(report.unreadable) > 5:
+        err.print(
+            f"[yellow]{len(report.unreadable) - 5} more unreadable cell(s)[/] (see --out JSON)"
+        )
+    if report.patient_column is None:
+        out.print("no patient column: each sample counts as its own patient")
+
+
+def _dataset_options(items: list[str] | None) -> dict[str, Any]:
+    """``-o key=value`` dataset options (values parsed as YAML)."""
+    import yaml
+
+    opts: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MedmodalError(f"--option {item!r} must look like key=value")
+        opts[key.strip()] = yaml.safe_load(value)
+    return opts
+
+
+@app.command()
+@friendly
 def demo(
     data_dir: Annotated[
         Path | None, typer.Option(help="Folder with medmnist/ (default $MEDMODAL_DATA_DIR).")
@@ -291,8 +437,8 @@ def datasets_prepare(
         Path | None, typer.Option(help="Folder with the raw files (default $MEDMODAL_DATA_DIR).")
     ] = None,
     image_format: Annotated[
-        str, typer.Option(help="MedMNIST: npz (references) or png (writes image files).")
-    ] = "npz",
+        str | None, typer.Option(help="MedMNIST: npz (references) or png (writes image files).")
+    ] = None,
     download: Annotated[
         bool, typer.Option("--download", help="Download missing files (needs internet).")
     ] = False,
@@ -305,24 +451,26 @@ def datasets_prepare(
             "--option", "-o", help="Dataset option key=value, e.g. -o target=survival."
         ),
     ] = None,
+    audit: Annotated[
+        bool, typer.Option(help="Run the leakage audit after preparing (writes audit.json).")
+    ] = True,
 ) -> None:
-    """Write a dataset as the standard manifest + schema."""
-    import yaml
+    """Write a dataset as the standard manifest + schema, then audit it (audit.json beside them)."""
+    from medmodal.audit import audit_manifest
+    from medmodal.datasets import prepare_dataset
+    from medmodal.utils.io import dump_json
 
-    from medmodal.datasets import get_dataset, resolve_data_dir
-
-    opts: dict[str, Any] = {"image_format": image_format, "download": download}
-    if limit is not None:
-        opts["limit"] = limit
-    for item in option or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise MedmodalError(f"--option {item!r} must look like key=value")
-        opts[key.strip()] = yaml.safe_load(value)
-    prepared = get_dataset(name).prepare(out_dir, resolve_data_dir(data_dir), **opts)
+    given = {"image_format": image_format, "download": download or None, "limit": limit}
+    opts: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    opts.update(_dataset_options(option))
+    prepared = prepare_dataset(name, out_dir, data_dir, opts)
     out.print(f"manifest: {prepared.manifest}\nschema: {prepared.schema}")
     for k, v in prepared.facts.items():
         out.print(f"{k}: {v}")
+    if audit:
+        report = audit_manifest(prepared.manifest, prepared.schema, progress=sys.stderr.isatty())
+        out.print(report.summary(), highlight=False)
+        out.print(f"audit: {dump_json(prepared.manifest.parent / 'audit.json', report.to_dict())}")
 
 
 @models_app.command("list")
