@@ -22,14 +22,6 @@ CLIP = "AS/New_AS_001.wav"
 
 
 @pytest.fixture(scope="module")
-def hs(data_dir: Path) -> Path:
-    d = data_dir / "heart_sounds"
-    if not (d / "labels.csv").is_file():
-        pytest.skip("heart_sounds data set not found")
-    return d
-
-
-@pytest.fixture(scope="module")
 def labels(hs: Path) -> pd.DataFrame:
     return pd.read_csv(hs / "labels.csv")
 
@@ -129,9 +121,13 @@ def test_silent_and_clipped_recordings(hs: Path, tmp_path: Path) -> None:
 
 
 def test_real_recordings_pass_default_checks(hs: Path, labels: pd.DataFrame) -> None:
-    for f in labels["file"].iloc[::40]:
+    files = labels["file"].iloc[::40].tolist()
+    for f in files:
         wave, sr = read_audio(hs / f)
-        check_audio(wave, sr, hs / f)
+        check_audio(wave, sr, hs / f)  # raises DataError for a silent or clipped clip
+        with pytest.raises(DataError, match="silent"):  # the same clip, silenced, is refused
+            check_audio(wave * 1e-5, sr, hs / f)
+    assert len(files) == 25 and len({f.split("/")[0] for f in files}) == 5  # every class
 
 
 # -- processor -----------------------------------------------------------------------------

@@ -6,13 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
 
 from medmodal.data.schema import Schema
 
@@ -44,6 +43,7 @@ def test_help_on_every_command() -> None:
         assert "Usage" in res.stdout
 
 
+@pytest.mark.slow
 def test_datasets_list_and_info() -> None:
     res = run_cli("datasets", "list")
     assert res.returncode == 0 and "breastmnist" in res.stdout and "wdbc" in res.stdout
@@ -57,6 +57,7 @@ def test_datasets_list_and_info() -> None:
     )
 
 
+@pytest.mark.slow
 def test_models_list() -> None:
     res = run_cli("models", "list")
     assert res.returncode == 0
@@ -64,22 +65,12 @@ def test_models_list() -> None:
         assert name in res.stdout
 
 
-def _image_manifest(tmp_path: Path, data_dir: Path, n: int = 24) -> tuple[Path, Path]:
-    """A small manifest of real MedMNIST images written as PNG, with an NIfTI and DICOM row later."""
-    arrays = np.load(data_dir / "medmnist" / "breastmnist.npz")
-    imgs, labels = arrays["train_images"][:n], arrays["train_labels"][:n, 0]
-    rows = []
-    for i in range(n):
-        p = tmp_path / f"img_{i}.png"
-        Image.fromarray(imgs[i]).save(p)
-        rows.append(
-            {
-                "sid": f"s{i}",
-                "pid": f"p{i}",
-                "path": p.name,
-                "y": ["malignant", "benign"][int(labels[i])],
-            }
-        )
+def _image_manifest(tmp_path: Path, pngs: Callable, n: int = 24) -> tuple[Path, Path]:
+    """A small manifest of real BreastMNIST images written as PNG (``medmnist_pngs``)."""
+    rows = [
+        {"sid": f"s{i}", "pid": f"p{i}", "path": name, "y": ["malignant", "benign"][label]}
+        for i, (name, label) in enumerate(pngs(tmp_path, "breastmnist", n))
+    ]
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     schema = tmp_path / "schema.yaml"
@@ -121,18 +112,20 @@ def _config(tmp_path: Path, manifest: Path, schema: Path) -> Path:
 
 @pytest.mark.parametrize(
     "case, expect",
-    [
+    [  # one case in the fast tier: each starts a medmodal process (several seconds)
         ("missing", "file not found"),
-        ("truncated_png", "cannot decode image"),
-        ("corrupt_dicom", "truncated"),
-        ("text_as_nifti", ".nii"),
-        ("bad_label", "not in the label map"),
+        pytest.param("truncated_png", "cannot decode image", marks=pytest.mark.slow),
+        pytest.param("corrupt_dicom", "truncated", marks=pytest.mark.slow),
+        pytest.param("text_as_nifti", ".nii", marks=pytest.mark.slow),
+        pytest.param("bad_label", "not in the label map", marks=pytest.mark.slow),
     ],
 )
-def test_bad_input_is_one_line(tmp_path: Path, data_dir: Path, case: str, expect: str) -> None:
+def test_bad_input_is_one_line(
+    tmp_path: Path, medmnist_pngs: Callable, case: str, expect: str
+) -> None:
     from pydicom.data import get_testdata_file
 
-    manifest, schema = _image_manifest(tmp_path, data_dir)
+    manifest, schema = _image_manifest(tmp_path, medmnist_pngs)
     frame = pd.read_csv(manifest)
     if case == "missing":
         frame.loc[3, "path"] = "gone.png"
@@ -155,8 +148,9 @@ def test_bad_input_is_one_line(tmp_path: Path, data_dir: Path, case: str, expect
     assert err.startswith("error:") and "'s3'" in err and expect in err, err
 
 
-def test_wrong_columns_and_empty_manifest(tmp_path: Path, data_dir: Path) -> None:
-    manifest, schema = _image_manifest(tmp_path, data_dir)
+@pytest.mark.slow
+def test_wrong_columns_and_empty_manifest(tmp_path: Path, medmnist_pngs: Callable) -> None:
+    manifest, schema = _image_manifest(tmp_path, medmnist_pngs)
     frame = pd.read_csv(manifest).rename(columns={"path": "file"})
     frame.to_csv(manifest, index=False)
     res = run_cli("train", str(_config(tmp_path, manifest, schema)))
@@ -166,8 +160,9 @@ def test_wrong_columns_and_empty_manifest(tmp_path: Path, data_dir: Path) -> Non
     assert res.returncode == 2 and "has no rows" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_train_skip_bad_then_predict_and_evaluate(tmp_path: Path, data_dir: Path) -> None:
-    manifest, schema = _image_manifest(tmp_path, data_dir, n=40)
+@pytest.mark.slow
+def test_train_skip_bad_then_predict_and_evaluate(tmp_path: Path, medmnist_pngs: Callable) -> None:
+    manifest, schema = _image_manifest(tmp_path, medmnist_pngs, n=40)
     frame = pd.read_csv(manifest)
     frame.loc[5, "path"] = "gone.png"
     frame.to_csv(manifest, index=False)
@@ -197,12 +192,30 @@ def test_train_skip_bad_then_predict_and_evaluate(tmp_path: Path, data_dir: Path
     assert res.returncode == 2 and "checkpoint not found" in res.stderr
 
 
+@pytest.mark.slow
 def test_prepare_passes_dataset_options(tmp_path: Path, data_dir: Path) -> None:
-    res = run_cli("datasets", "prepare", "covid_cxr", "--out", str(tmp_path / "c"), "--data-dir", str(data_dir),
-                  "-o", "target=survival")
+    res = run_cli(
+        "datasets",
+        "prepare",
+        "covid_cxr",
+        "--out",
+        str(tmp_path / "c"),
+        "--data-dir",
+        str(data_dir),
+        "-o",
+        "target=survival",
+    )
     assert res.returncode == 0, res.stderr
     frame = pd.read_csv(tmp_path / "c" / "manifest.csv")
-    finding = run_cli("datasets", "prepare", "covid_cxr", "--out", str(tmp_path / "f"), "--data-dir", str(data_dir))
+    finding = run_cli(
+        "datasets",
+        "prepare",
+        "covid_cxr",
+        "--out",
+        str(tmp_path / "f"),
+        "--data-dir",
+        str(data_dir),
+    )
     assert finding.returncode == 0, finding.stderr
     assert len(frame) != len(pd.read_csv(tmp_path / "f" / "manifest.csv"))
     res = run_cli("datasets", "prepare", "wdbc", "--out", str(tmp_path / "w"), "-o", "novalue")

@@ -48,13 +48,7 @@ SMALL: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batches: one thread is faster and unaffected by a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small batches: see conftest
 
 
 def _covid(data_dir: Path) -> tuple[list[dict[str, Any]], Path]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
 from medmodal import api
 from medmodal.data.dataset import MultimodalDataset, collate
@@ -18,13 +18,12 @@ from medmodal.data.schema import ModalitySpec
 from medmodal.errors import BadSampleLog, DataError
 
 
-def _rows(tmp_path: Path, data_dir: Path, n: int = 12) -> list[dict]:
-    imgs = np.load(data_dir / "medmnist" / "pneumoniamnist.npz")["train_images"][:n]
-    rows = []
-    for i in range(n):
-        Image.fromarray(imgs[i]).save(tmp_path / f"{i}.png")
-        rows.append({"img": f"{i}.png", "age": float(40 + i), "sex": "MF"[i % 2]})
-    return rows
+def _rows(tmp_path: Path, pngs: Callable, n: int = 12) -> list[dict]:
+    """Real PneumoniaMNIST images as PNG (``medmnist_pngs``) beside a made-up age and sex."""
+    return [
+        {"img": name, "age": float(40 + i), "sex": "MF"[i % 2]}
+        for i, (name, _) in enumerate(pngs(tmp_path, "pneumoniamnist", n))
+    ]
 
 
 def _procs() -> dict:
@@ -38,8 +37,8 @@ def _procs() -> dict:
     }
 
 
-def test_sample_and_batch_structure(tmp_path: Path, data_dir: Path) -> None:
-    rows = _rows(tmp_path, data_dir)
+def test_sample_and_batch_structure(tmp_path: Path, medmnist_pngs: Callable) -> None:
+    rows = _rows(tmp_path, medmnist_pngs)
     rows[2]["img"] = np.nan  # absent image: the row stays, the mask says so
     ds = MultimodalDataset(
         rows,
@@ -65,9 +64,9 @@ def test_sample_and_batch_structure(tmp_path: Path, data_dir: Path) -> None:
 
 
 def test_second_epoch_does_not_decode_again(
-    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, medmnist_pngs: Callable, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rows = _rows(tmp_path, data_dir)
+    rows = _rows(tmp_path, medmnist_pngs)
     frame = pd.DataFrame(
         [{**r, "sid": f"s{i}", "pid": f"p{i}", "y": "ab"[i % 2]} for i, r in enumerate(rows)]
     )
@@ -104,8 +103,8 @@ def test_second_epoch_does_not_decode_again(
     assert calls["n"] == 12  # once per sample, not once per epoch
 
 
-def test_on_bad_missing_counts_instead_of_failing(tmp_path: Path, data_dir: Path) -> None:
-    rows = _rows(tmp_path, data_dir)
+def test_on_bad_missing_counts_instead_of_failing(tmp_path: Path, medmnist_pngs: Callable) -> None:
+    rows = _rows(tmp_path, medmnist_pngs)
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     rows[4]["img"] = "bad.png"
     procs = _procs()

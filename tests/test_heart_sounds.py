@@ -23,14 +23,6 @@ VICTIM = "MS/New_MS_117.wav"
 
 
 @pytest.fixture(scope="module")
-def hs(data_dir: Path) -> Path:
-    d = data_dir / "heart_sounds"
-    if not (d / "labels.csv").is_file():
-        pytest.skip("heart_sounds data set not found")
-    return d
-
-
-@pytest.fixture(scope="module")
 def prepared(hs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     p = get_dataset("heart_sounds").prepare(tmp_path_factory.mktemp("hs"), hs.parent)
     return p.manifest, p.schema
@@ -208,6 +200,7 @@ def test_bad_wavs_become_counted_missing_or_skipped(
 
 
 # -- training ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_short_training_beats_chance_on_held_out_clips(hs: Path, tmp_path: Path) -> None:
     p = get_dataset("heart_sounds").prepare(tmp_path / "data", hs.parent, per_class=40,
                                             preprocess={"duration": 2.0, "hop_length": 256})

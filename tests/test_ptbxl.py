@@ -144,6 +144,7 @@ def test_checksums_are_physionet_values() -> None:
     assert sum(k.startswith("records100/") for k in sums) == 2 * 1987
 
 
+@pytest.mark.slow
 def test_short_ecg_plus_demographics_run_beats_chance(prepared, tmp_path: Path) -> None:
     """Train on folds 1-4 (to stay fast), select on fold 9, test on fold 10."""
     frame = pd.read_csv(prepared.manifest)

@@ -5,19 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+from conftest import wdbc_config
+
 from medmodal.tune import tune
 
 
+@pytest.mark.slow
 def test_tune_on_wdbc(tmp_path: Path) -> None:
-    cfg = {
-        "name": "tune",
-        "seed": 0,
-        "output_dir": str(tmp_path),
-        "data": {"dataset": "wdbc"},
-        "model": {"encoders": {"record": {"name": "mlp", "hidden": [32]}}},
-        "train": {"epochs": 8, "batch_size": 64},
-        "evaluate": {"bootstrap": 100},
-    }
+    cfg = wdbc_config(
+        tmp_path,
+        name="tune",
+        model={"encoders": {"record": {"name": "mlp", "hidden": [32]}}},
+        train={"epochs": 8},
+        evaluate={"bootstrap": 100},
+    )
     space = {
         "train.lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
         "model.fusion.name": {"type": "categorical", "choices": ["concat", "mean"]},
