@@ -127,7 +127,7 @@ def test_split_column_validated(tmp_path: Path) -> None:
 def test_patient_split_has_no_leakage_and_is_seeded() -> None:
     rng = np.random.default_rng(0)
     patients = [f"p{int(i)}" for i in rng.integers(0, 120, size=600)]
-    labels = np.array([hash(p) % 2 for p in patients])
+    labels = np.array([int(p[1:]) % 3 == 0 for p in patients], dtype=int)  # a third positive
     a = patient_split(patients, labels, 0.1, 0.2, seed=3)
     b = patient_split(patients, labels, 0.1, 0.2, seed=3)
     c = patient_split(patients, labels, 0.1, 0.2, seed=4)
@@ -138,6 +138,11 @@ def test_patient_split_has_no_leakage_and_is_seeded() -> None:
     n_pat = pd.Series(patients).nunique()
     test_pat = pd.Series(patients)[a == "test"].nunique()
     assert abs(test_pat / n_pat - 0.2) < 0.05
+    # stratified by patient: every split keeps the patients' class mix (unstratified seeds 0-9
+    # miss it by up to 0.16; stratified by 0.006)
+    per_patient = pd.DataFrame({"p": patients, "y": labels, "s": a}).drop_duplicates("p")
+    share = per_patient.groupby("s")["y"].mean()
+    assert (share - per_patient["y"].mean()).abs().max() < 0.02, share.to_dict()
 
 
 def test_leaky_split_column_is_refused() -> None:
@@ -145,13 +150,16 @@ def test_leaky_split_column_is_refused() -> None:
         check_no_leakage(["p1", "p1", "p2"], ["train", "test", "train"])
 
 
-def test_kfold_groups_patients() -> None:
-    patients = [f"p{i // 3}" for i in range(300)]
-    labels = np.array([(i // 3) % 2 for i in range(300)])
+def test_kfold_groups_patients_and_stratifies() -> None:
+    patients = [f"p{i // 3}" for i in range(300)]  # 100 patients with 3 rows each
+    labels = np.array([int((i // 3) % 5 == 0) for i in range(300)])  # 20% positive
     folds = patient_kfold(patients, labels, n_splits=5, seed=0)
-    frame = pd.DataFrame({"p": patients, "f": folds})
+    frame = pd.DataFrame({"p": patients, "f": folds, "y": labels})
+    assert (frame.groupby("p").size() == 3).all()
     assert (frame.groupby("p")["f"].nunique() == 1).all()
     assert sorted(set(folds)) == [0, 1, 2, 3, 4]
+    share = frame.groupby("f")["y"].mean()
+    assert (share - 0.2).abs().max() < 0.03, share.to_dict()  # each fold keeps the 20%
 
 
 def test_split_too_small_to_stratify_falls_back() -> None:
