@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import numpy as np
 import pytest
@@ -19,11 +18,11 @@ from medmodal.evaluate import (
     fast_average_precision,
     paired_bootstrap_delta,
     reliability_curve,
-    write_json,
     write_report,
 )
 from medmodal.evaluate._core import Engine, prepare
 from medmodal.evaluate.bootstrap import resample_weights
+from medmodal.utils.io import dump_json
 
 BIN = ["benign", "malignant"]
 
@@ -393,14 +392,12 @@ def test_vectorised_resamples_equal_compute_metrics_on_resampled_rows(task: str)
         assert eng.value(f"auroc[{last}]")[b] == pytest.approx(m["per_class"][last]["auroc"])
 
 
-def test_bootstrap_auroc_is_fast():
+def test_bootstrap_auroc_on_many_rows():
+    """1000 x 5000 resamples (the vectorised path); its speed is a benchmark's job, not a test's."""
     y, p, names = _data("binary", n=5000, seed=9)
-    bootstrap_ci(y[:50], p[:50], "binary", names, metrics=["auroc"], n_boot=10)  # warm-up
-    t0 = time.perf_counter()
-    r = bootstrap_ci(y, p, "binary", names, metrics=["auroc"], n_boot=1000)
-    elapsed = time.perf_counter() - t0
-    assert r["auroc"]["n_boot"] == 1000
-    assert elapsed < 3.0, f"1000 x 5000 AUROC bootstrap took {elapsed:.2f}s"
+    r = bootstrap_ci(y, p, "binary", names, metrics=["auroc"], n_boot=1000)["auroc"]
+    assert r["n_boot"] == 1000 and r["value"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert r["low"] < r["value"] < r["high"] and r["high"] - r["low"] < 0.05
 
 
 def test_bootstrap_per_class_and_unknown_metric():
@@ -500,7 +497,9 @@ def test_report_without_optional_parts(tmp_path):
         )  # fmt: skip
 
 
-def test_write_json_converts_numpy_and_nan(tmp_path):
+def test_dump_json_converts_numpy_and_nan_and_refuses_unknown_objects(tmp_path):
     obj = {"a": np.float32(0.5), "b": np.arange(3), "c": float("nan"), 1: (np.int64(2), None)}
-    path = write_json(tmp_path / "d" / "m.json", obj)
+    path = dump_json(tmp_path / "d" / "m.json", obj)
     assert json.loads(path.read_text()) == {"a": 0.5, "b": [0, 1, 2], "c": None, "1": [2, None]}
+    with pytest.raises(TypeError, match="cannot write object"):
+        dump_json(tmp_path / "bad.json", {"x": object()})

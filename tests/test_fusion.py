@@ -16,6 +16,7 @@ from torch import nn
 
 from medmodal.fusion import FUSIONS
 from medmodal.models.model import MultimodalModel
+from medmodal.train.losses import make_loss
 
 DIMS = {"a": 6, "b": 5, "c": 3}
 B, K = 8, 3
@@ -33,13 +34,7 @@ CASES = [(n, {}) for n in FUSIONS.names()] + VARIANTS
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for n, kw in CASES]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster here and unaffected by a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest
 
 
 def _inputs(batch: int = B, dims: dict[str, int] = DIMS, seed: int = 1):
@@ -57,11 +52,13 @@ def _inputs(batch: int = B, dims: dict[str, int] = DIMS, seed: int = 1):
 
 def _run(fusion: nn.Module, emb, present, seed: int = 123) -> torch.Tensor:
     torch.manual_seed(seed)  # same dropout masks for compared calls
-    return fusion(emb, present)
+    return fusion(emb, present).value
 
 
 def _build(name: str, kw: dict[str, Any], dims: dict[str, int] = DIMS, k: int = K) -> nn.Module:
-    return FUSIONS.create(name, in_dims=dims, n_outputs=k, **kw)
+    opts = dict(kw)
+    task = opts.pop("task", "multiclass")  # every fusion is told the task
+    return FUSIONS.create(name, opts, in_dims=dims, n_outputs=k, task=task)
 
 
 def test_expected_fusions_registered() -> None:
@@ -138,14 +135,14 @@ def test_absent_modality_parameters_do_not_matter(
 def test_eval_rows_independent_and_fast_path_consistent(name: str, kw: dict[str, Any]) -> None:
     fusion = _build(name, kw).eval()
     emb, present = _inputs()
-    with_grad = fusion(emb, present)
+    with_grad = fusion(emb, present).value
     with torch.no_grad():  # may take PyTorch's fused inference path
-        no_grad = fusion(emb, present)
+        no_grad = fusion(emb, present).value
         rows = [
             fusion(
                 {m: v[i : i + 1] for m, v in emb.items()},
                 {m: p[i : i + 1] for m, p in present.items()},
-            )
+            ).value
             for i in range(B)
         ]
     torch.testing.assert_close(no_grad, with_grad.detach(), rtol=1e-5, atol=1e-5)
@@ -221,8 +218,8 @@ def test_late_probs_is_mean_of_modality_probs(k: int, task: str) -> None:
     fusion = _build("late", {"combine": "probs", "task": task}, k=k).eval()
     emb, present = _inputs()
     emb = {m: 3 * v for m, v in emb.items()}  # spread the probabilities out
-    out = fusion(emb, present)
-    per = fusion.last_modality_logits
+    res = fusion(emb, present)
+    out, per = res.value, res.modality_logits
     assert set(per) == set(DIMS) and all(v.shape == (B, k) for v in per.values())
     multiclass = task == "multiclass" and k > 1
     to_p = (lambda x: x.softmax(-1)) if multiclass else torch.sigmoid
@@ -233,26 +230,61 @@ def test_late_probs_is_mean_of_modality_probs(k: int, task: str) -> None:
     # combine="logits" is the plain masked mean of the same heads' logits.
     fusion.combine = "logits"
     logits = torch.stack([per[m] for m in DIMS], dim=1)
-    torch.testing.assert_close(fusion(emb, present), (logits * mask).sum(1) / mask.sum(1))
+    torch.testing.assert_close(fusion(emb, present).value, (logits * mask).sum(1) / mask.sum(1))
 
 
 def test_late_probs_extreme_logits_are_finite() -> None:
     fusion = _build("late", {"combine": "probs", "task": "binary"}, k=1)
     emb, present = _inputs()
-    out = fusion({m: 1e4 * v for m, v in emb.items()}, present)
+    out = fusion({m: 1e4 * v for m, v in emb.items()}, present).value
     assert torch.isfinite(out).all()
     out.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in fusion.parameters())
 
 
-def test_late_fusion_can_be_deep_copied_after_forward() -> None:
-    fusion = _build("late", {})
+@pytest.mark.parametrize("name", FUSIONS.names())
+def test_forward_keeps_no_tensors_on_the_module(name: str) -> None:
+    fusion = _build(name, {})
     emb, present = _inputs()
-    fusion(emb, present)
-    assert fusion.last_modality_logits
-    clone = copy.deepcopy(fusion)
-    assert clone.last_modality_logits == {}
-    assert fusion.last_modality_logits  # the original keeps them
+    before = {k: v for k, v in vars(fusion).items() if not k.startswith("_")}
+    out = fusion(emb, present).value
+    if out.requires_grad:  # concat without projection has no parameters
+        out.sum().backward()
+    after = {k: v for k, v in vars(fusion).items() if not k.startswith("_")}
+    assert after.keys() == before.keys()
+    assert not any(isinstance(v, (torch.Tensor, dict)) and v is not before[k] for k, v in after.items())
+    copy.deepcopy(fusion)  # no graph tensors held: a copy always works
+
+
+def test_late_auxiliary_loss_uses_each_heads_present_rows_only() -> None:
+    fusion = _build("late", {}, k=1)
+    emb, present = _inputs()
+    target = (torch.arange(B) % 2).float()
+    out = fusion(emb, present)
+    loss_fn = make_loss("binary")  # the trainer's loss
+    aux = fusion.auxiliary_loss(out, target, loss_fn)
+    expected = torch.stack(
+        [
+            loss_fn(out.modality_logits[m][present[m]], target[present[m]])
+            for m in DIMS
+            if present[m].any()
+        ]
+    ).mean()
+    torch.testing.assert_close(aux, expected)
+    # A modality seen by no row contributes nothing (no NaN from an empty mean).
+    only_a = {m: (p if m == "a" else torch.zeros_like(p)) for m, p in present.items()}
+    out = fusion(emb, only_a)
+    torch.testing.assert_close(
+        fusion.auxiliary_loss(out, target, loss_fn),
+        loss_fn(out.modality_logits["a"][only_a["a"]], target[only_a["a"]]),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(set(FUSIONS.names()) - {"late"}))
+def test_other_fusions_declare_no_auxiliary_loss(name: str) -> None:
+    fusion = _build(name, {})
+    emb, present = _inputs()
+    assert fusion.auxiliary_loss(fusion(emb, present), torch.zeros(B), nn.MSELoss()) is None
 
 
 class _Enc(nn.Linear):
@@ -265,7 +297,7 @@ class _Enc(nn.Linear):
 def test_end_to_end_missing_tokens(name: str) -> None:
     enc_out = {"a": 4, "b": 5}
     enc = {m: _Enc(3, d) for m, d in enc_out.items()}
-    fusion = FUSIONS.create(name, in_dims=enc_out, n_outputs=2)
+    fusion = FUSIONS.create(name, in_dims=enc_out, n_outputs=2, task="multiclass")
     head = None if getattr(fusion, "outputs_logits", False) else nn.Linear(fusion.out_dim, 2)
     model = MultimodalModel(enc, fusion, head)
     x = {m: torch.randn(B, 3) for m in enc_out}
@@ -297,14 +329,14 @@ def _fit_xor(name: str, mods: list[str], n: int = 256, steps: int = 150) -> floa
     kw: dict[str, Any] = {"dim": 16}
     if name == "attention":
         kw.update(heads=2, layers=1, dropout=0.0)
-    fusion = FUSIONS.create(name, in_dims={m: 4 for m in mods}, n_outputs=1, **kw)
+    fusion = FUSIONS.create(name, kw, in_dims={m: 4 for m in mods}, n_outputs=1, task="binary")
     head = nn.Sequential(nn.Linear(fusion.out_dim, 16), nn.GELU(), nn.Linear(16, 1))
     opt = torch.optim.Adam([*fusion.parameters(), *head.parameters()], lr=1e-2)
     (xtr, ytr), (xte, yte) = _xor_data(n, 1), _xor_data(n, 2)
     present = {m: torch.ones(n, dtype=torch.bool) for m in mods}
 
     def loss(x: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        z = fusion({m: x[m] for m in mods}, present)
+        z = fusion({m: x[m] for m in mods}, present).value
         return F.binary_cross_entropy_with_logits(head(z).squeeze(1), y)
 
     for _ in range(steps):

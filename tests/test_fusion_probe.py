@@ -25,10 +25,10 @@ from medmodal import api
 from medmodal.config import load_config
 from medmodal.data.preprocess import create_processor
 from medmodal.data.schema import Schema
-from medmodal.datasets import get_dataset
+from medmodal.datasets import get_dataset, prepare_dataset
 from medmodal.datasets.base import Prepared
-from medmodal.datasets.probe import MODALITIES, SMALL_ENCODERS
-from medmodal.errors import DatasetError
+from medmodal.datasets.probe import MODALITIES, probe_config
+from medmodal.errors import ConfigError, DatasetError
 from medmodal.fusion import FUSIONS
 
 N, SEED, EPOCHS = 1000, 0, 12
@@ -37,9 +37,6 @@ MARGIN_REMOVAL = 0.02  # full AUROC - AUROC with one modality removed at test ti
 DROPOUT = 0.3
 DROPOUT_FUSIONS = ("concat", "gated")  # the learned missing token, and a fusion that masks
 MARGIN_DROPOUT = 0.005  # mean over DROPOUT_FUSIONS of (loss without dropout - loss with dropout)
-FUSION_KW: dict[str, dict[str, Any]] = {
-    n: {"dim": 32} for n in ("concat", "mean", "sum", "attention", "gated")
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -59,30 +56,9 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
 def _config(
     probe: Prepared, out: Path, mods: tuple[str, ...], fusion: str, dropout: float = 0.0
 ) -> Any:
+    """The probe recipe (``probe_config``, shared with benchmarks/missing_modality.py)."""
     return load_config(
-        {
-            "name": out.name,
-            "seed": SEED,
-            "output_dir": str(out),
-            "data": {
-                "manifest": str(probe.manifest),
-                "schema": str(probe.schema),
-                "modalities": list(mods),
-            },
-            "model": {
-                "encoders": {m: SMALL_ENCODERS[m] for m in mods},
-                "fusion": {"name": fusion, **FUSION_KW.get(fusion, {})},
-                "modality_dropout": dropout,
-            },
-            "train": {
-                "epochs": EPOCHS,
-                "batch_size": 32,
-                "lr": 3e-3,
-                "weight_decay": 1e-4,
-                "scheduler": "cosine",
-            },
-            "evaluate": {"bootstrap": 0, "report": False},
-        }
+        probe_config(probe, out, mods, fusion, SEED, dropout=dropout, epochs=EPOCHS, bootstrap=0)
     )
 
 
@@ -186,8 +162,8 @@ def test_probe_writes_real_files_deterministically(tmp_path: Path) -> None:
     assert 8 <= (~present).sum() <= 30 and (present.sum(1) >= 3).all()
     assert fa.loc[fa["marker"].isna(), ["age", "bmi", "site"]].isna().all().all()
     assert sum(a.facts["absent"].values()) == (~present).sum()
-    with pytest.raises(DatasetError, match="unknown option"):
-        ds.prepare(tmp_path / "d", n=60, colour=True)
+    with pytest.raises(ConfigError, match="unknown option 'colour'"):
+        prepare_dataset("fusion_probe", tmp_path / "d", None, {"n": 60, "colour": True})
     with pytest.raises(DatasetError, match="missing"):
         ds.prepare(tmp_path / "d", n=60, missing=1.5)
 

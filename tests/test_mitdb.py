@@ -15,7 +15,7 @@ from medmodal import api
 from medmodal.data.preprocess.signal import SignalProcessor
 from medmodal.data.readers.signal import read_signal
 from medmodal.data.schema import Schema
-from medmodal.datasets import get_dataset
+from medmodal.datasets import get_dataset, prepare_dataset
 from medmodal.datasets.mitdb import (
     DS1,
     DS2,
@@ -26,15 +26,7 @@ from medmodal.datasets.mitdb import (
     VAL_RECORDS,
     load_checksums,
 )
-from medmodal.errors import DatasetError
-
-
-@pytest.fixture(scope="module")
-def mitdb(data_dir: Path) -> Path:
-    d = data_dir / "mitdb"
-    if not (d / "100.hea").is_file():
-        pytest.skip("mitdb not found")
-    return d
+from medmodal.errors import ConfigError, DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -114,13 +106,16 @@ def test_other_split_modes(mitdb: Path, tmp_path: Path) -> None:
         ds.prepare(tmp_path / "x", mitdb.parent, records=["100"], exclude_paced=False)
     with pytest.raises(DatasetError, match="not MIT-BIH"):
         ds.prepare(tmp_path / "x", mitdb.parent, records=["999"])
-    p = ds.prepare(tmp_path / "cli", mitdb.parent, records=["100", "101"], limit=5,
-                   image_format="npz", download=False)  # what `medmodal datasets prepare` passes
+    p = prepare_dataset(
+        "mitdb", tmp_path / "cli", mitdb.parent, {"records": ["100", "101"], "limit": 5}
+    )  # the path `medmodal datasets prepare` and configs take
     assert p.facts["labels_per_split"] == {"test": {"N": 5}, "train": {"N": 5}}
     with pytest.raises(DatasetError, match="does not download"):
         ds.prepare(tmp_path / "x", mitdb.parent, records=["100"], download=True)
-    with pytest.raises(DatasetError, match="unknown option"):
-        ds.prepare(tmp_path / "x", mitdb.parent, records=["100"], windw=[0.2, 0.4])
+    with pytest.raises(ConfigError, match="unknown option 'windw'; allowed: .*window"):
+        prepare_dataset("mitdb", tmp_path / "x", mitdb.parent, {"records": ["100"], "windw": [0.2, 0.4]})
+    with pytest.raises(ConfigError, match="image_format"):  # an image-set option is refused
+        prepare_dataset("mitdb", tmp_path / "x", mitdb.parent, {"image_format": "png"})
 
 
 def test_rr_features_by_hand(mitdb: Path, rec100: tuple[pd.DataFrame, Schema]) -> None:
@@ -209,6 +204,7 @@ def test_packaged_checksums_cover_every_record() -> None:
     assert sums["100.dat"].startswith("b2ea3c25") and sums["100.atr"].startswith("8d8a5349")
 
 
+@pytest.mark.slow
 def test_short_training_beats_chance_on_held_out_records(mitdb: Path, tmp_path: Path) -> None:
     """Train on 3 DS1 records, select on 1 other DS1 record, test on 3 unseen DS2 records."""
     prepared = get_dataset("mitdb").prepare(

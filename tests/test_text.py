@@ -363,7 +363,7 @@ def test_minilm_fine_tune_has_trainable_params(wordpiece_proc: TextProcessor) ->
 
 def test_bigru_inside_multimodal_model_with_absent_notes() -> None:
     proc = fitted_word(max_len=10)
-    model = build_model({"note": "text"}, {"note": proc.info()}, {}, {}, {}, n_outputs=2)
+    model = build_model({"note": "text"}, {"note": proc.info()}, task="multiclass", n_outputs=2)
     items = [
         proc.transform(proc.read(row("fever and cough"), None)),
         proc.missing(),

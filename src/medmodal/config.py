@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field
 
-from medmodal.data.schema import _pydantic_message
 from medmodal.errors import ConfigError
+from medmodal.options import Strict, parse_options
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DataConfig(_Strict):
+class DataConfig(Strict):
     """Where samples come from: a manifest + schema, or a built-in dataset that writes them."""
 
     manifest: str | None = None
@@ -28,54 +24,94 @@ class DataConfig(_Strict):
     modalities: list[str] | None = Field(
         default=None, description="use only these schema modalities"
     )
-    val_fraction: float = 0.1
-    test_fraction: float = 0.2
+    val_fraction: float = Field(default=0.1, ge=0, lt=1)
+    test_fraction: float = Field(default=0.2, ge=0, lt=1)
     stratify: bool = True
     skip_bad: bool = False
+    audit: bool = Field(
+        default=True, description="look for duplicate inputs across patients and splits"
+    )
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+class ComponentSpec(Strict):
+    """A registered component by ``name``; every other key is one of its options, checked
+    against the component's signature by its registry (a misspelled key is a ConfigError)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
-class ModelConfig(_Strict):
-    encoders: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    fusion: dict[str, Any] = Field(default_factory=lambda: {"name": "concat"})
-    head: dict[str, Any] = Field(default_factory=lambda: {"name": "linear"})
+class EncoderSpec(ComponentSpec):
+    """``name`` (default: the modality type's default encoder), ``init`` (weights to start
+    from: a state dict or a medmodal checkpoint), ``freeze_init`` (keep them fixed)."""
+
+    name: str | None = None
+    init: str | None = None
+    freeze_init: bool = False
+
+
+class FusionSpec(ComponentSpec):
+    name: str = "concat"
+
+
+class HeadSpec(ComponentSpec):
+    name: str = "linear"
+
+
+class ModelConfig(Strict):
+    encoders: dict[str, EncoderSpec] = Field(default_factory=dict)
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    head: HeadSpec = Field(default_factory=HeadSpec)
     modality_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=64, ge=1)
-    eval_batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    eval_batch_size: int = Field(default=256, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD (Nesterov) momentum")
     scheduler: Literal["none", "cosine", "multistep", "plateau"] = "cosine"
-    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
-    gamma: float = 0.1
-    warmup_epochs: int = 0
+    milestones: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.5, 0.75], description="multistep: fractions of the epochs"
+    )
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    plateau_patience: int = Field(default=3, ge=0, description="plateau: epochs without gain")
+    warmup_epochs: int = Field(default=0, ge=0)
     class_weights: Literal["none", "balanced"] = "none"
     sampler: Literal["none", "balanced"] = "none"
-    label_smoothing: float = 0.0
-    monitor: Literal["auroc", "accuracy", "loss", "auprc", "f1_macro"] = "auroc"
-    early_stopping: int | None = Field(default=None, description="patience in epochs; None = off")
-    grad_clip: float | None = None
-    device: str = "auto"
-    amp: bool = False
-    num_workers: int = 0
-    threads: int | None = None
-    aux_loss_weight: float = 0.0
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    monitor: Literal["auroc", "accuracy", "loss", "auprc", "f1_macro", "balanced_accuracy"] = (
+        "auroc"
+    )
+    early_stopping: int | None = Field(
+        default=None, ge=1, description="patience in epochs; None = off"
+    )
+    grad_clip: float | None = Field(default=None, gt=0)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    amp: bool = Field(default=False, description="bf16 autocast on CPU, fp16 + GradScaler on CUDA")
+    num_workers: int = Field(default=0, ge=0)
+    threads: int | None = Field(default=None, ge=1)
+    aux_loss_weight: float = Field(
+        default=0.0, ge=0, description="weight of a fusion's auxiliary loss (late fusion)"
+    )
 
 
-class EvaluateConfig(_Strict):
-    bootstrap: int = 1000
-    ci: float = 0.95
-    threshold: float = 0.5
+class EvaluateConfig(Strict):
+    bootstrap: int = Field(default=1000, ge=0, description="resamples for CIs; 0 = none")
+    ci: float = Field(default=0.95, gt=0, lt=1)
+    threshold: float = Field(
+        default=0.5, ge=0, le=1, description="binary / multilabel: positive when p > threshold"
+    )
     report: bool = True
     ablation: bool = True  # with several modalities: metrics with each one removed at test time
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(Strict):
     name: str = "experiment"
     seed: int = 0
     output_dir: str | None = None
@@ -114,11 +150,7 @@ def load_config(
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like train.epochs=5")
         _set(data, key.strip().split("."), yaml.safe_load(value))
-    data = _resolve_paths(data, base)
-    try:
-        return ExperimentConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"config: {_pydantic_message(exc)}") from None
+    return parse_options(ExperimentConfig, _resolve_paths(data, base), "config")
 
 
 def _set(d: dict[str, Any], keys: list[str], value: Any) -> None:

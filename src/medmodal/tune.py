@@ -15,7 +15,6 @@ split is not touched until the best setting is retrained once and evaluated.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -23,9 +22,9 @@ from typing import Any, Literal
 import numpy as np
 from rich.console import Console
 
-from medmodal.api import RunResult, assign_splits, start_run, train_and_evaluate
 from medmodal.config import ExperimentConfig, load_config
 from medmodal.errors import ConfigError
+from medmodal.run import RunResult, assign_splits, load_data, start_run, train_and_evaluate
 from medmodal.utils.io import dump_json
 
 
@@ -75,7 +74,15 @@ def tune(
         raise ConfigError(
             "hyper-parameter search needs Optuna: pip install 'medmodal[tune]'"
         ) from None
-    base, run_dir, loaded = start_run(config, overrides, show_progress=False)
+    bad_keys = sorted(k for k in space if k.split(".")[0] not in ("model", "train", "evaluate"))
+    if bad_keys:
+        raise ConfigError(
+            f"search space {bad_keys}: tuning searches model / train / evaluate fields "
+            "(the data are read once)"
+        )
+    ctx = start_run(config, overrides)
+    base, run_dir = ctx.cfg, ctx.run_dir
+    loaded = load_data(base, run_dir)
     metric = metric or base.train.monitor
     splits = assign_splits(loaded)
     if not (splits == "val").any():
@@ -94,7 +101,7 @@ def tune(
         )
         t0 = time.perf_counter()
         res = train_and_evaluate(
-            dataclasses.replace(loaded, cfg=cfg),
+            loaded.with_config(cfg),
             search,
             run_dir / "trials" / f"{trial.number:03d}",
             progress=progress,
@@ -122,7 +129,7 @@ def tune(
     best = study.best_trial.params
     final_cfg = load_config(base, _overrides(best))
     result = train_and_evaluate(
-        dataclasses.replace(loaded, cfg=final_cfg),
+        loaded.with_config(final_cfg),
         splits,
         run_dir,
         progress=progress,

@@ -96,7 +96,8 @@ def _norm_label(value: Any) -> str:
 
 @dataclass
 class LabelMap:
-    """Class names in index order; binary: ``classes[1]`` is the positive class."""
+    """Class names in index order; binary: ``classes[1]`` is the positive class (the schema's
+    ``target.positive``), the one sensitivity, PPV and the curves speak of."""
 
     task: str
     classes: list[str]
@@ -120,12 +121,14 @@ class LabelMap:
 
 
 def build_label_map(df: pd.DataFrame, schema: Schema, source: str) -> LabelMap:
+    """Class names in index order; a binary target's positive class goes last (index 1)."""
     t = schema.target
     if t.task == "multilabel":
         return LabelMap("multilabel", list(t.columns or []))
     if t.classes:
-        return LabelMap(t.task, [_norm_label(c) for c in t.classes])
-    values = sorted({_norm_label(v) for v in df[t.column].dropna()})
+        values = [_norm_label(c) for c in t.classes]
+    else:
+        values = sorted({_norm_label(v) for v in df[t.column].dropna()})
     if len(values) < 2:
         raise ManifestError(
             f"manifest {source}: target {t.column!r} has fewer than 2 classes: {values}"
@@ -135,6 +138,14 @@ def build_label_map(df: pd.DataFrame, schema: Schema, source: str) -> LabelMap:
             f"manifest {source}: binary target {t.column!r} has {len(values)} classes {values[:10]}; "
             "use task: multiclass or list the 2 classes"
         )
+    if t.task == "binary" and t.positive is not None:
+        pos = _norm_label(t.positive)
+        if pos not in values:
+            raise ManifestError(
+                f"manifest {source}: positive class {t.positive!r} does not occur in {t.column!r} "
+                f"(classes: {values})"
+            )
+        values = [v for v in values if v != pos] + [pos]
     return LabelMap(t.task, values)
 
 

@@ -8,7 +8,8 @@ A schema is YAML (or a dict) validated by pydantic::
     target:
       task: binary                # binary | multiclass | multilabel
       column: label               # multilabel: columns: [a, b, c]
-      classes: [benign, malignant]  # optional order; binary: classes[1] is positive
+      classes: [benign, malignant]  # optional order
+      positive: malignant         # binary: the finding a clinician looks for (default: classes[1])
     modalities:
       image: {type: image, column: image_path, preprocess: {size: [28, 28], channels: 1}}
       note:  {type: text, column: clinical_notes}
@@ -21,20 +22,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from medmodal.errors import ConfigError
+from medmodal.options import Strict, parse_options
 
 ModalityType = Literal["image", "text", "audio", "signal", "tabular"]
 Task = Literal["binary", "multiclass", "multilabel", "survival"]
 RESERVED_NAMES = frozenset({"id", "patient_id", "label", "present", "split", "index"})
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModalitySpec(_Strict):
+class ModalitySpec(Strict):
     """One named input of a sample."""
 
     type: ModalityType
@@ -69,11 +67,15 @@ class ModalitySpec(_Strict):
         return [self.column]
 
 
-class TargetSpec(_Strict):
+class TargetSpec(Strict):
     task: Task = "multiclass"
     column: str | None = None
     columns: list[str] | None = None
     classes: list[str] | None = None
+    positive: str | None = Field(
+        default=None,
+        description="binary: the positive class (sensitivity, PPV and curves are of it)",
+    )
     time_column: str | None = None
     event_column: str | None = None
 
@@ -90,6 +92,13 @@ class TargetSpec(_Strict):
             raise ValueError(f"a {self.task} target needs `column`")
         if self.task == "binary" and self.classes is not None and len(self.classes) != 2:
             raise ValueError(f"a binary target needs exactly 2 classes, got {self.classes}")
+        if self.positive is not None:
+            if self.task != "binary":
+                raise ValueError("`positive` names the positive class of a binary target only")
+            if self.classes is not None and self.positive not in self.classes:
+                raise ValueError(
+                    f"positive class {self.positive!r} is not in classes {self.classes}"
+                )
         return self
 
     def label_columns(self) -> list[str]:
@@ -98,7 +107,7 @@ class TargetSpec(_Strict):
         return list(self.columns) if self.task == "multilabel" else [self.column]  # type: ignore[list-item]
 
 
-class Schema(_Strict):
+class Schema(Strict):
     id_column: str | None = None
     patient_column: str | None = None
     split_column: str | None = None
@@ -138,18 +147,7 @@ class Schema(_Strict):
                 source = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError as exc:
                 raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        try:
-            return cls.model_validate(source)
-        except ValidationError as exc:
-            raise ConfigError(f"{where}: {_pydantic_message(exc)}") from None
+        return parse_options(cls, source, where)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.model_dump(exclude_none=True), sort_keys=False))
-
-
-def _pydantic_message(exc: ValidationError) -> str:
-    msgs = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msgs.append(f"{loc}: {err['msg']}" if loc else err["msg"])
-    return "; ".join(msgs)

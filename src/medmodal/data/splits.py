@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from medmodal.errors import ManifestError
+from medmodal.errors import ConfigError, DataError, ManifestError
 
 
 def _patient_table(
@@ -49,7 +49,10 @@ def patient_split(
     balanced across splits (falls back to unstratified for classes with < 2 patients).
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError(f"bad split fractions val={val_fraction} test={test_fraction}")
+        raise ConfigError(
+            f"split fractions must be in [0, 1) with val + test < 1, got val={val_fraction} "
+            f"test={test_fraction}"
+        )
     uniq, inverse, strat = _patient_table(patients, labels if stratify else None)
     idx = np.arange(len(uniq))
     assign = np.full(len(uniq), "train", dtype=object)
@@ -66,10 +69,17 @@ def patient_split(
     return assign[inverse].astype(str)
 
 
-def _split(idx: np.ndarray, size: float, seed: int, strat: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _split(
+    idx: np.ndarray, size: float, seed: int, strat: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified when the held-out part can hold every class, else a plain seeded split."""
+    n_out = int(np.ceil(size * len(idx)))
+    if len(idx) < 2 or n_out >= len(idx):
+        raise DataError(
+            f"{len(idx)} patient(s) cannot be split into a training part and a held-out part of "
+            f"{size:.0%}; add data, lower data.val_fraction / data.test_fraction, or give a split column"
+        )
     if strat is not None:
-        n_out = int(np.ceil(size * len(idx)))
         n_classes = len(np.unique(strat))
         if n_classes <= n_out <= len(idx) - n_classes:
             return train_test_split(idx, test_size=size, random_state=seed, stratify=strat)
@@ -82,8 +92,10 @@ def patient_kfold(
     """Fold index (0..k-1) per row; patient-grouped and stratified where possible."""
     pats = np.asarray(patients, dtype=object)
     n_pat = len(np.unique(pats))
+    if n_splits < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {n_splits}")
     if n_pat < n_splits:
-        raise ValueError(f"{n_pat} patients cannot fill {n_splits} folds")
+        raise DataError(f"{n_pat} patient(s) cannot fill {n_splits} cross-validation folds")
     y = np.zeros(len(pats), dtype=int) if labels is None else np.asarray(labels)
     if y.ndim > 1:
         y = y[:, 0]

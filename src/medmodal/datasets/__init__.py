@@ -10,6 +10,12 @@ from medmodal.datasets import (  # noqa: F401  (registers)
     ptbxl,
     tables,
 )
-from medmodal.datasets.base import DATASETS, Prepared, get_dataset, resolve_data_dir
+from medmodal.datasets.base import (
+    DATASETS,
+    Prepared,
+    get_dataset,
+    prepare_dataset,
+    resolve_data_dir,
+)
 
-__all__ = ["DATASETS", "Prepared", "get_dataset", "resolve_data_dir"]
+__all__ = ["DATASETS", "Prepared", "get_dataset", "prepare_dataset", "resolve_data_dir"]

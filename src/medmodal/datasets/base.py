@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medmodal.errors import DatasetError
-from medmodal.registry import Registry
+from medmodal.options import parse_options
+from medmodal.registry import Registry, signature_options
 from medmodal.utils.io import file_digest
 
 ENV_DATA_DIR = "MEDMODAL_DATA_DIR"
@@ -110,3 +112,20 @@ def get_dataset(name: str) -> BuiltinDataset:
     from medmodal import datasets as _  # noqa: F401  (registers built-ins)
 
     return DATASETS.create(name)
+
+
+def prepare_dataset(
+    name: str,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Prepared:
+    """Write built-in dataset ``name`` as manifest + schema into ``out_dir``.
+
+    ``options`` are checked against the dataset's ``prepare`` keyword parameters first: a
+    misspelled or mistyped option is a ConfigError naming it and the allowed ones."""
+    ds = get_dataset(name)
+    model = signature_options(ds.prepare, ("out_dir", "data_dir"), f"{name}_options")
+    opts = parse_options(model, options, f"dataset {name!r} options")
+    kwargs = {k: getattr(opts, k) for k in type(opts).model_fields}
+    return ds.prepare(Path(out_dir), resolve_data_dir(data_dir), **kwargs)

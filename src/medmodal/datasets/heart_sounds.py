@@ -140,7 +140,6 @@ class HeartSounds(BuiltinDataset):
         mirror: str = RAW_URL,
         per_class: int | None = None,
         preprocess: dict[str, Any] | None = None,
-        **_: Any,
     ) -> Prepared:
         """Verify the files and write ``manifest.csv`` + ``schema.yaml`` into ``out_dir``.
 

@@ -33,11 +33,12 @@ CITATION = (
     "image classification. Scientific Data 10, 41 (2023)."
 )
 
-# name -> (task, labels, channels, md5 of the 28-px file, {size: md5} for MedMNIST+ sizes, source)
+# name -> (task, labels (MedMNIST label order), binary: the positive class, channels, md5 of the 28-px file, {size: md5} for MedMNIST+ sizes, source)
 SPECS: dict[str, dict[str, Any]] = {
     "breastmnist": dict(
         task="binary",
         labels=["malignant", "normal, benign"],
+        positive="malignant",
         channels=1,
         md5="750601b1f35ba3300ea97c75c52ff8f6",
         source="BUSI breast ultrasound (Al-Dhabyani et al. 2020)",
@@ -46,6 +47,7 @@ SPECS: dict[str, dict[str, Any]] = {
     "pneumoniamnist": dict(
         task="binary",
         labels=["normal", "pneumonia"],
+        positive="pneumonia",
         channels=1,
         md5="28209eda62fecd6e6a2d98b1501bb15f",
         source="Pediatric chest X-ray (Kermany et al. 2018)",
@@ -115,6 +117,7 @@ SPECS: dict[str, dict[str, Any]] = {
     "adrenalmnist3d": dict(
         task="binary",
         labels=["normal", "hyperplasia"],
+        positive="hyperplasia",
         channels=1,
         dims=3,
         md5="bbd3c5a5576322bc4cdfea780653b1ce",
@@ -174,7 +177,6 @@ class MedMNIST(BuiltinDataset):
         image_format: str = "npz",
         download: bool = False,
         limit: int | None = None,
-        **_: Any,
     ) -> Prepared:
         """Write ``manifest.csv`` + ``schema.yaml`` into ``out_dir``.
 
@@ -222,6 +224,7 @@ class MedMNIST(BuiltinDataset):
                     "task": self.spec["task"],
                     "column": "label",
                     "classes": self.spec["labels"],
+                    "positive": self.spec.get("positive"),
                 },
                 "modalities": {
                     "image": {

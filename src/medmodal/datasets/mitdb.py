@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -329,7 +329,7 @@ class MITBIH(BuiltinDataset):
         data_dir: Path | None = None,
         *,
         split: str = "inter_patient",
-        records: Iterable[str | int] | None = None,
+        records: Sequence[str | int] | None = None,
         include_q: bool = False,
         exclude_paced: bool = True,
         subject_201_202: str = "drop_201",
@@ -343,20 +343,15 @@ class MITBIH(BuiltinDataset):
         verify: bool = True,
         limit: int | None = None,
         download: bool = False,
-        image_format: str | None = None,
-        **unknown: Any,
     ) -> Prepared:
         """Write ``manifest.csv`` + ``schema.yaml``; ``records`` restricts to a subset (tests),
-        ``limit`` keeps the first N beats of each split (demos). ``image_format`` (a CLI option
-        for image sets) is ignored; ``download`` is not offered: the files come from PhysioNet."""
-        del image_format
+        ``limit`` keeps the first N beats of each split (demos); ``download`` is not offered:
+        the files come from PhysioNet."""
         if download:
             raise _dataset_error(
                 "medmodal does not download mitdb; fetch the 1.0.0 release (e.g. "
                 "`wget -r -np https://physionet.org/files/mitdb/1.0.0/`) into <data_dir>/mitdb"
             )
-        if unknown:
-            raise DatasetError(f"mitdb: unknown option(s) {sorted(unknown)}")
         if split not in SPLITS:
             raise DatasetError(f"mitdb: split must be one of {SPLITS}, got {split!r}")
         if rr_columns not in ("normalised", "all"):

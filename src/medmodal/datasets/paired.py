@@ -63,7 +63,7 @@ class WDBCBreastMNIST(BuiltinDataset):
     def locate(self, data_dir: Path | None) -> Path:
         return MedMNIST("breastmnist").locate(data_dir)
 
-    def prepare(self, out_dir: Path, data_dir: Path | None = None, seed: int = 0, **_: Any) -> Prepared:
+    def prepare(self, out_dir: Path, data_dir: Path | None = None, seed: int = 0) -> Prepared:
         """Write ``manifest.csv``, ``schema.yaml`` and ``PAIRING.txt`` into ``out_dir``."""
         from sklearn.datasets import load_breast_cancer
 
@@ -113,7 +113,7 @@ class WDBCBreastMNIST(BuiltinDataset):
             "id_column": "sample_id",
             "patient_column": "patient_id",
             "split_column": "split",
-            "target": {"task": "binary", "column": "label", "classes": list(CLASSES)},
+            "target": {"task": "binary", "column": "label", "classes": list(CLASSES), "positive": "malignant"},
             "modalities": {
                 "image": {"type": "image", "column": "image", "allow_missing": False,
                           "preprocess": {"size": [28, 28], "channels": 1,

@@ -29,8 +29,9 @@ rendering loses a little more). ``latents.csv`` (beside the manifest, never in i
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -88,6 +89,53 @@ SMALL_ENCODERS: dict[str, dict[str, Any]] = {
     "audio": {"name": "audio_cnn", "channels": [8, 16, 32], "dropout": 0.0},
     "tabular": {"name": "mlp", "hidden": [32], "dropout": 0.0},
 }
+# Fusion width of the probe recipe (fusions without a width option take none).
+PROBE_FUSION_KW: dict[str, dict[str, Any]] = {
+    n: {"dim": 32} for n in ("concat", "mean", "sum", "attention", "gated")
+}
+
+
+def probe_config(
+    prepared: Prepared,
+    output_dir: str | Path,
+    modalities: Sequence[str] = MODALITIES,
+    fusion: str = "concat",
+    seed: int = 0,
+    *,
+    dropout: float = 0.0,
+    epochs: int = 12,
+    bootstrap: int = 0,
+) -> dict[str, Any]:
+    """The probe's training recipe as a config dict (used by its test and its benchmark).
+
+    Small encoders (``SMALL_ENCODERS``), fusion width 32, ``dropout`` = modality dropout, Adam
+    lr 3e-3, batch 32, weight decay 1e-4, cosine schedule, best epoch by validation AUROC (the
+    default monitor); ``bootstrap`` resamples for the test CIs (0: none); no HTML report.
+    """
+    out = Path(output_dir)
+    return {
+        "name": out.name,
+        "seed": seed,
+        "output_dir": str(out),
+        "data": {
+            "manifest": str(prepared.manifest),
+            "schema": str(prepared.schema),
+            "modalities": list(modalities),
+        },
+        "model": {
+            "encoders": {m: SMALL_ENCODERS[m] for m in modalities},
+            "fusion": {"name": fusion, **PROBE_FUSION_KW.get(fusion, {})},
+            "modality_dropout": dropout,
+        },
+        "train": {
+            "epochs": epochs,
+            "batch_size": 32,
+            "lr": 3e-3,
+            "weight_decay": 1e-4,
+            "scheduler": "cosine",
+        },
+        "evaluate": {"bootstrap": bootstrap, "report": False},
+    }
 
 
 class FusionProbe(BuiltinDataset):
@@ -113,7 +161,23 @@ class FusionProbe(BuiltinDataset):
     def locate(self, data_dir: Path | None) -> Path:
         return Path("synthetic")
 
-    def prepare(self, out_dir: Path, data_dir: Path | None = None, **options: Any) -> Prepared:
+    def prepare(
+        self,
+        out_dir: Path,
+        data_dir: Path | None = None,
+        *,
+        n: int = DEFAULTS["n"],
+        seed: int = DEFAULTS["seed"],
+        noise: float = DEFAULTS["noise"],
+        missing: float = DEFAULTS["missing"],
+        image_size: int = DEFAULTS["image_size"],
+        sample_rate: int = DEFAULTS["sample_rate"],
+        duration: float = DEFAULTS["duration"],
+        text_source: Literal["file", "inline"] = DEFAULTS["text_source"],
+        split: list[float] = DEFAULTS["split"],  # noqa: B006  (never mutated)
+        augment: bool = DEFAULTS["augment"],
+        limit: int | None = DEFAULTS["limit"],
+    ) -> Prepared:
         """Write PNG / WAV / .txt files, ``manifest.csv``, ``schema.yaml`` and ``latents.csv``.
 
         Options (see the module doc): ``n``, ``seed``, ``noise``, ``missing``, ``image_size``,
@@ -122,7 +186,9 @@ class FusionProbe(BuiltinDataset):
         factors, default true), ``limit`` (first N cases per split).
         A folder already holding the same probe (same options) is reused as is.
         """
-        opts = _options(options)
+        given = dict(n=n, seed=seed, noise=noise, missing=missing, image_size=image_size)
+        given.update(sample_rate=sample_rate, duration=duration, text_source=text_source)
+        opts = _options({**given, "split": split, "augment": augment, "limit": limit})
         out = Path(out_dir)
         stamp = out / "probe.json"
         if stamp.is_file() and (out / "manifest.csv").is_file() and (out / "schema.yaml").is_file():

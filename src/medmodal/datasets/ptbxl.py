@@ -126,7 +126,6 @@ class PTBXL(BuiltinDataset):
         verify: str = "csv",
         no_diagnostic: str = "exclude",
         report_mask: bool = False,
-        **_: Any,
     ) -> Prepared:
         """Write ``manifest.csv`` + ``schema.yaml`` (+ ``excluded.csv``) into ``out_dir``.
 

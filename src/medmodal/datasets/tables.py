@@ -39,7 +39,7 @@ class WDBC(BuiltinDataset):
     def locate(self, data_dir: Path | None) -> Path:
         return Path("sklearn")
 
-    def prepare(self, out_dir: Path, data_dir: Path | None = None, **_: Any) -> Prepared:
+    def prepare(self, out_dir: Path, data_dir: Path | None = None) -> Prepared:
         from sklearn.datasets import load_breast_cancer
 
         bunch = load_breast_cancer(as_frame=True)
@@ -54,7 +54,7 @@ class WDBC(BuiltinDataset):
         schema = {
             "id_column": "sample_id",
             "patient_column": "patient_id",
-            "target": {"task": "binary", "column": "diagnosis", "classes": ["benign", "malignant"]},
+            "target": {"task": "binary", "column": "diagnosis", "classes": ["benign", "malignant"], "positive": "malignant"},
             "modalities": {"record": {"type": "tabular", "columns": list(X.columns)}},
         }
         return _write(out_dir, frame, schema)
@@ -111,7 +111,7 @@ class SurvivalTable(BuiltinDataset):
     def locate(self, data_dir: Path | None) -> Path:
         return Path("sksurv")
 
-    def prepare(self, out_dir: Path, data_dir: Path | None = None, **_: Any) -> Prepared:
+    def prepare(self, out_dir: Path, data_dir: Path | None = None) -> Prepared:
         try:
             from sksurv import datasets as skd
         except ImportError:

@@ -25,6 +25,7 @@ from medmodal.evaluate.calibration import (
     ece_matrix,
     weighted_ece,
 )
+from medmodal.evaluate.decision import decide
 
 PER_CLASS_METRICS = ("precision", "recall", "specificity", "npv", "f1", "auroc", "auprc")
 ALIASES = {"ppv": "precision", "sensitivity": "recall"}
@@ -203,19 +204,19 @@ def prepare(
     k = len(names)
     if task == "binary":
         y = yt.astype(float)
-        hit = (yp > threshold).astype(float)
+        hit = decide(yp, task, threshold).astype(float)
         truth = np.stack([1 - y, y], axis=1)
         pred = np.stack([1 - hit, hit], axis=1)
         rank_scores = np.stack([-yp, yp], axis=1)
         sq_err = (yp - y) ** 2
     elif task == "multiclass":
         truth = np.eye(k)[yt]
-        pred = np.eye(k)[yp.argmax(axis=1)]
+        pred = np.eye(k)[decide(yp, task)]
         rank_scores = yp
         sq_err = ((yp - truth) ** 2).sum(axis=1)
     else:
         truth = yt.astype(float)
-        pred = (yp > threshold).astype(float)
+        pred = decide(yp, task, threshold).astype(float)
         rank_scores = yp
         sq_err = ((yp - truth) ** 2).mean(axis=1)
     conf, outcome = calibration_targets(yt, yp, task)

@@ -8,7 +8,6 @@ from user data (class names, sample ids, paths, reasons, notes, config values) i
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime as _dt
 import html
 import io
@@ -27,8 +26,9 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 from medmodal.evaluate._core import Prepared, prepare, scalar_metric_names
 from medmodal.evaluate.calibration import reliability_from_validated
 from medmodal.evaluate.metrics import compute_metrics
+from medmodal.utils.io import to_jsonable
 
-__all__ = ["to_jsonable", "write_json", "write_report"]
+__all__ = ["write_report"]
 
 MAX_CURVES = 20  # per-class curves drawn individually up to this many classes
 MAX_CM_ANNOTATED = 20  # confusion-matrix cells annotated up to this many classes
@@ -68,48 +68,6 @@ pre{background:#f6f8fa;padding:.8em;overflow-x:auto;white-space:pre-wrap}
 img{max-width:100%;height:auto;border:1px solid #ddd;margin:.4em 0}
 .note{white-space:pre-wrap}nav a{margin-right:1em}
 """
-
-
-# ---------------------------------------------------------------- JSON
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy scalars/arrays, Paths, dataclasses, pydantic models, sets.
-
-    NaN and infinities become None (JSON has no NaN); unknown objects become ``str(obj)``.
-    """
-    if obj is None or isinstance(obj, (bool, str, int)):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, np.floating) and obj.itemsize < 8:
-        return to_jsonable(float(str(obj)))  # float32 0.001 -> 0.001, not 0.0010000000474
-    if isinstance(obj, np.generic):
-        return to_jsonable(obj.item())
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj
-        return [to_jsonable(v) for v in items]
-    if isinstance(obj, Path):
-        return str(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if hasattr(obj, "model_dump"):
-        return to_jsonable(obj.model_dump())
-    if hasattr(obj, "to_dict"):
-        return to_jsonable(obj.to_dict())
-    return str(obj)
-
-
-def write_json(path: str | Path, obj: Any, *, indent: int = 2) -> Path:
-    """Write ``obj`` as strict JSON (numpy types converted, NaN -> null); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(to_jsonable(obj), indent=indent, allow_nan=False) + "\n")
-    return path
 
 
 # ---------------------------------------------------------------- HTML helpers

@@ -7,6 +7,6 @@ from medmodal.fusion import (  # noqa: F401  (registers)
     late,
     pooling,
 )
-from medmodal.fusion.base import FUSIONS, Fusion
+from medmodal.fusion.base import FUSIONS, Fusion, FusionOutput
 
-__all__ = ["FUSIONS", "Fusion"]
+__all__ = ["FUSIONS", "Fusion", "FusionOutput"]

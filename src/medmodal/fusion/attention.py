@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medmodal.fusion.base import FUSIONS, Fusion, stack_mask
+from medmodal.fusion.base import FUSIONS, Fusion, FusionOutput, stack_mask
 from medmodal.fusion.pooling import projections, zero_absent
 
 
+@FUSIONS.register("attention")
 class AttentionFusion(Fusion):
-    """Modality tokens (projection + learned type embedding) after a learned CLS token.
+    """Transformer over modality tokens with a CLS token; absent modalities masked.
+
+    Modality tokens (projection + learned type embedding) after a learned CLS token.
 
     A pre-norm ``nn.TransformerEncoder`` runs with absent modalities as padding
     (``src_key_padding_mask``; the CLS token is never masked, so a row with nothing
@@ -24,13 +27,14 @@ class AttentionFusion(Fusion):
         self,
         in_dims: dict[str, int],
         n_outputs: int,
+        task: str,
         dim: int = 128,
         layers: int = 2,
         heads: int = 4,
         dim_feedforward: int | None = None,
         dropout: float = 0.1,
     ) -> None:
-        super().__init__(in_dims, n_outputs)
+        super().__init__(in_dims, n_outputs, task)
         if dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         self.proj = projections(in_dims, dim)
@@ -66,9 +70,9 @@ class AttentionFusion(Fusion):
 
     def forward(
         self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    ) -> FusionOutput:
         x, pad = self._tokens(embeddings, present)
-        return self.encoder(x, src_key_padding_mask=pad)[:, 0]
+        return FusionOutput(self.encoder(x, src_key_padding_mask=pad)[:, 0], present)
 
     def modality_weights(
         self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
@@ -94,9 +98,3 @@ class AttentionFusion(Fusion):
             attn.train(was_training)
         w = w[:, 0, 1:].masked_fill(pad[:, 1:], 0.0)  # (B, M)
         return w / w.sum(1, keepdim=True).clamp_min(torch.finfo(w.dtype).tiny)
-
-
-@FUSIONS.register("attention")
-def attention(in_dims: dict[str, int], n_outputs: int, **kw) -> Fusion:
-    """Transformer over modality tokens with a CLS token; absent modalities masked."""
-    return AttentionFusion(in_dims, n_outputs, **kw)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medmodal.fusion.base import FUSIONS, Fusion
+from medmodal.fusion.base import FUSIONS, Fusion, FusionOutput, stack_mask
 
 
+@FUSIONS.register("concat")
 class ConcatFusion(Fusion):
-    """Concatenate per-modality embeddings, optionally projected to ``dim`` each.
+    """Concatenation of (optionally projected) embeddings plus the presence mask.
+
+    Each embedding is optionally projected to ``dim``.
 
     With ``dim=None`` the embeddings are concatenated as they are (a single
     modality then passes straight to the head, as in a plain classifier).
@@ -21,11 +24,12 @@ class ConcatFusion(Fusion):
         self,
         in_dims: dict[str, int],
         n_outputs: int,
+        task: str,
         dim: int | None = None,
         dropout: float = 0.0,
         append_mask: bool | None = None,
     ) -> None:
-        super().__init__(in_dims, n_outputs)
+        super().__init__(in_dims, n_outputs, task)
         self.proj = nn.ModuleDict(
             {
                 m: nn.Sequential(nn.Linear(d, dim), nn.LayerNorm(dim), nn.GELU())
@@ -41,14 +45,8 @@ class ConcatFusion(Fusion):
 
     def forward(
         self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    ) -> FusionOutput:
         parts = [self.proj[m](embeddings[m]) for m in self.modalities]
         if self.append_mask:
-            parts.append(torch.stack([present[m].float() for m in self.modalities], dim=1))
-        return self.dropout(torch.cat(parts, dim=1))
-
-
-@FUSIONS.register("concat")
-def concat(in_dims: dict[str, int], n_outputs: int, **kw) -> Fusion:
-    """Concatenation of (optionally projected) embeddings plus the presence mask."""
-    return ConcatFusion(in_dims, n_outputs, **kw)
+            parts.append(stack_mask(present, self.modalities))
+        return FusionOutput(self.dropout(torch.cat(parts, dim=1)), present)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medmodal.fusion.base import FUSIONS, Fusion, stack_mask
+from medmodal.fusion.base import FUSIONS, Fusion, FusionOutput, stack_mask
 from medmodal.fusion.pooling import zero_absent
 
 
+@FUSIONS.register("gated")
 class GatedFusion(Fusion):
-    """``h_m = tanh(W_m x_m)``; gates ``z = softmax_present(W_z [h_1..h_M, mask])``; out ``sum z_m h_m``.
+    """Gated multimodal unit: softmax gates over present modalities weight tanh projections.
+
+    ``h_m = tanh(W_m x_m)``; gates ``z = softmax_present(W_z [h_1..h_M, mask])``; out ``sum z_m h_m``.
 
     The gate logits see every present modality's hidden vector (absent ones are
     zeroed) and the presence mask; the softmax runs over present modalities only
@@ -28,11 +31,12 @@ class GatedFusion(Fusion):
         self,
         in_dims: dict[str, int],
         n_outputs: int,
+        task: str,
         dim: int = 128,
         per_dim: bool = True,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__(in_dims, n_outputs)
+        super().__init__(in_dims, n_outputs, task)
         n = len(in_dims)
         self.proj = nn.ModuleDict({m: nn.Linear(d, dim) for m, d in in_dims.items()})
         self.gate = nn.Linear(n * dim + n, n * dim if per_dim else n)
@@ -65,18 +69,12 @@ class GatedFusion(Fusion):
 
     def forward(
         self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    ) -> FusionOutput:
         h, z = self._gates(embeddings, present)
-        return self.dropout((z * h).sum(1))
+        return FusionOutput(self.dropout((z * h).sum(1)), present)
 
     def modality_weights(
         self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
     ) -> torch.Tensor:
         """(B, M) gates: sum to 1 over present modalities (absent: 0; none present: all 0)."""
         return self._gates(embeddings, present)[1].mean(-1)
-
-
-@FUSIONS.register("gated")
-def gated(in_dims: dict[str, int], n_outputs: int, **kw) -> Fusion:
-    """Gated multimodal unit: softmax gates over present modalities weight tanh projections."""
-    return GatedFusion(in_dims, n_outputs, **kw)

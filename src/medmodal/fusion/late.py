@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmodal.fusion.base import FUSIONS, Fusion, stack_mask
+from medmodal.fusion.base import FUSIONS, Fusion, FusionOutput, stack_mask
 from medmodal.fusion.pooling import zero_absent
 
-TASKS = ("binary", "multiclass", "multilabel", "survival")
 
-
+@FUSIONS.register("late")
 class LateFusion(Fusion):
-    """Per-modality heads ``D_m -> n_outputs`` combined over present modalities.
+    """One head per modality; logits or probabilities averaged over present modalities.
+
+    Per-modality heads ``D_m -> n_outputs`` are combined over present modalities:
 
     * ``combine="logits"``: masked mean of the logits.
     * ``combine="probs"``: masked mean of probabilities, returned as logits:
@@ -23,9 +24,9 @@ class LateFusion(Fusion):
       is the mean of the softmaxes), else ``logit(mean sigmoid)`` per output (binary,
       multilabel). Computed with log-sum-exp, so it is exact and finite.
 
-    A row with no present modality yields zero logits. The per-modality logits of the
-    last forward are kept in ``last_modality_logits`` (with ``last_present``) for an
-    auxiliary per-modality loss; ``modality_logits()`` recomputes them.
+    A row with no present modality yields zero logits. The output carries every modality's
+    own logits; :meth:`auxiliary_loss` trains each head on the rows where its modality was
+    present (deep supervision, weighted by ``train.aux_loss_weight``).
     """
 
     outputs_logits = True
@@ -35,25 +36,19 @@ class LateFusion(Fusion):
         self,
         in_dims: dict[str, int],
         n_outputs: int,
-        combine: str = "logits",
-        task: str = "multiclass",
+        task: str,
+        combine: Literal["logits", "probs"] = "logits",
         hidden: int | None = None,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__(in_dims, n_outputs)
-        if combine not in ("logits", "probs"):
-            raise ValueError(f"combine must be 'logits' or 'probs', not {combine!r}")
-        if task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+        super().__init__(in_dims, n_outputs, task)
         if combine == "probs" and task == "survival":
             raise ValueError("combine='probs' has no meaning for a survival risk; use 'logits'")
-        self.combine, self.task = combine, task
+        self.combine = combine
         self.heads = nn.ModuleDict(
             {m: _head(d, n_outputs, hidden, dropout) for m, d in in_dims.items()}
         )
         self.out_dim = n_outputs
-        self.last_modality_logits: dict[str, torch.Tensor] = {}
-        self.last_present: dict[str, torch.Tensor] = {}
 
     def modality_logits(
         self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
@@ -63,10 +58,8 @@ class LateFusion(Fusion):
 
     def forward(
         self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    ) -> FusionOutput:
         per = self.modality_logits(embeddings, present)
-        self.last_modality_logits = per
-        self.last_present = {m: present[m] for m in self.modalities}
         logits = torch.stack([per[m] for m in self.modalities], dim=1)  # (B, M, K)
         mask = stack_mask(present, self.modalities).bool()  # (B, M)
         any_present = mask.any(1, keepdim=True)  # (B, 1)
@@ -82,13 +75,18 @@ class LateFusion(Fusion):
             out = _masked_logmeanexp(F.logsigmoid(logits), m3) - _masked_logmeanexp(
                 F.logsigmoid(-logits), m3
             )
-        return torch.where(any_present, out, 0.0)
+        return FusionOutput(torch.where(any_present, out, 0.0), present, per)
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Tensors from the last forward are graph outputs: deepcopy/pickle cannot copy them.
-        state = super().__getstate__()
-        state["last_modality_logits"], state["last_present"] = {}, {}
-        return state
+    def auxiliary_loss(
+        self, output: FusionOutput, target: torch.Tensor, loss_fn: nn.Module
+    ) -> torch.Tensor | None:
+        """Mean over modalities of ``loss_fn`` on each head's logits, present rows only."""
+        losses = []
+        for m, logits in output.modality_logits.items():
+            rows = output.present[m].bool()
+            if bool(rows.any()):
+                losses.append(loss_fn(logits[rows].float(), target[rows]))
+        return torch.stack(losses).mean() if losses else None
 
 
 def _head(d: int, k: int, hidden: int | None, dropout: float) -> nn.Module:
@@ -107,9 +105,3 @@ def _masked_logmeanexp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """log(mean over masked M of exp(x)); x (B, M, K), mask (B, M, 1) with >= 1 True per row."""
     n = mask.sum(1).to(x.dtype)
     return torch.logsumexp(torch.where(mask, x, float("-inf")), dim=1) - torch.log(n)
-
-
-@FUSIONS.register("late")
-def late(in_dims: dict[str, int], n_outputs: int, **kw) -> Fusion:
-    """One head per modality; logits or probabilities averaged over present modalities."""
-    return LateFusion(in_dims, n_outputs, **kw)

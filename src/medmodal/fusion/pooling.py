@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from medmodal.fusion.base import FUSIONS, Fusion, stack_mask
+from medmodal.fusion.base import FUSIONS, Fusion, FusionOutput, stack_mask
 
 
 def projections(in_dims: dict[str, int], dim: int) -> nn.ModuleDict:
@@ -28,32 +30,30 @@ def zero_absent(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 class PoolFusion(Fusion):
     """Project every modality to ``dim`` and pool over the present ones.
 
-    ``reduce="mean"`` divides by the number of present modalities, ``"sum"`` does not.
-    Absent modalities are ignored entirely (their values never reach the output);
-    a row with no present modality yields zeros.
+    Subclasses set ``reduce``: ``"mean"`` divides by the number of present modalities,
+    ``"sum"`` does not. Absent modalities are ignored entirely (their values never reach the
+    output); a row with no present modality yields zeros.
     """
 
     ignores_absent = True
+    reduce: ClassVar[str] = "mean"
 
     def __init__(
         self,
         in_dims: dict[str, int],
         n_outputs: int,
+        task: str,
         dim: int = 128,
         dropout: float = 0.0,
-        reduce: str = "mean",
     ) -> None:
-        super().__init__(in_dims, n_outputs)
-        if reduce not in ("mean", "sum"):
-            raise ValueError(f"reduce must be 'mean' or 'sum', not {reduce!r}")
-        self.reduce = reduce
+        super().__init__(in_dims, n_outputs, task)
         self.proj = projections(in_dims, dim)
         self.dropout = nn.Dropout(dropout)
         self.out_dim = dim
 
     def forward(
         self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
-    ) -> torch.Tensor:
+    ) -> FusionOutput:
         mask = stack_mask(present, self.modalities)  # (B, M)
         h = torch.stack(
             [
@@ -65,16 +65,18 @@ class PoolFusion(Fusion):
         out = h.sum(1)
         if self.reduce == "mean":
             out = out / mask.sum(1, keepdim=True).clamp_min(1.0).to(out.dtype)
-        return self.dropout(out)
+        return FusionOutput(self.dropout(out), present)
 
 
 @FUSIONS.register("mean")
-def mean(in_dims: dict[str, int], n_outputs: int, **kw) -> Fusion:
+class MeanFusion(PoolFusion):
     """Masked mean of per-modality projections (absent modalities ignored)."""
-    return PoolFusion(in_dims, n_outputs, reduce="mean", **kw)
+
+    reduce = "mean"
 
 
 @FUSIONS.register("sum")
-def sum_(in_dims: dict[str, int], n_outputs: int, **kw) -> Fusion:
+class SumFusion(PoolFusion):
     """Masked sum of per-modality projections (absent modalities ignored)."""
-    return PoolFusion(in_dims, n_outputs, reduce="sum", **kw)
+
+    reduce = "sum"

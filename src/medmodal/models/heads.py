@@ -6,7 +6,7 @@ from torch import nn
 
 from medmodal.registry import Registry
 
-HEADS: Registry[nn.Module] = Registry("head")
+HEADS: Registry[nn.Module] = Registry("head", context=("in_dim", "n_outputs"))
 
 
 def n_outputs_for(task: str, n_classes: int) -> int:

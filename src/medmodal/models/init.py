@@ -26,13 +26,19 @@ def encoder_state(path: str | Path, modality: str) -> dict[str, torch.Tensor]:
         raise ConfigError(f"encoder init for {modality!r}: cannot read {p}: {e}") from e
     if isinstance(body, dict) and isinstance(body.get("model_state"), dict):
         prefix = f"encoders.{modality}."
-        state = {k[len(prefix) :]: v for k, v in body["model_state"].items() if k.startswith(prefix)}
+        state = {
+            k[len(prefix) :]: v for k, v in body["model_state"].items() if k.startswith(prefix)
+        }
         if not state:
-            raise ConfigError(f"encoder init: checkpoint {p} has no encoder for modality {modality!r}")
+            raise ConfigError(
+                f"encoder init: checkpoint {p} has no encoder for modality {modality!r}"
+            )
         return state
     if isinstance(body, dict) and body and all(isinstance(v, torch.Tensor) for v in body.values()):
         return body
-    raise ConfigError(f"encoder init for {modality!r}: {p} is neither a state dict nor a medmodal checkpoint")
+    raise ConfigError(
+        f"encoder init for {modality!r}: {p} is neither a state dict nor a medmodal checkpoint"
+    )
 
 
 def init_encoder(encoder: nn.Module, path: str | Path, modality: str, freeze: bool = False) -> None:
@@ -42,7 +48,9 @@ def init_encoder(encoder: nn.Module, path: str | Path, modality: str, freeze: bo
         encoder.load_state_dict(state, strict=True)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0:2]
-        raise ConfigError(f"encoder init for {modality!r} from {path}: weights do not fit: {' '.join(first)}") from e
+        raise ConfigError(
+            f"encoder init for {modality!r} from {path}: weights do not fit: {' '.join(first)}"
+        ) from e
     if freeze:
         for prm in encoder.parameters():
             prm.requires_grad_(False)

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from medmodal.fusion.base import FUSIONS
-from medmodal.models.encoders.base import create_encoder
-from medmodal.models.heads import HEADS
+from medmodal.config import EncoderSpec, ModelConfig
+from medmodal.errors import ConfigError
+from medmodal.fusion import FUSIONS, Fusion, FusionOutput
+from medmodal.models.encoders.base import DEFAULT_ENCODER, create_encoder
+from medmodal.models.heads import HEADS, n_outputs_for
+from medmodal.models.init import init_encoder
+from medmodal.options import parse_options
+
+
+@dataclass
+class ModelOutput:
+    """``logits`` (B, n_outputs) and the fusion's output they came from (for its aux loss)."""
+
+    logits: torch.Tensor
+    fusion: FusionOutput
 
 
 class MultimodalModel(nn.Module):
@@ -25,7 +39,7 @@ class MultimodalModel(nn.Module):
     def __init__(
         self,
         encoders: dict[str, nn.Module],
-        fusion: nn.Module,
+        fusion: Fusion,
         head: nn.Module | None,
         modality_dropout: float = 0.0,
     ) -> None:
@@ -79,10 +93,12 @@ class MultimodalModel(nn.Module):
             embs[m] = out
         return embs
 
-    def forward(
+    def run(
         self, inputs: dict[str, Any] | torch.Tensor, present: dict[str, torch.Tensor] | None = None
-    ) -> torch.Tensor:
-        """``inputs``: {modality: batch}; a bare tensor is accepted for a one-modality model.
+    ) -> ModelOutput:
+        """Logits and the fusion output (training uses it for the fusion's auxiliary loss).
+
+        ``inputs``: {modality: batch}; a bare tensor is accepted for a one-modality model.
         ``present``: {modality: (B,) bool}; None means every modality is present."""
         if not isinstance(inputs, dict):
             if len(self.encoders) != 1:
@@ -97,9 +113,15 @@ class MultimodalModel(nn.Module):
                 m: torch.ones(batch, dtype=torch.bool, device=device) for m in self.modalities
             }
         present = self._drop(present)
-        embs = self.embed(inputs, present)
-        z = self.fusion(embs, present)
-        return z if getattr(self.fusion, "outputs_logits", False) else self.head(z)
+        fused = self.fusion(self.embed(inputs, present), present)
+        logits = fused.value if self.fusion.outputs_logits else self.head(fused.value)
+        return ModelOutput(logits, fused)
+
+    def forward(
+        self, inputs: dict[str, Any] | torch.Tensor, present: dict[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Logits (B, n_outputs); see :meth:`run`."""
+        return self.run(inputs, present).logits
 
 
 def _batch_size(x: Any) -> int:
@@ -115,52 +137,52 @@ def _index(x: Any, idx: torch.Tensor) -> Any:
 
 
 def build_model(
-    modality_types: dict[str, str],
-    infos: dict[str, dict[str, Any]],
-    encoders: dict[str, dict[str, Any]],
-    fusion: dict[str, Any],
-    head: dict[str, Any],
+    modality_types: Mapping[str, str],
+    infos: Mapping[str, dict[str, Any]],
+    spec: ModelConfig | Mapping[str, Any] | None = None,
+    *,
+    task: str,
     n_outputs: int,
-    modality_dropout: float = 0.0,
     load_init: bool = True,
 ) -> MultimodalModel:
-    """Build a model from name-based specs, e.g. ``encoders={'image': {'name': 'resnet18'}}``.
+    """Build a model from name-based specs, e.g. ``{"encoders": {"image": {"name": "resnet18"}}}``.
 
-    An encoder spec may hold ``init`` (a state-dict file or a medmodal checkpoint to start from,
-    e.g. SimMIM-pretrained weights) and ``freeze_init`` (keep those weights fixed). With
-    ``load_init=False`` (rebuilding a trained checkpoint) the init file is not read.
+    An encoder spec's ``init`` (a state-dict file or a medmodal checkpoint, e.g. SimMIM-pretrained
+    weights) is loaded unless ``load_init`` is False (rebuilding a trained checkpoint);
+    ``freeze_init`` keeps the encoder's weights fixed.
     """
-    from medmodal.models.encoders.base import DEFAULT_ENCODER
-    from medmodal.models.init import init_encoder
-
-    mods: dict[str, nn.Module] = {}
-    for m, mtype in modality_types.items():
-        spec = dict(encoders.get(m, {}))
-        name = spec.pop("name", DEFAULT_ENCODER.get(mtype))
-        if name is None:
-            from medmodal.errors import ConfigError
-
-            raise ConfigError(f"no encoder named for modality {m!r} ({mtype})")
-        init, freeze = spec.pop("init", None), bool(spec.pop("freeze_init", False))
-        mods[m] = create_encoder(name, mtype, infos.get(m, {}), **spec)
-        if init is not None and load_init:
-            init_encoder(mods[m], init, m, freeze=freeze)
-        elif freeze:
-            for prm in mods[m].parameters():
-                prm.requires_grad_(False)
-    fspec = dict(fusion)
-    fname = fspec.pop("name", "concat")
-    fus = FUSIONS.create(
-        fname, in_dims={m: e.out_dim for m, e in mods.items()}, n_outputs=n_outputs, **fspec
+    cfg = parse_options(ModelConfig, spec, "model")
+    encoders = {
+        m: _encoder(m, t, infos.get(m, {}), cfg.encoders.get(m, EncoderSpec()), load_init)
+        for m, t in modality_types.items()
+    }
+    fusion = FUSIONS.create(
+        cfg.fusion.name,
+        cfg.fusion.options(),
+        in_dims={m: e.out_dim for m, e in encoders.items()},
+        n_outputs=n_outputs,
+        task=task,
     )
-    hspec = dict(head)
-    hname = hspec.pop("name", "linear")
-    hd = (
-        None
-        if getattr(fus, "outputs_logits", False)
-        else HEADS.create(hname, in_dim=fus.out_dim, n_outputs=n_outputs, **hspec)
-    )
-    return MultimodalModel(mods, fus, hd, modality_dropout=modality_dropout)
+    head = None
+    if not fusion.outputs_logits:
+        head = HEADS.create(
+            cfg.head.name, cfg.head.options(), in_dim=fusion.out_dim, n_outputs=n_outputs
+        )
+    return MultimodalModel(encoders, fusion, head, modality_dropout=cfg.modality_dropout)
+
+
+def _encoder(
+    modality: str, mtype: str, info: dict[str, Any], spec: EncoderSpec, load_init: bool
+) -> nn.Module:
+    name = spec.name or DEFAULT_ENCODER.get(mtype)
+    if name is None:
+        raise ConfigError(f"no encoder named for modality {modality!r} ({mtype})")
+    encoder = create_encoder(name, mtype, info, **spec.options())
+    if spec.init is not None and load_init:
+        init_encoder(encoder, spec.init, modality, freeze=spec.freeze_init)
+    elif spec.freeze_init:
+        encoder.requires_grad_(False)
+    return encoder
 
 
 def create_model(
@@ -171,20 +193,18 @@ def create_model(
     in_channels: int = 1,
     size: tuple[int, ...] = (28, 28),
     head: str = "linear",
-    **kwargs: Any,
+    **options: Any,
 ) -> MultimodalModel:
     """An image classifier by encoder name, timm style: ``create_model("resnet18", num_classes=5)``.
 
     ``size`` with 3 entries builds the 3D variant. The model also accepts a bare (B, C, *size) tensor.
     """
-    from medmodal.models.heads import n_outputs_for
-
     info = {"in_channels": in_channels, "spatial_dims": len(size), "size": list(size)}
+    spec = {"encoders": {"image": {"name": name, **options}}, "head": {"name": head}}
     return build_model(
         {"image": "image"},
         {"image": info},
-        {"image": {"name": name, **kwargs}},
-        {"name": "concat"},
-        {"name": head},
-        n_outputs_for(task, num_classes),
+        spec,
+        task=task,
+        n_outputs=n_outputs_for(task, num_classes),
     )

@@ -1,4 +1,4 @@
-"""Task losses and the logits -> probabilities map, with optional class weighting."""
+"""Task losses, with optional class weighting."""
 
 from __future__ import annotations
 
@@ -41,12 +41,3 @@ class _BCE(nn.Module):
         return nn.functional.binary_cross_entropy_with_logits(
             logits, target, pos_weight=self.pos_weight
         )
-
-
-def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
-    """binary: (B,) P(positive); multiclass: (B, K) softmax; multilabel: (B, K) sigmoid."""
-    if task == "binary":
-        return torch.sigmoid(logits.reshape(-1))
-    if task == "multiclass":
-        return torch.softmax(logits, dim=1)
-    return torch.sigmoid(logits)

@@ -1,12 +1,17 @@
-"""The training loop: Adam + CE/BCE, schedules, early stopping on a validation metric,
-a real copy of the best weights, resumable per-epoch state, rich progress bars."""
+"""The training loop: Adam/AdamW/SGD + CE/BCE, schedules, early stopping on a validation metric,
+a real copy of the best weights, resumable per-epoch state, progress bars or one line per epoch.
+
+Validation is scored by the same path as prediction and evaluation: :func:`predict_logits`
+and :func:`~medmodal.evaluate.compute_metrics` with the configured decision threshold.
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,9 +24,15 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from medmodal.config import TrainConfig
 from medmodal.data.dataset import MultimodalDataset, collate
-from medmodal.train.losses import class_weights, make_loss, to_probs
-from medmodal.train.monitor import monitor_score
+from medmodal.data.manifest import LabelMap
+from medmodal.evaluate.metrics import compute_metrics
+from medmodal.models.model import MultimodalModel
+from medmodal.predictor import predict_logits, to_probs
+from medmodal.train.losses import class_weights, make_loss
 from medmodal.utils.runtime import epoch_seed, resolve_device
+
+MONITORED = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro")
+Progressish = bool | Literal["lines"]
 
 
 @dataclass
@@ -44,51 +55,27 @@ def move(x: Any, device: torch.device) -> Any:
     return x
 
 
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    dataset: MultimodalDataset,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    absent: tuple[str, ...] | list[str] = (),
-) -> torch.Tensor:
-    """Logits for every sample, in dataset order (eval mode, no augmentation).
-
-    ``absent``: modalities to treat as missing for every sample (test-time removal).
-    """
-    device = torch.device(device)
-    was_train, dataset.train = dataset.train, False
-    model.eval()
-    out = []
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    for batch in loader:
-        present = move(batch["present"], device)
-        for m in absent:
-            present[m] = torch.zeros_like(present[m])
-        out.append(model(move(batch["inputs"], device), present).float().cpu())
-    dataset.train = was_train
-    return torch.cat(out) if out else torch.zeros(0)
-
-
 class Trainer:
     """Fit a model on a train dataset, selecting the best epoch on a validation dataset."""
 
     def __init__(
         self,
-        model: nn.Module,
-        task: str,
-        n_classes: int,
+        model: MultimodalModel,
+        label_map: LabelMap,
         cfg: TrainConfig,
+        *,
         seed: int = 0,
-        progress: bool | Literal["lines"] = True,
+        threshold: float = 0.5,
+        progress: Progressish = True,
         on_epoch_end: Callable[[TrainState, Trainer], None] | None = None,
         console: Console | None = None,
     ) -> None:
         self.model = model
-        self.task = task
-        self.n_classes = n_classes
+        self.label_map = label_map
+        self.task = label_map.task
         self.cfg = cfg
         self.seed = seed
+        self.threshold = threshold
         self.progress = progress
         self.on_epoch_end = on_epoch_end
         self.console = console or Console(stderr=True)
@@ -98,6 +85,8 @@ class Trainer:
         self.scheduler: Any = None
         self.loss_fn: nn.Module | None = None
         self.state = TrainState()
+        self._pending_scheduler: dict[str, Any] | None = None
+        self._scaler = torch.amp.GradScaler(enabled=False)
 
     # -- construction ------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -108,7 +97,7 @@ class Trainer:
         if c.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
         return torch.optim.SGD(
-            params, lr=c.lr, momentum=0.9, weight_decay=c.weight_decay, nesterov=True
+            params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True
         )
 
     def _make_scheduler(self, steps_per_epoch: int) -> Any:
@@ -129,11 +118,12 @@ class Trainer:
             return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, marks, gamma=c.gamma)
         if c.scheduler == "plateau":
             return torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, mode="max", factor=c.gamma, patience=3
+                self.optimizer, mode="max", factor=c.gamma, patience=c.plateau_patience
             )
         return None
 
-    def _loader(self, ds: MultimodalDataset, epoch: int) -> DataLoader:
+    def loader(self, ds: MultimodalDataset, epoch: int) -> DataLoader:
+        """The training batches of ``epoch`` (seeded; balanced sampler if configured)."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 1))
         sampler = None
         if self.cfg.sampler == "balanced" and ds.labels is not None and self.task != "multilabel":
@@ -183,25 +173,124 @@ class Trainer:
 
     # -- loop ----------------------------------------------------------------------------
     def fit(self, train_ds: MultimodalDataset, val_ds: MultimodalDataset | None) -> TrainState:
-        c = self.cfg
+        """Train for ``cfg.epochs`` (or until early stopping); the model ends on its best epoch."""
         if train_ds.labels is None:
             raise ValueError("training data has no labels")
+        self._prepare(train_ds)
+        with self._bar() as bar:
+            for epoch in range(self.state.epoch, self.cfg.epochs):
+                t0 = time.perf_counter()
+                record = self._train_epoch(train_ds, epoch, bar)
+                record.update(self.validate(val_ds) if val_ds is not None and len(val_ds) else {})
+                improved = self._end_epoch(record, time.perf_counter() - t0)
+                self._log_epoch(record, improved, bar)
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(self.state, self)
+                if self._stop_early(epoch):
+                    break
+        if self.state.best_state is not None:
+            self.model.load_state_dict(self.state.best_state)
+        return self.state
+
+    def _prepare(self, train_ds: MultimodalDataset) -> None:
+        """Loss (with class weights), scheduler, and a resumed scheduler's state."""
         weights = None
-        if c.class_weights == "balanced":
-            weights = class_weights(np.asarray(train_ds.labels), self.task, self.n_classes)
-        self.loss_fn = make_loss(self.task, weights, c.label_smoothing).to(self.device)
-        steps = len(self._loader(train_ds, 0))
-        self.scheduler = self._make_scheduler(steps)
-        pending = getattr(self, "_pending_scheduler", None)
-        if pending is not None and self.scheduler is not None:
-            self.scheduler.load_state_dict(pending)
+        if self.cfg.class_weights == "balanced":
+            y = np.asarray(train_ds.labels)
+            weights = class_weights(y, self.task, len(self.label_map.classes))
+        self.loss_fn = make_loss(self.task, weights, self.cfg.label_smoothing).to(self.device)
+        self.scheduler = self._make_scheduler(len(self.loader(train_ds, 0)))
+        cuda_amp = self.cfg.amp and self.device.type == "cuda"
+        self._scaler = torch.amp.GradScaler(enabled=cuda_amp)  # fp16 on CUDA; bf16 needs none
+        if self._pending_scheduler is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(self._pending_scheduler)
             # A fresh scheduler resets the optimizer's lr; put back the lr of the interrupted step.
-            for group, lr in zip(
-                self.optimizer.param_groups, self.scheduler.get_last_lr(), strict=True
-            ):
+            lrs = self.scheduler.get_last_lr()
+            for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
                 group["lr"] = lr
-        amp = c.amp and self.device.type in ("cuda", "cpu")
-        scaler = torch.amp.GradScaler(enabled=amp and self.device.type == "cuda")
+
+    def _train_epoch(self, ds: MultimodalDataset, epoch: int, bar: Progress) -> dict[str, Any]:
+        """One pass over the training batches; returns the epoch's record so far."""
+        torch.manual_seed(epoch_seed(self.seed, epoch))
+        ds.train = True
+        ds.generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 2))
+        loader = self.loader(ds, epoch)
+        task_id = bar.add_task(f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(loader), info="")
+        self.model.train()
+        total, count = 0.0, 0
+        for batch in loader:
+            loss = self._step(batch)
+            total += loss * len(batch["label"])
+            count += len(batch["label"])
+            bar.update(task_id, advance=1, info=f"loss {total / count:.4f}")
+        ds.train = False
+        lr = self.optimizer.param_groups[0]["lr"]
+        return {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": lr}
+
+    def _step(self, batch: dict[str, Any]) -> float:
+        """Forward, loss (+ the fusion's auxiliary loss), backward, optimizer and LR step."""
+        c, device = self.cfg, self.device
+        amp = c.amp and device.type in ("cuda", "cpu")
+        y = batch["label"].to(device)
+        dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+        with torch.autocast(device.type, enabled=amp, dtype=dtype):
+            out = self.model.run(move(batch["inputs"], device), move(batch["present"], device))
+            assert self.loss_fn is not None
+            loss = self.loss_fn(out.logits.float(), y)
+            aux = self.model.fusion.auxiliary_loss(out.fusion, y, self.loss_fn)
+            if aux is not None and c.aux_loss_weight:
+                loss = loss + c.aux_loss_weight * aux
+        self.optimizer.zero_grad(set_to_none=True)
+        self._backward_and_step(loss)
+        if self.scheduler is not None and c.scheduler != "plateau":
+            self.scheduler.step()
+        return float(loss.detach())
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        scaler = self._scaler
+        scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        scaler.step(self.optimizer)
+        scaler.update()
+
+    def _end_epoch(self, record: dict[str, Any], seconds: float) -> bool:
+        """Score the epoch, step a plateau schedule, keep a copy of the best weights."""
+        key = self.cfg.monitor
+        if f"val_{key}" in record:
+            value = record[f"val_{key}"]
+            score = -value if key == "loss" else value
+            if score is None or math.isnan(score):  # e.g. one class only in val: use the loss
+                score = -record["val_loss"]
+        else:
+            score = -record["train_loss"]
+        if self.scheduler is not None and self.cfg.scheduler == "plateau":
+            self.scheduler.step(score)
+        record["seconds"] = seconds
+        improved = score > self.state.best_score
+        s = self.state
+        if improved:
+            s.best_score, s.best_epoch, s.bad_epochs = score, record["epoch"], 0
+            s.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            s.bad_epochs += 1
+        record["best"] = improved
+        s.history.append(record)
+        s.epoch = record["epoch"]
+        return improved
+
+    def _stop_early(self, epoch: int) -> bool:
+        patience = self.cfg.early_stopping
+        if patience is None or self.state.bad_epochs < patience:
+            return False
+        self.console.print(
+            f"early stopping after epoch {epoch + 1} (best epoch {self.state.best_epoch})"
+        )
+        return True
+
+    @contextmanager
+    def _bar(self) -> Iterator[Progress]:
         columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -209,126 +298,33 @@ class Trainer:
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
         ]
-        with Progress(
-            *columns, console=self.console, disable=self.progress is not True, transient=False
-        ) as bar:
-            for epoch in range(self.state.epoch, c.epochs):
-                torch.manual_seed(epoch_seed(self.seed, epoch))
-                train_ds.train = True
-                train_ds.generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 2))
-                loader = self._loader(train_ds, epoch)
-                task_id = bar.add_task(f"epoch {epoch + 1}/{c.epochs}", total=len(loader), info="")
-                t0 = time.perf_counter()
-                self.model.train()
-                total, count = 0.0, 0
-                for batch in loader:
-                    inputs = move(batch["inputs"], self.device)
-                    present = move(batch["present"], self.device)
-                    y = batch["label"].to(self.device)
-                    with torch.autocast(
-                        self.device.type,
-                        enabled=amp,
-                        dtype=torch.bfloat16 if self.device.type == "cpu" else torch.float16,
-                    ):
-                        logits = self.model(inputs, present)
-                        loss = self.loss_fn(logits.float(), y)
-                        loss = loss + self._aux_loss(present, y)
-                    self.optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if c.grad_clip:
-                        scaler.unscale_(self.optimizer)
-                        nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-                    scaler.step(self.optimizer)
-                    scaler.update()
-                    if self.scheduler is not None and c.scheduler != "plateau":
-                        self.scheduler.step()
-                    total += float(loss.detach()) * len(y)
-                    count += len(y)
-                    bar.update(task_id, advance=1, info=f"loss {total / count:.4f}")
-                train_ds.train = False
-                record: dict[str, Any] = {
-                    "epoch": epoch + 1,
-                    "train_loss": total / max(count, 1),
-                    "lr": self.optimizer.param_groups[0]["lr"],
-                }
-                if val_ds is not None and len(val_ds):
-                    record.update(self.validate(val_ds))
-                    score = record[f"val_{c.monitor}"]
-                    score = -score if c.monitor == "loss" else score
-                    if math.isnan(score):  # e.g. one class only in val: fall back to the loss
-                        score = -record["val_loss"]
-                else:
-                    score = -record["train_loss"]
-                if self.scheduler is not None and c.scheduler == "plateau":
-                    self.scheduler.step(score)
-                record["seconds"] = time.perf_counter() - t0
-                improved = score > self.state.best_score
-                if improved:
-                    self.state.best_score = score
-                    self.state.best_epoch = epoch + 1
-                    self.state.best_state = copy.deepcopy(self.model.state_dict())
-                    self.state.bad_epochs = 0
-                else:
-                    self.state.bad_epochs += 1
-                record["best"] = improved
-                self.state.history.append(record)
-                self.state.epoch = epoch + 1
-                shown = {
-                    k: round(v, 4)
-                    for k, v in record.items()
-                    if k.startswith("val_") and isinstance(v, float)
-                }
-                bar.update(
-                    task_id,
-                    info=f"loss {record['train_loss']:.4f} {shown}{' *' if improved else ''}",
-                )
-                if self.progress == "lines":  # no terminal (a log, CI): one plain line per epoch
-                    self.console.print(
-                        f"epoch {epoch + 1}/{c.epochs} loss {record['train_loss']:.4f} "
-                        + " ".join(f"{k} {v}" for k, v in shown.items())
-                        + f" ({record['seconds']:.0f} s){' *best*' if improved else ''}",
-                        highlight=False,
-                        soft_wrap=True,
-                    )
-                if self.on_epoch_end is not None:
-                    self.on_epoch_end(self.state, self)
-                if c.early_stopping is not None and self.state.bad_epochs >= c.early_stopping:
-                    self.console.print(
-                        f"early stopping after epoch {epoch + 1} (best epoch {self.state.best_epoch})"
-                    )
-                    break
-        if self.state.best_state is not None:
-            self.model.load_state_dict(self.state.best_state)
-        return self.state
+        with Progress(*columns, console=self.console, disable=self.progress is not True) as bar:
+            yield bar
 
-    def _aux_loss(self, present: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor | float:
-        """Optional per-modality loss for fusions that keep per-modality logits (late fusion)."""
-        w = self.cfg.aux_loss_weight
-        fusion = getattr(self.model, "fusion", None)
-        per = getattr(fusion, "last_modality_logits", None)
-        if not w or not per:
-            return 0.0
-        # The mask the fusion actually saw (after modality dropout), not the input mask.
-        seen = getattr(fusion, "last_present", None) or present
-        losses = []
-        for m, logits in per.items():
-            mask = seen[m]
-            if bool(mask.any()):
-                losses.append(self.loss_fn(logits[mask].float(), y[mask]))
-        return w * torch.stack(losses).mean() if losses else 0.0
+    def _log_epoch(self, record: dict[str, Any], improved: bool, bar: Progress) -> None:
+        shown = {
+            k: round(v, 4)
+            for k, v in record.items()
+            if k.startswith("val_") and isinstance(v, float)
+        }
+        star = " *" if improved else ""
+        bar.update(bar.task_ids[-1], info=f"loss {record['train_loss']:.4f} {shown}{star}")
+        if self.progress == "lines":  # no terminal (a log, CI): one plain line per epoch
+            self.console.print(
+                f"epoch {record['epoch']}/{self.cfg.epochs} loss {record['train_loss']:.4f} "
+                + " ".join(f"{k} {v}" for k, v in shown.items())
+                + f" ({record['seconds']:.0f} s){' *best*' if improved else ''}",
+                highlight=False,
+                soft_wrap=True,
+            )
 
-    def validate(self, ds: MultimodalDataset) -> dict[str, float]:
+    def validate(self, ds: MultimodalDataset) -> dict[str, float | None]:
+        """Validation loss and the monitored metrics, through the prediction path."""
         logits = predict_logits(self.model, ds, self.cfg.eval_batch_size, self.device)
-        y = torch.as_tensor(np.asarray(ds.labels)).to(logits.device)
+        y = np.asarray(ds.labels)
         assert self.loss_fn is not None
-        loss = float(self.loss_fn.to(logits.device)(logits, y))
-        self.loss_fn.to(self.device)
+        loss_fn = copy.deepcopy(self.loss_fn).cpu()
+        loss = float(loss_fn(logits, torch.as_tensor(y)))
         probs = to_probs(logits, self.task).numpy()
-        out = {"val_loss": loss}
-        out.update(
-            {
-                f"val_{k}": v
-                for k, v in monitor_score(np.asarray(ds.labels), probs, self.task).items()
-            }
-        )
-        return out
+        m = compute_metrics(y, probs, self.task, self.label_map.classes, self.threshold)
+        return {"val_loss": loss, **{f"val_{k}": m[k] for k in MONITORED}}

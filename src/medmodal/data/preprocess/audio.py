@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from medmodal.data.preprocess.base import (
     PROCESSORS,
     ModalityProcessor,
+    ProcessorOptions,
     channel_mean_std,
     is_missing,
     resolve_path,
@@ -38,10 +40,39 @@ from medmodal.data.readers.audio import (
     resample_audio,
 )
 from medmodal.data.schema import ModalitySpec
-from medmodal.errors import CheckpointError, ConfigError
+from medmodal.errors import ConfigError
+from medmodal.options import Strict
 
-FEATURES = ("logmel", "mfcc")
 TOP_DB = 80.0  # log-mel floor below the clip's maximum (librosa.power_to_db)
+
+
+class AudioAugment(Strict):
+    time_mask: int = Field(default=0, ge=0, description="max frames per time mask")
+    freq_mask: int = Field(default=0, ge=0, description="max feature rows per frequency mask")
+    n_masks: int = Field(default=2, ge=0, description="masks of each kind")
+    gain_db: float = Field(default=0.0, ge=0, description="max random gain, dB")
+    shift: int = Field(default=0, ge=0, description="max circular time shift, frames")
+
+
+class AudioOptions(ProcessorOptions):
+    sample_rate: int = Field(default=8000, gt=0)
+    duration: float = Field(default=3.0, gt=0)
+    pad: Literal["zero", "repeat"] = "zero"
+    features: Literal["logmel", "mfcc"] = "logmel"
+    n_mels: int = Field(default=64, ge=1)
+    n_mfcc: int = Field(default=20, ge=1)
+    deltas: Literal[0, 1, 2] = 0
+    n_fft: int = Field(default=512, ge=16)
+    hop_length: int | None = Field(default=None, ge=1)
+    fmin: float = Field(default=0.0, ge=0)
+    fmax: float | None = Field(default=None, gt=0)
+    standardize: Literal["fit", "none"] = "fit"
+    check_silent: bool = True
+    check_clipped: bool = True
+    silent_peak: float = Field(default=SILENT_PEAK, ge=0)
+    clip_level: float = Field(default=CLIP_LEVEL, gt=0, le=1)
+    clip_fraction: float = Field(default=CLIP_FRACTION, gt=0, le=1)
+    augment: AudioAugment = Field(default_factory=AudioAugment)
 
 
 class AudioProcessor(ModalityProcessor):
@@ -66,31 +97,37 @@ class AudioProcessor(ModalityProcessor):
     """
 
     modality_type = "audio"
+    Options = AudioOptions
+    opts: AudioOptions
 
     def __init__(self, name: str, spec: ModalitySpec) -> None:
         super().__init__(name, spec)
-        o = self.options
-        self.sample_rate = int(o.get("sample_rate", 8000))
-        self.duration = float(o.get("duration", 3.0))
-        self.pad = str(o.get("pad", "zero"))
-        self.features = str(o.get("features", "logmel"))
-        self.n_mels = int(o.get("n_mels", 64))
-        self.n_mfcc = int(o.get("n_mfcc", 20))
-        self.deltas = int(o.get("deltas", 0))
-        self.n_fft = int(o.get("n_fft", 512))
-        self.hop_length = int(o.get("hop_length") or self.n_fft // 4)
-        self.fmin = float(o.get("fmin", 0.0))
-        self.fmax = float(o.get("fmax") or self.sample_rate / 2)
-        self.standardize = str(o.get("standardize", "fit"))
+        o = self.opts
+        self.sample_rate, self.duration, self.pad = o.sample_rate, o.duration, o.pad
+        self.features, self.n_mels, self.n_mfcc, self.deltas = (
+            o.features,
+            o.n_mels,
+            o.n_mfcc,
+            o.deltas,
+        )
+        self.n_fft = o.n_fft
+        self.hop_length = o.hop_length or self.n_fft // 4
+        self.fmin = o.fmin
+        self.fmax = o.fmax or self.sample_rate / 2
+        self.standardize = o.standardize
         self.checks = {
-            "silent": bool(o.get("check_silent", True)),
-            "clipped": bool(o.get("check_clipped", True)),
-            "silent_peak": float(o.get("silent_peak", SILENT_PEAK)),
-            "clip_level": float(o.get("clip_level", CLIP_LEVEL)),
-            "clip_fraction": float(o.get("clip_fraction", CLIP_FRACTION)),
+            "silent": o.check_silent,
+            "clipped": o.check_clipped,
+            "silent_peak": o.silent_peak,
+            "clip_level": o.clip_level,
+            "clip_fraction": o.clip_fraction,
         }
-        self.augment_opts: dict[str, float] = dict(o.get("augment") or {})
-        self._validate()
+        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ConfigError(
+                f"audio needs 0 <= fmin < fmax <= sample_rate/2, got {self.fmin}, {self.fmax}"
+            )
+        if self.features == "mfcc" and self.n_mfcc > self.n_mels:
+            raise ConfigError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
         self.n_samples = int(round(self.duration * self.sample_rate))
         self.n_frames = 1 + self.n_samples // self.hop_length
         per = self.n_mfcc if self.features == "mfcc" else self.n_mels
@@ -99,29 +136,6 @@ class AudioProcessor(ModalityProcessor):
         self._gain = self._gain_vector()
         self.mean_: list[float] | None = None
         self.std_: list[float] | None = None
-
-    def _validate(self) -> None:
-        if self.features not in FEATURES:
-            raise ConfigError(f"audio features must be one of {FEATURES}, got {self.features!r}")
-        if self.pad not in ("zero", "repeat"):
-            raise ConfigError(f"audio pad must be 'zero' or 'repeat', got {self.pad!r}")
-        if self.standardize not in ("fit", "none"):
-            raise ConfigError(
-                f"audio standardize must be 'fit' or 'none', got {self.standardize!r}"
-            )
-        if self.deltas not in (0, 1, 2):
-            raise ConfigError(f"audio deltas must be 0, 1 or 2, got {self.deltas}")
-        if self.duration <= 0 or self.sample_rate <= 0 or self.hop_length <= 0:
-            raise ConfigError("audio duration, sample_rate and hop_length must be positive")
-        if not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
-            raise ConfigError(
-                f"audio needs 0 <= fmin < fmax <= sample_rate/2, got {self.fmin}, {self.fmax}"
-            )
-        if self.features == "mfcc" and self.n_mfcc > self.n_mels:
-            raise ConfigError(f"n_mfcc ({self.n_mfcc}) cannot exceed n_mels ({self.n_mels})")
-        unknown = set(self.augment_opts) - {"time_mask", "freq_mask", "n_masks", "gain_db", "shift"}
-        if unknown:
-            raise ConfigError(f"unknown audio augment option(s): {sorted(unknown)}")
 
     def _make_mel_basis(self) -> np.ndarray:
         import librosa
@@ -214,22 +228,20 @@ class AudioProcessor(ModalityProcessor):
 
     def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """SpecAugment masks, random gain and time roll on a copy of ``x`` (1, F, T)."""
-        opts = self.augment_opts
-        if not opts:
+        a = self.opts.augment
+        if not (a.gain_db or a.shift or a.time_mask or a.freq_mask):
             return x
         g = generator
         x = x.clone()
-        if opts.get("gain_db"):
-            db = (uniform(g) * 2 - 1) * float(opts["gain_db"])
+        if a.gain_db:
+            db = (uniform(g) * 2 - 1) * a.gain_db
             x += db * self._scaled_gain().view(-1, 1)
-        if opts.get("shift"):
-            k = int(torch.randint(-int(opts["shift"]), int(opts["shift"]) + 1, (), generator=g))
+        if a.shift:
+            k = int(torch.randint(-a.shift, a.shift + 1, (), generator=g))
             x = torch.roll(x, k, dims=-1)
         fill = 0.0 if self.mean_ is not None else float(x.mean())
-        n_masks = int(opts.get("n_masks", 2))
-        for dim, key in ((-1, "time_mask"), (-2, "freq_mask")):
-            width = int(opts.get(key, 0))
-            for _ in range(n_masks if width > 0 else 0):
+        for dim, width in ((-1, a.time_mask), (-2, a.freq_mask)):
+            for _ in range(a.n_masks if width > 0 else 0):
                 _mask(x, dim, width, fill, g)
         return x
 
@@ -245,22 +257,6 @@ class AudioProcessor(ModalityProcessor):
             "features": self.features,
             "sample_rate": self.sample_rate,
         }
-
-    # -- persistence ---------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {"mean_": self.mean_, "std_": self.std_}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> AudioProcessor:
-        mean, std = state.get("mean_"), state.get("std_")
-        for v in (mean, std):
-            if v is not None and len(v) != self.n_features:
-                raise CheckpointError(
-                    f"audio modality {self.name!r}: checkpoint has {len(v)} feature bins, "
-                    f"the options give {self.n_features}"
-                )
-        self.mean_ = None if mean is None else [float(v) for v in mean]
-        self.std_ = None if std is None else [float(v) for v in std]
-        return self
 
     @property
     def is_fitted(self) -> bool:

@@ -21,14 +21,19 @@ the model never sees it as data because the ``present`` mask is False.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from medmodal.data.paths import resolve_path, resolve_ref  # noqa: F401  (re-exported)
 from medmodal.data.schema import ModalitySpec
+from medmodal.errors import CheckpointError
+from medmodal.options import Strict, parse_options
 from medmodal.registry import Registry
 
 
@@ -48,15 +53,9 @@ def is_missing(value: Any) -> bool:
         return False
 
 
-def resolve_path(value: str, root: Path | None) -> Path:
-    """A manifest path: absolute as is, relative to the manifest's ``root`` otherwise."""
-    p = Path(str(value)).expanduser()
-    if not p.is_absolute() and root is not None:
-        p = root / p
-    return p
-
-
-def channel_mean_std(arrays: Sequence[np.ndarray], eps: float = 1e-6) -> tuple[list[float], list[float]]:
+def channel_mean_std(
+    arrays: Sequence[np.ndarray], eps: float = 1e-6
+) -> tuple[list[float], list[float]]:
     """Mean and std per channel (axis 0) over every other axis, pooled over ``arrays``
     (one pass, float64 sums); std is floored at ``eps``."""
     s = s2 = None
@@ -78,15 +77,32 @@ def uniform(generator: torch.Generator | None) -> float:
     return float(torch.rand((), generator=generator))
 
 
+FITTED_WITH = "fitted_with"
+
+
+class ProcessorOptions(Strict):
+    """Options every processor takes (``preprocess:`` in the schema); subclasses add theirs."""
+
+    processor: str | None = Field(default=None, description="use another registered processor")
+
+
 class ModalityProcessor:
-    """Base class; subclasses set ``modality_type`` and override the stages."""
+    """Base class; subclasses set ``modality_type`` and ``Options`` and override the stages.
+
+    ``__init__`` only stores: ``self.opts`` holds the validated ``spec.preprocess`` options.
+    Fitted attributes end in ``_``, are declared (as None) in ``__init__`` and hold plain
+    values; :meth:`state_dict` / :meth:`load_state_dict` save and restore exactly those, and
+    :meth:`_restore` rebuilds anything derived from them (lookups, indexes).
+    """
 
     modality_type: ClassVar[str] = ""
+    Options: ClassVar[type[ProcessorOptions]] = ProcessorOptions
 
     def __init__(self, name: str, spec: ModalitySpec) -> None:
         self.name = name
         self.spec = spec
-        self.options: dict[str, Any] = dict(spec.preprocess)
+        where = f"modality {name!r} ({spec.type}) preprocess"
+        self.opts = parse_options(self.Options, spec.preprocess, where)
 
     # -- stage 1: stateless, cached ------------------------------------------------
     def read(self, row: Mapping[str, Any], root: Path | None) -> Any | None:
@@ -111,22 +127,66 @@ class ModalityProcessor:
         return {}
 
     # -- persistence -----------------------------------------------------------------
+    def fitted_names(self) -> list[str]:
+        """Names of the fitted attributes (public, ending in ``_``)."""
+        return sorted(k for k in vars(self) if k.endswith("_") and not k.startswith("_"))
+
     def state_dict(self) -> dict[str, Any]:
-        """Fitted state as plain Python / tensors (no pickled objects)."""
-        return {}
+        """Fitted state as plain Python values (no pickled objects), with what it was fitted
+        with (``fitted_with``: type, columns, options) so it never lands on another setup."""
+        state = {k: copy.deepcopy(getattr(self, k)) for k in self.fitted_names()}
+        return {**state, FITTED_WITH: self._fitted_with()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> ModalityProcessor:
+        """Restore :meth:`state_dict`'s output (tensors from a checkpoint become lists)."""
+        state = dict(state)
+        saved = state.pop(FITTED_WITH, None)
+        mine = self._fitted_with()
+        if saved is not None and saved != mine:
+            differ = sorted(k for k in mine if saved.get(k) != mine[k])
+            raise CheckpointError(
+                f"modality {self.name!r}: the saved state was fitted with other {differ} "
+                f"({ {k: saved.get(k) for k in differ} }, here {({k: mine[k] for k in differ})})"
+            )
+        names = self.fitted_names()
+        unknown = sorted(set(state) - set(names))
+        if unknown:
+            raise CheckpointError(
+                f"modality {self.name!r}: saved state has {unknown}, which this "
+                f"{self.modality_type} processor does not know (it keeps {names})"
+            )
+        for k in names:
+            setattr(self, k, _plain(state.get(k)))
+        self._restore()
         return self
+
+    def _fitted_with(self) -> dict[str, Any]:
+        return {
+            "type": self.modality_type,
+            "columns": self.spec.input_columns(),
+            "options": self.opts.model_dump(mode="json"),
+        }
+
+    def _restore(self) -> None:
+        """Rebuild derived state after fit or load (default: nothing)."""
 
     @property
     def is_fitted(self) -> bool:
         return True
 
 
-PROCESSORS: Registry[ModalityProcessor] = Registry("modality processor")
+def _plain(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+PROCESSORS: Registry[ModalityProcessor] = Registry("modality processor", context=("name", "spec"))
 
 
 def create_processor(name: str, spec: ModalitySpec) -> ModalityProcessor:
     """Build the processor for ``spec.type`` (``preprocess.processor`` overrides)."""
-    kind = spec.preprocess.get("processor", spec.type)
+    kind = spec.preprocess.get("processor") or spec.type
     return PROCESSORS.create(kind, name=name, spec=spec)

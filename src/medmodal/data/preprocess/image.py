@@ -4,23 +4,52 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from medmodal.data.preprocess.base import (
     PROCESSORS,
     ModalityProcessor,
+    ProcessorOptions,
     channel_mean_std,
     is_missing,
-    resolve_path,
+    resolve_ref,
     uniform,
 )
 from medmodal.data.readers import read_image
 from medmodal.data.schema import ModalitySpec
-from medmodal.errors import DataError
+from medmodal.errors import ConfigError, DataError
+from medmodal.options import Strict
+
+
+class ImageAugment(Strict):
+    """Training-time augmentation of images (each an amount; 0 = off)."""
+
+    flip: float = Field(default=0.0, ge=0, le=1, description="probability of a left-right flip")
+    rotate: float = Field(default=0.0, ge=0, le=180, description="max rotation, degrees (2D)")
+    scale: float = Field(default=0.0, ge=0, lt=1, description="max zoom in/out fraction (2D)")
+    intensity: float = Field(default=0.0, ge=0, description="max gain and offset jitter")
+
+
+class ImageNormalize(Strict):
+    mean: list[float]
+    std: list[Annotated[float, Field(gt=0)]]
+
+
+class ImageOptions(ProcessorOptions):
+    size: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [224, 224], min_length=2, max_length=3
+    )
+    channels: Literal[1, 3] = 1
+    normalize: Literal["fit", "none"] | ImageNormalize = "fit"
+    window: tuple[float, float] | None = None
+    slice_index: int | Literal["middle"] | None = None
+    frames: int | Literal["middle", "all"] | None = None
+    augment: ImageAugment = Field(default_factory=ImageAugment)
 
 
 class ImageProcessor(ModalityProcessor):
@@ -32,26 +61,27 @@ class ImageProcessor(ModalityProcessor):
       ``"none"`` or ``{mean: [...], std: [...]}``.
     * ``window``: DICOM/NIfTI intensity window ``[center, width]`` (else the file's VOI LUT).
     * ``slice_index``: for a 3D file used as 2D input: an index or ``"middle"``.
+    * ``frames``: which frames of a multi-frame DICOM.
     * ``augment``: ``{flip: 0.5, rotate: 10, scale: 0.1, intensity: 0.1}`` (training only).
     """
 
     modality_type = "image"
+    Options = ImageOptions
+    opts: ImageOptions
 
     def __init__(self, name: str, spec: ModalitySpec) -> None:
         super().__init__(name, spec)
-        self.size = tuple(int(s) for s in self.options.get("size", (224, 224)))
-        if len(self.size) not in (2, 3):
-            raise ValueError(f"image size must have 2 or 3 entries, got {self.size}")
-        self.channels = int(self.options.get("channels", 1))
-        if self.channels not in (1, 3):
-            raise ValueError(f"image channels must be 1 or 3, got {self.channels}")
-        self.normalize = self.options.get("normalize", "fit")
-        self.augment_opts: dict[str, float] = dict(self.options.get("augment") or {})
+        self.size = tuple(self.opts.size)
+        self.channels = self.opts.channels
         self.mean_: list[float] | None = None
         self.std_: list[float] | None = None
-        if isinstance(self.normalize, Mapping):
-            self.mean_ = [float(v) for v in self.normalize["mean"]]
-            self.std_ = [float(v) for v in self.normalize["std"]]
+        if isinstance(self.opts.normalize, ImageNormalize):
+            n = self.opts.normalize
+            if not len(n.mean) == len(n.std) == self.channels:
+                raise ConfigError(
+                    f"modality {name!r}: normalize needs {self.channels} mean and std value(s)"
+                )
+            self.mean_, self.std_ = list(n.mean), list(n.std)
 
     @property
     def spatial_dims(self) -> int:
@@ -62,10 +92,15 @@ class ImageProcessor(ModalityProcessor):
         if is_missing(value):
             return None
         ref = str(value)
-        path = ref if "#" in ref else resolve_path(ref, root)
-        opts = {k: self.options.get(k) for k in ("window", "slice_index", "frames")}
-        opts["spatial_dims"] = self.spatial_dims
-        arr = read_image(path, **opts)
+        path = resolve_ref(ref, root)
+        o = self.opts
+        arr = read_image(
+            path,
+            window=o.window,
+            slice_index=o.slice_index,
+            frames=o.frames,
+            spatial_dims=self.spatial_dims,
+        )
         return self._shape(arr, str(path))
 
     def _shape(self, arr: np.ndarray, path: str) -> np.ndarray:
@@ -97,7 +132,7 @@ class ImageProcessor(ModalityProcessor):
         return t.numpy()
 
     def fit(self, raws: Sequence[np.ndarray | None]) -> ImageProcessor:
-        if self.normalize == "fit":
+        if self.opts.normalize == "fit":
             imgs = [r for r in raws if r is not None]
             if not imgs:
                 raise ValueError(
@@ -118,26 +153,24 @@ class ImageProcessor(ModalityProcessor):
 
     def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random flip / rotation / scale / intensity jitter (2D), flips (3D)."""
-        opts = self.augment_opts
-        if not opts:
-            return x
+        a = self.opts.augment
 
         def u() -> float:
             return uniform(generator)
 
-        if opts.get("flip") and u() < float(opts["flip"]):
+        if a.flip and u() < a.flip:
             x = torch.flip(x, dims=(-1,))
-        if self.spatial_dims == 2 and (opts.get("rotate") or opts.get("scale")):
-            angle = np.deg2rad((u() * 2 - 1) * float(opts.get("rotate", 0)))
-            scale = 1 + (u() * 2 - 1) * float(opts.get("scale", 0))
+        if self.spatial_dims == 2 and (a.rotate or a.scale):
+            angle = np.deg2rad((u() * 2 - 1) * a.rotate)
+            scale = 1 + (u() * 2 - 1) * a.scale
             cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
             theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=x.dtype)[None]
             grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
             x = F.grid_sample(
                 x[None], grid, mode="bilinear", padding_mode="border", align_corners=False
             )[0]
-        if opts.get("intensity"):
-            k = float(opts["intensity"])
+        if a.intensity:
+            k = a.intensity
             x = x * (1 + (u() * 2 - 1) * k) + (u() * 2 - 1) * k
         return x
 
@@ -148,17 +181,9 @@ class ImageProcessor(ModalityProcessor):
             "size": list(self.size),
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"mean_": self.mean_, "std_": self.std_}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> ImageProcessor:
-        self.mean_ = state.get("mean_")
-        self.std_ = state.get("std_")
-        return self
-
     @property
     def is_fitted(self) -> bool:
-        return self.normalize != "fit" or self.mean_ is not None
+        return self.opts.normalize != "fit" or self.mean_ is not None
 
 
 @PROCESSORS.register("image")

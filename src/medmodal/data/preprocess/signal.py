@@ -22,14 +22,16 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
 from medmodal.data.preprocess.base import (
     PROCESSORS,
     ModalityProcessor,
+    ProcessorOptions,
     channel_mean_std,
     is_missing,
     resolve_path,
@@ -45,10 +47,10 @@ from medmodal.data.readers.signal import (
     window_bounds,
 )
 from medmodal.data.schema import ModalitySpec
-from medmodal.errors import CheckpointError, ConfigError, DataError
+from medmodal.errors import ConfigError, DataError
+from medmodal.options import Strict
 
 PROCESSED_CACHE = ByteLRU()
-AUGMENTS = {"scale", "noise", "shift", "wander"}
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,38 @@ class _Processed:
     names: list[str]
     fs_in: float
     n_in: int
+
+
+Lead = str | int
+
+
+class SignalAugment(Strict):
+    scale: float = Field(default=0.0, ge=0, lt=1, description="amplitude x U(1-s, 1+s)")
+    noise: float = Field(default=0.0, ge=0, description="Gaussian noise std")
+    shift: int = Field(default=0, ge=0, description="max shift, samples")
+    wander: float = Field(default=0.0, ge=0, description="max baseline-wander amplitude")
+
+
+class SignalOptions(ProcessorOptions):
+    leads: Lead | list[Lead | list[Lead]] | None = None
+    lead_fallback: bool = False
+    fs: float | None = Field(default=None, gt=0)
+    input_fs: float | None = Field(default=None, gt=0)
+    lead_names: list[str] | None = None
+    bandpass: tuple[float, float] | None = None
+    filter_order: int = Field(default=3, ge=1)
+    length: int | None = Field(default=None, ge=1)
+    length_policy: Literal["crop_pad", "error"] = "crop_pad"
+    standardize: Literal["record", "fit", "none"] = "record"
+    augment: SignalAugment = Field(default_factory=SignalAugment)
+
+    @model_validator(mode="after")
+    def _check_band(self) -> SignalOptions:
+        if self.bandpass is not None and not 0 <= self.bandpass[0] < self.bandpass[1]:
+            raise ValueError(
+                f"bandpass must be [low, high] with 0 <= low < high, got {self.bandpass}"
+            )
+        return self
 
 
 class SignalProcessor(ModalityProcessor):
@@ -87,49 +121,29 @@ class SignalProcessor(ModalityProcessor):
     """
 
     modality_type = "signal"
+    Options = SignalOptions
+    opts: SignalOptions
 
     def __init__(self, name: str, spec: ModalitySpec) -> None:
         super().__init__(name, spec)
-        o = self.options
-        self.leads = o.get("leads")
-        self.lead_fallback = bool(o.get("lead_fallback", False))
-        self.fs = _opt_float(o.get("fs"))
-        self.input_fs = _opt_float(o.get("input_fs")) or self.fs
-        self.lead_names = o.get("lead_names")
-        band = o.get("bandpass")
-        self.bandpass = None if band is None else (float(band[0]), float(band[1]))
-        self.filter_order = int(o.get("filter_order", 3))
-        self.length = None if o.get("length") is None else int(o["length"])
-        self.length_policy = str(o.get("length_policy", "crop_pad"))
-        self.standardize = str(o.get("standardize", "record"))
-        self.augment_opts: dict[str, float] = dict(o.get("augment") or {})
-        self._validate()
+        o = self.opts
+        self.leads = o.leads
+        self.lead_fallback = o.lead_fallback
+        self.fs = o.fs
+        self.input_fs = o.input_fs or self.fs
+        self.lead_names = o.lead_names
+        self.bandpass = o.bandpass
+        self.filter_order = o.filter_order
+        self.length = o.length
+        self.length_policy = o.length_policy
+        self.standardize = o.standardize
+        if self.length_policy == "error" and self.length is None:
+            raise ConfigError(f"modality {name!r}: length_policy: error needs `length`")
         self.fs_: float | None = self.fs
         self.length_: int | None = self.length
         self.n_channels_: int | None = self._n_groups()
         self.mean_: list[float] | None = None
         self.std_: list[float] | None = None
-
-    def _validate(self) -> None:
-        if self.length_policy not in ("crop_pad", "error"):
-            raise ConfigError(
-                f"signal length_policy must be crop_pad or error, got {self.length_policy!r}"
-            )
-        if self.length_policy == "error" and self.length is None:
-            raise ConfigError("signal length_policy: error needs `length`")
-        if self.standardize not in ("record", "fit", "none"):
-            raise ConfigError(
-                f"signal standardize must be record, fit or none, got {self.standardize!r}"
-            )
-        if self.bandpass is not None and not 0 <= self.bandpass[0] < self.bandpass[1]:
-            raise ConfigError(
-                f"signal bandpass must be [low, high] with 0 <= low < high, got {self.bandpass}"
-            )
-        if self.length is not None and self.length <= 0:
-            raise ConfigError("signal length must be positive")
-        unknown = set(self.augment_opts) - AUGMENTS
-        if unknown:
-            raise ConfigError(f"unknown signal augment option(s): {sorted(unknown)}")
 
     def _n_groups(self) -> int | None:
         if self.leads is None:
@@ -310,54 +324,27 @@ class SignalProcessor(ModalityProcessor):
 
     def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Random amplitude scale, baseline wander, noise and shift on a copy of ``x`` (C, L)."""
-        opts = self.augment_opts
-        if not opts:
-            return x
+        a = self.opts.augment
         g = generator
 
         def u() -> float:
             return uniform(g)
 
-        if opts.get("scale"):
-            x = x * (1 + (2 * u() - 1) * float(opts["scale"]))
-        if opts.get("wander") and self.fs_:
+        if a.scale:
+            x = x * (1 + (2 * u() - 1) * a.scale)
+        if a.wander and self.fs_:
             t = torch.arange(x.shape[-1], dtype=x.dtype) / self.fs_
-            freq, phase, amp = 0.05 + 0.45 * u(), 2 * math.pi * u(), u() * float(opts["wander"])
+            freq, phase, amp = 0.05 + 0.45 * u(), 2 * math.pi * u(), u() * a.wander
             x = x + amp * torch.sin(2 * math.pi * freq * t + phase)
-        if opts.get("noise"):
-            x = x + float(opts["noise"]) * torch.randn(x.shape, generator=g, dtype=x.dtype)
-        if opts.get("shift"):
-            k = int(torch.randint(-int(opts["shift"]), int(opts["shift"]) + 1, (), generator=g))
+        if a.noise:
+            x = x + a.noise * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        if a.shift:
+            k = int(torch.randint(-a.shift, a.shift + 1, (), generator=g))
             x = _shift(x, k)
         return x
 
     def info(self) -> dict[str, Any]:
         return {"in_channels": self.n_channels_, "length": self.length_, "fs": self.fs_}
-
-    # -- persistence ---------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "mean_": self.mean_,
-            "std_": self.std_,
-            "fs_": self.fs_,
-            "length_": self.length_,
-            "n_channels_": self.n_channels_,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> SignalProcessor:
-        c = state.get("n_channels_")
-        if self.n_channels_ is not None and c is not None and int(c) != self.n_channels_:
-            raise CheckpointError(
-                f"signal modality {self.name!r}: checkpoint has {c} leads, "
-                f"the options give {self.n_channels_}"
-            )
-        for key in ("mean_", "std_"):
-            v = state.get(key)
-            setattr(self, key, None if v is None else [float(a) for a in v])
-        self.fs_ = _opt_float(state.get("fs_"))
-        self.length_ = None if state.get("length_") is None else int(state["length_"])
-        self.n_channels_ = None if c is None else int(c)
-        return self
 
     @property
     def is_fitted(self) -> bool:
@@ -367,8 +354,6 @@ class SignalProcessor(ModalityProcessor):
 
 
 # -- helpers --------------------------------------------------------------------------------
-def _opt_float(v: Any) -> float | None:
-    return None if v is None else float(v)
 
 
 class SignalArray(np.ndarray):

@@ -12,14 +12,20 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from numbers import Number
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
-from medmodal.data.preprocess.base import PROCESSORS, ModalityProcessor, is_missing
+from medmodal.data.preprocess.base import (
+    PROCESSORS,
+    ModalityProcessor,
+    ProcessorOptions,
+    is_missing,
+)
 from medmodal.data.schema import ModalitySpec
-from medmodal.errors import CheckpointError, DataError
+from medmodal.errors import DataError
 
 DEFAULT_NA_VALUES: tuple[str, ...] = (
     "",
@@ -43,6 +49,23 @@ class TabularRaw(TypedDict):
 
     numeric: np.ndarray  # float64 (n_numeric_columns,), NaN = missing
     categorical: list[str | None]  # None = missing
+
+
+class TabularOptions(ProcessorOptions):
+    na_values: list[str] = Field(default_factory=lambda: list(DEFAULT_NA_VALUES))
+    coerce: bool = False
+    inf: Literal["missing", "error"] = "missing"
+    indicators: Literal["auto", "all", "none"] = "auto"
+    clip: tuple[float, float] | None = (1.0, 99.0)
+    scale: bool = True
+    min_count: int = Field(default=1, ge=1)
+    categorical_missing: Literal["token", "mode"] = "token"
+
+    @model_validator(mode="after")
+    def _check_clip(self) -> TabularOptions:
+        if self.clip is not None and not 0 <= self.clip[0] < self.clip[1] <= 100:
+            raise ValueError(f"clip must be [low, high] percentiles in 0..100, got {self.clip}")
+        return self
 
 
 class TabularProcessor(ModalityProcessor):
@@ -69,31 +92,20 @@ class TabularProcessor(ModalityProcessor):
     """
 
     modality_type = "tabular"
+    Options = TabularOptions
+    opts: TabularOptions
 
     def __init__(self, name: str, spec: ModalitySpec) -> None:
         super().__init__(name, spec)
         cat = list(spec.categorical)
         self.numeric_columns: list[str] = [c for c in (spec.columns or []) if c not in cat]
         self.categorical_columns: list[str] = cat
-        self.na_values = frozenset(
-            str(v).strip().casefold() for v in self.options.get("na_values", DEFAULT_NA_VALUES)
-        )
-        self.coerce = bool(self.options.get("coerce", False))
-        self.inf = _choice(self.options.get("inf", "missing"), ("missing", "error"), "inf")
-        self.indicators = _choice(
-            self.options.get("indicators", "auto"), ("auto", "all", "none"), "indicators"
-        )
-        self.clip = _parse_clip(self.options.get("clip", [1, 99]))
-        self.scale = bool(self.options.get("scale", True))
-        self.min_count = int(self.options.get("min_count", 1))
-        self.categorical_missing = _choice(
-            self.options.get("categorical_missing", "token"),
-            ("token", "mode"),
-            "categorical_missing",
-        )
-        self._reset()
-
-    def _reset(self) -> None:
+        o = self.opts
+        self.na_values = frozenset(str(v).strip().casefold() for v in o.na_values)
+        self.coerce, self.inf, self.indicators = o.coerce, o.inf, o.indicators
+        self.clip = None if o.clip is None else (float(o.clip[0]), float(o.clip[1]))
+        self.scale, self.min_count = o.scale, o.min_count
+        self.categorical_missing = o.categorical_missing
         self.medians_: list[float] | None = None
         self.lower_: list[float] | None = None
         self.upper_: list[float] | None = None
@@ -105,9 +117,10 @@ class TabularProcessor(ModalityProcessor):
         self._lookup: list[dict[str, int]] = []
         self._indicator_idx: list[int] = []
 
-    def _index_state(self) -> None:
+    def _restore(self) -> None:
         """Derived lookups (vocabulary -> index, indicator -> column) after fit / load."""
-        assert self.vocab_ is not None and self.indicator_columns_ is not None
+        if self.vocab_ is None or self.indicator_columns_ is None:
+            return
         self._lookup = [{v: i + N_RESERVED for i, v in enumerate(voc)} for voc in self.vocab_]
         self._indicator_idx = [self.numeric_columns.index(c) for c in self.indicator_columns_]
 
@@ -180,7 +193,7 @@ class TabularProcessor(ModalityProcessor):
             vocab, fill = self._fit_categorical([r["categorical"][j] for r in present])
             self.vocab_.append(vocab)
             self.cat_fill_.append(fill)
-        self._index_state()
+        self._restore()
         return self
 
     def _fit_numeric(self, x: np.ndarray) -> None:
@@ -295,44 +308,6 @@ class TabularProcessor(ModalityProcessor):
             "categorical_columns": list(self.categorical_columns),
         }
 
-    # -- persistence -----------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        self._check_fitted()
-        return {
-            "numeric_columns": list(self.numeric_columns),
-            "categorical_columns": list(self.categorical_columns),
-            "medians_": self.medians_,
-            "lower_": self.lower_,
-            "upper_": self.upper_,
-            "mean_": self.mean_,
-            "std_": self.std_,
-            "indicator_columns_": self.indicator_columns_,
-            "vocab_": self.vocab_,
-            "cat_fill_": self.cat_fill_,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> TabularProcessor:
-        for key, mine in (
-            ("numeric_columns", self.numeric_columns),
-            ("categorical_columns", self.categorical_columns),
-        ):
-            if list(state.get(key, [])) != mine:
-                raise CheckpointError(
-                    f"modality {self.name!r}: checkpoint {key} {list(state.get(key, []))} "
-                    f"do not match the schema's {mine}"
-                )
-        self._reset()
-        self.medians_ = _floats(state["medians_"])
-        self.lower_ = _floats(state.get("lower_"))
-        self.upper_ = _floats(state.get("upper_"))
-        self.mean_ = _floats(state["mean_"])
-        self.std_ = _floats(state["std_"])
-        self.indicator_columns_ = [str(c) for c in state["indicator_columns_"]]
-        self.vocab_ = [[str(v) for v in voc] for voc in state["vocab_"]]
-        self.cat_fill_ = [int(i) for i in state["cat_fill_"]]
-        self._index_state()
-        return self
-
     @property
     def is_fitted(self) -> bool:
         return self.medians_ is not None and self.vocab_ is not None
@@ -340,26 +315,6 @@ class TabularProcessor(ModalityProcessor):
     def _check_fitted(self) -> None:
         if not self.is_fitted:
             raise RuntimeError(f"tabular processor {self.name!r} is not fitted; call fit() first")
-
-
-def _choice(value: Any, allowed: tuple[str, ...], option: str) -> str:
-    v = str(value).lower()
-    if v not in allowed:
-        raise ValueError(f"preprocess.{option} must be one of {list(allowed)}, got {value!r}")
-    return v
-
-
-def _parse_clip(value: Any) -> tuple[float, float] | None:
-    if value is None or value is False:
-        return None
-    lo, hi = (float(v) for v in value)
-    if not 0 <= lo < hi <= 100:
-        raise ValueError(f"preprocess.clip must be [low, high] percentiles in 0..100, got {value}")
-    return lo, hi
-
-
-def _floats(values: Sequence[Any] | None) -> list[float] | None:
-    return None if values is None else [float(v) for v in values]
 
 
 @PROCESSORS.register("tabular")

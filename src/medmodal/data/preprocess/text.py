@@ -19,15 +19,17 @@ import unicodedata
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from medmodal.data.preprocess.base import PROCESSORS, ModalityProcessor
+from medmodal.data.preprocess.base import PROCESSORS, ModalityProcessor, ProcessorOptions
 from medmodal.data.readers.text import read_text
 from medmodal.data.schema import ModalitySpec
-from medmodal.errors import CheckpointError, ConfigError, DataError, ManifestError
+from medmodal.errors import ConfigError, DataError, ManifestError
+from medmodal.options import Strict
 
 PAD, UNK, MASK = "<pad>", "<unk>", "[MASK]"
 SPECIALS = (PAD, UNK, MASK)
@@ -162,6 +164,25 @@ def word_tokenize(text: str) -> list[str]:
 
 
 # -- the processor ---------------------------------------------------------------------------
+class TextAugment(Strict):
+    token_dropout: float = Field(
+        default=0.0, ge=0, lt=1, description="probability a token becomes the unknown token"
+    )
+
+
+class TextOptions(ProcessorOptions):
+    tokenizer: Literal["word", "wordpiece", "minilm_embed"] = "word"
+    lowercase: bool = True
+    mask_terms: list[str] = Field(default_factory=list)
+    mask_numbers: bool = False
+    max_len: int = Field(default=256, ge=1)
+    min_freq: int = Field(default=2, ge=1)
+    max_vocab: int = Field(default=20000, ge=len(SPECIALS))
+    source: Literal["auto", "inline", "file"] = "auto"
+    model_path: str | None = None
+    augment: TextAugment = Field(default_factory=TextAugment)
+
+
 class TextProcessor(ModalityProcessor):
     """Options (``preprocess:`` in the schema):
 
@@ -185,34 +206,19 @@ class TextProcessor(ModalityProcessor):
     """
 
     modality_type = "text"
+    Options = TextOptions
+    opts: TextOptions
 
     def __init__(self, name: str, spec: ModalitySpec) -> None:
         super().__init__(name, spec)
-        o = self.options
-        self.tokenizer = str(o.get("tokenizer", "word"))
-        if self.tokenizer not in TOKENIZERS:
-            raise ConfigError(
-                f"modality {name!r}: tokenizer must be one of {', '.join(TOKENIZERS)}, "
-                f"not {self.tokenizer!r}"
-            )
-        self.lowercase = bool(o.get("lowercase", True))
-        self.mask_terms = [str(t) for t in (o.get("mask_terms") or [])]
-        self.mask_numbers = bool(o.get("mask_numbers", False))
-        self.max_len = _positive_int(o.get("max_len", 256), "max_len", name)
-        self.min_freq = _positive_int(o.get("min_freq", 2), "min_freq", name)
-        self.max_vocab = _positive_int(o.get("max_vocab", 20000), "max_vocab", name)
-        self.source = str(o.get("source", "auto"))
-        self.model_path = o.get("model_path")
-        if self.max_vocab < len(SPECIALS):
-            raise ConfigError(f"modality {name!r}: max_vocab must be at least {len(SPECIALS)}")
+        o = self.opts
+        self.tokenizer = o.tokenizer
+        self.max_len = o.max_len
         if self.tokenizer == "wordpiece" and self.max_len > BERT_MAX_POSITIONS:
             raise ConfigError(
                 f"modality {name!r}: wordpiece max_len is at most {BERT_MAX_POSITIONS}"
             )
-        self.token_dropout = float((o.get("augment") or {}).get("token_dropout", 0.0))
-        if not 0.0 <= self.token_dropout < 1.0:
-            raise ConfigError(f"modality {name!r}: augment.token_dropout must be in [0, 1)")
-        self._mask_re = compile_mask_terms(self.mask_terms)
+        self._mask_re = compile_mask_terms(o.mask_terms)
         self.vocab_: list[str] | None = None
         self._index: dict[str, int] = {}
 
@@ -222,9 +228,9 @@ class TextProcessor(ModalityProcessor):
         truncated; minilm_embed: float32 (384,) embedding); None when absent."""
         column = self.spec.column
         assert column is not None
-        text = read_text(row[column], root, self.source)
+        text = read_text(row[column], root, self.opts.source)
         if text is not None:
-            text = normalize_text(text, self.lowercase, self._mask_re, self.mask_numbers)
+            text = normalize_text(text, self.opts.lowercase, self._mask_re, self.opts.mask_numbers)
         if text is None or not _HAS_WORD.search(text):
             if self.spec.allow_missing:
                 return None
@@ -234,10 +240,10 @@ class TextProcessor(ModalityProcessor):
         if self.tokenizer == "word":
             return tuple(word_tokenize(text))
         if self.tokenizer == "wordpiece":
-            tok = load_minilm_tokenizer(self.model_path)
+            tok = load_minilm_tokenizer(self.opts.model_path)
             ids = tok(text, truncation=True, max_length=self.max_len)["input_ids"]
             return np.asarray(ids, dtype=np.int64)
-        return embed_minilm(text, self.model_path)
+        return embed_minilm(text, self.opts.model_path)
 
     # -- stage 2 -----------------------------------------------------------------------------
     def fit(self, raws: Sequence[Any]) -> TextProcessor:
@@ -250,14 +256,14 @@ class TextProcessor(ModalityProcessor):
                 f"modality {self.name!r}: no training note to build a vocabulary on"
             )
         counts = Counter(t for tokens in notes for t in tokens)
-        words = [w for w, c in counts.items() if c >= self.min_freq and w not in SPECIALS]
+        words = [w for w, c in counts.items() if c >= self.opts.min_freq and w not in SPECIALS]
         words.sort(key=lambda w: (-counts[w], w))
-        self._set_vocab([*SPECIALS, *words[: self.max_vocab - len(SPECIALS)]])
+        self.vocab_ = [*SPECIALS, *words[: self.opts.max_vocab - len(SPECIALS)]]
+        self._restore()
         return self
 
-    def _set_vocab(self, vocab: Sequence[str]) -> None:
-        self.vocab_ = [str(w) for w in vocab]
-        self._index = {w: i for i, w in enumerate(self.vocab_)}
+    def _restore(self) -> None:
+        self._index = {w: i for i, w in enumerate(self.vocab_ or [])}
 
     def transform(self, raw: Any) -> dict[str, torch.Tensor] | torch.Tensor:
         if self.tokenizer == "minilm_embed":
@@ -285,28 +291,29 @@ class TextProcessor(ModalityProcessor):
 
     def augment(self, x: Any, generator: torch.Generator | None = None) -> Any:
         """Token dropout: random tokens -> the unknown token (a new dict; ``x`` is cached)."""
-        if self.token_dropout <= 0 or self.tokenizer == "minilm_embed":
+        p = self.opts.augment.token_dropout
+        if p <= 0 or self.tokenizer == "minilm_embed":
             return x
         ids, mask = x["input_ids"], x["attention_mask"]
-        hit = torch.rand(ids.shape, generator=generator) < self.token_dropout
+        hit = torch.rand(ids.shape, generator=generator) < p
         hit &= mask.bool() & ~torch.isin(ids, torch.tensor(self._special_ids()))
         return {"input_ids": torch.where(hit, self.unk_id, ids), "attention_mask": mask}
 
     def _special_ids(self) -> list[int]:
         if self.tokenizer == "wordpiece":
-            return [int(i) for i in load_minilm_tokenizer(self.model_path).all_special_ids]
+            return [int(i) for i in load_minilm_tokenizer(self.opts.model_path).all_special_ids]
         return [self.pad_id]
 
     @property
     def unk_id(self) -> int:
         if self.tokenizer == "wordpiece":
-            return int(load_minilm_tokenizer(self.model_path).unk_token_id)
+            return int(load_minilm_tokenizer(self.opts.model_path).unk_token_id)
         return 1
 
     @property
     def pad_id(self) -> int:
         if self.tokenizer == "wordpiece":
-            return int(load_minilm_tokenizer(self.model_path).pad_token_id)
+            return int(load_minilm_tokenizer(self.opts.model_path).pad_token_id)
         return 0
 
     def info(self) -> dict[str, Any]:
@@ -314,46 +321,17 @@ class TextProcessor(ModalityProcessor):
         if self.tokenizer == "word":
             out.update(vocab_size=None if self.vocab_ is None else len(self.vocab_), pad_id=0)
         elif self.tokenizer == "wordpiece":
-            tok = load_minilm_tokenizer(self.model_path)
+            tok = load_minilm_tokenizer(self.opts.model_path)
             out.update(vocab_size=len(tok), pad_id=int(tok.pad_token_id))
         else:
             out.update(embedding_dim=MINILM_DIM)
         if self.tokenizer != "word":
-            out["model_path"] = str(minilm_path(self.model_path))
+            out["model_path"] = str(minilm_path(self.opts.model_path))
         return out
-
-    # -- persistence -------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "tokenizer": self.tokenizer,
-            "vocab_": None if self.vocab_ is None else list(self.vocab_),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> TextProcessor:
-        saved = state.get("tokenizer", self.tokenizer)
-        if saved != self.tokenizer:
-            raise CheckpointError(
-                f"text modality {self.name!r}: checkpoint was made with tokenizer {saved!r}, "
-                f"the schema asks for {self.tokenizer!r}"
-            )
-        vocab = state.get("vocab_")
-        if vocab is not None:
-            self._set_vocab(vocab)
-        return self
 
     @property
     def is_fitted(self) -> bool:
         return self.tokenizer != "word" or self.vocab_ is not None
-
-
-def _positive_int(value: Any, key: str, name: str) -> int:
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        out = 0
-    if out < 1 or isinstance(value, bool):
-        raise ConfigError(f"modality {name!r}: {key} must be a positive integer, not {value!r}")
-    return out
 
 
 @PROCESSORS.register("text")

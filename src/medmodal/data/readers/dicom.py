@@ -31,6 +31,7 @@ from pydicom.pixels import (
 )
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medmodal.data.readers.table import image_reader
 from medmodal.data.readers.window import check_window
 from medmodal.errors import ConfigError, DataError
 
@@ -58,14 +59,24 @@ Frames = int | str | None
 # --------------------------------------------------------------------------- public API
 
 
-def read_dicom(path: str | Path, window: Window = None, frames: Frames = None) -> np.ndarray:
+@image_reader(
+    "dicom",
+    suffixes=(".dcm", ".dicom", ".ima"),
+    sniff=lambda head: head[128:132] == b"DICM",
+    options=("window", "frames", "slice_index"),
+)
+def read_dicom(
+    path: str | Path, window: Window = None, frames: Frames = None, slice_index: Frames = None
+) -> np.ndarray:
     """Read one DICOM file as float32 in [0, 1], channel first.
 
     ``window=[center, width]`` (in modality units, e.g. HU) overrides the file's VOI.
     ``frames``: ``None`` keeps every frame of a multi-frame file (C, F, H, W); an int
     (0-based) or ``"middle"`` picks one frame (C, H, W). Single-frame files give (C, H, W).
+    ``slice_index`` (the 3D-as-2D image option) picks a frame when ``frames`` is not given.
     """
     path = Path(path)
+    frames = slice_index if frames is None else frames
     win = check_window(window)
     ds = _open(path)
     n_frames = _n_frames(ds)

@@ -24,6 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from medmodal.data.readers.table import image_reader
 from medmodal.data.readers.window import check_window
 from medmodal.errors import ConfigError, DataError
 
@@ -31,6 +32,22 @@ PERCENTILES = (0.5, 99.5)
 SliceIndex = int | str | None
 
 
+def _is_nifti(head: bytes) -> bool:
+    """NIfTI-1 (348-byte header, magic at 344) or NIfTI-2 (540 bytes, magic at 4), any endian."""
+    size = head[:4]
+    if size in (b"\x5c\x01\x00\x00", b"\x00\x00\x01\x5c"):
+        return head[344:347] in (b"n+1", b"ni1")
+    if size in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c"):
+        return head[4:7] in (b"n+2", b"ni2")
+    return False
+
+
+@image_reader(
+    "nifti",
+    suffixes=(".nii", ".nii.gz"),
+    sniff=_is_nifti,
+    options=("window", "slice_index", "spatial_dims"),
+)
 def read_nifti(
     path: str | Path,
     window: Sequence[float] | None = None,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medmodal.data.readers.table import image_reader
 from medmodal.errors import DataError
 
 
@@ -65,6 +66,7 @@ def read_npz_member(ref: str) -> np.ndarray:
     return to_channel_first(arr[i], ref)
 
 
+@image_reader("npy", suffixes=(".npy",), sniff=lambda head: head.startswith(b"\x93NUMPY"))
 def read_npy_image(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, allow_pickle=False)

@@ -7,9 +7,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from medmodal.data.readers.table import image_reader
 from medmodal.errors import DataError
 
+MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 
+
+@image_reader(
+    "pil",
+    suffixes=(".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"),
+    sniff=lambda head: head.startswith(MAGIC),
+)
 def read_pil(path: Path) -> np.ndarray:
     """Decode fully (so a truncated file fails here), apply EXIF orientation, scale to [0, 1].
 

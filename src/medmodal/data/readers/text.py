@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
+from medmodal.data.paths import resolve_path
 from medmodal.errors import ConfigError, DataError
 
 TextSource = Literal["auto", "inline", "file"]
@@ -57,8 +58,7 @@ def _is_empty(value: Any) -> bool:
 
 
 def _resolve(ref: str, root: Path | None) -> Path:
-    p = Path(ref).expanduser()
-    return root / p if root is not None and not p.is_absolute() else p
+    return resolve_path(ref, root)
 
 
 def _looks_like_file(text: str, root: Path | None) -> bool:

@@ -15,7 +15,7 @@ from torch import nn
 from medmodal.errors import ConfigError
 from medmodal.registry import Registry
 
-ENCODERS: Registry[nn.Module] = Registry("encoder")
+ENCODERS: Registry[nn.Module] = Registry("encoder", context=("info",))
 _MODALITIES: dict[str, tuple[str, ...]] = {}
 DEFAULT_ENCODER: dict[str, str] = {}
 
@@ -41,17 +41,16 @@ def encoder_modalities(name: str) -> tuple[str, ...]:
     return _MODALITIES[name]
 
 
-def create_encoder(name: str, modality_type: str, info: dict[str, Any], **kwargs: Any) -> nn.Module:
+def create_encoder(
+    name: str, modality_type: str, info: dict[str, Any], **options: Any
+) -> nn.Module:
     """Build encoder ``name`` for a modality of ``modality_type``; checks they fit."""
-    fn = ENCODERS.get(name)
+    ENCODERS.get(name)
     if modality_type not in _MODALITIES[name]:
         raise ConfigError(
             f"encoder {name!r} takes {', '.join(_MODALITIES[name])} inputs, not {modality_type}"
         )
-    try:
-        module = fn(info=info, **kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"encoder {name!r}: {exc}") from None
+    module = ENCODERS.create(name, options, info=info)
     if not isinstance(getattr(module, "out_dim", None), int):
         raise TypeError(f"encoder {name!r} must set an integer `out_dim`")
     return module

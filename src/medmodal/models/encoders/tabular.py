@@ -198,14 +198,27 @@ def _info(info: Mapping[str, Any]) -> tuple[int, list[int]]:
 
 
 @register_encoder("mlp", modalities=("tabular",), default=True)
-def mlp(info: Mapping[str, Any], **kwargs: Any) -> nn.Module:
+def mlp(
+    info: Mapping[str, Any],
+    hidden: Sequence[int] = (128, 64),
+    dropout: float = 0.1,
+    embed_dim: int | Sequence[int] | None = None,
+    max_embed_dim: int = 16,
+) -> nn.Module:
     """MLP over numeric features + categorical embeddings (hidden=[128, 64], LayerNorm, GELU)."""
     n_numeric, cards = _info(info)
-    return TabularMLP(n_numeric, cards, **kwargs)
+    return TabularMLP(n_numeric, cards, hidden, dropout, embed_dim, max_embed_dim)
 
 
 @register_encoder("ft_transformer", modalities=("tabular",))
-def ft_transformer(info: Mapping[str, Any], **kwargs: Any) -> nn.Module:
+def ft_transformer(
+    info: Mapping[str, Any],
+    d_token: int = 64,
+    n_layers: int = 3,
+    n_heads: int = 4,
+    ffn_factor: float = 4 / 3,
+    dropout: float = 0.1,
+) -> nn.Module:
     """FT-Transformer (Gorishniy et al. 2021): per-feature tokens, [CLS], Transformer."""
     n_numeric, cards = _info(info)
-    return FTTransformer(n_numeric, cards, **kwargs)
+    return FTTransformer(n_numeric, cards, d_token, n_layers, n_heads, ffn_factor, dropout)

@@ -1,0 +1,94 @@
+"""The one table of image readers: each registers its suffixes and a content sniffer.
+
+``read_image`` and folder prediction both use it. A file is read by the reader whose sniffer
+recognises its first bytes (a PNG named ``.dcm`` is read as PNG); when no sniffer does, by its
+suffix (the reader then says what is wrong with the file). A new format is one module that
+decorates its read function with :func:`image_reader` and is imported by ``readers/__init__``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medmodal.errors import DataError
+
+HEAD_BYTES = 544  # enough for every sniffer below (NIfTI-2 has a 540-byte header)
+Sniffer = Callable[[bytes], bool]
+OPTIONS = ("window", "slice_index", "frames", "spatial_dims")
+
+
+@dataclass(frozen=True)
+class ImageReader:
+    """``read(path, **options)`` -> float32 channel-first array in [0, 1]."""
+
+    name: str
+    suffixes: tuple[str, ...]
+    sniff: Sniffer
+    read: Callable[..., np.ndarray]
+    options: tuple[str, ...]
+
+
+IMAGE_READERS: dict[str, ImageReader] = {}
+
+
+def image_reader(
+    name: str, suffixes: tuple[str, ...], sniff: Sniffer, options: tuple[str, ...] = ()
+) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
+    """Register ``fn(path, **options)`` for files with these suffixes or this content."""
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ValueError(f"reader {name!r}: unknown options {sorted(unknown)}; known: {OPTIONS}")
+
+    def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+        if name in IMAGE_READERS:
+            raise ValueError(f"image reader {name!r} is registered twice")
+        IMAGE_READERS[name] = ImageReader(name, tuple(suffixes), sniff, fn, tuple(options))
+        return fn
+
+    return deco
+
+
+def image_suffixes() -> list[str]:
+    """Every suffix some image reader claims (lower case, with the dot)."""
+    return sorted({s for r in IMAGE_READERS.values() for s in r.suffixes})
+
+
+def suffix_of(path: str | Path) -> str:
+    name = str(path).lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def head_of(path: Path) -> bytes:
+    """The file's first bytes (gzip-compressed files: the first decompressed bytes)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HEAD_BYTES)
+        if head[:2] == b"\x1f\x8b":
+            with gzip.open(path, "rb") as gz:
+                head = gz.read(HEAD_BYTES)
+    except (OSError, EOFError, zlib.error):
+        return b""
+    return head
+
+
+def find_reader(path: Path) -> ImageReader:
+    """The reader for ``path``: by content first, then by suffix; DataError if none fits."""
+    head = head_of(path)
+    for reader in IMAGE_READERS.values():
+        if head and reader.sniff(head):
+            return reader
+    suffix = suffix_of(path)
+    for reader in IMAGE_READERS.values():
+        if suffix in reader.suffixes:
+            return reader
+    raise DataError(
+        f"unsupported image format {suffix or '(no suffix)'} and content; expected "
+        f"{', '.join(image_suffixes())}, a DICOM series folder or file.npz#key/index",
+        path=path,
+    )

@@ -1,0 +1,252 @@
+"""The one path from raw inputs to probabilities and predicted classes.
+
+Validation during training, the test split after training, ``evaluate`` and ``predict`` all go
+through :func:`predict_logits` and a :class:`Predictor`: the same processors, the same model
+call, the same decision rule (:func:`medmodal.evaluate.decide`). A Predictor is also what a
+checkpoint holds: :meth:`Predictor.save` writes it, :meth:`Predictor.load` reads it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from medmodal.checkpoint import read_checkpoint, save_checkpoint
+from medmodal.config import ExperimentConfig
+from medmodal.data.dataset import MultimodalDataset, collate
+from medmodal.data.manifest import LabelMap, check_columns, encode_labels, patient_ids, sample_ids
+from medmodal.data.preprocess import ModalityProcessor, create_processor
+from medmodal.data.schema import Schema
+from medmodal.errors import BadSampleLog, CheckpointError, MedmodalError
+from medmodal.evaluate.decision import decide
+from medmodal.models import MultimodalModel, build_model
+from medmodal.models.heads import n_outputs_for
+from medmodal.options import parse_options
+
+
+def make_processors(schema: Schema) -> dict[str, ModalityProcessor]:
+    return {m: create_processor(m, spec) for m, spec in schema.modalities.items()}
+
+
+def model_for(
+    schema: Schema,
+    label_map: LabelMap,
+    processors: dict[str, ModalityProcessor],
+    cfg: ExperimentConfig,
+    load_init: bool = True,
+) -> MultimodalModel:
+    """The configured model for fitted ``processors`` (their ``info`` sizes the encoders)."""
+    return build_model(
+        {m: spec.type for m, spec in schema.modalities.items()},
+        {m: p.info() for m, p in processors.items()},
+        cfg.model,
+        task=label_map.task,
+        n_outputs=n_outputs_for(label_map.task, len(label_map.classes)),
+        load_init=load_init,
+    )
+
+
+def build_dataset(
+    frame: pd.DataFrame,
+    schema: Schema,
+    processors: dict[str, ModalityProcessor],
+    root: Path | None,
+    label_map: LabelMap | None,
+    bad: BadSampleLog | None,
+    source: str,
+    progress: bool = False,
+) -> MultimodalDataset:
+    """Rows -> loaded dataset (labels encoded when ``label_map`` is given)."""
+    ids = sample_ids(frame, schema, source)
+    pats = patient_ids(frame, schema, ids, source)
+    labels = None
+    keep = np.ones(len(frame), dtype=bool)
+    if label_map is not None:
+        labels, keep = encode_labels(frame, schema, label_map, ids, bad)
+    rows = frame.to_dict("records")
+    idx = np.flatnonzero(keep)
+    ds = MultimodalDataset(
+        [rows[i] for i in idx],
+        [ids[i] for i in idx],
+        [pats[i] for i in idx],
+        None if labels is None else labels[idx],
+        processors,
+        root,
+    )
+    return ds.load(bad, progress=progress, label=f"reading {source}")
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module,
+    dataset: MultimodalDataset,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    absent: tuple[str, ...] | list[str] = (),
+) -> torch.Tensor:
+    """Logits for every sample, in dataset order (eval mode, no augmentation).
+
+    ``absent``: modalities to treat as missing for every sample (test-time removal).
+    """
+    device = torch.device(device)
+    was_train, dataset.train = dataset.train, False
+    model.eval()
+    out = []
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        present = {m: v.to(device) for m, v in batch["present"].items()}
+        for m in absent:
+            present[m] = torch.zeros_like(present[m])
+        out.append(model(_to(batch["inputs"], device), present).float().cpu())
+    dataset.train = was_train
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """binary: (B,) P(positive); multiclass: (B, K) softmax; multilabel: (B, K) sigmoid."""
+    if task == "binary":
+        return torch.sigmoid(logits.reshape(-1))
+    if task == "multiclass":
+        return torch.softmax(logits, dim=1)
+    return torch.sigmoid(logits)
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    return x
+
+
+@dataclass
+class Predictor:
+    """A trained model with everything needed to predict from raw inputs."""
+
+    schema: Schema
+    label_map: LabelMap
+    processors: dict[str, ModalityProcessor]
+    model: MultimodalModel
+    config: ExperimentConfig
+
+    # -- checkpoint ----------------------------------------------------------------------
+    def payload(self) -> dict[str, Any]:
+        """What a checkpoint holds for prediction (plain values and tensors only)."""
+        return {
+            "config": self.config.to_dict(),
+            "schema": self.schema.model_dump(mode="json"),
+            "label_map": self.label_map.to_dict(),
+            "processors": {m: p.state_dict() for m, p in self.processors.items()},
+            "model_state": self.model.state_dict(),
+        }
+
+    def save(self, path: str | Path, **extra: Any) -> Path:
+        """Write the checkpoint; ``extra`` adds e.g. metrics, history, data hash."""
+        return save_checkpoint(path, {**self.payload(), **extra})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> Predictor:
+        body = read_checkpoint(path)
+        try:
+            schema = Schema.load(body["schema"])
+            label_map = LabelMap.from_dict(body["label_map"])
+            cfg = parse_options(ExperimentConfig, body["config"], f"checkpoint {path} config")
+            processors = make_processors(schema)
+            for m, state in body["processors"].items():
+                processors[m].load_state_dict(state)
+            model = model_for(schema, label_map, processors, cfg, load_init=False)
+            model.load_state_dict(body["model_state"])
+        except (KeyError, RuntimeError, MedmodalError) as exc:
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this medmodal version: {exc}"
+            ) from None
+        model.to(device).eval()
+        return cls(schema, label_map, processors, model, cfg)
+
+    # -- inputs ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def align(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Add absent modality columns as empty, so any subset of modalities can be given;
+        id / patient / split columns are optional at prediction time."""
+        frame = frame.copy()
+        s = self.schema
+        if s.id_column and s.id_column not in frame.columns:
+            frame[s.id_column] = [str(i) for i in range(len(frame))]
+        if s.patient_column and s.patient_column not in frame.columns:
+            frame[s.patient_column] = (
+                frame[s.id_column] if s.id_column else [str(i) for i in range(len(frame))]
+            )
+        if s.split_column and s.split_column not in frame.columns:
+            frame[s.split_column] = "test"
+        for spec in self.schema.modalities.values():
+            for col in spec.input_columns():
+                if col not in frame.columns:
+                    frame[col] = np.nan
+        return frame
+
+    def dataset(
+        self,
+        frame: pd.DataFrame,
+        root: Path | None,
+        bad: BadSampleLog | None,
+        with_labels: bool = False,
+        source: str = "input",
+    ) -> MultimodalDataset:
+        frame = self.align(frame)
+        check_columns(frame, self.schema, source, need_labels=with_labels)
+        labels = self.label_map if with_labels else None
+        ds = build_dataset(frame, self.schema, self.processors, root, labels, bad, source)
+        return ds.finalize()
+
+    # -- outputs --------------------------------------------------------------------------
+    def predict_proba(self, ds: MultimodalDataset, absent: tuple[str, ...] = ()) -> np.ndarray:
+        """Probabilities (binary: P(positive class), (N,); else (N, K)); ``absent`` modalities
+        are treated as missing for every sample."""
+        bs = self.config.train.eval_batch_size
+        logits = predict_logits(self.model, ds, bs, self.device, absent=absent)
+        return to_probs(logits, self.label_map.task).numpy()
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        """Predicted classes by the configured threshold (``evaluate.threshold``)."""
+        return decide(probs, self.label_map.task, self.config.evaluate.threshold)
+
+    def prediction_frame(self, ds: MultimodalDataset, probs: np.ndarray) -> pd.DataFrame:
+        """One row per sample: ids, presence flags, a probability per class, the prediction."""
+        return prediction_frame(ds, probs, self.label_map, self.config.evaluate.threshold)
+
+
+def prediction_frame(
+    ds: MultimodalDataset, probs: np.ndarray, label_map: LabelMap, threshold: float
+) -> pd.DataFrame:
+    """One row per sample: ids, presence flags, a probability per class, the predicted class
+    (by :func:`~medmodal.evaluate.decide` at ``threshold``) and the label when known."""
+    classes, task = label_map.classes, label_map.task
+    out = pd.DataFrame({"sample_id": ds.ids, "patient_id": ds.patients})
+    pres = ds.present_matrix()
+    for j, m in enumerate(ds.processors):
+        out[f"present_{m}"] = pres[:, j]
+    if task == "binary":
+        out[f"prob_{classes[0]}"] = 1 - probs
+        out[f"prob_{classes[1]}"] = probs
+    else:
+        for k, c in enumerate(classes):
+            out[f"prob_{c}"] = probs[:, k]
+    out["predicted"] = _names(decide(probs, task, threshold), classes, task)
+    if ds.labels is not None:
+        out["label"] = _names(np.asarray(ds.labels).astype(int), classes, task)
+    return out
+
+
+def _names(values: np.ndarray, classes: list[str], task: str) -> list[str]:
+    """Class names for indices (multilabel: the positive labels joined by ';')."""
+    if task == "multilabel":
+        return [";".join(c for c, v in zip(classes, row, strict=True) if v) for row in values]
+    return [classes[int(v)] for v in values]

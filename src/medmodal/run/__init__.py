@@ -1,0 +1,43 @@
+"""A run as small named steps, behind the thin public front in :mod:`medmodal.api`.
+
+``start_run`` (config, seed, threads, folder) -> ``load_data`` (manifest read once, every
+sample decoded and cached) -> ``assign_splits`` / ``fold_splits`` -> ``train_and_evaluate``:
+``fit_processors`` (train rows only) -> ``new_predictor`` -> ``train_model`` -> ``score_split``
+(validation and test through the prediction path) -> ``write_artifacts``.
+"""
+
+from medmodal.run.context import RunContext, start_run
+from medmodal.run.cv import cross_validate_loaded
+from medmodal.run.data import LoadedData, assign_splits, fold_splits, load_data
+from medmodal.run.results import CVResult, RunResult
+from medmodal.run.single import train_and_evaluate, write_artifacts
+from medmodal.run.steps import (
+    Scored,
+    ablation_table,
+    evaluate_predictions,
+    fit_processors,
+    new_predictor,
+    score_split,
+    train_model,
+)
+
+__all__ = [
+    "CVResult",
+    "LoadedData",
+    "RunContext",
+    "RunResult",
+    "Scored",
+    "ablation_table",
+    "assign_splits",
+    "cross_validate_loaded",
+    "evaluate_predictions",
+    "fit_processors",
+    "fold_splits",
+    "load_data",
+    "new_predictor",
+    "score_split",
+    "start_run",
+    "train_and_evaluate",
+    "train_model",
+    "write_artifacts",
+]

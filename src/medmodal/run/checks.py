@@ -1,0 +1,23 @@
+"""Early checks of a config's component options, before any data is read."""
+
+from __future__ import annotations
+
+from medmodal.config import ExperimentConfig
+from medmodal.fusion import FUSIONS
+from medmodal.models.encoders import ENCODERS
+from medmodal.models.heads import HEADS
+from medmodal.options import parse_options
+
+
+def check_components(cfg: ExperimentConfig) -> None:
+    """Every named encoder, the fusion and the head exist and their options fit their signatures
+    (a misspelled option is a ConfigError now, not after the data has been read)."""
+    m = cfg.model
+    for modality, spec in m.encoders.items():
+        if spec.name is not None:
+            where = f"model.encoders.{modality} ({spec.name})"
+            parse_options(ENCODERS.options_model(spec.name), spec.options(), where)
+    parse_options(
+        FUSIONS.options_model(m.fusion.name), m.fusion.options(), f"fusion {m.fusion.name!r}"
+    )
+    parse_options(HEADS.options_model(m.head.name), m.head.options(), f"head {m.head.name!r}")

@@ -1,0 +1,109 @@
+"""One run on assigned splits: the steps in order, then the artifacts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmodal.predictor import Predictor
+from medmodal.run.context import Progress
+from medmodal.run.data import LoadedData
+from medmodal.run.report import missing_note, write_run_report
+from medmodal.run.results import RunResult
+from medmodal.run.steps import fit_processors, new_predictor, score_split, train_model
+from medmodal.train.trainer import TrainState
+from medmodal.utils.io import dump_json, to_jsonable
+from medmodal.utils.runtime import seed_everything
+
+
+def train_and_evaluate(
+    loaded: LoadedData,
+    splits: np.ndarray,
+    run_dir: Path,
+    *,
+    progress: Progress = False,
+    resume: bool = False,
+    console: Any = None,
+) -> RunResult:
+    """Fit processors on the ``train`` rows, train, pick the best epoch on ``val``, score ``val``
+    and ``test`` through the prediction path, and write checkpoint, metrics and report.
+
+    ``splits``: "train" / "val" / "test" per row of ``loaded.dataset`` (other values are unused,
+    e.g. "holdout" keeps a test split unseen while tuning)."""
+    cfg = loaded.cfg
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    processors, parts = fit_processors(loaded, splits)
+    predictor = new_predictor(loaded, processors)
+    t0 = time.perf_counter()
+    state = train_model(
+        predictor, parts, loaded, run_dir, progress=progress, resume=resume, console=console
+    )
+    metrics: dict[str, Any] = {
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "train_seconds": time.perf_counter() - t0,
+        "n": {k: len(v) for k, v in parts.items()},
+        "missing_modalities": {k: v.missing_counts for k, v in parts.items()},
+        "skipped_samples": len(loaded.bad_list),
+    }
+    result = RunResult(run_dir, run_dir / "best.pt", metrics, state.history, loaded.bad_list)
+    for split in ("val", "test"):
+        if split in parts:
+            scored = score_split(predictor, parts[split], ablation=split == "test")
+            metrics[split] = scored.metrics
+            frame = predictor.prediction_frame(parts[split], scored.probs)
+            frame.to_csv(run_dir / f"predictions_{split}.csv", index=False)
+            if split == "test":
+                result.test_probs, result.ablation_probs = scored.probs, scored.ablation_probs
+    write_artifacts(result, predictor, loaded, state)
+    result.report = _report(result, predictor, loaded, parts, state)
+    return result
+
+
+def write_artifacts(
+    result: RunResult, predictor: Predictor, loaded: LoadedData, state: TrainState
+) -> None:
+    """best.pt (the Predictor + metrics + history + data hash), metrics/history/bad-sample JSON
+    and the resolved config."""
+    d = result.run_dir
+    predictor.save(
+        result.checkpoint,
+        data_hash=loaded.data_hash,
+        metrics=to_jsonable(result.metrics),
+        history=state.history,
+    )
+    dump_json(d / "metrics.json", result.metrics)
+    dump_json(d / "history.json", state.history)
+    dump_json(d / "bad_samples.json", result.bad_samples)
+    loaded.cfg.save(d / "config.yaml")
+
+
+def _report(
+    result: RunResult, predictor: Predictor, loaded: LoadedData, parts: dict, state: TrainState
+) -> Path | None:
+    """report.html on the test split (else validation)."""
+    cfg, m = loaded.cfg, result.metrics
+    split = "test" if "test" in parts else ("val" if "val" in parts else None)
+    if not cfg.evaluate.report or split is None:
+        return None
+    probs = result.test_probs if split == "test" else predictor.predict_proba(parts[split])
+    notes = [
+        f"Evaluated on the {split} split ({len(parts[split])} samples). The best epoch, "
+        f"{state.best_epoch} of the {state.epoch} run, was chosen on validation "
+        f"{cfg.train.monitor}. Training took {m['train_seconds']:.1f} s.",
+        missing_note(m["missing_modalities"]),
+    ]
+    return write_run_report(
+        result.run_dir / "report.html",
+        cfg,
+        parts[split],
+        probs,
+        m[split],
+        predictor.label_map,
+        result.bad_samples,
+        notes,
+    )
