@@ -16,6 +16,7 @@ split is not touched until the best setting is retrained once and evaluated.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,15 @@ from rich.console import Console
 
 from medmodal.config import ExperimentConfig, load_config
 from medmodal.errors import ConfigError
-from medmodal.run import RunResult, assign_splits, load_data, start_run, train_and_evaluate
+from medmodal.evaluate._core import scalar_metric_names
+from medmodal.run import (
+    LoadedData,
+    RunResult,
+    assign_splits,
+    load_data,
+    start_run,
+    train_and_evaluate,
+)
 from medmodal.utils.io import dump_json
 
 
@@ -74,75 +83,76 @@ def tune(
         raise ConfigError(
             "hyper-parameter search needs Optuna: pip install 'medmodal[tune]'"
         ) from None
-    bad_keys = sorted(k for k in space if k.split(".")[0] not in ("model", "train", "evaluate"))
-    if bad_keys:
-        raise ConfigError(
-            f"search space {bad_keys}: tuning searches model / train / evaluate fields "
-            "(the data are read once)"
-        )
+    _check_space(space)
     ctx = start_run(config, overrides)
-    base, run_dir = ctx.cfg, ctx.run_dir
-    loaded = load_data(base, run_dir)
-    metric = metric or base.train.monitor
+    loaded = load_data(ctx.cfg, ctx.run_dir)
+    metric = metric or ctx.cfg.train.monitor
+    if metric not in scalar_metric_names(loaded.label_map.task):
+        raise ConfigError(f"tuning metric {metric!r} is not a validation metric of this task")
     splits = assign_splits(loaded)
     if not (splits == "val").any():
         raise ConfigError(
             "tuning needs a validation split (data.val_fraction > 0 or a split column)"
         )
-    search = np.where(
-        splits == "test", "holdout", splits
-    )  # the test split stays unseen while searching
     trials: list[dict[str, Any]] = []
+    objective = _objective(
+        loaded, splits, ctx.run_dir / "trials", space, metric, trials, progress, console
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = "minimize" if metric in ("brier", "ece") else "maximize"
+    sampler = optuna.samplers.TPESampler(seed=ctx.cfg.seed)
+    study = optuna.create_study(direction=direction, sampler=sampler)
+    study.optimize(objective, n_trials=n_trials)
+    best = study.best_trial.params
+    final = loaded.with_config(load_config(ctx.cfg, _overrides(best)))
+    result = train_and_evaluate(final, splits, ctx.run_dir, progress=progress, console=console)
+    summary = {"metric": metric, "direction": direction, "best_params": best}
+    summary.update(best_val=study.best_value, trials=trials)
+    dump_json(ctx.run_dir / "tuning.json", summary)
+    return result, trials
+
+
+def _check_space(space: dict[str, dict[str, Any]]) -> None:
+    bad = sorted(k for k in space if k.split(".")[0] not in ("model", "train", "evaluate"))
+    if bad:
+        raise ConfigError(
+            f"search space {bad}: tuning searches model / train / evaluate fields "
+            "(the data are read once)"
+        )
+
+
+def _objective(
+    loaded: LoadedData,
+    splits: np.ndarray,
+    trials_dir: Path,
+    space: dict[str, dict[str, Any]],
+    metric: str,
+    trials: list[dict[str, Any]],
+    progress: bool | Literal["lines"],
+    console: Console | None,
+) -> Callable[[Any], float]:
+    """One trial: train on train, score on validation; the test split stays unseen ("holdout")."""
+    search = np.where(splits == "test", "holdout", splits)
+    quiet = ["evaluate.bootstrap=0", "evaluate.report=false"]
 
     def objective(trial: Any) -> float:
         params = {name: _suggest(trial, name, spec) for name, spec in space.items()}
-        cfg = load_config(
-            base, _overrides(params) + ["evaluate.bootstrap=0", "evaluate.report=false"]
-        )
+        cfg = load_config(loaded.cfg, _overrides(params) + quiet)
         t0 = time.perf_counter()
         res = train_and_evaluate(
             loaded.with_config(cfg),
             search,
-            run_dir / "trials" / f"{trial.number:03d}",
+            trials_dir / f"{trial.number:03d}",
             progress=progress,
             console=console,
         )
         score = res.metrics["val"].get(metric)
         if score is None:
             raise ConfigError(f"validation metric {metric!r} is undefined for trial {trial.number}")
+        seconds = round(time.perf_counter() - t0, 1)
         trials.append(
-            {
-                "trial": trial.number,
-                "params": params,
-                f"val_{metric}": score,
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
+            {"trial": trial.number, "params": params, f"val_{metric}": score, "seconds": seconds}
         )
         return float(score)
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "minimize" if metric in ("loss", "brier", "ece") else "maximize"
-    study = optuna.create_study(
-        direction=direction, sampler=optuna.samplers.TPESampler(seed=base.seed)
-    )
-    study.optimize(objective, n_trials=n_trials)
-    best = study.best_trial.params
-    final_cfg = load_config(base, _overrides(best))
-    result = train_and_evaluate(
-        loaded.with_config(final_cfg),
-        splits,
-        run_dir,
-        progress=progress,
-        console=console,
-    )
-    dump_json(
-        run_dir / "tuning.json",
-        {
-            "metric": metric,
-            "direction": direction,
-            "best_params": best,
-            "best_val": study.best_value,
-            "trials": trials,
-        },
-    )
-    return result, trials
+    return objective

@@ -104,8 +104,8 @@ class SurvivalTable(BuiltinDataset):
             source=f"sksurv.datasets.{spec['loader']} (scikit-survival)",
             citation=spec["citation"],
             licence="see scikit-survival's documentation",
-            notes="Survival target (time, event). Survival training arrives with the survival issue; "
-            "the manifest and schema are ready for it.",
+            notes="Survival target (time, event). This version of medmodal prepares the manifest "
+            "and schema but cannot train a survival model yet.",
         )
 
     def locate(self, data_dir: Path | None) -> Path:
