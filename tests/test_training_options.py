@@ -70,11 +70,6 @@ def test_early_stopping_stops_patience_epochs_after_the_best(tmp_path: Path) -> 
 
 
 # -- schedules: the lr each epoch trained with, as history.json records it ---------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="history.json records the lr after the epoch's last scheduler step for per-step "
-    "schedules (multistep/cosine) but the lr the epoch trained with for plateau",
-)
 def test_multistep_lr_in_history_follows_the_milestones(tmp_path: Path) -> None:
     train = {"epochs": 4, "lr": 0.01, "scheduler": "multistep", "milestones": [0.5, 0.75]}
     cfg = table_config(synthetic_table(240, split=SPLIT), tmp_path / "ms", train=train)
@@ -257,8 +252,6 @@ def test_unknown_device_is_a_config_error(tmp_path: Path, device: str) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-@pytest.mark.xfail(strict=True, reason="device 'cuda' without CUDA reaches torch and raises "
-                   "its AssertionError ('Torch not compiled with CUDA enabled')")  # fmt: skip
 def test_unavailable_device_is_a_config_error(tmp_path: Path) -> None:
     cfg = table_config(synthetic_table(60), tmp_path / "d", train={"device": "cuda"})
     with pytest.raises(ConfigError, match="cuda"):

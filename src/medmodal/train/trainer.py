@@ -217,6 +217,7 @@ class Trainer:
         loader = self.loader(ds, epoch)
         task_id = bar.add_task(f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(loader), info="")
         self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]  # the lr this epoch starts with
         total, count = 0.0, 0
         for batch in loader:
             loss = self._step(batch)
@@ -224,7 +225,6 @@ class Trainer:
             count += len(batch["label"])
             bar.update(task_id, advance=1, info=f"loss {total / count:.4f}")
         ds.train = False
-        lr = self.optimizer.param_groups[0]["lr"]
         return {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": lr}
 
     def _step(self, batch: dict[str, Any]) -> float:

@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from medmodal.errors import ConfigError
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch; deterministic algorithms where torch has them."""
@@ -27,14 +29,27 @@ def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then CPU."""
+    """``auto`` picks CUDA, then Apple MPS, then CPU; a device this machine lacks is a
+    ConfigError (not torch's assertion deep inside the first ``.to()``)."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
+        return torch.device("mps" if mps else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device is {name!r} but CUDA is not available here; use auto or cpu"
+        )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)"
+        )
+    if device.type == "mps" and not mps:
+        raise ConfigError(
+            f"train.device is {name!r} but Apple MPS is not available here; use auto or cpu"
+        )
+    return device
 
 
 def set_threads(n: int | None) -> None:
