@@ -55,17 +55,28 @@ def _progress() -> bool | Literal["lines"]:
 
 def _summary(metrics: dict[str, Any], split: str = "test") -> None:
     m = metrics.get(split) or {}
-    table = Table(title=f"{split} metrics")
+    caption = None
+    if m.get("task") == "binary":
+        caption = f"positive class: {m['class_names'][1]} (called when p > {m['threshold']:g})"
+    table = Table(title=f"{split} metrics", caption=caption)
     table.add_column("metric")
     table.add_column("value")
     table.add_column("95% CI")
     ci = m.get("ci") or {}
-    for key in ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro", "ece"):
+    keys = ["auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro", "ece"]
+    if m.get("task") == "binary":
+        keys[4:4] = [
+            "recall",
+            "precision",
+            "specificity",
+        ]  # sensitivity and PPV of the positive class
+    for key in keys:
         if m.get(key) is None:
             continue
         c = ci.get(key)
+        label = {"recall": "sensitivity", "precision": "PPV"}.get(key, key)
         table.add_row(
-            key,
+            label,
             f"{m[key]:.4f}",
             f"{c['low']:.4f} - {c['high']:.4f}" if c and c.get("low") is not None else "",
         )
@@ -171,7 +182,11 @@ def evaluate(
         Path | None, typer.Option(help="Write metrics.json, predictions.csv, report.html here.")
     ] = None,
     skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip unreadable samples and list them in metrics.json (skipped_samples).")
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Skip unreadable samples and list them in metrics.json (skipped_samples).",
+        ),
     ] = False,
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap resamples for 95% CIs (0 = none).")
@@ -206,7 +221,10 @@ def predict(
     ),
     root: Annotated[Path | None, typer.Option(help="Base folder for relative paths.")] = None,
     skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip unreadable samples and list them in <out>.skipped.json.")
+        bool,
+        typer.Option(
+            "--skip-bad", help="Skip unreadable samples and list them in <out>.skipped.json."
+        ),
     ] = False,
 ) -> None:
     """Predict class probabilities for a manifest or an image folder -> CSV."""
@@ -447,9 +465,7 @@ def datasets_prepare(
     ] = None,
     option: Annotated[
         list[str] | None,
-        typer.Option(
-            "--option", "-o", help="Dataset option key=value, e.g. -o target=survival."
-        ),
+        typer.Option("--option", "-o", help="Dataset option key=value, e.g. -o target=survival."),
     ] = None,
     audit: Annotated[
         bool, typer.Option(help="Run the leakage audit after preparing (writes audit.json).")

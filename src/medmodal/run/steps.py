@@ -24,6 +24,12 @@ from medmodal.run.data import LoadedData
 from medmodal.train.trainer import Trainer, TrainState
 
 SPLITS = ("train", "val", "test")
+_COMMON = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro")
+CI_METRICS = {  # bootstrapped: binary adds the positive class's sensitivity, PPV, specificity, NPV
+    "binary": (*_COMMON, "recall", "precision", "specificity", "npv"),
+    "multiclass": _COMMON,
+    "multilabel": _COMMON,
+}
 
 
 def fit_processors(
@@ -128,6 +134,7 @@ def evaluate_predictions(
             probs,
             label_map.task,
             label_map.classes,
+            metrics=CI_METRICS[label_map.task],
             threshold=ev.threshold,
             n_boot=ev.bootstrap,
             ci=ev.ci,
