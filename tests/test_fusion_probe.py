@@ -39,13 +39,7 @@ DROPOUT_FUSIONS = ("concat", "gated")  # the learned missing token, and a fusion
 MARGIN_DROPOUT = 0.005  # mean over DROPOUT_FUSIONS of (loss without dropout - loss with dropout)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models: one thread is faster and unaffected by a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models: see conftest
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +170,7 @@ def test_evidence_is_planted_so_no_modality_suffices(probe: Prepared) -> None:
 
 
 # -- fusion vs single modalities -------------------------------------------------------------
+@pytest.mark.slow  # the shared fixtures train 12 models on the probe
 def test_every_fusion_beats_every_single_modality(
     singles: dict[str, float], fused: dict[str, api.RunResult], probe: Prepared
 ) -> None:
@@ -188,6 +183,7 @@ def test_every_fusion_beats_every_single_modality(
         assert auroc >= ideal_single + MARGIN_OVER_SINGLE, (name, auroc, ideal_single)
 
 
+@pytest.mark.slow  # the shared fixtures train 12 models on the probe
 def test_removing_any_modality_lowers_the_fused_auroc(fused: dict[str, api.RunResult]) -> None:
     for name, run in fused.items():
         test = run.metrics["test"]
@@ -200,6 +196,7 @@ def test_removing_any_modality_lowers_the_fused_auroc(fused: dict[str, api.RunRe
             )
 
 
+@pytest.mark.slow  # the shared fixtures train 12 models on the probe
 def test_modality_dropout_shrinks_the_missing_modality_loss(
     fused: dict[str, api.RunResult], fused_dropout: dict[str, api.RunResult]
 ) -> None:
@@ -215,6 +212,7 @@ def test_modality_dropout_shrinks_the_missing_modality_loss(
 
 
 # -- prediction with any subset; processors fitted on train only ------------------------------
+@pytest.mark.slow  # the shared fixtures train 12 models on the probe
 def test_predict_with_any_subset_of_modalities(
     fused_dropout: dict[str, api.RunResult], probe: Prepared
 ) -> None:
@@ -246,6 +244,7 @@ def test_predict_with_any_subset_of_modalities(
                 np.testing.assert_allclose(p, run.ablation_probs[gone], atol=1e-6)
 
 
+@pytest.mark.slow  # the shared fixtures train 12 models on the probe
 def test_checkpoint_processors_are_fitted_on_the_train_split_only(
     fused: dict[str, api.RunResult], runner: Runner
 ) -> None:
