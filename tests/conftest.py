@@ -49,7 +49,7 @@ def _data_dir() -> Path | None:
     return None
 
 
-def _data_set(data_dir: Path, name: str, probe: str) -> Path:
+def data_set(data_dir: Path, name: str, probe: str) -> Path:
     """``data_dir / name``, skipping (failing under CI) when ``probe`` is not in it."""
     d = data_dir / name
     if not (d / probe).is_file():
@@ -69,13 +69,19 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def hs(data_dir: Path) -> Path:
     """The heart-sound clips (Yaseen et al. 2018): 1000 WAVs and labels.csv."""
-    return _data_set(data_dir, "heart_sounds", "labels.csv")
+    return data_set(data_dir, "heart_sounds", "labels.csv")
 
 
 @pytest.fixture(scope="session")
 def mitdb(data_dir: Path) -> Path:
     """The MIT-BIH Arrhythmia Database records (WFDB)."""
-    return _data_set(data_dir, "mitdb", "100.hea")
+    return data_set(data_dir, "mitdb", "100.hea")
+
+
+@pytest.fixture(scope="session")
+def covid_cxr(data_dir: Path) -> Path:
+    """The COVID-19 chest X-ray collection: metadata.csv and images/."""
+    return data_set(data_dir, "covid_cxr", "metadata.csv")
 
 
 @pytest.fixture(autouse=True)

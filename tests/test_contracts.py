@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import data_set
 
 from medmodal.data.dataset import collate
 from medmodal.data.preprocess import PROCESSORS, ModalityProcessor
@@ -52,9 +53,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # small batches: see conftes
 
 
 def _covid(data_dir: Path) -> tuple[list[dict[str, Any]], Path]:
-    root = data_dir / "covid_cxr"
-    if not (root / "metadata.csv").is_file():
-        pytest.skip("covid_cxr not found")
+    root = data_set(data_dir, "covid_cxr", "metadata.csv")
     df = pd.read_csv(root / "metadata.csv")
     df = df[
         df["clinical_notes"].notna() & df["png"].map(lambda p: (root / "images" / str(p)).is_file())
@@ -66,17 +65,13 @@ def _covid(data_dir: Path) -> tuple[list[dict[str, Any]], Path]:
 
 
 def _heart(data_dir: Path) -> tuple[list[dict[str, Any]], Path]:
-    root = data_dir / "heart_sounds"
-    if not (root / "labels.csv").is_file():
-        pytest.skip("heart_sounds not found")
+    root = data_set(data_dir, "heart_sounds", "labels.csv")
     files = pd.read_csv(root / "labels.csv")["file"].tolist()
     return [{"path": f} for f in files[:: len(files) // (N_FIT + N_CHECK)][: N_FIT + N_CHECK]], root
 
 
 def _mitdb(data_dir: Path) -> tuple[list[dict[str, Any]], Path]:
-    root = data_dir / "mitdb"
-    if not (root / "100.hea").is_file():
-        pytest.skip("mitdb not found")
+    root = data_set(data_dir, "mitdb", "100.hea")
     refs = [f"{rec}#{s}:{s + 720}" for rec in ("100", "101", "103") for s in (3600, 36000, 360000)]
     return [{"ref": r} for r in refs], root
 

@@ -46,8 +46,8 @@ def medmnist(data_dir: Path, name: str) -> np.ndarray:
 
 
 @pytest.fixture
-def cxr_png(data_dir: Path) -> Path:
-    return sorted((data_dir / "covid_cxr" / "images").glob("*.png"))[0]
+def cxr_png(covid_cxr: Path) -> Path:
+    return sorted((covid_cxr / "images").glob("*.png"))[0]
 
 
 # --------------------------------------------------------------------------- PIL

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import data_set
 
 import medmodal.data.preprocess.signal as signal_module
 from medmodal.data.preprocess.base import PROCESSORS
@@ -20,10 +21,7 @@ from medmodal.models.encoders import DEFAULT_ENCODER, create_encoder
 
 @pytest.fixture(scope="module")
 def ptbxl(data_dir: Path) -> Path:
-    d = data_dir / "ptbxl" / "records100"
-    if not (d / "00000" / "00001_lr.hea").is_file():
-        pytest.skip("ptbxl records100 not found")
-    return d
+    return data_set(data_dir, "ptbxl/records100", "00000/00001_lr.hea")
 
 
 def proc(**opts: object) -> SignalProcessor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -253,8 +254,8 @@ def test_state_dict_round_trip(tmp_path: Any) -> None:
 # -- processor: real clinical data ----------------------------------------------------------
 
 
-def test_covid_clinical_fields(data_dir: Any) -> None:
-    path = data_dir / "covid_cxr" / "metadata.csv"
+def test_covid_clinical_fields(covid_cxr: Path) -> None:
+    path = covid_cxr / "metadata.csv"
     df = pd.read_csv(path)
     assert len(df) == 621
     ref = pd.read_csv(path, na_values=["?"])[COVID_FIELDS]  # independent pandas computation

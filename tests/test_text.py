@@ -233,9 +233,9 @@ def _covid_note(df: pd.DataFrame, patient: int, contains: str) -> str:
 
 
 def test_minilm_embed_real_notes_same_patient_closer(
-    data_dir: Path, embed_proc: TextProcessor
+    covid_cxr: Path, embed_proc: TextProcessor
 ) -> None:
-    df = pd.read_csv(data_dir / "covid_cxr" / "metadata.csv")
+    df = pd.read_csv(covid_cxr / "metadata.csv")
     df = df[df[COL].notna()]
     # Patient 13: two different notes (day 4 "no abnormality", day 9 "increasing opacity").
     # Patient 2: an unrelated COVID-19 case report written in the same style (a hard control).
