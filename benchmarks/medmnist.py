@@ -1,34 +1,41 @@
 """MedMNIST v2 benchmark: official splits, 28 px, best checkpoint by validation AUC, test AUC/ACC.
 
-Compares medmodal's ResNet-18 (and the seed-style baseline CNN) with the published
-ResNet-18 (28) row of Yang et al., Scientific Data 10:41 (2023), Table 4.
+Compares medmodal's ResNet-18 (and the seed-style baseline CNN) with the published ResNet-18 (28)
+row of Yang et al., Scientific Data 10:41 (2023), Table 4, and with classical models on the raw
+pixels of the same official splits (arms ``logreg``: standardised pixels + logistic regression,
+C picked on the validation split; ``hgb``: HistGradientBoosting on the pixels, number of trees
+picked on the validation split). Classical arms are deterministic (no seed).
 
-    MEDMODAL_DATA_DIR=../shared/data python benchmarks/medmnist.py [--datasets breastmnist ...] [--models resnet18 baseline_cnn] [--seeds 0 1 2]
+    MEDMODAL_DATA_DIR=../shared/data flock /tmp/medmodal_cpu.lock python benchmarks/medmnist.py \\
+        --datasets breastmnist pneumoniamnist retinamnist adrenalmnist3d --seeds 0 1 2 --merge
+    ... python benchmarks/medmnist.py --arms logreg hgb --merge      # classical arms only (minutes)
 
-Results accumulate in the JSON: a run replaces only the (dataset, model, seed) rows it makes.
-
-Writes benchmarks/results/medmnist.json and benchmarks/results/medmnist.md.
-Runs on the CPU in a few tens of minutes; not part of CI.
+Results accumulate in the JSON with ``--merge``: a run replaces only the (dataset, model, seed)
+rows it makes. Writes benchmarks/results/medmnist.json and .md. Not part of CI.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import common as C
 import numpy as np
-import torch
 
 from medmodal import api
-from medmodal.datasets import resolve_data_dir
+from medmodal.data.schema import Schema
+from medmodal.datasets import get_dataset
 from medmodal.datasets.medmnist import file_name
 
-RESULTS = Path(__file__).resolve().parent / "results"
+NAME = "medmnist"
+DEEP = ["resnet18", "baseline_cnn"]
+CLASSICAL = ["logreg", "hgb"]
+LOGREG_C = [0.001, 0.01, 0.1, 1.0]
+HGB_TREES = [100, 300]
 
 # Yang et al. 2023, Table 4: ResNet-18 (28) test AUC / ACC.
 PUBLISHED_RESNET18_28 = {
@@ -84,8 +91,14 @@ RECIPES: dict[str, dict[str, dict]] = {
 # and 10 epochs, inside the 15-minute budget (an earlier 4-epoch run: val AUC 0.793, test 0.866). No published 3D row is transcribed here:
 # see Yang et al. 2023, Table 5 (ResNet-18/50 with 2.5D, 3D and ACS convolutions).
 RECIPES["adrenalmnist3d"] = {
-    "resnet18": {"epochs": 10, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "augment": {"flip": 0.5},
-                 "encoder": {"small_input": False}},
+    "resnet18": {
+        "epochs": 10,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "augment": {"flip": 0.5},
+        "encoder": {"small_input": False},
+    },
     "baseline_cnn": {"epochs": 20, "batch_size": 32, "lr": 1e-3, "augment": None},
 }
 DEFAULT_RECIPE = {
@@ -97,15 +110,11 @@ DEFAULT_RECIPE = {
 }
 
 
-def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> dict:
+def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> dict[str, Any]:
     recipe = dict(RECIPES.get(dataset, {}).get(model, DEFAULT_RECIPE))
     augment = recipe.pop("augment")
     encoder = recipe.pop("encoder", {})
-    from medmodal.datasets import get_dataset
-
     prepared = get_dataset(dataset).prepare(work / dataset / "data", data_dir)
-    from medmodal.data.schema import Schema
-
     schema = Schema.load(prepared.schema)
     if augment:
         schema.modalities["image"].preprocess["augment"] = augment
@@ -123,12 +132,12 @@ def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> 
     }
     t0, c0 = time.perf_counter(), time.process_time()
     run = api.fit(config, progress=sys.stderr.isatty())
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     test = run.metrics["test"]
     ci = test.get("ci", {})
     return {
         "dataset": dataset,
         "model": model,
+        "kind": "deep",
         "seed": seed,
         "test_auc": test["auroc"],
         "test_acc": test["accuracy"],
@@ -137,9 +146,91 @@ def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> 
         "val_auc": run.metrics["val"]["auroc"],
         "best_epoch": run.metrics["best_epoch"],
         "epochs": run.metrics["epochs_run"],
-        "wall_seconds": round(wall, 1),
-        "cpu_seconds": round(cpu, 1),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(time.process_time() - c0, 1),
         "recipe": {**recipe, "augment": augment, "encoder": encoder},
+        "published_resnet18_28": PUBLISHED_RESNET18_28.get(dataset),
+    }
+
+
+# -- classical arms on raw pixels -----------------------------------------------------------------
+def pixels(dataset: str, data_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Official splits of the 28-px file: flattened pixels in [0, 1] and integer labels."""
+    arrays = np.load(data_dir / "medmnist" / file_name(dataset, 28))
+    return {
+        s: (
+            arrays[f"{s}_images"].reshape(len(arrays[f"{s}_images"]), -1).astype(np.float32)
+            / 255.0,
+            arrays[f"{s}_labels"].reshape(-1).astype(int),
+        )
+        for s in ("train", "val", "test")
+    }
+
+
+def classical_model(kind: str, setting: float, seed: int) -> Any:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "logreg":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=setting, max_iter=3000))
+    return HistGradientBoostingClassifier(
+        max_iter=int(setting), learning_rate=0.1, early_stopping=False, random_state=seed
+    )
+
+
+def _task(y: np.ndarray) -> tuple[str, list[str]]:
+    k = int(y.max()) + 1
+    return ("binary" if k == 2 else "multiclass"), [str(i) for i in range(k)]
+
+
+def _prob(model: Any, x: np.ndarray, task: str) -> np.ndarray:
+    p = model.predict_proba(x)
+    return p[:, 1] if task == "binary" else p
+
+
+def run_classical(dataset: str, kind: str, data_dir: Path, n_boot: int) -> dict[str, Any]:
+    """Fit on train, pick C / trees by validation AUC, score the official test split."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    d = pixels(dataset, data_dir)
+    task, classes = _task(d["train"][1])
+    grid = LOGREG_C if kind == "logreg" else HGB_TREES
+    val_auc, models = {}, {}
+    for g in grid:
+        models[g] = classical_model(kind, g, 0).fit(*d["train"])
+        val_auc[g] = C.scores(
+            d["val"][1], _prob(models[g], d["val"][0], task), task, classes, ["auroc"], n_boot=0
+        )["auroc"]
+    best = max(grid, key=lambda g: val_auc[g] or 0.0)
+    s = C.scores(
+        d["test"][1],
+        _prob(models[best], d["test"][0], task),
+        task,
+        classes,
+        ["auroc", "accuracy"],
+        n_boot=n_boot,
+    )
+    return {
+        "dataset": dataset,
+        "model": kind,
+        "kind": "classical",
+        "seed": None,
+        "test_auc": s["auroc"],
+        "test_acc": s["accuracy"],
+        "test_auc_ci": s["auroc_ci"],
+        "test_acc_ci": s["accuracy_ci"],
+        "val_auc": val_auc[best],
+        "val_auc_grid": {str(k): v for k, v in val_auc.items()},
+        "best_epoch": None,
+        "epochs": None,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(time.process_time() - c0, 1),
+        "recipe": {
+            "C" if kind == "logreg" else "trees": best,
+            "grid": grid,
+            "input": "raw pixels / 255",
+        },
         "published_resnet18_28": PUBLISHED_RESNET18_28.get(dataset),
     }
 
@@ -172,91 +263,167 @@ def over_seeds(rows: list[dict]) -> list[str]:
     return out
 
 
-def to_markdown(rows: list[dict], command: str, env: dict) -> str:
-    lines = [
-        "# MedMNIST v2 (28 px): medmodal vs the published ResNet-18 (28) row",
-        "",
-        "Protocol: official train/val/test splits, 28x28 (2D) or 28x28x28 (3D) inputs, best checkpoint by validation AUC, "
-        "metrics on the official test split (AUC: binary ROC AUC / mean one-vs-rest AUC; ACC: threshold 0.5 / argmax). "
-        "95% CIs: 1000 bootstrap resamples of the test set.",
-        "",
-        "| dataset | model | seed | test AUC [95% CI] | test ACC | published ResNet-18 (28) AUC / ACC | AUC >= published | best epoch / epochs | wall time (2 CPU cores) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        pub = r["published_resnet18_28"]
-        pub_s = f"{pub[0]:.3f} / {pub[1]:.3f}" if pub else "n/a"
-        ok = ("yes" if r["test_auc"] >= pub[0] else "**no**") if pub else "n/a"
-        lo, hi = r["test_auc_ci"]
-        ci = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
-        lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['seed']} | {r['test_auc']:.3f}{ci} | {r['test_acc']:.3f} | {pub_s} | {ok} | "
-            f"{r['best_epoch']} / {r['epochs']} | {r['wall_seconds'] / 60:.1f} min |"
+def vs_classical(rows: list[dict[str, Any]]) -> list[str]:
+    """Per dataset: each deep model's seed range against each classical arm's test-AUC 95% CI."""
+    out = []
+    for ds in dict.fromkeys(r["dataset"] for r in rows):
+        classical = [r for r in rows if r["dataset"] == ds and r["kind"] == "classical"]
+        for model in DEEP:
+            deep = [r["test_auc"] for r in rows if r["dataset"] == ds and r["model"] == model]
+            if not deep:
+                continue
+            for c in classical:
+                word = C.range_verdict(deep, c["test_auc_ci"], model)
+                out.append(
+                    f"- {ds}: {model} test AUC over {len(deep)} seed(s) vs {c['model']} "
+                    f"{C.with_ci(c['test_auc'], c['test_auc_ci'])}: {word}."
+                )
+    return out
+
+
+HEAD = [
+    "dataset",
+    "model",
+    "seed",
+    "test AUC [95% CI]",
+    "test ACC [95% CI]",
+    "published ResNet-18 (28) AUC / ACC",
+    "AUC >= published",
+    "best epoch / epochs (classical: setting)",
+    "wall time (2 CPU cores)",
+]
+
+
+def _cells(r: dict[str, Any]) -> list[Any]:
+    pub = r["published_resnet18_28"]
+    if r["kind"] == "deep":
+        setting = f"{r['best_epoch']} / {r['epochs']}"
+    else:
+        setting = ", ".join(
+            f"{k} {v}" for k, v in r["recipe"].items() if k not in ("grid", "input")
         )
-    lines += over_seeds(rows)
-    lines += [
+    return [
+        r["dataset"],
+        r["model"] + (" (classical)" if r["kind"] == "classical" else ""),
+        "-" if r["seed"] is None else r["seed"],
+        C.with_ci(r["test_auc"], r["test_auc_ci"]),
+        C.with_ci(r["test_acc"], r.get("test_acc_ci")),
+        f"{pub[0]:.3f} / {pub[1]:.3f}" if pub else "n/a",
+        ("yes" if r["test_auc"] >= pub[0] else "**no**") if pub else "n/a",
+        setting,
+        f"{r['wall_seconds'] / 60:.1f} min",
+    ]
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    rows = res["results"]
+    lines = [
+        "# MedMNIST v2 (28 px): medmodal vs the published ResNet-18 (28) row and classical models",
         "",
-        "Published: Yang J. et al., MedMNIST v2, Scientific Data 10:41 (2023), Table 4, ResNet-18 (28). "
-        "3D sets (AdrenalMNIST3D) have their own table (Table 5), not transcribed here.",
+        "Protocol: official train/val/test splits, 28x28 (2D) or 28x28x28 (3D) inputs, best checkpoint by validation "
+        "AUC, metrics on the official test split (AUC: binary ROC AUC / mean one-vs-rest AUC; ACC: threshold 0.5 / "
+        "argmax). 95% CIs: 1000 bootstrap resamples of the test set. Classical arms on the same splits: raw pixels "
+        f"/ 255, `logreg` = standardised pixels + logistic regression (C in {LOGREG_C}), `hgb` = HistGradientBoosting "
+        f"(learning rate 0.1, trees in {HGB_TREES}); the setting with the best validation AUC is scored on test; "
+        "deterministic.",
+        "",
+        "## Deep models vs classical models on the same test split",
+        "",
+        *vs_classical(rows),
+        "",
+        "## All rows",
+        "",
+        *C.table(HEAD, [_cells(r) for r in rows]),
+        *over_seeds([r for r in rows if r["kind"] == "deep"]),
+        "",
+        "Published: Yang J. et al., MedMNIST v2, Scientific Data 10:41 (2023), Table 4, ResNet-18 (28). 3D sets "
+        "(AdrenalMNIST3D) have their own table (Table 5), not transcribed here.",
         "`baseline_cnn` is the classic Keras example (Conv 32 3x3 + ReLU, MaxPool 2, Dense 128 + ReLU, Dense classes).",
         "",
-        "Commands (one per run; each row's command is in the JSON):",
-        *sorted({f"- `{r.get('command', command)}`" for r in rows}),
+        "## Reproduce",
         "",
-        f"Environment: {env}",
+        "Commands that produced the rows (each row's own command, commit and date are in the JSON):",
+        "",
+        *C.provenance_lines(rows),
+        "",
+        C.env_line(res.get("env", {})),
         "",
     ]
     return "\n".join(lines)
+
+
+def load_previous(out: Path) -> dict[str, Any]:
+    old = C.read_json(out.with_suffix(".json")) or {}
+    for r in old.get("results", []):
+        r.setdefault("kind", "deep")
+        cmd = r.pop("command", None)
+        r.setdefault(
+            "provenance", C.legacy_provenance(out.with_suffix(".json"), cmd or old.get("command"))
+        )
+    old.pop("command", None)
+    return old
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    C.add_common_args(ap, NAME, arms=[*DEEP, *CLASSICAL], seeds=[0])
     ap.add_argument(
         "--datasets", nargs="*", default=None, help="default: every MedMNIST file in the data dir"
     )
-    ap.add_argument("--models", nargs="*", default=["resnet18", "baseline_cnn"])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--work", default=str(Path(__file__).resolve().parent / "work" / "medmnist"))
-    ap.add_argument("--out", default=str(RESULTS / "medmnist"))
+    ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args()
-    data_dir = resolve_data_dir(args.data_dir)
-    if data_dir is None:
-        sys.exit("no data directory: pass --data-dir or set MEDMODAL_DATA_DIR")
+    out = Path(args.out)
+    old = load_previous(out) if (args.merge or args.render_only) else {}
+    if args.render_only:
+        C.write_result(out, old, to_markdown)
+        return
+    data_dir = C.data_dir(args)
     names = args.datasets or [
         n for n in PUBLISHED_RESNET18_28 if (data_dir / "medmnist" / file_name(n, 28)).is_file()
     ]
-    env = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-    }
-    out = Path(args.out)
-    prev: list[dict] = []
-    if out.with_suffix(".json").is_file():
-        old = json.loads(out.with_suffix(".json").read_text())
-        prev = [{"command": old.get("command"), **r} for r in old["results"]]
-    rows = [
-        r for r in prev
-        if not (r["dataset"] in names and r["model"] in args.models and r["seed"] in args.seeds)
+    names += [
+        n
+        for n in RECIPES
+        if n not in names
+        and not args.datasets
+        and (data_dir / "medmnist" / file_name(n, 28)).is_file()
     ]
-    command = "MEDMODAL_DATA_DIR=../shared/data python benchmarks/medmnist.py " + " ".join(sys.argv[1:])
-    for name, model, seed in ((n, m, s) for n in names for m in args.models for s in args.seeds):
+    t0 = time.perf_counter()
+    res = {**old, "benchmark": NAME, "env": C.environment(), "results": old.get("results", [])}
+    jobs = [(n, m, s) for n in names for m in args.arms if m in DEEP for s in args.seeds]
+    jobs += [(n, m, None) for n in names for m in args.arms if m in CLASSICAL]
+    for name, model, seed in jobs:
         print(f"== {name} / {model} / seed {seed}", flush=True)
-        row = run_one(name, model, seed, data_dir, Path(args.work))
-        row["command"] = command
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-        rows.sort(key=lambda r: (r["dataset"], r["model"] != "resnet18", r["model"], r["seed"]))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(
-            json.dumps({"command": command, "env": env, "results": rows}, indent=2)
+        row = (
+            run_one(name, model, seed, data_dir, Path(args.work))
+            if model in DEEP
+            else run_classical(name, model, data_dir, args.bootstrap)
         )
-        out.with_suffix(".md").write_text(to_markdown(rows, command, env))
+        row["provenance"] = C.provenance()
+        print(
+            json.dumps({k: row[k] for k in ("dataset", "model", "seed", "test_auc", "test_acc")}),
+            flush=True,
+        )
+        res["results"] = C.merge_rows(
+            res["results"], [row], lambda r: (r["dataset"], r["model"], r["seed"])
+        )
+        res["results"].sort(
+            key=lambda r: (
+                r["dataset"],
+                r["kind"] != "deep",
+                r["model"] != "resnet18",
+                r["model"],
+                r["seed"] or 0,
+            )
+        )
+        C.write_result(out, res, to_markdown)  # after every row: a long run keeps what it finished
+    res["invocations"] = [
+        *old.get("invocations", []),
+        C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds()),
+    ]
+    C.write_result(out, res, to_markdown)
 
 
 if __name__ == "__main__":
