@@ -21,7 +21,7 @@ from medmodal.data.preprocess import PROCESSORS, create_processor
 from medmodal.data.readers import IMAGE_READERS, read_image
 from medmodal.data.schema import ModalitySpec, Schema
 from medmodal.datasets import DATASETS, prepare_dataset
-from medmodal.errors import ConfigError, DataError, ManifestError
+from medmodal.errors import CheckpointError, ConfigError, DataError, ManifestError
 from medmodal.fusion import FUSIONS
 from medmodal.models.encoders import ENCODERS
 from medmodal.models.encoders.base import create_encoder, encoder_modalities
@@ -326,3 +326,13 @@ def test_load_config_reports_nested_unknown_keys_with_allowed_ones() -> None:
         load_config({"train": {"optimiser": "adam"}})
     with pytest.raises(ConfigError, match="model.modality_dropout"):
         load_config({"model": {"modality_dropout": 1.5}})
+
+
+def test_fitted_state_refuses_other_options_but_not_other_augmentation() -> None:
+    raws = [np.full((1, 28, 28), v, dtype=np.float32) for v in (0.2, 0.4, 0.9)]
+    fitted = create_processor("m", _spec("image", {"size": [28, 28], "augment": {"flip": 0.5}}))
+    state = fitted.fit(raws).state_dict()
+    plain = create_processor("m", _spec("image", {"size": [28, 28]})).load_state_dict(state)
+    assert plain.mean_ == fitted.mean_ and plain.std_ == fitted.std_
+    with pytest.raises(CheckpointError, match=r"fitted with other \['options'\]"):
+        create_processor("m", _spec("image", {"size": [32, 32]})).load_state_dict(state)

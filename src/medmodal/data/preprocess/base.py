@@ -164,7 +164,8 @@ class ModalityProcessor:
         return {
             "type": self.modality_type,
             "columns": self.spec.input_columns(),
-            "options": self.opts.model_dump(mode="json"),
+            # training-time augmentation does not shape the fitted state
+            "options": self.opts.model_dump(mode="json", exclude={"augment"}),
         }
 
     def _restore(self) -> None:
