@@ -307,7 +307,7 @@ def data_dir(args: argparse.Namespace) -> Path:
     """The data folder, or exit with one line when there is none."""
     if not args.data_dir:
         sys.exit("error: no data directory: pass --data-dir or set MEDMODAL_DATA_DIR")
-    path = Path(args.data_dir)
+    path = Path(args.data_dir).resolve()  # prepared manifests then hold absolute file paths
     if not path.is_dir():
         sys.exit(f"error: data directory {path} does not exist")
     return path

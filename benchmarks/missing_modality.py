@@ -32,7 +32,7 @@ import torch
 from medmodal import api
 from medmodal.config import load_config
 from medmodal.datasets import get_dataset
-from medmodal.datasets.probe import MODALITIES, PROBE_FUSION_KW, probe_config
+from medmodal.datasets.probe import MODALITIES, probe_config
 from medmodal.evaluate import compute_metrics
 from medmodal.fusion import FUSIONS
 
@@ -105,16 +105,14 @@ def fusion_row(seed: int, fusion: str, p: float, run: api.RunResult, secs: float
         .to_numpy()
         .astype(int)
     )
-    module = FUSIONS.create(
-        fusion, in_dims={"a": 2, "b": 2}, n_outputs=1, **PROBE_FUSION_KW.get(fusion, {})
-    )
+    ignores_absent = bool(getattr(FUSIONS.get(fusion), "ignores_absent", False))
     pooled = any_one_missing(y, run.ablation_probs)
     row = {
         "seed": seed,
         "kind": "fusion",
         "fusion": fusion,
         "dropout": p,
-        "absent": "masked" if getattr(module, "ignores_absent", False) else "learned token",
+        "absent": "masked" if ignores_absent else "learned token",
         "auroc": t["auroc"],
         "ci": [t["ci"]["auroc"]["low"], t["ci"]["auroc"]["high"]],
         "removed": {m: t["ablation"][m] for m in MODALITIES},
