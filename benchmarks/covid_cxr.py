@@ -1000,11 +1000,10 @@ def _signed(v: float | None) -> str:
     return "n/a" if v is None else f"{v:+.3f}"
 
 
-def caveats(result: dict[str, Any]) -> list[str]:
-    t, r = result["targets"], result["recipe"]
-    out = ["## Caveats (read before quoting any number)", ""]
+def _text_leaks(targets: dict[str, Any]) -> list[str]:
+    """Per target: text-only AUROC on raw, masked and masked+numbers notes."""
     leaks = []
-    for target, block in t.items():
+    for target, block in targets.items():
         by = {r["id"]: r for r in block["runs"]}
         raw, masked, num = by.get("text_raw"), by.get("text_masked"), by.get("text_masked_numbers")
         if raw and masked:
@@ -1013,6 +1012,13 @@ def caveats(result: dict[str, Any]) -> list[str]:
                 f"the diagnosis/outcome words masked"
                 + (f", {_f(num['auroc'])} with numbers masked too" if num else "")
             )
+    return leaks
+
+
+def caveats(result: dict[str, Any]) -> list[str]:
+    t, r = result["targets"], result["recipe"]
+    out = ["## Caveats (read before quoting any number)", ""]
+    leaks = _text_leaks(t)
     out += [
         '- **Label leakage through notes.** Many notes name the diagnosis ("COVID-19 positive", "SARS in a '
         '74-year-old man") or the outcome ("the patient died"). '

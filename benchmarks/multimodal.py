@@ -244,35 +244,27 @@ def ptbxl_deep(
         row = run_one(
             loaded[which], "ptbxl", mods, fusion, PTBXL_ENCODERS, train, seeds[0], work, bootstrap
         )
-        if "report" not in mods and which == "full":
-            row["other_seeds"] = []
-            for extra in seeds[1:]:
-                o = run_one(
-                    loaded[which], "ptbxl", mods, fusion, PTBXL_ENCODERS, train, extra, work, 0
+        if (
+            "report" not in mods and which == "full"
+        ):  # the seed spread of the rows without the report
+            keep = ("test_auroc", "val_auroc", "best_epoch", "wall_seconds", "cpu_seconds", "seed")
+            row["other_seeds"] = [
+                {k: o[k] for k in keep}
+                for o in (
+                    run_one(
+                        loaded[which], "ptbxl", mods, fusion, PTBXL_ENCODERS, train, extra, work, 0
+                    )
+                    for extra in seeds[1:]
                 )
-                row["other_seeds"].append(
-                    {
-                        k: o[k]
-                        for k in (
-                            "test_auroc",
-                            "val_auroc",
-                            "best_epoch",
-                            "wall_seconds",
-                            "cpu_seconds",
-                            "seed",
-                        )
-                    }
-                )
+            ]
         rows.append(row)
     for r in rows:
         r.update(
-            {
-                "pairing": REAL,
-                "label": PTBXL_LABELS[tuple(r["modalities"])],
-                "train": train,
-                "records": facts["rows"],
-                "split_counts": facts["split_counts"],
-            }
+            pairing=REAL,
+            label=PTBXL_LABELS[tuple(r["modalities"])],
+            train=train,
+            records=facts["rows"],
+            split_counts=facts["split_counts"],
         )
     return rows, facts
 
