@@ -19,7 +19,6 @@ Writes benchmarks/results/missing_modality.json and .md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 
 from medmodal import api
+from medmodal import run as steps
 from medmodal.config import load_config
 from medmodal.datasets import get_dataset
 from medmodal.datasets.probe import MODALITIES, probe_config
@@ -59,19 +59,16 @@ def run_deep(
             )
         )
 
-    loaded = api.load_data(cfg(MODALITIES, "concat", 0.0), work / "all")
-    splits = api.assign_splits(loaded)
+    loaded = steps.load_data(cfg(MODALITIES, "concat", 0.0), work / "all")
+    splits = steps.assign_splits(loaded)
 
     def fit(mods: tuple[str, ...], fusion: str, p: float) -> tuple[api.RunResult, float]:
         c = cfg(mods, fusion, p)
-        schema = loaded.schema.model_copy(
-            update={"modalities": {m: loaded.schema.modalities[m] for m in mods}}
-        )
         t0 = time.perf_counter()
-        run = api.train_and_evaluate(
-            dataclasses.replace(loaded, cfg=c, schema=schema), splits, Path(c.output_dir)
+        result = steps.train_and_evaluate(
+            loaded.select(mods).with_config(c), splits, Path(c.output_dir)
         )
-        return run, time.perf_counter() - t0
+        return result, time.perf_counter() - t0
 
     rows: list[dict[str, Any]] = []
     if "single" in args.arms:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ import pandas as pd
 import torch
 
 from medmodal import api
+from medmodal import run as steps
 from medmodal.config import load_config
 from medmodal.data.schema import Schema
 from medmodal.datasets import get_dataset
@@ -133,7 +133,7 @@ def load(dataset: str, manifest: Path, schema: Schema, work: Path, seed: int) ->
             },
         }
     )
-    return api.load_data(cfg, work / dataset / "load")
+    return steps.load_data(cfg, work / dataset / "load")
 
 
 def model_config(
@@ -173,15 +173,13 @@ def run_one(
     bootstrap: int,
 ) -> dict[str, Any]:
     """Train + evaluate one model on a subset of the loaded modalities (processors fitted on train only)."""
-    schema = loaded.schema.model_copy(
-        update={"modalities": {m: loaded.schema.modalities[m] for m in modalities}}
-    )
+    sub = loaded.select(modalities)
     cfg = model_config(
-        loaded, schema, dataset, modalities, fusion, encoders, train, seed, work, bootstrap
+        loaded, sub.schema, dataset, modalities, fusion, encoders, train, seed, work, bootstrap
     )
     t0, c0 = time.perf_counter(), time.process_time()
-    sub = replace(loaded, cfg=cfg, schema=schema)
-    run = api.train_and_evaluate(sub, api.assign_splits(sub), Path(cfg.output_dir or work))
+    sub = sub.with_config(cfg)
+    run = steps.train_and_evaluate(sub, steps.assign_splits(sub), Path(cfg.output_dir or work))
     test, val = run.metrics["test"], run.metrics["val"]
     ci = test.get("ci", {}).get("auroc", {})
     row = {

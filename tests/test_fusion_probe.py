@@ -4,12 +4,11 @@ On the ``fusion_probe`` set (image + text + audio + tabular, label = sum of four
 modality renders one latent) every registered fusion must beat every single-modality model, removing
 any modality at test time must cost AUROC, modality dropout must shrink that cost, and prediction
 must work with any subset of modalities. The data are read once; every model is trained through
-``api.train_and_evaluate`` (fresh processors fitted on the train split, as ``api.fit`` does).
+``medmodal.run.train_and_evaluate`` (fresh processors fitted on the train split, as ``api.fit`` does).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import wave
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from PIL import Image
 
 from medmodal import api
+from medmodal import run as steps
 from medmodal.config import load_config
 from medmodal.data.preprocess import create_processor
 from medmodal.data.schema import Schema
@@ -61,20 +61,16 @@ class Runner:
 
     def __init__(self, probe: Prepared, work: Path) -> None:
         self.probe, self.work = probe, work
-        self.loaded = api.load_data(
+        self.loaded = steps.load_data(
             _config(probe, work / "all", MODALITIES, "concat"), work / "all"
         )
-        self.splits = api.assign_splits(self.loaded)
+        self.splits = steps.assign_splits(self.loaded)
 
     def fit(self, mods: tuple[str, ...], fusion: str, dropout: float = 0.0) -> api.RunResult:
         out = self.work / f"{'+'.join(mods)}_{fusion}_p{dropout}"
         cfg = _config(self.probe, out, mods, fusion, dropout)
-        schema = self.loaded.schema.model_copy(
-            update={"modalities": {m: self.loaded.schema.modalities[m] for m in mods}}
-        )
-        return api.train_and_evaluate(
-            dataclasses.replace(self.loaded, cfg=cfg, schema=schema), self.splits, out
-        )
+        subset = self.loaded.select(mods).with_config(cfg)
+        return steps.train_and_evaluate(subset, self.splits, out)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,11 +40,22 @@ class LoadedData:
     data_hash: str
 
     def with_config(self, cfg: ExperimentConfig) -> LoadedData:
-        """The same data under another config (model / train / evaluate fields; the data
-        fields must not change, since the samples are already read)."""
-        if cfg.data != self.cfg.data:
+        """The same data under another config (model / train / evaluate fields and the modality
+        subset; the other data fields cannot change, since the samples are already read)."""
+        same = {"modalities": None}
+        if cfg.data.model_copy(update=same) != self.cfg.data.model_copy(update=same):
             raise ConfigError("the data section cannot change for data that is already loaded")
         return replace(self, cfg=cfg)
+
+    def select(self, modalities: Sequence[str]) -> LoadedData:
+        """The same samples with only ``modalities`` (a run on it fits only their processors)."""
+        unknown = sorted(set(modalities) - set(self.schema.modalities))
+        if unknown:
+            raise ConfigError(
+                f"modalities {unknown} are not loaded ({sorted(self.schema.modalities)})"
+            )
+        keep = {m: self.schema.modalities[m] for m in modalities}
+        return replace(self, schema=self.schema.model_copy(update={"modalities": keep}))
 
     @property
     def bad_list(self) -> list[dict[str, str | None]]:
