@@ -161,6 +161,21 @@ def provenance_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
     return out
 
 
+def reproduce_section(rows: Sequence[dict[str, Any]], env: dict[str, Any]) -> list[str]:
+    """The "Reproduce" section every results page ends with: commands (with commit and date) and
+    the environment."""
+    return [
+        "## Reproduce",
+        "",
+        "Commands that produced the rows (each row's own command, commit and date are in the JSON):",
+        "",
+        *provenance_lines(rows),
+        "",
+        env_line(env),
+        "",
+    ]
+
+
 def env_line(env: dict[str, Any]) -> str:
     keys = (
         "python",

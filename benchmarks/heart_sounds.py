@@ -569,14 +569,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     ]
     lines += _per_class(rows) + _pairs(res) + _against_paper(res) + _caveats(res)
     lines += [
-        "## Reproduce",
-        "",
-        "Commands that produced the rows (each row's own command is in the JSON):",
-        "",
-        *C.provenance_lines(rows),
-        "",
-        C.env_line(res.get("env", {})),
-        "",
+        *C.reproduce_section(rows, res.get("env", {})),
     ]
     return "\n".join(lines)
 

@@ -340,14 +340,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "(AdrenalMNIST3D) have their own table (Table 5), not transcribed here.",
         "`baseline_cnn` is the classic Keras example (Conv 32 3x3 + ReLU, MaxPool 2, Dense 128 + ReLU, Dense classes).",
         "",
-        "## Reproduce",
-        "",
-        "Commands that produced the rows (each row's own command, commit and date are in the JSON):",
-        "",
-        *C.provenance_lines(rows),
-        "",
-        C.env_line(res.get("env", {})),
-        "",
+        *C.reproduce_section(rows, res.get("env", {})),
     ]
     return "\n".join(lines)
 

@@ -401,14 +401,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         "finite data).",
         f"- {len(result['seeds'])} seed(s): the ± is the spread over seeds, not a confidence interval.",
         "",
-        "## Reproduce",
-        "",
-        "Commands that produced the rows (each row's own command is in the JSON):",
-        "",
-        *C.provenance_lines(rows),
-        "",
-        C.env_line(result.get("env", {})),
-        "",
+        *C.reproduce_section(rows, result.get("env", {})),
     ]
     return "\n".join(lines)
 

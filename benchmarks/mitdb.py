@@ -555,14 +555,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "",
         *[f"- {c}" for c in CAVEATS],
         "",
-        "## Reproduce",
-        "",
-        "Commands that produced the rows (each row's own command is in the JSON):",
-        "",
-        *C.provenance_lines(res["results"]),
-        "",
-        C.env_line(res.get("env", {})),
-        "",
+        *C.reproduce_section(res["results"], res.get("env", {})),
     ]
     return "\n".join(lines)
 

@@ -597,14 +597,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     rows = [*ptb.get("rows", []), *paired.get("rows", [])]
     L += [
         "",
-        "## Reproduce",
-        "",
-        "Commands that produced the rows (each row's own command is in the JSON):",
-        "",
-        *C.provenance_lines(rows),
-        "",
-        C.env_line(res.get("env", {})),
-        "",
+        *C.reproduce_section(rows, res.get("env", {})),
     ]
     return "\n".join(L)
 
