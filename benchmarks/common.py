@@ -234,6 +234,24 @@ def write_result(
     out.with_suffix(".md").write_text(render(read_json(out.with_suffix(".json")) or {}))
 
 
+def previous_results(
+    args: argparse.Namespace,
+    out: str | Path,
+    load: Callable[[Path], dict[str, Any]],
+    render: Callable[[dict[str, Any]], str],
+    derive: Callable[[dict[str, Any]], Any] | None = None,
+) -> dict[str, Any] | None:
+    """The existing results to merge new arms into (``--merge``; else empty), or None once
+    ``--render-only`` has re-rendered them (then there is nothing to run)."""
+    old = load(Path(out)) if (args.merge or args.render_only) else {}
+    if not args.render_only:
+        return old
+    if derive is not None:
+        derive(old)
+    write_result(out, old, render)
+    return None
+
+
 def merge_rows(
     old: Sequence[dict[str, Any]],
     new: Sequence[dict[str, Any]],

@@ -1143,10 +1143,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (1 torch thread each)")
     args = ap.parse_args()
     out, work = Path(args.out), Path(args.work)
-    old = load_previous(out) if (args.merge or args.render_only) else {}
-    if args.render_only:
-        derive(old)
-        C.write_result(out, old, to_markdown)
+    old = C.previous_results(args, out, load_previous, to_markdown, derive)
+    if old is None:
         return
     data_dir = C.data_dir(args)
     t0 = time.perf_counter()

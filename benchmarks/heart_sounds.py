@@ -770,9 +770,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     out = Path(args.out)
-    old = load_previous(out) if (args.merge or args.render_only) else {}
-    if args.render_only:
-        C.write_result(out, old, to_markdown)
+    old = C.previous_results(args, out, load_previous, to_markdown)
+    if old is None:
         return
     data = C.data_dir(args)
     t0 = time.perf_counter()

@@ -368,9 +368,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     args = ap.parse_args()
     out = Path(args.out)
-    old = load_previous(out) if (args.merge or args.render_only) else {}
-    if args.render_only:
-        C.write_result(out, old, to_markdown)
+    old = C.previous_results(args, out, load_previous, to_markdown)
+    if old is None:
         return
     data_dir = C.data_dir(args)
     names = args.datasets or [

@@ -480,9 +480,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     out = Path(args.out)
-    old = load_previous(out) if (args.merge or args.render_only) else {}
-    if args.render_only:
-        C.write_result(out, old, to_markdown)
+    old = C.previous_results(args, out, load_previous, to_markdown)
+    if old is None:
         return
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()

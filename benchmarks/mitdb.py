@@ -730,10 +730,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     out, work = Path(args.out), Path(args.work)
-    old = load_previous(out) if (args.merge or args.render_only) else {}
-    if args.render_only:
-        derive(old)
-        C.write_result(out, old, to_markdown)
+    old = C.previous_results(args, out, load_previous, to_markdown, derive)
+    if old is None:
         return
     data = C.data_dir(args)
     torch.set_num_threads(args.threads)
