@@ -102,7 +102,7 @@ def predict_logits(
         present = {m: v.to(device) for m, v in batch["present"].items()}
         for m in absent:
             present[m] = torch.zeros_like(present[m])
-        out.append(model(_to(batch["inputs"], device), present).float().cpu())
+        out.append(model(to_device(batch["inputs"], device), present).float().cpu())
     dataset.train = was_train
     return torch.cat(out) if out else torch.zeros(0)
 
@@ -116,11 +116,12 @@ def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
     return torch.sigmoid(logits)
 
 
-def _to(x: Any, device: torch.device) -> Any:
+def to_device(x: Any, device: torch.device) -> Any:
+    """Tensors (also inside nested dicts, e.g. a text batch) moved to ``device``."""
     if isinstance(x, torch.Tensor):
         return x.to(device, non_blocking=True)
     if isinstance(x, dict):
-        return {k: _to(v, device) for k, v in x.items()}
+        return {k: to_device(v, device) for k, v in x.items()}
     return x
 
 

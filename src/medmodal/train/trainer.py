@@ -27,7 +27,7 @@ from medmodal.data.dataset import MultimodalDataset, collate
 from medmodal.data.manifest import LabelMap
 from medmodal.evaluate.metrics import compute_metrics
 from medmodal.models.model import MultimodalModel
-from medmodal.predictor import predict_logits, to_probs
+from medmodal.predictor import predict_logits, to_device, to_probs
 from medmodal.train.losses import class_weights, make_loss
 from medmodal.utils.runtime import epoch_seed, resolve_device
 
@@ -45,14 +45,6 @@ class TrainState:
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     bad_epochs: int = 0
-
-
-def move(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, dict):
-        return {k: move(v, device) for k, v in x.items()}
-    return x
 
 
 class Trainer:
@@ -234,7 +226,9 @@ class Trainer:
         y = batch["label"].to(device)
         dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
         with torch.autocast(device.type, enabled=amp, dtype=dtype):
-            out = self.model.run(move(batch["inputs"], device), move(batch["present"], device))
+            out = self.model.run(
+                to_device(batch["inputs"], device), to_device(batch["present"], device)
+            )
             assert self.loss_fn is not None
             loss = self.loss_fn(out.logits.float(), y)
             aux = self.model.fusion.auxiliary_loss(out.fusion, y, self.loss_fn)
