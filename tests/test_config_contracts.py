@@ -229,6 +229,7 @@ def test_built_in_sets_choose_the_finding_as_positive(tmp_path: Path, data_dir: 
         ("breastmnist", "malignant"),
         ("pneumoniamnist", "pneumonia"),
         ("wdbc", "malignant"),
+        ("covid_cxr", "COVID-19"),
     ):
         prepared = prepare_dataset(
             name, tmp_path / name, data_dir, {"limit": 5} if "mnist" in name else {}

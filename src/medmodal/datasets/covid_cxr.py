@@ -431,7 +431,12 @@ class CovidCXR(BuiltinDataset):
         return {
             "id_column": "sample_id",
             "patient_column": "patient_id",
-            "target": {"task": "binary", "column": "label", "classes": CLASSES[target]},
+            "target": {
+                "task": "binary",
+                "column": "label",
+                "classes": CLASSES[target],
+                "positive": CLASSES[target][1],  # COVID-19 / died: the finding looked for
+            },
             "modalities": {
                 "image": {
                     "type": "image",
