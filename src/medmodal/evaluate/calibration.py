@@ -18,6 +18,7 @@ import numpy as np
 from scipy import sparse
 
 from medmodal.evaluate._validate import validate_inputs
+from medmodal.evaluate.decision import decide
 
 DEFAULT_BINS = 15
 
@@ -35,7 +36,7 @@ def calibration_targets(
     if task == "binary":
         return y_prob[:, None], y_true[:, None].astype(np.float64)
     if task == "multiclass":
-        pred = y_prob.argmax(axis=1)
+        pred = decide(y_prob, task)
         conf = y_prob[np.arange(len(pred)), pred]
         return conf[:, None], (pred == y_true).astype(np.float64)[:, None]
     return y_prob, y_true.astype(np.float64)
