@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medmodal import api
 from medmodal import run as steps
 from medmodal.config import load_config
 from medmodal.data.schema import Schema
@@ -121,7 +120,7 @@ def row_key(r: dict[str, Any]) -> tuple[str, tuple[str, ...], str | None]:
 
 
 # -- deep arms ----------------------------------------------------------------------------------
-def load(dataset: str, manifest: Path, schema: Schema, work: Path, seed: int) -> api.Loaded:
+def load(dataset: str, manifest: Path, schema: Schema, work: Path, seed: int) -> steps.LoadedData:
     """Read and decode every sample of a prepared manifest once (all its modalities)."""
     cfg = load_config(
         {
@@ -137,8 +136,7 @@ def load(dataset: str, manifest: Path, schema: Schema, work: Path, seed: int) ->
 
 
 def model_config(
-    loaded: api.Loaded,
-    schema: Schema,
+    loaded: steps.LoadedData,
     dataset: str,
     modalities: tuple[str, ...],
     fusion: str | None,
@@ -153,7 +151,7 @@ def model_config(
         "name": f"{dataset}_{name}",
         "seed": seed,
         "output_dir": str(work / dataset / f"seed{seed}" / name),
-        "data": {"manifest": str(loaded.manifest), "schema": schema.model_dump(mode="json", exclude_none=True)},
+        "data": {**loaded.cfg.data.model_dump(mode="json", by_alias=True), "modalities": list(modalities)},
         "model": {"encoders": {m: encoders["report" if m == "report_masked" else m] for m in modalities},
                   "fusion": {"name": fusion or "concat"}},
         "train": train,
@@ -162,7 +160,7 @@ def model_config(
 
 
 def run_one(
-    loaded: api.Loaded,
+    loaded: steps.LoadedData,
     dataset: str,
     modalities: tuple[str, ...],
     fusion: str | None,
@@ -173,12 +171,9 @@ def run_one(
     bootstrap: int,
 ) -> dict[str, Any]:
     """Train + evaluate one model on a subset of the loaded modalities (processors fitted on train only)."""
-    sub = loaded.select(modalities)
-    cfg = model_config(
-        loaded, sub.schema, dataset, modalities, fusion, encoders, train, seed, work, bootstrap
-    )
+    cfg = model_config(loaded, dataset, modalities, fusion, encoders, train, seed, work, bootstrap)
     t0, c0 = time.perf_counter(), time.process_time()
-    sub = sub.with_config(cfg)
+    sub = loaded.select(modalities).with_config(cfg)
     run = steps.train_and_evaluate(sub, steps.assign_splits(sub), Path(cfg.output_dir or work))
     test, val = run.metrics["test"], run.metrics["val"]
     ci = test.get("ci", {}).get("auroc", {})
