@@ -1,4 +1,4 @@
-"""The Python API: ``fit``, ``cross_validate``, ``evaluate``, ``predict`` (and ``tune``).
+"""The Python API: ``fit``, ``cross_validate``, ``evaluate``, ``predict`` (``tune``, ``pretrain``).
 
 A thin front over the steps in :mod:`medmodal.run`; the CLI is a thin layer over it.
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from rich.console import Console
@@ -33,6 +33,9 @@ from medmodal.run.context import ConfigSource, Progress
 from medmodal.run.report import write_run_report
 from medmodal.run.sources import audit_run, frame_from_source
 from medmodal.utils.io import dump_json
+
+if TYPE_CHECKING:
+    from medmodal.pretrain import PretrainResult
 
 
 def fit(
@@ -172,6 +175,22 @@ def _one_split(frame: pd.DataFrame, predictor: Predictor, split: str | None, nam
     return frame
 
 
+def pretrain(
+    config: str | Path | dict[str, Any],
+    overrides: list[str] | None = None,
+    *,
+    progress: Progress = True,
+    resume: bool = False,
+    console: Console | None = None,
+) -> PretrainResult:
+    """Masked-image pretraining of an image encoder on images only (SimMIM for the ViT, SparK-style
+    for the ResNets); the training split only unless ``include_test``. Returns a PretrainResult
+    whose ``checkpoint`` ``model.encoders.<modality>.init`` takes; see :mod:`medmodal.pretrain`."""
+    from medmodal.pretrain import pretrain as _pretrain
+
+    return _pretrain(config, overrides, progress=progress, resume=resume, console=console)
+
+
 def tune(*args: Any, **kwargs: Any) -> Any:
     """Hyper-parameter search on the validation split; see :func:`medmodal.tune.tune`."""
     from medmodal.tune import tune as _tune
@@ -188,5 +207,6 @@ __all__ = [
     "evaluate",
     "fit",
     "predict",
+    "pretrain",
     "tune",
 ]

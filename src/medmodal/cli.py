@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    help="medmodal: multimodal medical deep learning (train, evaluate, predict, datasets).",
+    help="medmodal: multimodal medical deep learning (train, evaluate, predict, pretrain, datasets).",
 )
 datasets_app = typer.Typer(no_args_is_help=True, help="Built-in datasets: list, info, prepare.")
 models_app = typer.Typer(no_args_is_help=True, help="Registered encoders, fusions and heads.")
@@ -161,6 +161,47 @@ def tune(
     out.print(f"best trial {best['trial']}: {best['params']}")
     _summary(run.metrics)
     out.print(f"checkpoint: {run.checkpoint}\ntrials: {run.run_dir / 'tuning.json'}")
+
+
+@app.command()
+@friendly
+def pretrain(
+    config: Annotated[
+        Path, typer.Argument(help="Pretraining YAML (data, encoder, mask, train, preview).")
+    ],
+    overrides: Overrides = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/<name>).")
+    ] = None,
+    include_test: Annotated[
+        bool,
+        typer.Option(
+            "--include-test",
+            help="Also use the validation and test splits' images (off: train only).",
+        ),
+    ] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from <run dir>/last.pt after an interruption."),
+    ] = False,
+    seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+) -> None:
+    """Masked-image pretraining of an image encoder (SimMIM / SparK-style) on images only."""
+    from medmodal import api
+
+    sets = list(overrides or [])
+    if output_dir is not None:
+        sets.append(f"output_dir={output_dir}")
+    if include_test:
+        sets.append("include_test=true")
+    if seed is not None:
+        sets.append(f"seed={seed}")
+    run = api.pretrain(config, sets, progress=_progress(), resume=resume, console=err)
+    out.print(
+        f"{run.images} images, reconstruction loss {run.eval_loss_before:.4f} -> "
+        f"{run.eval_loss_after:.4f} ({run.seconds:.0f} s)\nencoder checkpoint: {run.checkpoint} "
+        f"(use as model.encoders.<modality>.init)\nloss curve: {run.run_dir / 'loss.png'}"
+    )
 
 
 @app.command()

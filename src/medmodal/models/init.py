@@ -14,8 +14,9 @@ from medmodal.errors import ConfigError
 def encoder_state(path: str | Path, modality: str) -> dict[str, torch.Tensor]:
     """The encoder's state dict from ``path``.
 
-    ``path`` holds either a plain state dict of the encoder, or a medmodal checkpoint, whose
-    ``encoders.<modality>.*`` weights are used.
+    ``path`` holds a plain state dict of the encoder, a pretrained-encoder checkpoint
+    (``medmodal pretrain``; its ``encoder_state``, whatever the modality was called there), or a
+    medmodal checkpoint, whose ``encoders.<modality>.*`` weights are used.
     """
     p = Path(path)
     if not p.is_file():
@@ -24,6 +25,8 @@ def encoder_state(path: str | Path, modality: str) -> dict[str, torch.Tensor]:
         body: Any = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets one message
         raise ConfigError(f"encoder init for {modality!r}: cannot read {p}: {e}") from e
+    if isinstance(body, dict) and isinstance(body.get("encoder_state"), dict):
+        return body["encoder_state"]
     if isinstance(body, dict) and isinstance(body.get("model_state"), dict):
         prefix = f"encoders.{modality}."
         state = {
