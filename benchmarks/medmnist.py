@@ -25,10 +25,12 @@ from typing import Any
 
 import common as C
 import numpy as np
+import pandas as pd
 
 from medmodal import api
+from medmodal.audit import audit_manifest
 from medmodal.data.schema import Schema
-from medmodal.datasets import get_dataset
+from medmodal.datasets import get_dataset, prepare_dataset
 from medmodal.datasets.medmnist import file_name
 
 NAME = "medmnist"
@@ -110,7 +112,9 @@ DEFAULT_RECIPE = {
 }
 
 
-def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> dict[str, Any]:
+def run_one(
+    dataset: str, model: str, seed: int, data_dir: Path, work: Path, leaked: list[str]
+) -> dict[str, Any]:
     recipe = dict(RECIPES.get(dataset, {}).get(model, DEFAULT_RECIPE))
     augment = recipe.pop("augment")
     encoder = recipe.pop("encoder", {})
@@ -134,7 +138,14 @@ def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> 
     run = api.fit(config, progress=sys.stderr.isatty())
     test = run.metrics["test"]
     ci = test.get("ci", {})
+    pred = pd.read_csv(run.run_dir / "predictions_test.csv")
+    names = test["class_names"]
+    y = pred["label"].map({c: i for i, c in enumerate(names)}).to_numpy()
+    probs = pred[[f"prob_{c}" for c in names]].to_numpy()
+    probs = probs[:, 1] if test["task"] == "binary" else probs
+    without = auc_without(pred["sample_id"].tolist(), y, probs, leaked)
     return {
+        **without,
         "dataset": dataset,
         "model": model,
         "kind": "deep",
@@ -151,6 +162,32 @@ def run_one(dataset: str, model: str, seed: int, data_dir: Path, work: Path) -> 
         "recipe": {**recipe, "augment": augment, "encoder": encoder},
         "published_resnet18_28": PUBLISHED_RESNET18_28.get(dataset),
     }
+
+
+# -- duplicates across the official splits (medmodal's leakage audit) ---------------------------
+def leaked_test_ids(audit: dict[str, Any]) -> list[str]:
+    """Test samples whose image is byte-identical or near-identical to a train / val image."""
+    out: set[str] = set()
+    for g in audit.get("groups", []):
+        splits = {m["split"] for m in g["members"]}
+        if "test" in splits and splits & {"train", "val"}:
+            out |= {m["sample_id"] for m in g["members"] if m["split"] == "test"}
+    return sorted(out)
+
+
+def audit_dataset(dataset: str, data_dir: Path, work: Path) -> dict[str, Any]:
+    """The audit's counts on the official splits and the test ids with a duplicate outside test."""
+    prepared = prepare_dataset(dataset, work / dataset / "audit", data_dir, {})
+    report = audit_manifest(prepared.manifest, prepared.schema).to_dict()
+    return {"counts": report["counts"], "leaked_test_ids": leaked_test_ids(report)}
+
+
+def auc_without(ids: list[str], y: np.ndarray, probs: np.ndarray, leaked: list[str]) -> dict:
+    """Test AUC on the samples that have no duplicate in train / val."""
+    keep = ~np.isin(np.asarray(ids), leaked)
+    task, classes = _task(y)
+    auc = C.scores(y[keep], probs[keep], task, classes, ["auroc"], n_boot=0)["auroc"]
+    return {"test_auc_without_duplicates": auc, "n_test_without_duplicates": int(keep.sum())}
 
 
 # -- classical arms on raw pixels -----------------------------------------------------------------
@@ -190,7 +227,9 @@ def _prob(model: Any, x: np.ndarray, task: str) -> np.ndarray:
     return p[:, 1] if task == "binary" else p
 
 
-def run_classical(dataset: str, kind: str, data_dir: Path, n_boot: int) -> dict[str, Any]:
+def run_classical(
+    dataset: str, kind: str, data_dir: Path, n_boot: int, leaked: list[str]
+) -> dict[str, Any]:
     """Fit on train, pick C / trees by validation AUC, score the official test split."""
     t0, c0 = time.perf_counter(), time.process_time()
     d = pixels(dataset, data_dir)
@@ -203,15 +242,11 @@ def run_classical(dataset: str, kind: str, data_dir: Path, n_boot: int) -> dict[
             d["val"][1], _prob(models[g], d["val"][0], task), task, classes, ["auroc"], n_boot=0
         )["auroc"]
     best = max(grid, key=lambda g: val_auc[g] or 0.0)
-    s = C.scores(
-        d["test"][1],
-        _prob(models[best], d["test"][0], task),
-        task,
-        classes,
-        ["auroc", "accuracy"],
-        n_boot=n_boot,
-    )
+    test_probs = _prob(models[best], d["test"][0], task)
+    s = C.scores(d["test"][1], test_probs, task, classes, ["auroc", "accuracy"], n_boot=n_boot)
+    ids = [f"test_{i:05d}" for i in range(len(d["test"][1]))]  # the dataset's sample ids
     return {
+        **auc_without(ids, np.asarray(d["test"][1]), test_probs, leaked),
         "dataset": dataset,
         "model": kind,
         "kind": "classical",
@@ -294,6 +329,36 @@ HEAD = [
 ]
 
 
+def duplicates_section(audit: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """The audit's duplicates across the official splits, and AUC without the affected test images."""
+    if not audit:
+        return []
+    out = [
+        "",
+        "## Duplicate images across the official splits",
+        "",
+        "`medmodal audit` on the official splits (byte-identical decoded images, and near-identical images: "
+        "256-bit DCT perceptual hash, at most 24 bits apart; near pairs are candidates, several checked by eye "
+        "were the same scan). Test images with a duplicate in train or val inflate test metrics; the last column "
+        "scores every row again without them.",
+        "",
+        "| dataset | identical pairs across splits | near-identical pairs across splits | test images affected | "
+        "test AUC without them, per row (mean over seeds) |",
+        "|---|---|---|---|---|",
+    ]
+    for ds, a in audit.items():
+        c = {x["kind"]: x for x in a["counts"]}
+        same = sum(c[k]["cross_split_pairs"] for k in ("file", "content") if k in c)
+        near = c["near"]["cross_split_pairs"] if "near" in c else 0
+        per: dict[str, list[float]] = {}
+        for r in rows:
+            if r["dataset"] == ds and r.get("test_auc_without_duplicates") is not None:
+                per.setdefault(r["model"], []).append(r["test_auc_without_duplicates"])
+        cells = ", ".join(f"{m} {np.mean(v):.3f}" for m, v in per.items()) or "not run"
+        out.append(f"| {ds} | {same} | {near} | {len(a['leaked_test_ids'])} | {cells} |")
+    return out
+
+
 def _cells(r: dict[str, Any]) -> list[Any]:
     pub = r["published_resnet18_28"]
     if r["kind"] == "deep":
@@ -335,6 +400,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "",
         *C.table(HEAD, [_cells(r) for r in rows]),
         *over_seeds([r for r in rows if r["kind"] == "deep"]),
+        *duplicates_section(res.get("audit", {}), rows),
         "",
         "Published: Yang J. et al., MedMNIST v2, Scientific Data 10:41 (2023), Table 4, ResNet-18 (28). 3D sets "
         "(AdrenalMNIST3D) have their own table (Table 5), not transcribed here.",
@@ -384,14 +450,17 @@ def main() -> None:
     ]
     t0 = time.perf_counter()
     res = {**old, "benchmark": NAME, "env": C.environment(), "results": old.get("results", [])}
+    audits = {n: audit_dataset(n, data_dir, Path(args.work)) for n in names}
+    res["audit"] = {**old.get("audit", {}), **audits}
     jobs = [(n, m, s) for n in names for m in args.arms if m in DEEP for s in args.seeds]
     jobs += [(n, m, None) for n in names for m in args.arms if m in CLASSICAL]
     for name, model, seed in jobs:
         print(f"== {name} / {model} / seed {seed}", flush=True)
+        leaked = audits[name]["leaked_test_ids"]
         row = (
-            run_one(name, model, seed, data_dir, Path(args.work))
+            run_one(name, model, seed, data_dir, Path(args.work), leaked)
             if model in DEEP
-            else run_classical(name, model, data_dir, args.bootstrap)
+            else run_classical(name, model, data_dir, args.bootstrap, leaked)
         )
         row["provenance"] = C.provenance()
         print(
