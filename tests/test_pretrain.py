@@ -229,6 +229,34 @@ def test_classifier_init_loads_every_encoder_weight(breast_run: run_mod.Pretrain
     assert "vit.patch_embedding.patch_embeddings.weight" in differ
 
 
+def test_resnet_checkpoint_loads_every_weight_and_buffer(tmp_path: Path) -> None:
+    """The SparK-style path's encoder (batch-norm statistics included) goes into a classifier."""
+    from medmodal.pretrain.artifacts import save_encoder
+
+    info = {"in_channels": 1, "spatial_dims": 2, "size": [16, 16]}
+    model, masks = build_simmim("resnet18", {}, info, 4, 0.6)
+    model.train()
+    model(torch.randn(4, 1, 16, 16), masks(4, torch.Generator().manual_seed(0)))
+    path = save_encoder(
+        tmp_path / "enc.pt",
+        model.encoder,
+        name="resnet18",
+        options={},
+        info=info,
+        config={},
+        history=[],
+        images={},
+        processor={},
+    )
+    saved = torch.load(path, weights_only=True)["encoder_state"]
+    assert int(saved["body.bn1.num_batches_tracked"]) == 1
+    spec = {"encoders": {"image": {"name": "resnet18", "init": str(path)}}}
+    clf = build_model({"image": "image"}, {"image": info}, spec, task="binary", n_outputs=1)
+    loaded = clf.encoders["image"].state_dict()
+    assert set(loaded) == set(saved)
+    assert all(torch.equal(loaded[k], v) for k, v in saved.items())
+
+
 def test_fit_from_the_pretrained_encoder(
     breast_run: run_mod.PretrainResult, data_dir: Path, tmp_path: Path
 ) -> None:
