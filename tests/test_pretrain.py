@@ -229,6 +229,17 @@ def test_classifier_init_loads_every_encoder_weight(breast_run: run_mod.Pretrain
     assert "vit.patch_embedding.patch_embeddings.weight" in differ
 
 
+def test_other_encoder_options_name_what_was_pretrained(
+    breast_run: run_mod.PretrainResult,
+) -> None:
+    info = {"in_channels": 1, "spatial_dims": 2, "size": [28, 28]}
+    spec = {
+        "encoders": {"image": {**TINY_VIT, "num_layers": 3, "init": str(breast_run.checkpoint)}}
+    }
+    with pytest.raises(ConfigError, match=r"weights do not fit.*pretrained 'vit' encoder with"):
+        build_model({"image": "image"}, {"image": info}, spec, task="binary", n_outputs=1)
+
+
 def test_resnet_checkpoint_loads_every_weight_and_buffer(tmp_path: Path) -> None:
     """The SparK-style path's encoder (batch-norm statistics included) goes into a classifier."""
     from medmodal.pretrain.artifacts import save_encoder

@@ -53,7 +53,22 @@ def init_encoder(encoder: nn.Module, path: str | Path, modality: str, freeze: bo
         first = str(e).strip().splitlines()[0:2]
         raise ConfigError(
             f"encoder init for {modality!r} from {path}: weights do not fit: {' '.join(first)}"
+            + _pretrained_as(path)
         ) from e
     if freeze:
         for prm in encoder.parameters():
             prm.requires_grad_(False)
+
+
+def _pretrained_as(path: str | Path) -> str:
+    """For a pretrained-encoder checkpoint: the encoder and input it was made for (the usual cause
+    of a mismatch is other options or another image size)."""
+    body = torch.load(path, map_location="cpu", weights_only=True)
+    enc, info = body.get("encoder"), body.get("info")
+    if not isinstance(enc, dict) or not isinstance(info, dict):
+        return ""
+    return (
+        f" (it holds a pretrained {enc.get('name')!r} encoder with options {enc.get('options')} "
+        f"for {info.get('in_channels')}-channel inputs of size {info.get('size')}: use the same "
+        "encoder, options and preprocess size)"
+    )
