@@ -72,7 +72,8 @@ class PretrainConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     extra_data: list[DataConfig] = Field(
         default_factory=list,
-        description="more image sources (their training split), resized to the main one's size",
+        description="more image sources (their training split; `modalities: [name]` picks the "
+        "image modality), resized to the main source's size and channels",
     )
     modality: str | None = Field(
         default=None, description="the image modality; default: the schema's only image one"

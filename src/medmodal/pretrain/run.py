@@ -58,9 +58,9 @@ def read_sources(cfg: PretrainConfig, run_dir: Path, progress: bool = False) -> 
     main = load_source(cfg.data, work=run_dir, modality=cfg.modality, **common)
     out = [main]
     for k, extra in enumerate(cfg.extra_data):
-        out.append(
-            load_source(extra, work=run_dir / f"extra_{k}", modality=None, like=main.info, **common)
-        )
+        modality = extra.modalities[0] if extra.modalities else None  # else the only image one
+        work = run_dir / f"extra_{k}"
+        out.append(load_source(extra, work=work, modality=modality, like=main.info, **common))
     return out
 
 
