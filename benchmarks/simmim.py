@@ -872,7 +872,12 @@ def to_markdown(res: dict[str, Any]) -> str:
         *_pretrain_table(res),
         "",
         "Reconstruction grids (input / mask / reconstruction / original) and loss curves are in "
-        "each run folder (`preview_epoch_*.png`, `loss.png`) under the work directory.",
+        "each run folder (`preview_epoch_*.png`, `loss.png`) under the work directory; the last "
+        "grid and the loss curve of each data set's pretraining: "
+        + ", ".join(
+            f"[{name}]({name})" for names in res.get("figures", {}).values() for name in names
+        )
+        + ".",
         "",
         "## Caveats",
         "",
@@ -931,6 +936,27 @@ def covid_context(index: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def copy_figures(res: dict[str, Any], out: Path, datasets: list[str]) -> dict[str, list[str]]:
+    """The last reconstruction grid and the loss curve of each data set's pretraining, copied
+    beside the results (``<out>_<data set>_preview.png`` / ``_loss.png``)."""
+    import shutil
+
+    figures = {}
+    for p in res.get("pretrain", []):
+        if p["dataset"] not in datasets:
+            continue
+        run = Path(p["run_dir"])
+        grids = sorted(run.glob("preview_epoch_*.png"))
+        pairs = [(grids[-1], "preview"), (run / "loss.png", "loss")] if grids else []
+        names = []
+        for src, kind in pairs:
+            dest = out.parent / f"{out.name}_{p['dataset']}_{kind}.png"
+            shutil.copyfile(src, dest)
+            names.append(dest.name)
+        figures[p["dataset"]] = names
+    return figures
+
+
 def merge(res: dict[str, Any], part: dict[str, Any]) -> None:
     res["rows"] = C.merge_rows(res.get("rows", []), part["rows"], _key)
     res["pretrain"] = C.merge_rows(
@@ -986,6 +1012,7 @@ def main() -> None:
         for g in jobs:
             merge(res, run_group(g, *call))
     res["covid_context"] = covid_context(res.get("index", {}).get("covid_cxr"))
+    res["figures"] = {**res.get("figures", {}), **copy_figures(res, out, jobs)}
     derive(res, args.bootstrap)
     res["invocations"] = [
         *old.get("invocations", []),
