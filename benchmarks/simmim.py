@@ -28,8 +28,10 @@ Groups (``--arms``):
     MEDMODAL_DATA_DIR=../shared/data flock /tmp/medmodal_cpu.lock python benchmarks/simmim.py
     ... python benchmarks/simmim.py --quick --out /tmp/simmim_quick   # every arm, tiny budget
 
-Budget: about 40 minutes on 2 CPU cores (two worker processes, one thread each; see
-``--workers``). ``--quick`` runs every arm on a few hundred images and a few epochs (minutes; its
+Budget: about 45 minutes on 2 idle CPU cores (two worker processes, one thread each; see
+``--workers``): PneumoniaMNIST ~30 min of one core, covid_cxr (with ``covid_fused``) ~25,
+AdrenalMNIST3D ~15, BreastMNIST ~12 (estimated from the single-thread throughput of these ViTs,
+~450 images/s at 28 px, ~330 at 64 px and 28^3, and 2-thread pilot runs). ``--quick`` runs every arm on a few hundred images and a few epochs (minutes; its
 numbers are no result). Writes benchmarks/results/simmim.json and .md.
 """
 
