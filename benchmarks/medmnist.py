@@ -140,7 +140,7 @@ def run_one(
     ci = test.get("ci", {})
     pred = pd.read_csv(run.run_dir / "predictions_test.csv")
     names = test["class_names"]
-    y = pred["label"].map({c: i for i, c in enumerate(names)}).to_numpy()
+    y = pred["label"].astype(str).map({c: i for i, c in enumerate(names)}).to_numpy()
     probs = pred[[f"prob_{c}" for c in names]].to_numpy()
     probs = probs[:, 1] if test["task"] == "binary" else probs
     without = auc_without(pred["sample_id"].tolist(), y, probs, leaked)
