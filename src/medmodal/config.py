@@ -131,9 +131,18 @@ def load_config(
     source: str | Path | dict[str, Any] | ExperimentConfig, overrides: list[str] | None = None
 ) -> ExperimentConfig:
     """Read a config (YAML path / dict) and apply ``key.sub=value`` overrides (YAML-typed)."""
+    data, base = config_data(source, overrides)
+    return parse_options(ExperimentConfig, resolve_paths(data, base), "config")
+
+
+def config_data(
+    source: str | Path | dict[str, Any] | Strict, overrides: list[str] | None = None
+) -> tuple[dict[str, Any], Path]:
+    """A config source (YAML path, mapping or config model) as a mapping with ``key.sub=value``
+    overrides applied (values YAML-typed), and the folder its relative paths start from."""
     base = Path(".")
-    if isinstance(source, ExperimentConfig):
-        data = source.to_dict()
+    if isinstance(source, Strict):
+        data = source.model_dump(mode="json", by_alias=True)
     elif isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
@@ -142,6 +151,8 @@ def load_config(
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of options")
         base = path.parent
     else:
         data = dict(source)
@@ -150,7 +161,7 @@ def load_config(
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like train.epochs=5")
         _set(data, key.strip().split("."), yaml.safe_load(value))
-    return parse_options(ExperimentConfig, _resolve_paths(data, base), "config")
+    return data, base
 
 
 def _set(d: dict[str, Any], keys: list[str], value: Any) -> None:
@@ -161,7 +172,7 @@ def _set(d: dict[str, Any], keys: list[str], value: Any) -> None:
     d[keys[-1]] = value
 
 
-def _resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+def resolve_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative manifest / schema / root paths in a config file are relative to that file."""
     d = data.get("data")
     if isinstance(d, dict):

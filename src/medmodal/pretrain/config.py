@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ConfigDict, Field
 
-from medmodal.config import DataConfig, _resolve_paths, _set
+from medmodal.config import DataConfig, config_data, resolve_paths
 from medmodal.errors import ConfigError
 from medmodal.models.encoders import ENCODERS
 from medmodal.options import Strict, parse_options
@@ -125,31 +124,11 @@ def load_pretrain_config(
 ) -> PretrainConfig:
     """Read a pretraining config (YAML path / dict / model), apply ``key.sub=value`` overrides
     (YAML-typed) and check it; relative data paths in a file are relative to that file."""
-    base = Path(".")
-    if isinstance(source, PretrainConfig):
-        data = source.to_dict()
-    elif isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of options")
-        base = path.parent
-    else:
-        data = dict(source)
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like train.epochs=5")
-        _set(data, key.strip().split("."), yaml.safe_load(value))
-    data = _resolve_paths(data, base)
+    data, base = config_data(source, overrides)
+    data = resolve_paths(data, base)
     extra = data.get("extra_data")
     if isinstance(extra, list):
         data["extra_data"] = [
-            _resolve_paths({"data": e}, base)["data"] if isinstance(e, dict) else e for e in extra
+            resolve_paths({"data": e}, base)["data"] if isinstance(e, dict) else e for e in extra
         ]
     return parse_options(PretrainConfig, data, "pretrain config").check()
