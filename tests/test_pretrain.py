@@ -98,6 +98,8 @@ CASES = [
     ("vit", {**TINY_VIT, "patch_size": 7}, (28, 28, 28), 7),
     ("resnet18", {"name": "resnet18"}, (28, 28), 4),
     ("resnet18", {"name": "resnet18"}, (16, 16, 16), 4),
+    ("swin", {"name": "swin", "embed_dim": 16, "num_heads": [2, 4]}, (28, 28), 4),
+    ("swin", {"name": "swin", "embed_dim": 12, "window_size": 4}, (16, 16, 16), 8),
 ]
 
 

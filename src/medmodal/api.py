@@ -183,9 +183,10 @@ def pretrain(
     resume: bool = False,
     console: Console | None = None,
 ) -> PretrainResult:
-    """Masked-image pretraining of an image encoder on images only (SimMIM for the ViT, SparK-style
-    for the ResNets); the training split only unless ``include_test``. Returns a PretrainResult
-    whose ``checkpoint`` ``model.encoders.<modality>.init`` takes; see :mod:`medmodal.pretrain`."""
+    """Masked-image pretraining of an image encoder on images only (SimMIM for the ViT and the
+    Swin transformer, SparK-style for the ResNets); the training split only unless
+    ``include_test``. Returns a PretrainResult whose ``checkpoint``
+    ``model.encoders.<modality>.init`` takes; see :mod:`medmodal.pretrain`."""
     from medmodal.pretrain import pretrain as _pretrain
 
     return _pretrain(config, overrides, progress=progress, resume=resume, console=console)

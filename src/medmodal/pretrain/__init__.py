@@ -1,8 +1,10 @@
-"""Masked-image pretraining of image encoders: SimMIM (Xie et al., CVPR 2022) for the ViT, a
-SparK-style masked-convolution path (Tian et al., ICLR 2023) for the ResNets; 2D and 3D.
+"""Masked-image pretraining of image encoders: SimMIM (Xie et al., CVPR 2022) for the ViT and the
+Swin transformer, a SparK-style masked-convolution path (Tian et al., ICLR 2023) for the ResNets;
+2D and 3D.
 
 * ``masks.py``      MaskGenerator: seeded, aligned mask patches at a ratio
 * ``vit.py``        mask token on the ViT's patch embeddings, linear + pixel-shuffle decoder
+* ``swin.py``       mask token on the Swin's patch embeddings, last stage -> 1x1 conv + pixel shuffle
 * ``conv.py``       ResNet: hidden regions empty at every stage (sparse batch norm), U-Net decoder
 * ``loss.py``       L1 on hidden pixels only
 * ``model.py``      which encoders have a path; building one with its mask generator

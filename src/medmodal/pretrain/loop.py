@@ -28,6 +28,7 @@ from medmodal.utils.runtime import epoch_seed, resolve_device
 
 ProgressMode = bool | Literal["lines"]
 EVAL_IMAGES = 256
+NO_DECAY = ("position_embeddings", "relative_position_bias_table", "mask_token")
 
 
 class PretrainLoop:
@@ -196,12 +197,13 @@ def warmup_cosine(total: int, warm: int) -> Callable[[int], float]:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms, position embeddings and mask tokens."""
+    """AdamW groups: no weight decay on biases, norms, position embeddings (a Swin's relative
+    position bias tables too) and mask tokens, as in SimMIM."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or "position_embeddings" in name or "mask_token" in name
+        skip = p.ndim <= 1 or any(k in name for k in NO_DECAY)
         (no_decay if skip else decay).append(p)
     return [
         {"params": decay, "weight_decay": weight_decay},

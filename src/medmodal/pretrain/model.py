@@ -10,14 +10,19 @@ from medmodal.errors import ConfigError
 from medmodal.models.encoders import create_encoder
 from medmodal.pretrain.conv import ResNetSimMIM
 from medmodal.pretrain.masks import MaskGenerator
+from medmodal.pretrain.swin import SwinSimMIM
 from medmodal.pretrain.vit import ViTSimMIM, vit_patch
 
 # encoder name -> how it is pretrained
 PATHS = {
     "vit": "SimMIM: learned mask token on the patch embeddings, linear + pixel-shuffle decoder",
+    "swin": "SimMIM: learned mask token on the patch embeddings, the stages, 1x1 conv + pixel "
+    "shuffle decoder of the last stage",
     "resnet18": "SparK-style: hidden regions empty at every stage, light U-Net decoder",
     "resnet50": "SparK-style: hidden regions empty at every stage, light U-Net decoder",
 }
+# encoders whose ``patch_size`` option is the model patch (the mask patch must be a multiple)
+PATCHED = ("vit", "swin")
 
 
 def check_path(name: str) -> None:
@@ -46,6 +51,8 @@ def build_simmim(
     try:
         if name == "vit":
             model: nn.Module = ViTSimMIM(encoder, channels, vit_patch(encoder), dims)
+        elif name == "swin":
+            model = SwinSimMIM(encoder, channels, dims)
         else:
             model = ResNetSimMIM(encoder, channels, dims, width=decoder_width)
     except ValueError as exc:

@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from monai.networks import nets
+from monai.networks.nets.swin_unetr import SwinTransformer
 from torch import nn
 
 from medmodal.models.encoders.base import register_encoder
@@ -167,3 +169,118 @@ def vit(
         if not getattr(block, "with_cross_attention", False) and hasattr(block, "norm_cross_attn"):
             block.norm_cross_attn = nn.Identity()
     return _ViTFeatures(net, hidden_size)
+
+
+class SwinFeatures(nn.Module):
+    """MONAI's Swin transformer as an encoder: patch embedding, ``pos_drop``, the stages, a final
+    LayerNorm per token, then the global average of the last stage's tokens (``out_dim`` wide).
+
+    As in Swin (Liu et al. 2021) and SimMIM, patches are merged *between* stages: the last stage
+    keeps its resolution (MONAI's SwinUNETR encoder also merges after it; that merge is removed),
+    so the last feature map has stride ``patch_size * 2**(stages - 1)``. MONAI's own ``forward``
+    needs four stages and returns every stage; this one runs however many there are (1-4).
+    """
+
+    def __init__(self, swin: nn.Module, stride: int) -> None:
+        super().__init__()
+        self.swin = swin
+        self.stride = stride
+        self.out_dim = int(swin.embed_dim * 2 ** (swin.num_layers - 1))
+        self.norm = nn.LayerNorm(self.out_dim)
+
+    @property
+    def patch(self) -> int:
+        """The side of a model patch (one patch embedding) in pixels."""
+        return int(self.swin.patch_size[0])
+
+    def stages(self, embedded: torch.Tensor) -> torch.Tensor:
+        """(B, C, *grid) patch embeddings -> (B, out_dim, *grid / 2**(stages-1)) last-stage map."""
+        x = self.swin.pos_drop(embedded)
+        for i in range(self.swin.num_layers):
+            x = getattr(self.swin, f"layers{i + 1}")[0](x.contiguous())
+        return x
+
+    def tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, *grid) feature map -> (B, N, C) tokens after the final LayerNorm."""
+        return self.norm(features.flatten(2).transpose(1, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tokens(self.stages(self.swin.patch_embed(x))).mean(dim=1)
+
+
+def _check_swin(
+    size: tuple[int, ...],
+    patch_size: int,
+    embed_dim: int,
+    depths: Sequence[int],
+    num_heads: Sequence[int],
+    window_size: int,
+) -> int:
+    """ValueError naming the option for a Swin geometry that does not fit; returns the stride."""
+    positive = {"patch_size": patch_size, "embed_dim": embed_dim, "window_size": window_size}
+    for key, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{key} must be at least 1, got {value}")
+    if not 1 <= len(depths) <= 4 or min(depths) < 1:
+        raise ValueError(f"depths {list(depths)} must list 1 to 4 stages of at least one block")
+    if len(num_heads) != len(depths):
+        raise ValueError(
+            f"num_heads {list(num_heads)} needs one entry per stage: depths {list(depths)} has "
+            f"{len(depths)}"
+        )
+    for i, heads in enumerate(num_heads):
+        if heads < 1 or (embed_dim * 2**i) % heads:
+            raise ValueError(
+                f"num_heads[{i}] = {heads} must divide stage {i + 1}'s width "
+                f"embed_dim * 2**{i} = {embed_dim * 2**i}"
+            )
+    stride = patch_size * 2 ** (len(depths) - 1)
+    if any(s % stride for s in size):
+        raise ValueError(
+            f"patch_size {patch_size} x 2**(stages - 1) = {stride} must divide the image size "
+            f"{list(size)} (change patch_size, depths or preprocess.size)"
+        )
+    return stride
+
+
+@register_encoder("swin", IMAGE)
+def swin(
+    info: dict[str, Any],
+    patch_size: int = 2,
+    embed_dim: int = 48,
+    depths: Sequence[int] = (2, 2),
+    num_heads: Sequence[int] = (3, 6),
+    window_size: int = 7,
+    mlp_ratio: float = 4.0,
+    dropout: float = 0.0,
+    drop_path: float = 0.0,
+    patch_norm: bool = True,
+) -> nn.Module:
+    """MONAI Swin transformer (2 stages, width 48-96, patch 2, window 7); mean-pooled last stage.
+
+    ``depths``/``num_heads``: blocks and heads per stage (1-4 stages, the width doubles per
+    stage); the image size must be a multiple of ``patch_size * 2**(stages - 1)`` (28 and 64 px
+    fit the default). Windows larger than a stage's grid shrink to it; others are padded.
+    """
+    c, sd, size = _dims(info)
+    stride = _check_swin(size, patch_size, embed_dim, depths, num_heads, window_size)
+    for key, rate in {"dropout": dropout, "drop_path": drop_path}.items():
+        if not 0 <= rate < 1:
+            raise ValueError(f"{key} must lie in [0, 1), got {rate}")
+    if mlp_ratio <= 0:
+        raise ValueError(f"mlp_ratio must be positive, got {mlp_ratio}")
+    net = SwinTransformer(
+        in_chans=c,
+        embed_dim=embed_dim,
+        window_size=(window_size,) * sd,
+        patch_size=(patch_size,) * sd,
+        depths=tuple(depths),
+        num_heads=tuple(num_heads),
+        mlp_ratio=mlp_ratio,
+        drop_rate=dropout,
+        drop_path_rate=drop_path,
+        patch_norm=patch_norm,
+        spatial_dims=sd,
+    )
+    getattr(net, f"layers{len(depths)}")[0].downsample = None  # no merge after the last stage
+    return SwinFeatures(net, stride)
