@@ -54,7 +54,9 @@ def test_prepare_real_folder(prepared: tuple[Path, Path]) -> None:
     frame = pd.read_csv(manifest)
     assert len(frame) == 1000 and frame["sample_id"].is_unique
     assert frame["label"].value_counts().to_dict() == {c: 200 for c in CLASSES}
-    assert (frame["patient_id"] == frame["sample_id"]).all()  # no patient ids: one clip, one "patient"
+    assert (
+        frame["patient_id"] == frame["sample_id"]
+    ).all()  # no patient ids: one clip, one "patient"
     assert all(Path(p).is_file() for p in frame["audio"])
     schema = Schema.load(schema_path)
     assert schema.target.classes == CLASSES and schema.target.task == "multiclass"
@@ -84,7 +86,11 @@ def test_missing_wav_is_named(hs: Path, tmp_path: Path) -> None:
 
 def test_altered_labels_csv_is_rejected(hs: Path, tmp_path: Path) -> None:
     folder = mirror(hs, tmp_path / "heart_sounds")
-    text = (folder / "labels.csv").read_bytes().replace(b"MS/New_MS_117.wav,MS,", b"MS/New_MS_117.wav,N,")
+    text = (
+        (folder / "labels.csv")
+        .read_bytes()
+        .replace(b"MS/New_MS_117.wav,MS,", b"MS/New_MS_117.wav,N,")
+    )
     (folder / "labels.csv").write_bytes(text)
     with pytest.raises(DatasetError, match="altered") as exc:
         get_dataset("heart_sounds").prepare(tmp_path / "out", tmp_path)
@@ -96,7 +102,9 @@ def test_download_rebuilds_the_checksum_list(hs: Path, tmp_path: Path) -> None:
     and must reproduce the published labels.csv byte for byte."""
     remote = mirror(hs, tmp_path / "remote", layout="fork")
     data = tmp_path / "data"
-    p = get_dataset("heart_sounds").prepare(tmp_path / "out", data, download=True, mirror=remote.as_uri())
+    p = get_dataset("heart_sounds").prepare(
+        tmp_path / "out", data, download=True, mirror=remote.as_uri()
+    )
     assert p.facts["rows"] == 1000
     assert file_digest(data / "heart_sounds" / "labels.csv") == LABELS_SHA256
     assert (data / "heart_sounds" / "labels.csv").read_bytes() == (hs / "labels.csv").read_bytes()
@@ -109,13 +117,15 @@ def test_download_of_an_altered_file_is_rejected(hs: Path, tmp_path: Path) -> No
     local = mirror(hs, tmp_path / "data" / "heart_sounds", skip=(VICTIM,))
     (local / "labels.csv").unlink()  # a fresh download has no checksum list yet
     with pytest.raises(DatasetError, match="do not reproduce the published checksum list"):
-        get_dataset("heart_sounds").prepare(tmp_path / "out", tmp_path / "data", download=True,
-                                            mirror=remote.as_uri())
+        get_dataset("heart_sounds").prepare(
+            tmp_path / "out", tmp_path / "data", download=True, mirror=remote.as_uri()
+        )
     assert not (local / "labels.csv").exists()  # nothing unverified is blessed
     (local / "AS/New_AS_001.wav").unlink()  # a file the mirror lacks
     with pytest.raises(DatasetError, match="cannot download .*New_AS_001.wav"):
-        get_dataset("heart_sounds").prepare(tmp_path / "out", tmp_path / "data", download=True,
-                                            mirror=remote.as_uri())
+        get_dataset("heart_sounds").prepare(
+            tmp_path / "out", tmp_path / "data", download=True, mirror=remote.as_uri()
+        )
 
 
 def test_wavs_without_labels_csv_are_verified_as_a_whole(hs: Path, tmp_path: Path) -> None:
@@ -129,7 +139,9 @@ def test_wavs_without_labels_csv_are_verified_as_a_whole(hs: Path, tmp_path: Pat
     (folder / VICTIM).unlink()
     with pytest.raises(DatasetError, match="--download") as exc:
         get_dataset("heart_sounds").prepare(tmp_path / "out", folder)
-    assert "1 of 1000 WAV files are missing" in str(exc.value) and str(folder / VICTIM) in str(exc.value)
+    assert "1 of 1000 WAV files are missing" in str(exc.value) and str(folder / VICTIM) in str(
+        exc.value
+    )
 
 
 def test_no_data_dir_says_where_the_files_come_from() -> None:
@@ -155,16 +167,27 @@ def bad_wavs(hs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tu
     }
 
 
-def _manifest_with(prepared: tuple[Path, Path], bad: dict[str, Path], out: Path, on_bad: str) -> dict:
+def _manifest_with(
+    prepared: tuple[Path, Path], bad: dict[str, Path], out: Path, on_bad: str
+) -> dict:
     manifest, schema_path = prepared
     frame = pd.read_csv(manifest).groupby("label").head(2)
-    extra = pd.DataFrame({"sample_id": list(bad), "patient_id": list(bad), "label": "N",
-                          "audio": [str(p) for p in bad.values()]})
+    extra = pd.DataFrame(
+        {
+            "sample_id": list(bad),
+            "patient_id": list(bad),
+            "label": "N",
+            "audio": [str(p) for p in bad.values()],
+        }
+    )
     frame = pd.concat([frame, extra], ignore_index=True)
     frame.to_csv(out / "manifest.csv", index=False)
     schema = Schema.load(schema_path).model_dump(mode="json", exclude_none=True)
     schema["modalities"]["audio"]["on_bad"] = on_bad
-    return {"data": {"manifest": str(out / "manifest.csv"), "schema": schema}, "output_dir": str(out)}
+    return {
+        "data": {"manifest": str(out / "manifest.csv"), "schema": schema},
+        "output_dir": str(out),
+    }
 
 
 def test_bad_wavs_give_one_clear_error_each(
@@ -188,27 +211,53 @@ def test_bad_wavs_become_counted_missing_or_skipped(
     loaded = api.load_data(cfg, tmp_path)
     assert len(loaded.dataset) == 14  # 10 good + 4 bad rows, none dropped
     assert loaded.dataset.missing_counts == {"audio": {"absent": 0, "bad": 4}}
-    flagged = {loaded.dataset.ids[i]: f["audio"] for i, f in enumerate(loaded.dataset.bad_inputs) if f}
+    flagged = {
+        loaded.dataset.ids[i]: f["audio"] for i, f in enumerate(loaded.dataset.bad_inputs) if f
+    }
     assert set(flagged) == set(paths)
     assert all(bad_wavs[k][1] in v for k, v in flagged.items())
 
-    cfg = load_config({**_manifest_with(prepared, paths, tmp_path, "error"),
-                       "data": {**_manifest_with(prepared, paths, tmp_path, "error")["data"], "skip_bad": True}})
+    cfg = load_config(
+        {
+            **_manifest_with(prepared, paths, tmp_path, "error"),
+            "data": {
+                **_manifest_with(prepared, paths, tmp_path, "error")["data"],
+                "skip_bad": True,
+            },
+        }
+    )
     loaded = api.load_data(cfg, tmp_path)
     assert len(loaded.dataset) == 10
-    assert loaded.bad is not None and sorted(e["sample_id"] for e in loaded.bad.to_list()) == sorted(paths)
+    assert loaded.bad is not None and sorted(
+        e["sample_id"] for e in loaded.bad.to_list()
+    ) == sorted(paths)
 
 
 # -- training ------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_short_training_beats_chance_on_held_out_clips(hs: Path, tmp_path: Path) -> None:
-    p = get_dataset("heart_sounds").prepare(tmp_path / "data", hs.parent, per_class=40,
-                                            preprocess={"duration": 2.0, "hop_length": 256})
+    p = get_dataset("heart_sounds").prepare(
+        tmp_path / "data", hs.parent, per_class=40, preprocess={"duration": 2.0, "hop_length": 256}
+    )
     cfg = {
-        "name": "hs", "seed": 0, "output_dir": str(tmp_path / "run"),
-        "data": {"manifest": str(p.manifest), "schema": str(p.schema), "val_fraction": 0.1, "test_fraction": 0.3},
+        "name": "hs",
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "data": {
+            "manifest": str(p.manifest),
+            "schema": str(p.schema),
+            "val_fraction": 0.1,
+            "test_fraction": 0.3,
+        },
         "model": {"encoders": {"audio": {"name": "audio_cnn", "channels": [8, 16, 32, 64]}}},
-        "train": {"epochs": 4, "batch_size": 16, "lr": 2e-3, "scheduler": "cosine", "monitor": "loss", "threads": 2},
+        "train": {
+            "epochs": 4,
+            "batch_size": 16,
+            "lr": 2e-3,
+            "scheduler": "cosine",
+            "monitor": "loss",
+            "threads": 2,
+        },
         "evaluate": {"bootstrap": 200, "report": False},
     }
     run = api.fit(cfg, progress=False)

@@ -31,8 +31,9 @@ from medmodal.errors import ConfigError, DatasetError
 
 @pytest.fixture(scope="module")
 def rec100(mitdb: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Schema]:
-    prepared = get_dataset("mitdb").prepare(tmp_path_factory.mktemp("m100"), mitdb.parent,
-                                            records=["100"])
+    prepared = get_dataset("mitdb").prepare(
+        tmp_path_factory.mktemp("m100"), mitdb.parent, records=["100"]
+    )
     frame = pd.read_csv(prepared.manifest, dtype={"record": str, "patient_id": str})
     return frame, Schema.load(prepared.schema)
 
@@ -74,8 +75,13 @@ def test_inter_patient_split_no_shared_record_or_patient(full: tuple[pd.DataFram
     assert recs["train"] == set(DS1) - set(VAL_RECORDS) - {"201"}  # 201 = same subject as 202
     assert not set(frame["record"]) & set(PACED)
     assert set(frame.loc[frame["record"] == "202", "patient_id"]) == {"201+202"}
-    assert facts["records_left_out"] == {"102": "paced", "104": "paced", "107": "paced",
-                                         "217": "paced", "201": "same subject as 202 (DS2)"}
+    assert facts["records_left_out"] == {
+        "102": "paced",
+        "104": "paced",
+        "107": "paced",
+        "217": "paced",
+        "201": "same subject as 202 (DS2)",
+    }
     # de Chazal's DS2 beat counts (N, S, V, F), and the 15 Q beats are counted, not hidden
     assert facts["labels_per_split"]["test"] == {"N": 44259, "S": 1837, "V": 3221, "F": 388}
     assert facts["q_beats_left_out"] == 15 and "Q" not in set(frame["label"])
@@ -90,15 +96,27 @@ def test_other_split_modes(mitdb: Path, tmp_path: Path) -> None:
     f = pd.read_csv(p.manifest, dtype=str)
     assert dict(zip(f["record"], f["split"], strict=True)) == {"100": "test", "201": "train"}
     assert "202" in p.facts["records_left_out"] and "104" in p.facts["records_left_out"]
-    p = ds.prepare(tmp_path / "random", mitdb.parent, records=recs, split="random",
-                   exclude_paced=False, include_q=True)
+    p = ds.prepare(
+        tmp_path / "random",
+        mitdb.parent,
+        records=recs,
+        split="random",
+        exclude_paced=False,
+        include_q=True,
+    )
     f = pd.read_csv(p.manifest, dtype=str)
     schema = Schema.load(p.schema)
     assert p.facts["leaky"] and schema.patient_column == "sample_id"  # declared, not hidden
     assert set(f["record"]) == set(recs) and "Q" in schema.target.classes
     assert {"train", "val", "test"} == set(f["split"])
-    p = ds.prepare(tmp_path / "none", mitdb.parent, records=["100"], split="none",
-                   rr_columns="all", demographics=True)
+    p = ds.prepare(
+        tmp_path / "none",
+        mitdb.parent,
+        records=["100"],
+        split="none",
+        rr_columns="all",
+        demographics=True,
+    )
     schema = Schema.load(p.schema)
     assert schema.split_column is None and schema.modalities["rr"].columns == RR_COLUMNS
     assert pd.read_csv(p.manifest)[["age", "sex"]].iloc[0].tolist() == [69, "M"]
@@ -113,7 +131,9 @@ def test_other_split_modes(mitdb: Path, tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not download"):
         ds.prepare(tmp_path / "x", mitdb.parent, records=["100"], download=True)
     with pytest.raises(ConfigError, match="unknown option 'windw'; allowed: .*window"):
-        prepare_dataset("mitdb", tmp_path / "x", mitdb.parent, {"records": ["100"], "windw": [0.2, 0.4]})
+        prepare_dataset(
+            "mitdb", tmp_path / "x", mitdb.parent, {"records": ["100"], "windw": [0.2, 0.4]}
+        )
     with pytest.raises(ConfigError, match="image_format"):  # an image-set option is refused
         prepare_dataset("mitdb", tmp_path / "x", mitdb.parent, {"image_format": "png"})
 
@@ -133,11 +153,31 @@ def test_rr_features_by_hand(mitdb: Path, rec100: tuple[pd.DataFrame, Schema]) -
         post = t[j + 1] - t[j] if j < len(beats) - 1 else np.nan
         local = np.mean([rr[k] for k in range(j - 5, j + 5) if 0 <= k < len(rr)])
         np.testing.assert_allclose(
-            [r.pre_rr, r.post_rr, r.local_rr, r.record_rr, r.pre_rr_norm, r.post_rr_norm,
-             r.pre_post_ratio, r.local_rr_norm, r.pre_local_ratio],
-            [pre, post, local, mean_rr, pre / mean_rr, post / mean_rr, pre / post,
-             local / mean_rr, pre / local],
-            rtol=1e-9, equal_nan=True)
+            [
+                r.pre_rr,
+                r.post_rr,
+                r.local_rr,
+                r.record_rr,
+                r.pre_rr_norm,
+                r.post_rr_norm,
+                r.pre_post_ratio,
+                r.local_rr_norm,
+                r.pre_local_ratio,
+            ],
+            [
+                pre,
+                post,
+                local,
+                mean_rr,
+                pre / mean_rr,
+                post / mean_rr,
+                pre / post,
+                local / mean_rr,
+                pre / local,
+            ],
+            rtol=1e-9,
+            equal_nan=True,
+        )
         assert r.r_sample == s[beats[j]]
     assert rows.loc["100_0001", "pre_rr"] != rows.loc["100_0001", "pre_rr"]  # first beat: NaN
     v = rows[rows["symbol"] == "V"].iloc[0]
@@ -208,21 +248,40 @@ def test_packaged_checksums_cover_every_record() -> None:
 def test_short_training_beats_chance_on_held_out_records(mitdb: Path, tmp_path: Path) -> None:
     """Train on 3 DS1 records, select on 1 other DS1 record, test on 3 unseen DS2 records."""
     prepared = get_dataset("mitdb").prepare(
-        tmp_path / "data", mitdb.parent, records=["106", "119", "209", "220", "100", "228", "232"],
-        val_records=["220"])
+        tmp_path / "data",
+        mitdb.parent,
+        records=["106", "119", "209", "220", "100", "228", "232"],
+        val_records=["220"],
+    )
     cfg = {
-        "name": "mitdb_smoke", "seed": 0, "output_dir": str(tmp_path / "run"),
+        "name": "mitdb_smoke",
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
         "data": {"manifest": str(prepared.manifest), "schema": str(prepared.schema)},
-        "model": {"encoders": {"signal": {"name": "cnn1d", "channels": [8, 16]},
-                               "rr": {"name": "mlp", "hidden": [32]}},
-                  "fusion": {"name": "concat"}},
-        "train": {"epochs": 3, "batch_size": 256, "lr": 0.003, "class_weights": "balanced",
-                  "monitor": "loss", "threads": 1},
+        "model": {
+            "encoders": {
+                "signal": {"name": "cnn1d", "channels": [8, 16]},
+                "rr": {"name": "mlp", "hidden": [32]},
+            },
+            "fusion": {"name": "concat"},
+        },
+        "train": {
+            "epochs": 3,
+            "batch_size": 256,
+            "lr": 0.003,
+            "class_weights": "balanced",
+            "monitor": "loss",
+            "threads": 1,
+        },
         "evaluate": {"bootstrap": 0, "report": False, "ablation": False},
     }
     run = api.fit(cfg, progress=False)
     test = run.metrics["test"]
-    assert run.metrics["n"] == {"train": 2027 + 1987 + 3005, "val": 2048, "test": 2273 + 2053 + 1780}
+    assert run.metrics["n"] == {
+        "train": 2027 + 1987 + 3005,
+        "val": 2048,
+        "test": 2273 + 2053 + 1780,
+    }
     recall = {k: test["per_class"][k]["recall"] for k in ("N", "S", "V")}
     assert test["balanced_accuracy"] > 0.7, recall  # chance: 1/3 over the classes present
     assert recall["V"] > 0.8 and recall["S"] > 0.4 and recall["N"] > 0.8, recall

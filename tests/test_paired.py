@@ -33,15 +33,25 @@ def test_labelled_not_real_in_info_manifest_and_files(prepared) -> None:
 
 def test_pairs_share_the_class_and_nothing_is_reused(prepared, data_dir: Path) -> None:
     frame = pd.read_csv(prepared.manifest)
-    assert len(frame) == 567 and frame["label"].value_counts().to_dict() == {"benign": 357, "malignant": 210}
-    assert frame["wdbc_row"].is_unique and frame["breastmnist_image"].is_unique and frame["image"].is_unique
+    assert len(frame) == 567 and frame["label"].value_counts().to_dict() == {
+        "benign": 357,
+        "malignant": 210,
+    }
+    assert (
+        frame["wdbc_row"].is_unique
+        and frame["breastmnist_image"].is_unique
+        and frame["image"].is_unique
+    )
     bunch = load_breast_cancer()
     table_cls = np.array(["malignant", "benign"])[bunch.target[frame["wdbc_row"]]]
     assert (table_cls == frame["label"]).all()
     arrays = load_npz(str(data_dir / "medmnist" / "breastmnist.npz"))
     img_split = frame["breastmnist_image"].str.split("/").str[0]
     img_idx = frame["breastmnist_image"].str.split("/").str[1].astype(int)
-    img_cls = [["malignant", "benign"][int(arrays[f"{s}_labels"].reshape(-1)[i])] for s, i in zip(img_split, img_idx, strict=True)]
+    img_cls = [
+        ["malignant", "benign"][int(arrays[f"{s}_labels"].reshape(-1)[i])]
+        for s, i in zip(img_split, img_idx, strict=True)
+    ]
     assert (np.array(img_cls) == frame["label"]).all()
     # features in the manifest are the WDBC row's own values
     np.testing.assert_allclose(frame["mean_radius"], bunch.data[frame["wdbc_row"], 0])

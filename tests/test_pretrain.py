@@ -515,3 +515,21 @@ def test_cli_pretrain(data_dir: Path, tmp_path: Path) -> None:
     assert "encoder checkpoint:" in res.stdout and "epoch 1/1 loss" in res.stderr
     res = run_cli("pretrain", str(path), "--set", "mask.ratio=1.5")
     assert res.returncode == 2 and "mask.ratio" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_rows_a_run_leaves_out_are_not_checked(
+    all_splits_run: run_mod.PretrainResult, data_dir: Path, tmp_path: Path
+) -> None:
+    """A label-efficiency run marks the training rows it leaves out ``unused``: pretraining on them
+    is no leak; relabelling the evaluation rows ``unused`` too leaves nothing to find."""
+    from medmodal.config import load_config
+    from medmodal.run import assign_splits, load_data
+    from medmodal.run.pretrained import check_pretrained_inits
+
+    cfg = load_config(finetune_config(tmp_path / "ft", data_dir, all_splits_run.checkpoint))
+    loaded = load_data(cfg, tmp_path / "ft")
+    splits = assign_splits(loaded).astype(object)
+    splits[splits != "train"] = "unused"
+    check = check_pretrained_inits(loaded, splits)["image"]
+    assert check["status"] == "checked" and check["overlap"] == {}
+    assert check["evaluation_images"] == {}

@@ -19,10 +19,18 @@ from medmodal.datasets.ptbxl import SUPERCLASSES, load_checksums
 from medmodal.errors import DatasetError
 
 # SOURCES.md, "Counts (kept subset)": records per strat_fold and superclass counts per fold.
-FOLDS = {1: (212, 104, 39, 60, 48, 26), 2: (178, 107, 33, 38, 35, 18), 3: (177, 91, 33, 46, 36, 20),
-         4: (193, 112, 38, 43, 39, 11), 5: (207, 103, 40, 44, 43, 26), 6: (156, 75, 28, 43, 36, 22),
-         7: (196, 109, 32, 34, 49, 22), 8: (171, 100, 23, 37, 35, 14), 9: (242, 111, 55, 69, 48, 30),
-         10: (255, 139, 49, 53, 41, 26)}
+FOLDS = {
+    1: (212, 104, 39, 60, 48, 26),
+    2: (178, 107, 33, 38, 35, 18),
+    3: (177, 91, 33, 46, 36, 20),
+    4: (193, 112, 38, 43, 39, 11),
+    5: (207, 103, 40, 44, 43, 26),
+    6: (156, 75, 28, 43, 36, 22),
+    7: (196, 109, 32, 34, 49, 22),
+    8: (171, 100, 23, 37, 35, 14),
+    9: (242, 111, 55, 69, 48, 30),
+    10: (255, 139, 49, 53, 41, 26),
+}
 TOTALS = {"NORM": 1051, "MI": 370, "STTC": 467, "CD": 410, "HYP": 215}
 
 
@@ -33,7 +41,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
 
 @pytest.fixture(scope="module")
 def kept_all(tmp_path_factory: pytest.TempPathFactory, data_dir: Path):
-    return get_dataset("ptbxl").prepare(tmp_path_factory.mktemp("ptbxl_keep"), data_dir, no_diagnostic="keep")
+    return get_dataset("ptbxl").prepare(
+        tmp_path_factory.mktemp("ptbxl_keep"), data_dir, no_diagnostic="keep"
+    )
 
 
 def test_registered_with_real_pairing() -> None:
@@ -48,7 +58,9 @@ def test_counts_match_sources(prepared, kept_all) -> None:
     assert f["records"] == 1987
     assert f["superclass_counts_all_records"] == TOTALS
     assert len(f["no_diagnostic_statement"]) == 22
-    assert f["reports_without_words"] == ["ptbxl_00443"]  # a single space: the report is absent there
+    assert f["reports_without_words"] == [
+        "ptbxl_00443"
+    ]  # a single space: the report is absent there
     # default: the 22 records without a diagnostic statement are excluded, and listed
     assert f["rows"] == 1965 and f["excluded"] == f["no_diagnostic_statement"]
     excluded = pd.read_csv(prepared.manifest.parent / "excluded.csv")
@@ -70,7 +82,9 @@ def test_counts_match_sources(prepared, kept_all) -> None:
 
 def test_splits_follow_strat_fold_without_patient_overlap(kept_all) -> None:
     frame = pd.read_csv(kept_all.manifest)
-    expected = np.where(frame["strat_fold"] <= 8, "train", np.where(frame["strat_fold"] == 9, "val", "test"))
+    expected = np.where(
+        frame["strat_fold"] <= 8, "train", np.where(frame["strat_fold"] == 9, "val", "test")
+    )
     assert (frame["split"].to_numpy() == expected).all()
     assert frame.groupby("patient_id")["split"].nunique().max() == 1
     assert frame["patient_id"].duplicated().sum() > 0  # patients with several ECGs exist...
@@ -95,8 +109,12 @@ def test_masked_report_hides_diagnostic_words(tmp_path: Path, data_dir: Path) ->
     prep = get_dataset("ptbxl").prepare(tmp_path, data_dir, report_mask=True)
     spec = Schema.load(prep.schema).modalities["report"]
     terms = spec.preprocess["mask_terms"]
-    assert {"normales", "infarction", "lvh", "ischaemia"} <= set(terms) and "sinusrhythmus" not in terms
-    tokens = create_processor("report", spec).read({"report": "Sinusrhythmus normales EKG. Old inferior infarct"}, None)
+    assert {"normales", "infarction", "lvh", "ischaemia"} <= set(
+        terms
+    ) and "sinusrhythmus" not in terms
+    tokens = create_processor("report", spec).read(
+        {"report": "Sinusrhythmus normales EKG. Old inferior infarct"}, None
+    )
     assert tokens == ("sinusrhythmus", "[MASK]", "ekg", "[MASK]", "[MASK]", "[MASK]")
 
 
@@ -140,7 +158,9 @@ def test_altered_or_missing_files_raise(tmp_path: Path, data_dir: Path) -> None:
 
 def test_checksums_are_physionet_values() -> None:
     sums = load_checksums()
-    assert sums["scp_statements.csv"].startswith("ad05b0b1") and sums["scp_statements.csv"].endswith("ac8f")
+    assert sums["scp_statements.csv"].startswith("ad05b0b1") and sums[
+        "scp_statements.csv"
+    ].endswith("ac8f")
     assert sum(k.startswith("records100/") for k in sums) == 2 * 1987
 
 
@@ -152,12 +172,21 @@ def test_short_ecg_plus_demographics_run_beats_chance(prepared, tmp_path: Path) 
     frame[frame["strat_fold"].isin([1, 2, 3, 4, 9, 10])].to_csv(manifest, index=False)
     schema = Schema.load(prepared.schema)
     config = {
-        "name": "ptbxl_short", "seed": 0, "output_dir": str(tmp_path / "run"),
-        "data": {"manifest": str(manifest), "schema": schema.model_dump(mode="json", exclude_none=True),
-                 "modalities": ["ecg", "demo"]},
-        "model": {"encoders": {"ecg": {"name": "cnn1d", "channels": [16, 32], "kernel_size": 5},
-                               "demo": {"name": "mlp", "hidden": [32]}},
-                  "fusion": {"name": "concat"}},
+        "name": "ptbxl_short",
+        "seed": 0,
+        "output_dir": str(tmp_path / "run"),
+        "data": {
+            "manifest": str(manifest),
+            "schema": schema.model_dump(mode="json", exclude_none=True),
+            "modalities": ["ecg", "demo"],
+        },
+        "model": {
+            "encoders": {
+                "ecg": {"name": "cnn1d", "channels": [16, 32], "kernel_size": 5},
+                "demo": {"name": "mlp", "hidden": [32]},
+            },
+            "fusion": {"name": "concat"},
+        },
         "train": {"epochs": 4, "batch_size": 64, "lr": 3e-3, "threads": 2},
         "evaluate": {"bootstrap": 100, "report": False},
     }

@@ -38,19 +38,35 @@ PER_CLASS = 200
 # sha256 of the checksum list labels.csv (file, label, sample_rate, channels, subtype,
 # n_samples, duration_s, sha256, source_path, git_blob; 1000 rows, CRLF line ends).
 LABELS_SHA256 = "3b8f7597a6864a1a2984daaf710064961ca6c7e7f3314bf9fa5dc75fe15a6262"
-LABEL_COLUMNS = ["file", "label", "sample_rate", "channels", "subtype", "n_samples", "duration_s",
-                 "sha256", "source_path", "git_blob"]
-AUTHORS_REPO = "https://github.com/yaseen21khan/Classification-of-Heart-Sound-Signal-Using-Multiple-Features-"
+LABEL_COLUMNS = [
+    "file",
+    "label",
+    "sample_rate",
+    "channels",
+    "subtype",
+    "n_samples",
+    "duration_s",
+    "sha256",
+    "source_path",
+    "git_blob",
+]
+AUTHORS_REPO = (
+    "https://github.com/yaseen21khan/Classification-of-Heart-Sound-Signal-Using-Multiple-Features-"
+)
 # A fork holding the same files as plain WAVs (the MR/MS/MVP/N files are byte-identical to
 # the authors' RAR archives); pinned to a commit, so the URLs cannot change under us.
 FORK = "miladshiraniUCB/Classification-of-Heart-Sound-Signal-Using-Multiple-Features-"
 FORK_COMMIT = "072329badbb51f2095d45bb9a01ef4be74de3e91"
 RAW_URL = f"https://raw.githubusercontent.com/{FORK}/{FORK_COMMIT}"
-CITATION = ("Yaseen, Son G.-Y., Kwon S. Classification of Heart Sound Signal Using Multiple Features. "
-            "Applied Sciences 8(12):2344 (2018). https://doi.org/10.3390/app8122344")
-SOURCE = (f"Yaseen, Son & Kwon 2018 (Applied Sciences 8(12):2344), the authors' GitHub repo "
-          f"{AUTHORS_REPO} (one RAR per class) or the WAV copy at https://github.com/{FORK} "
-          f"(commit {FORK_COMMIT[:7]}, folder Data/)")
+CITATION = (
+    "Yaseen, Son G.-Y., Kwon S. Classification of Heart Sound Signal Using Multiple Features. "
+    "Applied Sciences 8(12):2344 (2018). https://doi.org/10.3390/app8122344"
+)
+SOURCE = (
+    f"Yaseen, Son & Kwon 2018 (Applied Sciences 8(12):2344), the authors' GitHub repo "
+    f"{AUTHORS_REPO} (one RAR per class) or the WAV copy at https://github.com/{FORK} "
+    f"(commit {FORK_COMMIT[:7]}, folder Data/)"
+)
 # Defaults for the audio modality (the schema's ``preprocess``); override via prepare(preprocess=...).
 PREPROCESS: dict[str, Any] = {
     "sample_rate": 8000,
@@ -65,7 +81,11 @@ PREPROCESS: dict[str, Any] = {
 
 def file_names() -> list[tuple[str, str]]:
     """(relative path, class) of the 1000 clips, in labels.csv order."""
-    return [(f"{c}/New_{c}_{i:03d}.wav", c) for c in ("AS", "MR", "MS", "MVP", "N") for i in range(1, PER_CLASS + 1)]
+    return [
+        (f"{c}/New_{c}_{i:03d}.wav", c)
+        for c in ("AS", "MR", "MS", "MVP", "N")
+        for i in range(1, PER_CLASS + 1)
+    ]
 
 
 def source_path(rel: str) -> str:
@@ -88,12 +108,24 @@ def checksum_list(folder: Path) -> bytes:
         try:
             info = sf.info(str(path))
         except (RuntimeError, sf.LibsndfileError) as exc:
-            raise DatasetError(f"{NAME}: file {path} is not a readable WAV ({exc}); fetch it again from "
-                               f"{SOURCE}") from None
+            raise DatasetError(
+                f"{NAME}: file {path} is not a readable WAV ({exc}); fetch it again from {SOURCE}"
+            ) from None
         blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-        writer.writerow([rel, cls, info.samplerate, info.channels, info.subtype, info.frames,
-                         round(info.frames / info.samplerate, 4), hashlib.sha256(data).hexdigest(),
-                         source_path(rel), blob])
+        writer.writerow(
+            [
+                rel,
+                cls,
+                info.samplerate,
+                info.channels,
+                info.subtype,
+                info.frames,
+                round(info.frames / info.samplerate, 4),
+                hashlib.sha256(data).hexdigest(),
+                source_path(rel),
+                blob,
+            ]
+        )
     return buf.getvalue().encode()
 
 
@@ -102,31 +134,39 @@ class HeartSounds(BuiltinDataset):
         name=NAME,
         title="Heart sounds (PCG), 5 classes: normal, AS, MR, MS, MVP (Yaseen, Son & Kwon 2018)",
         task="multiclass",
-        modalities={"audio": "phonocardiogram WAV, mono 16-bit, 8 kHz, 1.2-4.0 s (about 3 cardiac cycles)"},
+        modalities={
+            "audio": "phonocardiogram WAV, mono 16-bit, 8 kHz, 1.2-4.0 s (about 3 cardiac cycles)"
+        },
         size="1000 clips, 200 per class (N, AS, MR, MS, MVP)",
         source=SOURCE,
         citation=CITATION,
-        licence=("unstated: neither GitHub repo has a LICENSE file or a licence in its README (the "
-                 "authors ask users to cite the paper; the article is CC BY 4.0, which is not stated "
-                 "to cover the data). medmodal does not re-host the files; check the terms before "
-                 "redistributing them."),
-        notes=("No patient or recording identifiers are published: patient_id is the clip itself. "
-               "Clips are cut to about three cardiac cycles, so several clips may come from one "
-               "recording or person and any split (including stratified k-fold) can put the same "
-               "heart in train and test; results are optimistic for new patients. Clips with "
-               "neighbouring file numbers look alike (probably cut from one recording), so grouping "
-               "runs of consecutive numbers is a partial guard (see benchmarks/heart_sounds.py). "
-               "12 AS clips are mildly clipped (1.1-1.4% of samples at full scale), a possible class "
-               "cue. The 200 AS files come only from the fork; they could not be compared with the "
-               "authors' archive."),
+        licence=(
+            "unstated: neither GitHub repo has a LICENSE file or a licence in its README (the "
+            "authors ask users to cite the paper; the article is CC BY 4.0, which is not stated "
+            "to cover the data). medmodal does not re-host the files; check the terms before "
+            "redistributing them."
+        ),
+        notes=(
+            "No patient or recording identifiers are published: patient_id is the clip itself. "
+            "Clips are cut to about three cardiac cycles, so several clips may come from one "
+            "recording or person and any split (including stratified k-fold) can put the same "
+            "heart in train and test; results are optimistic for new patients. Clips with "
+            "neighbouring file numbers look alike (probably cut from one recording), so grouping "
+            "runs of consecutive numbers is a partial guard (see benchmarks/heart_sounds.py). "
+            "12 AS clips are mildly clipped (1.1-1.4% of samples at full scale), a possible class "
+            "cue. The 200 AS files come only from the fork; they could not be compared with the "
+            "authors' archive."
+        ),
     )
 
     def locate(self, data_dir: Path | None) -> Path:
         """``data_dir/heart_sounds`` (or ``data_dir`` itself when it holds labels.csv / the class folders)."""
         if data_dir is None:
-            raise DatasetError(f"{NAME}: no data directory; pass --data-dir or set $MEDMODAL_DATA_DIR to the "
-                               f"folder holding heart_sounds/ (the files come from {SOURCE}), or use "
-                               "--download when online")
+            raise DatasetError(
+                f"{NAME}: no data directory; pass --data-dir or set $MEDMODAL_DATA_DIR to the "
+                f"folder holding heart_sounds/ (the files come from {SOURCE}), or use "
+                "--download when online"
+            )
         data_dir = Path(data_dir)
         if (data_dir / "labels.csv").is_file() or (data_dir / "AS").is_dir():
             return data_dir
@@ -173,29 +213,45 @@ class HeartSounds(BuiltinDataset):
         for rel, digest in zip(labels["file"], labels["sha256"], strict=True):
             require_file(folder / rel, NAME, SOURCE, digest, "sha256")
 
-        rows = labels if per_class is None else labels.groupby("label", sort=False).head(int(per_class))
-        frame = pd.DataFrame({
-            "sample_id": [Path(f).stem for f in rows["file"]],
-            "label": rows["label"].to_numpy(),
-            "audio": [str((folder / f).absolute()) for f in rows["file"]],
-            "duration_s": rows["duration_s"].to_numpy(),
-        })
+        rows = (
+            labels
+            if per_class is None
+            else labels.groupby("label", sort=False).head(int(per_class))
+        )
+        frame = pd.DataFrame(
+            {
+                "sample_id": [Path(f).stem for f in rows["file"]],
+                "label": rows["label"].to_numpy(),
+                "audio": [str((folder / f).absolute()) for f in rows["file"]],
+                "duration_s": rows["duration_s"].to_numpy(),
+            }
+        )
         frame.insert(1, "patient_id", frame["sample_id"])
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest = out_dir / "manifest.csv"
         frame.to_csv(manifest, index=False)
-        schema = Schema.load({
-            "id_column": "sample_id",
-            "patient_column": "patient_id",
-            "target": {"task": "multiclass", "column": "label", "classes": CLASSES},
-            "modalities": {"audio": {"type": "audio", "column": "audio", "allow_missing": False,
-                                     "preprocess": {**PREPROCESS, **(preprocess or {})}}},
-        })
+        schema = Schema.load(
+            {
+                "id_column": "sample_id",
+                "patient_column": "patient_id",
+                "target": {"task": "multiclass", "column": "label", "classes": CLASSES},
+                "modalities": {
+                    "audio": {
+                        "type": "audio",
+                        "column": "audio",
+                        "allow_missing": False,
+                        "preprocess": {**PREPROCESS, **(preprocess or {})},
+                    }
+                },
+            }
+        )
         schema_path = out_dir / "schema.yaml"
         schema.save(schema_path)
         counts = frame["label"].value_counts().reindex(CLASSES).astype(int).to_dict()
-        return Prepared(manifest, schema_path, {"rows": len(frame), "per_class": counts, "folder": str(folder)})
+        return Prepared(
+            manifest, schema_path, {"rows": len(frame), "per_class": counts, "folder": str(folder)}
+        )
 
 
 def fetch(folder: Path, mirror: str = RAW_URL) -> bytes:

@@ -112,7 +112,13 @@ RR_COLUMNS = [
 ]  # fmt: skip
 # The ratios only: free of each patient's heart rate, so the model cannot recognise training
 # patients by their RR level (the record-average RR is constant per record).
-RR_NORMALISED = ["pre_rr_norm", "post_rr_norm", "pre_post_ratio", "local_rr_norm", "pre_local_ratio"]
+RR_NORMALISED = [
+    "pre_rr_norm",
+    "post_rr_norm",
+    "pre_post_ratio",
+    "local_rr_norm",
+    "pre_local_ratio",
+]
 LOCAL_INTERVALS = 10
 SPLITS = ("inter_patient", "random", "none")
 
@@ -200,8 +206,7 @@ def check_record_files(folder: Path, record: str, verify: bool = True) -> None:
         got = file_digest(f, "sha256")
         if got != want:
             raise _dataset_error(
-                f"file {f} is altered or incomplete (sha256 {got}, expected {want}); "
-                "fetch it again"
+                f"file {f} is altered or incomplete (sha256 {got}, expected {want}); fetch it again"
             )
 
 
@@ -267,19 +272,21 @@ def record_beats(
     start = np.clip(r - before, 0, n_samples - width)
     base = str((folder / record).resolve())
     facts = _header_facts(folder / f"{record}.hea")
-    frame = pd.DataFrame({
-        "sample_id": [f"{record}_{i:04d}" for i in idx],
-        "patient_id": SAME_SUBJECT.get(record, record),
-        "record": record,
-        "symbol": [symbols[i] for i in idx],
-        "label": [AAMI[symbols[i]] for i in idx],
-        "r_sample": r,
-        "window_shift": (r - before) - start,  # != 0 only within `before`/`after` of the ends
-        "signal": [f"{base}#{s}:{s + width}" for s in start],
-        **{c: rr[c][keep] for c in RR_COLUMNS},
-        "age": facts["age"],
-        "sex": facts["sex"],
-    })
+    frame = pd.DataFrame(
+        {
+            "sample_id": [f"{record}_{i:04d}" for i in idx],
+            "patient_id": SAME_SUBJECT.get(record, record),
+            "record": record,
+            "symbol": [symbols[i] for i in idx],
+            "label": [AAMI[symbols[i]] for i in idx],
+            "r_sample": r,
+            "window_shift": (r - before) - start,  # != 0 only within `before`/`after` of the ends
+            "signal": [f"{base}#{s}:{s + width}" for s in start],
+            **{c: rr[c][keep] for c in RR_COLUMNS},
+            "age": facts["age"],
+            "sex": facts["sex"],
+        }
+    )
     return frame
 
 
@@ -355,7 +362,9 @@ class MITBIH(BuiltinDataset):
         if split not in SPLITS:
             raise DatasetError(f"mitdb: split must be one of {SPLITS}, got {split!r}")
         if rr_columns not in ("normalised", "all"):
-            raise DatasetError(f"mitdb: rr_columns must be 'normalised' or 'all', got {rr_columns!r}")
+            raise DatasetError(
+                f"mitdb: rr_columns must be 'normalised' or 'all', got {rr_columns!r}"
+            )
         if subject_201_202 not in ("drop_201", "drop_202"):
             raise DatasetError("mitdb: subject_201_202 must be 'drop_201' or 'drop_202'")
         if split == "inter_patient" and not exclude_paced:
@@ -364,7 +373,9 @@ class MITBIH(BuiltinDataset):
                 "use exclude_paced=True or split='random' / 'none'"
             )
         if len(window) != 2 or min(window) < 0 or sum(window) <= 0:
-            raise DatasetError(f"mitdb: window must be [seconds before, seconds after], got {window}")
+            raise DatasetError(
+                f"mitdb: window must be [seconds before, seconds after], got {window}"
+            )
         folder = self.locate(data_dir)
         wanted = list(RECORDS) if records is None else [str(r) for r in records]
         unknown_recs = sorted(set(wanted) - set(RECORDS))
@@ -372,7 +383,9 @@ class MITBIH(BuiltinDataset):
             raise DatasetError(f"mitdb: {unknown_recs} are not MIT-BIH Arrhythmia records")
         val = tuple(str(r) for r in (VAL_RECORDS if val_records is None else val_records))
         if split == "inter_patient" and set(val) - set(DS1):
-            raise DatasetError(f"mitdb: val_records must be DS1 records, got {sorted(set(val) - set(DS1))}")
+            raise DatasetError(
+                f"mitdb: val_records must be DS1 records, got {sorted(set(val) - set(DS1))}"
+            )
         dropped: dict[str, str] = {}
         if exclude_paced:
             dropped.update({r: "paced" for r in PACED if r in wanted})
@@ -387,8 +400,11 @@ class MITBIH(BuiltinDataset):
         frames = []
         for r in used:
             check_record_files(folder, r, verify)
-            frames.append(record_beats(folder, r, (float(window[0]), float(window[1])),
-                                       _record_length(folder, r)))
+            frames.append(
+                record_beats(
+                    folder, r, (float(window[0]), float(window[1])), _record_length(folder, r)
+                )
+            )
         frame = pd.concat(frames, ignore_index=True)
         n_q = int((frame["label"] == "Q").sum())
         if not include_q:
@@ -410,12 +426,21 @@ class MITBIH(BuiltinDataset):
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest = out_dir / "manifest.csv"
         frame.to_csv(manifest, index=False)
-        schema = self.schema(classes, split != "none", patient_column, fs, standardize,
-                             demographics, float(window[0]) + float(window[1]),
-                             RR_NORMALISED if rr_columns == "normalised" else RR_COLUMNS)
+        schema = self.schema(
+            classes,
+            split != "none",
+            patient_column,
+            fs,
+            standardize,
+            demographics,
+            float(window[0]) + float(window[1]),
+            RR_NORMALISED if rr_columns == "normalised" else RR_COLUMNS,
+        )
         schema_path = out_dir / "schema.yaml"
         schema.save(schema_path)
-        return Prepared(manifest, schema_path, self._facts(frame, used, dropped, n_q, include_q, split))
+        return Prepared(
+            manifest, schema_path, self._facts(frame, used, dropped, n_q, include_q, split)
+        )
 
     @staticmethod
     def schema(
@@ -442,8 +467,11 @@ class MITBIH(BuiltinDataset):
                    "preprocess": {"indicators": "auto"}},
         }  # fmt: skip
         if demographics:
-            modalities["demographics"] = {"type": "tabular", "columns": ["age", "sex"],
-                                          "categorical": ["sex"]}
+            modalities["demographics"] = {
+                "type": "tabular",
+                "columns": ["age", "sex"],
+                "categorical": ["sex"],
+            }
         spec: dict[str, Any] = {
             "id_column": "sample_id",
             "patient_column": patient_column,
@@ -455,8 +483,14 @@ class MITBIH(BuiltinDataset):
         return Schema.load(spec)
 
     @staticmethod
-    def _facts(frame: pd.DataFrame, used: list[str], dropped: dict[str, str], n_q: int,
-               include_q: bool, split: str) -> dict[str, Any]:
+    def _facts(
+        frame: pd.DataFrame,
+        used: list[str],
+        dropped: dict[str, str],
+        n_q: int,
+        include_q: bool,
+        split: str,
+    ) -> dict[str, Any]:
         counts: dict[str, dict[str, int]] = {}
         if "split" in frame:
             for s, g in frame.groupby("split"):
@@ -464,8 +498,11 @@ class MITBIH(BuiltinDataset):
         return {
             "rows": len(frame),
             "records": used,
-            "records_per_split": {str(s): sorted(set(g["record"])) for s, g in frame.groupby("split")}
-            if "split" in frame else {},
+            "records_per_split": {
+                str(s): sorted(set(g["record"])) for s, g in frame.groupby("split")
+            }
+            if "split" in frame
+            else {},
             "records_left_out": dropped,
             "q_beats": n_q,
             "q_beats_left_out": 0 if include_q else n_q,

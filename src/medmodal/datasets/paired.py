@@ -53,11 +53,11 @@ class WDBCBreastMNIST(BuiltinDataset):
         size="567 pairs (210 malignant, 357 benign); 213 benign images and 2 malignant rows unused",
         source="sklearn.datasets.load_breast_cancer (UCI WDBC) + MedMNIST v2 breastmnist.npz (BUSI)",
         citation="Street W.N., Wolberg W.H., Mangasarian O.L. 1993; Yang J. et al., MedMNIST v2, "
-                 "Scientific Data 10, 41 (2023); Al-Dhabyani W. et al., Data in Brief 28 (2020).",
+        "Scientific Data 10, 41 (2023); Al-Dhabyani W. et al., Data in Brief 28 (2020).",
         licence="CC BY 4.0 (UCI WDBC; MedMNIST BreastMNIST)",
         pairing=PAIRING,
         notes="Different patients in the two sources: rows and images are paired at random within "
-              "a class. Fusion results on it test the code path, never a clinical claim.",
+        "a class. Fusion results on it test the code path, never a clinical claim.",
     )
 
     def locate(self, data_dir: Path | None) -> Path:
@@ -74,11 +74,19 @@ class WDBCBreastMNIST(BuiltinDataset):
         table = bunch.data.copy()
         table.columns = [c.replace(" ", "_") for c in table.columns]
         table_class = np.array([TABLE_CLASS[int(t)] for t in bunch.target])
-        images = {s: np.array([IMAGE_CLASS[int(v)] for v in arrays[f"{s}_labels"].reshape(-1)]) for s in SPLITS}
+        images = {
+            s: np.array([IMAGE_CLASS[int(v)] for v in arrays[f"{s}_labels"].reshape(-1)])
+            for s in SPLITS
+        }
 
         rows: list[dict[str, Any]] = []
-        facts: dict[str, Any] = {"pairing": PAIRING, "seed": seed, "pairs": {}, "unused_images": {},
-                                 "unused_rows": {}}
+        facts: dict[str, Any] = {
+            "pairing": PAIRING,
+            "seed": seed,
+            "pairs": {},
+            "unused_images": {},
+            "unused_rows": {},
+        }
         for cls in CLASSES:
             per_split = {s: np.flatnonzero(images[s] == cls) for s in SPLITS}
             table_rows = rng.permutation(np.flatnonzero(table_class == cls))
@@ -88,8 +96,15 @@ class WDBCBreastMNIST(BuiltinDataset):
             for s in SPLITS:
                 picked = rng.permutation(per_split[s])[: alloc[s]]
                 for img, row in zip(picked, table_rows[start : start + alloc[s]], strict=True):
-                    rows.append({"split": s, "label": cls, "image": f"{npz}#{s}_images/{int(img)}",
-                                 "breastmnist_image": f"{s}/{int(img)}", "wdbc_row": int(row)})
+                    rows.append(
+                        {
+                            "split": s,
+                            "label": cls,
+                            "image": f"{npz}#{s}_images/{int(img)}",
+                            "breastmnist_image": f"{s}/{int(img)}",
+                            "wdbc_row": int(row),
+                        }
+                    )
                 start += alloc[s]
             facts["pairs"][cls] = alloc
             facts["unused_images"][cls] = n_img - sum(alloc.values())
@@ -109,22 +124,39 @@ class WDBCBreastMNIST(BuiltinDataset):
             f"paired at random within a class (seed {seed}). Results on this manifest test the "
             "multimodal code path only; they are not multimodal evidence.\n"
         )
-        schema = Schema.load({
-            "id_column": "sample_id",
-            "patient_column": "patient_id",
-            "split_column": "split",
-            "target": {"task": "binary", "column": "label", "classes": list(CLASSES), "positive": "malignant"},
-            "modalities": {
-                "image": {"type": "image", "column": "image", "allow_missing": False,
-                          "preprocess": {"size": [28, 28], "channels": 1,
-                                         "normalize": {"mean": [0.5], "std": [0.5]}}},
-                "record": {"type": "tabular", "columns": list(table.columns)},
-            },
-        })
+        schema = Schema.load(
+            {
+                "id_column": "sample_id",
+                "patient_column": "patient_id",
+                "split_column": "split",
+                "target": {
+                    "task": "binary",
+                    "column": "label",
+                    "classes": list(CLASSES),
+                    "positive": "malignant",
+                },
+                "modalities": {
+                    "image": {
+                        "type": "image",
+                        "column": "image",
+                        "allow_missing": False,
+                        "preprocess": {
+                            "size": [28, 28],
+                            "channels": 1,
+                            "normalize": {"mean": [0.5], "std": [0.5]},
+                        },
+                    },
+                    "record": {"type": "tabular", "columns": list(table.columns)},
+                },
+            }
+        )
         schema_path = out_dir / "schema.yaml"
         schema.save(schema_path)
-        facts.update(rows=len(frame), split_counts={k: int(v) for k, v in frame["split"].value_counts().items()},
-                     source_file=str(npz))
+        facts.update(
+            rows=len(frame),
+            split_counts={k: int(v) for k, v in frame["split"].value_counts().items()},
+            source_file=str(npz),
+        )
         return Prepared(manifest, schema_path, facts)
 
 

@@ -66,20 +66,110 @@ DEMO_NUMERIC = ["age", "height", "weight"]
 # (German / English / Swedish) or equals a word below. Chosen from the five superclasses'
 # names and findings, not from the labels of any record.
 MASK_STEMS: tuple[str, ...] = (
-    "norm", "patholog", "infar", "infark", "myokard", "myocard", "isch", "isc", "st-", "-st",
-    "senkung", "hebung", "sänkning", "depress", "elevat", "invert", "inversion", "flach", "flat",
-    "strain", "belast", "repolar", "t-förändr", "t-verae", "t-ver", "digitalis", "hypokal",
-    "electrolyt", "elektrolyt", "block", "skänkel", "schenkel", "fascic", "faszik", "leitungs",
-    "intraventr", "bbb", "hypertro", "hypertrof", "enlarg", "sokolow", "amplitud", "voltage",
-    "sinistrocard", "dextrocard", "verbreiter", "überlast", "ueberlast", "inferi", "anter",
-    "sept", "lateral", "posterior", "subendocard", "injury", "necro", "nekro",
-    "a-v", "av-", "wpw", "pre-excit", "präexz",
+    "norm",
+    "patholog",
+    "infar",
+    "infark",
+    "myokard",
+    "myocard",
+    "isch",
+    "isc",
+    "st-",
+    "-st",
+    "senkung",
+    "hebung",
+    "sänkning",
+    "depress",
+    "elevat",
+    "invert",
+    "inversion",
+    "flach",
+    "flat",
+    "strain",
+    "belast",
+    "repolar",
+    "t-förändr",
+    "t-verae",
+    "t-ver",
+    "digitalis",
+    "hypokal",
+    "electrolyt",
+    "elektrolyt",
+    "block",
+    "skänkel",
+    "schenkel",
+    "fascic",
+    "faszik",
+    "leitungs",
+    "intraventr",
+    "bbb",
+    "hypertro",
+    "hypertrof",
+    "enlarg",
+    "sokolow",
+    "amplitud",
+    "voltage",
+    "sinistrocard",
+    "dextrocard",
+    "verbreiter",
+    "überlast",
+    "ueberlast",
+    "inferi",
+    "anter",
+    "sept",
+    "lateral",
+    "posterior",
+    "subendocard",
+    "injury",
+    "necro",
+    "nekro",
+    "a-v",
+    "av-",
+    "wpw",
+    "pre-excit",
+    "präexz",
 )
 MASK_WORDS: tuple[str, ...] = (
-    "q", "qs", "st", "t", "lvh", "rvh", "lao", "rao", "lae", "rae", "lafb", "lpfb", "crbbb",
-    "clbbb", "irbbb", "ilbbb", "ivcd", "1avb", "2avb", "3avb", "imi", "asmi", "ami", "almi",
-    "ilmi", "ipmi", "lmi", "pmi", "ndt", "nst", "isc", "old", "alt", "äldre", "gammal", "färsk",
-    "recent", "lv", "rv", "nst_",
+    "q",
+    "qs",
+    "st",
+    "t",
+    "lvh",
+    "rvh",
+    "lao",
+    "rao",
+    "lae",
+    "rae",
+    "lafb",
+    "lpfb",
+    "crbbb",
+    "clbbb",
+    "irbbb",
+    "ilbbb",
+    "ivcd",
+    "1avb",
+    "2avb",
+    "3avb",
+    "imi",
+    "asmi",
+    "ami",
+    "almi",
+    "ilmi",
+    "ipmi",
+    "lmi",
+    "pmi",
+    "ndt",
+    "nst",
+    "isc",
+    "old",
+    "alt",
+    "äldre",
+    "gammal",
+    "färsk",
+    "recent",
+    "lv",
+    "rv",
+    "nst_",
 )
 _WORD = re.compile(r"\w+(?:[-'’]\w+)*")
 
@@ -92,19 +182,19 @@ class PTBXL(BuiltinDataset):
         modalities={
             "ecg": "signal, 12 leads (I, II, III, aVR, aVL, aVF, V1-V6), 100 Hz, 1000 samples (10 s)",
             "report": "text, the cardiologist's free-text report (German/English/Swedish); it "
-                      "states the diagnosis, so a text model reads the cardiologist's words",
+            "states the diagnosis, so a text model reads the cardiologist's words",
             "demo": "tabular: age (capped at 90), sex, height, weight (missing -> imputed + indicator)",
         },
         size="1,987 records of 1,850 patients; 1,965 with a diagnostic statement "
-             "(train folds 1-8 / val 9 / test 10)",
+        "(train folds 1-8 / val 9 / test 10)",
         source=SOURCE,
         citation=CITATION,
         licence="CC BY 4.0",
         pairing="real patient pairing: ECG, report and demographics of the same record",
         notes="Target: diagnostic superclasses NORM/MI/STTC/CD/HYP (multilabel, at any likelihood). "
-              "22 records without a diagnostic statement are excluded by default (Strodthoff et al. "
-              "2021). Full-release benchmark (21,799 records): macro-AUROC ~0.93 (Strodthoff et al. "
-              "2021), not directly comparable with this subset.",
+        "22 records without a diagnostic statement are excluded by default (Strodthoff et al. "
+        "2021). Full-release benchmark (21,799 records): macro-AUROC ~0.93 (Strodthoff et al. "
+        "2021), not directly comparable with this subset.",
     )
 
     def locate(self, data_dir: Path | None) -> Path:
@@ -136,7 +226,9 @@ class PTBXL(BuiltinDataset):
         if verify not in ("csv", "all"):
             raise DatasetError(f"ptbxl: verify must be 'csv' or 'all', not {verify!r}")
         if no_diagnostic not in ("exclude", "keep"):
-            raise DatasetError(f"ptbxl: no_diagnostic must be 'exclude' or 'keep', not {no_diagnostic!r}")
+            raise DatasetError(
+                f"ptbxl: no_diagnostic must be 'exclude' or 'keep', not {no_diagnostic!r}"
+            )
         folder = self.locate(data_dir)
         sums = load_checksums()
         for name in (DATABASE, STATEMENTS):
@@ -152,8 +244,12 @@ class PTBXL(BuiltinDataset):
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        excluded = pd.DataFrame({"sample_id": no_diag["sample_id"],
-                                 "reason": "no diagnostic SCP statement (diagnostic == 1)"})
+        excluded = pd.DataFrame(
+            {
+                "sample_id": no_diag["sample_id"],
+                "reason": "no diagnostic SCP statement (diagnostic == 1)",
+            }
+        )
         excluded.to_csv(out_dir / "excluded.csv", index=False)
         if no_diagnostic == "exclude":
             frame = frame.drop(index=no_diag.index).reset_index(drop=True)
@@ -176,7 +272,9 @@ class PTBXL(BuiltinDataset):
             "split_counts": {k: int(v) for k, v in frame["split"].value_counts().items()},
             "ages_capped": int((db["age"] > AGE_CAP - 1).sum()),
             # e.g. ecg_id 443's report is a single space: the report modality is absent there
-            "reports_without_words": list(frame.loc[~frame["report"].fillna("").str.contains(r"\w"), "sample_id"]),
+            "reports_without_words": list(
+                frame.loc[~frame["report"].fillna("").str.contains(r"\w"), "sample_id"]
+            ),
             "report_mask_terms": len(mask_terms),
             "verified": "csv digests + waveform presence" if verify == "csv" else "all digests",
             "source": SOURCE,
@@ -241,7 +339,9 @@ def superclass_labels(db: pd.DataFrame, classes_of: dict[str, str], path: Path) 
             if not isinstance(codes, dict):
                 raise ValueError("not a mapping")
         except (ValueError, SyntaxError) as exc:
-            raise DatasetError(f"ptbxl: {path}: ecg_id {ecg_id}: unreadable scp_codes {cell!r} ({exc})") from None
+            raise DatasetError(
+                f"ptbxl: {path}: ecg_id {ecg_id}: unreadable scp_codes {cell!r} ({exc})"
+            ) from None
         found = {classes_of[c] for c in codes if c in classes_of}
         rows.append({c: int(c in found) for c in SUPERCLASSES})
     return pd.DataFrame(rows, index=db.index)
@@ -259,13 +359,17 @@ def _manifest(db: pd.DataFrame, labels: pd.DataFrame, folder: Path) -> pd.DataFr
     folds = pd.to_numeric(db["strat_fold"], errors="coerce")
     bad = db.loc[~folds.isin(list(SPLIT_OF_FOLD)), "ecg_id"]
     if len(bad):
-        raise DatasetError(f"ptbxl: {folder / DATABASE}: ecg_id {list(bad[:5])} have no strat_fold in 1-10")
-    frame = pd.DataFrame({
-        "sample_id": [f"ptbxl_{int(i):05d}" for i in db["ecg_id"]],
-        "patient_id": [f"p{int(p)}" for p in db["patient_id"]],
-        "split": [SPLIT_OF_FOLD[int(f)] for f in folds],
-        "strat_fold": folds.astype(int),
-    })
+        raise DatasetError(
+            f"ptbxl: {folder / DATABASE}: ecg_id {list(bad[:5])} have no strat_fold in 1-10"
+        )
+    frame = pd.DataFrame(
+        {
+            "sample_id": [f"ptbxl_{int(i):05d}" for i in db["ecg_id"]],
+            "patient_id": [f"p{int(p)}" for p in db["patient_id"]],
+            "split": [SPLIT_OF_FOLD[int(f)] for f in folds],
+            "strat_fold": folds.astype(int),
+        }
+    )
     frame = pd.concat([frame, labels.reset_index(drop=True)], axis=1)
     frame["ecg"] = [str(folder / ref) for ref in db["filename_lr"]]
     frame["report"] = db["report"].to_numpy()
@@ -278,28 +382,52 @@ def _manifest(db: pd.DataFrame, labels: pd.DataFrame, folder: Path) -> pd.DataFr
 
 
 def build_schema(mask_terms: list[str] | None = None) -> Schema:
-    report_pre: dict[str, Any] = {"tokenizer": "word", "source": "inline", "max_len": 64, "min_freq": 2}
+    report_pre: dict[str, Any] = {
+        "tokenizer": "word",
+        "source": "inline",
+        "max_len": 64,
+        "min_freq": 2,
+    }
     if mask_terms:
         report_pre["mask_terms"] = list(mask_terms)
-    return Schema.load({
-        "id_column": "sample_id",
-        "patient_column": "patient_id",
-        "split_column": "split",
-        "target": {"task": "multilabel", "columns": list(SUPERCLASSES)},
-        "modalities": {
-            "ecg": {"type": "signal", "column": "ecg", "allow_missing": False,
-                    "preprocess": {"fs": 100, "length": 1000, "length_policy": "error", "standardize": "fit"}},
-            "report": {"type": "text", "column": "report", "preprocess": report_pre},
-            "demo": {"type": "tabular", "columns": [*DEMO_NUMERIC, "sex"], "categorical": ["sex"]},
-        },
-    })
+    return Schema.load(
+        {
+            "id_column": "sample_id",
+            "patient_column": "patient_id",
+            "split_column": "split",
+            "target": {"task": "multilabel", "columns": list(SUPERCLASSES)},
+            "modalities": {
+                "ecg": {
+                    "type": "signal",
+                    "column": "ecg",
+                    "allow_missing": False,
+                    "preprocess": {
+                        "fs": 100,
+                        "length": 1000,
+                        "length_policy": "error",
+                        "standardize": "fit",
+                    },
+                },
+                "report": {"type": "text", "column": "report", "preprocess": report_pre},
+                "demo": {
+                    "type": "tabular",
+                    "columns": [*DEMO_NUMERIC, "sex"],
+                    "categorical": ["sex"],
+                },
+            },
+        }
+    )
 
 
 def report_mask_terms(reports: pd.Series, classes_of: dict[str, str]) -> list[str]:
     """The report words to mask: those containing a stem of :data:`MASK_STEMS`, equal to one of
     :data:`MASK_WORDS` or to a diagnostic SCP code (lower case)."""
     exact = {w.lower() for w in MASK_WORDS} | {c.lower() for c in classes_of}
-    vocab = {w for r in reports.dropna() for w in _WORD.findall(unicodedata.normalize("NFKC", str(r)).lower())}
+    vocab = {
+        w
+        for r in reports.dropna()
+        for w in _WORD.findall(unicodedata.normalize("NFKC", str(r)).lower())
+    }
     return sorted(w for w in vocab if w in exact or any(s in w for s in MASK_STEMS))
 
 

@@ -54,7 +54,12 @@ class WDBC(BuiltinDataset):
         schema = {
             "id_column": "sample_id",
             "patient_column": "patient_id",
-            "target": {"task": "binary", "column": "diagnosis", "classes": ["benign", "malignant"], "positive": "malignant"},
+            "target": {
+                "task": "binary",
+                "column": "diagnosis",
+                "classes": ["benign", "malignant"],
+                "positive": "malignant",
+            },
             "modalities": {"record": {"type": "tabular", "columns": list(X.columns)}},
         }
         return _write(out_dir, frame, schema)

@@ -6,7 +6,7 @@ key of every image its encoder trained on (``images.content_keys``): the audit's
 :data:`KEY_CHARS` hex digits, so the same image under another id or path is caught; a re-encoded
 or resized copy is not. Before a run trains from such a checkpoint
 (``model.encoders.<modality>.init``), :func:`check_pretrained_inits` keys the run's evaluation
-images (every row not marked ``train``) the same way. Images the pretraining saw are a DataError
+images (rows marked ``val``, ``test`` or ``holdout``; not rows a run leaves out) the same way. Images the pretraining saw are a DataError
 unless ``init_allow_overlap: true``; those whose content this run's own training split holds too
 are counted, not raised (fine-tuning sees them anyway; the leakage audit reports them).
 """
@@ -114,6 +114,11 @@ def check_init(
     return record
 
 
+# rows a run scores (tune keeps its test rows as "holdout"); rows a run leaves out ("unused", e.g.
+# a label subset) are neither trained on nor scored, so pretraining on them is no leak
+EVALUATED = ("val", "test", "holdout")
+
+
 def _overlap(
     loaded: LoadedData, splits: np.ndarray, modality: str, keys: set[str]
 ) -> dict[str, Any]:
@@ -121,7 +126,7 @@ def _overlap(
     more it saw whose content this run's training split holds too."""
     ds, split = loaded.dataset, np.asarray(splits).astype(str)
     present = np.array([r[modality] is not None for r in ds.raw], dtype=bool)
-    held = np.flatnonzero(present & (split != "train"))
+    held = np.flatnonzero(present & np.isin(split, EVALUATED))
     found = image_keys(ds, modality, held)
     seen = [(int(i), k) for i, k in zip(held, found, strict=True) if k in keys]
     also_train = 0

@@ -146,7 +146,7 @@ class ModalityProcessor:
             differ = sorted(k for k in mine if saved.get(k) != mine[k])
             raise CheckpointError(
                 f"modality {self.name!r}: the saved state was fitted with other {differ} "
-                f"({ {k: saved.get(k) for k in differ} }, here {({k: mine[k] for k in differ})})"
+                f"({ {k: saved.get(k) for k in differ} }, here { ({k: mine[k] for k in differ}) })"
             )
         names = self.fitted_names()
         unknown = sorted(set(state) - set(names))

@@ -464,8 +464,6 @@ def _slice_positions(slices: list[tuple[Path, Dataset]], directory: Path) -> lis
 # --------------------------------------------------------------------------- helpers
 
 
-
-
 def _first(value: Any) -> Any:
     if isinstance(value, str | bytes) or not isinstance(value, Sequence):
         return value

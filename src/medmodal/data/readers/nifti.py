@@ -130,8 +130,6 @@ def _slice(slice_index: SliceIndex, depth: int, path: Path) -> int:
     return int(slice_index)
 
 
-
-
 def _reason(exc: Exception) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     text = text if len(text) <= 300 else text[:297] + "..."

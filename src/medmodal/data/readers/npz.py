@@ -26,7 +26,9 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
             with data:
                 return {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise DataError(f"cannot read .npz archive (corrupt or truncated?): {exc}", path=p) from None
+        raise DataError(
+            f"cannot read .npz archive (corrupt or truncated?): {exc}", path=p
+        ) from None
 
 
 def to_channel_first(img: np.ndarray, path: str) -> np.ndarray:

@@ -30,7 +30,9 @@ def read_pil(path: Path) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             mode = img.mode
             if mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float32) / (65535.0 if mode.startswith("I;16") else max(float(np.asarray(img).max()), 1.0))
+                arr = np.asarray(img, dtype=np.float32) / (
+                    65535.0 if mode.startswith("I;16") else max(float(np.asarray(img).max()), 1.0)
+                )
                 arr = arr[None]
             elif mode == "F":
                 arr = np.asarray(img, dtype=np.float32)[None]

@@ -110,6 +110,7 @@ RECORD_CACHE = ByteLRU()
 
 # -- references -------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def _quiet_wfdb() -> Iterator[None]:
     """Silence wfdb's own pandas deprecation warnings (wfdb's noise, not the user's)."""
@@ -124,6 +125,7 @@ def import_wfdb() -> Any:
         import wfdb
 
     return wfdb
+
 
 def parse_ref(ref: str | Path) -> tuple[str, int | None, int | None]:
     """Split ``path#start:stop`` into (path, start, stop); no segment gives (path, None, None)."""
