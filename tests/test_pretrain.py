@@ -3,6 +3,7 @@ a short real run, the encoder checkpoint a classifier starts from, resume, the C
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,10 +16,11 @@ import pytest
 import torch
 import yaml
 
-from medmodal.errors import ConfigError
+from medmodal.errors import ConfigError, DataError
 from medmodal.models import build_model
 from medmodal.pretrain import MaskGenerator, build_simmim, load_pretrain_config, masked_l1, pretrain
 from medmodal.pretrain import run as run_mod
+from medmodal.run.pretrained import KEY_SCHEME, InitCheckWarning
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -291,6 +293,143 @@ def test_fit_from_the_pretrained_encoder(
     for key, tensor in saved.items():
         assert torch.equal(state[f"encoders.image.{key}"], tensor), key
     assert run.metrics["test"]["auroc"] is not None
+    # the pretraining (train split) saw none of the run's validation / test images; one test image
+    # of BreastMNIST is byte-identical to a training image: counted, not raised
+    check = run.metrics["encoder_init"]["image"]
+    assert check["status"] == "checked" and check["overlap"] == {}
+    assert check["evaluation_images"] == {"val": 78, "test": 156}
+    assert check["overlap_also_in_training"] == 1
+    assert (
+        "no overlap"
+        in json.loads((run.run_dir / "metrics.json").read_text())["encoder_init"]["image"][
+            "summary"
+        ]
+    )
+
+
+# -- the pretraining must not have seen the fine-tuning run's validation / test images -------------
+@pytest.fixture(scope="module")
+def all_splits_run(
+    data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> run_mod.PretrainResult:
+    """One epoch on every BreastMNIST image (train, val and test: ``include_test``)."""
+    out = tmp_path_factory.mktemp("pretrain") / "all"
+    return pretrain(tiny_config(out, data_dir, include_test=True, train={"epochs": 1}))
+
+
+def finetune_config(out: Path, data_dir: Path, init: Path, **encoder: Any) -> dict[str, Any]:
+    return {
+        "name": out.name,
+        "output_dir": str(out),
+        "data": {"dataset": "breastmnist", "data_dir": str(data_dir), "audit": False},
+        "model": {"encoders": {"image": {**TINY_VIT, "init": str(init), **encoder}}},
+        "train": {"epochs": 1, "batch_size": 64, "threads": 1},
+        "evaluate": {"bootstrap": 0, "report": False},
+    }
+
+
+def test_checkpoint_records_the_content_of_the_images_used(
+    breast_run: run_mod.PretrainResult, all_splits_run: run_mod.PretrainResult
+) -> None:
+    """One key per distinct image (BreastMNIST's train split holds no two identical images; one
+    test image repeats a training image), kept in a checkpoint that loads with weights_only."""
+    images = torch.load(breast_run.checkpoint, weights_only=True)["images"]
+    assert images["key_scheme"] == KEY_SCHEME and images["unrecorded_inits"] == []
+    keys = images["content_keys"]
+    assert len(keys) == 546 and keys == sorted(keys) and all(len(k) == 16 for k in keys)
+    every = torch.load(all_splits_run.checkpoint, weights_only=True)["images"]["content_keys"]
+    assert set(keys) < set(every) and len(every) == 546 + 78 + 156 - 1
+
+
+def test_pretraining_that_saw_the_test_split_is_refused(
+    all_splits_run: run_mod.PretrainResult, data_dir: Path, tmp_path: Path
+) -> None:
+    """Before any training: the count (the one test image that repeats a training image is not
+    counted), a few ids and the checkpoint are named."""
+    from medmodal import api
+
+    cfg = finetune_config(tmp_path / "ft", data_dir, all_splits_run.checkpoint)
+    with pytest.raises(DataError) as err:
+        api.fit(cfg, progress=False)
+    msg = str(err.value)
+    assert "saw 233 of this run's validation/test images (test 155, val 78; e.g. " in msg
+    assert str(all_splits_run.checkpoint) in msg and "init_allow_overlap: true" in msg
+    assert not (tmp_path / "ft" / "history.json").exists()
+
+
+def test_allowed_overlap_is_trained_and_recorded(
+    all_splits_run: run_mod.PretrainResult, data_dir: Path, tmp_path: Path
+) -> None:
+    from medmodal import api
+
+    cfg = finetune_config(
+        tmp_path / "ft", data_dir, all_splits_run.checkpoint, init_allow_overlap=True
+    )
+    with pytest.warns(InitCheckWarning, match=r"the pretraining saw 233 .*init_allow_overlap"):
+        run = api.fit(cfg, progress=False)
+    check = json.loads((run.run_dir / "metrics.json").read_text())["encoder_init"]["image"]
+    assert check["status"] == "overlap_allowed" and check["overlap"] == {"val": 78, "test": 155}
+    assert check["pretrain_images"] == 779 and len(check["overlap_ids"]) == 5
+
+
+def test_checkpoint_without_the_record_warns(
+    breast_run: run_mod.PretrainResult, data_dir: Path, tmp_path: Path
+) -> None:
+    """An older pretraining checkpoint (no content keys) cannot be checked: a warning, no error;
+    a pretraining that starts from it says so, and so does a run from that pretraining."""
+    from medmodal.config import load_config
+    from medmodal.run import assign_splits, load_data
+    from medmodal.run.pretrained import check_pretrained_inits
+
+    body = torch.load(breast_run.checkpoint, weights_only=True)
+    body["images"] = {k: v for k, v in body["images"].items() if k != "content_keys"}
+    old = tmp_path / "old.pt"
+    torch.save(body, old)
+    cfg = load_config(finetune_config(tmp_path / "ft", data_dir, old))
+    loaded = load_data(cfg, tmp_path / "ft")
+    with pytest.warns(InitCheckWarning, match="records no image keys"):
+        check = check_pretrained_inits(loaded, assign_splits(loaded))["image"]
+    assert check["status"] == "unrecorded"
+    chained = tiny_config(tmp_path / "chain", data_dir, encoder={"init": str(old)})
+    chained["train"] |= {"epochs": 1, "max_images": 32}
+    images = torch.load(pretrain(chained).checkpoint, weights_only=True)["images"]
+    assert images["unrecorded_inits"] == [str(old)] and len(images["content_keys"]) == 32
+    cfg = load_config(finetune_config(tmp_path / "ft", data_dir, tmp_path / "chain/encoder.pt"))
+    with pytest.warns(InitCheckWarning, match="started from .*old.pt, which records no images"):
+        check = check_pretrained_inits(loaded.with_config(cfg), assign_splits(loaded))["image"]
+    assert check["status"] == "checked" and check["unrecorded_inits"] == [str(old)]
+
+
+def test_pretraining_chain_keeps_the_images_of_its_init(
+    all_splits_run: run_mod.PretrainResult, data_dir: Path, tmp_path: Path
+) -> None:
+    """Pretraining on the train split from a checkpoint that saw every split still counts them."""
+    cfg = tiny_config(
+        tmp_path / "chain", data_dir, encoder={"init": str(all_splits_run.checkpoint)}
+    )
+    cfg["train"] |= {"epochs": 1, "max_images": 32}
+    keys = torch.load(pretrain(cfg).checkpoint, weights_only=True)["images"]["content_keys"]
+    first = torch.load(all_splits_run.checkpoint, weights_only=True)["images"]["content_keys"]
+    assert keys == first
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"init_allow_overlpa": True}, r"unknown option 'init_allow_overlpa'.*own keys: .*overlap"),
+        (
+            {"init_allow_overlap": "maybe"},
+            r"image\.init_allow_overlap: Input should be a valid boo",
+        ),
+    ],
+)
+def test_allow_option_is_checked(tmp_path: Path, option: dict[str, Any], message: str) -> None:
+    """A misspelled or mistyped option is a ConfigError before any data is read."""
+    from medmodal.run import start_run
+
+    cfg = finetune_config(tmp_path / "ft", tmp_path, tmp_path / "x.pt", **option)
+    with pytest.raises(ConfigError, match=message):
+        start_run(cfg)
 
 
 # -- resume ----------------------------------------------------------------------------------------
@@ -378,3 +517,21 @@ def test_cli_pretrain(data_dir: Path, tmp_path: Path) -> None:
     assert "encoder checkpoint:" in res.stdout and "epoch 1/1 loss" in res.stderr
     res = run_cli("pretrain", str(path), "--set", "mask.ratio=1.5")
     assert res.returncode == 2 and "mask.ratio" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_rows_a_run_leaves_out_are_not_checked(
+    all_splits_run: run_mod.PretrainResult, data_dir: Path, tmp_path: Path
+) -> None:
+    """A label-efficiency run marks the training rows it leaves out ``unused``: pretraining on them
+    is no leak; relabelling the evaluation rows ``unused`` too leaves nothing to find."""
+    from medmodal.config import load_config
+    from medmodal.run import assign_splits, load_data
+    from medmodal.run.pretrained import check_pretrained_inits
+
+    cfg = load_config(finetune_config(tmp_path / "ft", data_dir, all_splits_run.checkpoint))
+    loaded = load_data(cfg, tmp_path / "ft")
+    splits = assign_splits(loaded).astype(object)
+    splits[splits != "train"] = "unused"
+    check = check_pretrained_inits(loaded, splits)["image"]
+    assert check["status"] == "checked" and check["overlap"] == {}
+    assert check["evaluation_images"] == {}

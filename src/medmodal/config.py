@@ -45,11 +45,17 @@ class ComponentSpec(Strict):
 
 class EncoderSpec(ComponentSpec):
     """``name`` (default: the modality type's default encoder), ``init`` (weights to start
-    from: a state dict or a medmodal checkpoint), ``freeze_init`` (keep them fixed)."""
+    from: a state dict or a medmodal checkpoint), ``freeze_init`` (keep them fixed),
+    ``init_allow_overlap`` (accept a pretraining checkpoint that saw this run's validation or test
+    images; off: a DataError)."""
 
     name: str | None = None
     init: str | None = None
     freeze_init: bool = False
+    init_allow_overlap: bool = Field(
+        default=False,
+        description="train from a pretraining that saw this run's validation / test images",
+    )
 
 
 class FusionSpec(ComponentSpec):

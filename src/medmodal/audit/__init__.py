@@ -7,9 +7,11 @@ whitespace- and case-normalised notes) and near-identical images (256-bit DCT pH
 within :data:`NEAR_THRESHOLD` bits). Each group says whether it spans patients (one
 person under two ids, or a data error) and splits (leakage). Unreadable files are
 listed, never raised. ``medmodal audit MANIFEST --schema SCHEMA`` is the command line.
+:func:`image_key` is the byte-level key of one image alone (what a pretraining checkpoint records
+of the images it trained on).
 """
 
-from medmodal.audit.collect import Unreadable
+from medmodal.audit.collect import Unreadable, image_key
 from medmodal.audit.core import audit_manifest
 from medmodal.audit.hashing import NEAR_THRESHOLD, PHASH_BITS, normalize_note, phash
 from medmodal.audit.report import AuditReport, DuplicateGroup, Member
@@ -22,6 +24,7 @@ __all__ = [
     "Member",
     "Unreadable",
     "audit_manifest",
+    "image_key",
     "normalize_note",
     "phash",
 ]

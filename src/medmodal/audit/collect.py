@@ -70,6 +70,33 @@ class Collected:
         }
 
 
+def path_digest(path: Path) -> str:
+    """sha256 of a file's bytes; of a DICOM series folder: of its files' names and digests."""
+    if path.is_dir():
+        parts = [f"{p.name}:{file_digest(p)}" for p in sorted(path.iterdir()) if p.is_file()]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    return file_digest(path)
+
+
+def npz_member(ref: str, root: Path | None) -> str | None:
+    """``archive.npz#key/index`` with the archive resolved against ``root``; None for other refs."""
+    head, sep, member = ref.partition("#")
+    if sep and head.lower().endswith(".npz"):
+        return f"{resolve_path(head, root)}#{member}"
+    return None
+
+
+def image_key(ref: str, root: Path | None) -> str:
+    """The audit's byte-level key of one image reference, without decoding a file: sha256 of the
+    file (:func:`path_digest`), or of an ``.npz`` member's decoded array (an archive holds many)."""
+    full = npz_member(ref, root)
+    if full is None:
+        return path_digest(resolve_path(ref, root))
+    from medmodal.data.readers import read_image
+
+    return array_digest(read_image(full))
+
+
 class _Reader:
     """Reads one modality's cells; file digests are computed once per file."""
 
@@ -83,13 +110,7 @@ class _Reader:
     def file_key(self, path: Path) -> str:
         key = str(path)
         if key not in self._digests:
-            if path.is_dir():  # a DICOM series: digest of its files' digests
-                parts = [
-                    f"{p.name}:{file_digest(p)}" for p in sorted(path.iterdir()) if p.is_file()
-                ]
-                self._digests[key] = hashlib.sha256("\n".join(parts).encode()).hexdigest()
-            else:
-                self._digests[key] = file_digest(path)
+            self._digests[key] = path_digest(path)
         return self._digests[key]
 
     def read(self, ref: str) -> Entry:
@@ -106,9 +127,8 @@ class _Reader:
         }
         if "size" in self.options:
             opts["spatial_dims"] = len(self.options["size"])
-        head, sep, member = ref.partition("#")
-        if sep and head.lower().endswith(".npz"):  # one array of an archive: its decoded bytes
-            full = f"{resolve_path(head, self.root)}#{member}"
+        full = npz_member(ref, self.root)
+        if full is not None:  # one array of an archive: its decoded bytes
             arr = read_image(full, **opts)
             digest = array_digest(arr)
             return Entry(-1, full, digest, digest, phash(arr) if self.near else None)

@@ -11,9 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from medmodal.checkpoint import save_checkpoint
+from medmodal.run.pretrained import KIND  # a medmodal checkpoint of this kind holds one encoder
 from medmodal.utils.io import dump_json
-
-KIND = "pretrained-encoder"  # a medmodal checkpoint of this kind holds one encoder
 
 
 def save_encoder(
@@ -30,7 +29,8 @@ def save_encoder(
 ) -> Path:
     """The encoder's weights (``encoder_state``, names as in a classifier's encoder) with how they
     were made: encoder name and options, input info, the pretraining config and loss history, the
-    images used (counts, splits) and the image normalisation fitted on them. ``model.encoders.
+    images used (counts, splits, content keys: what a run starting from it checks its validation
+    and test images against) and the image normalisation fitted on them. ``model.encoders.
     <modality>.init`` loads it; ``torch.load(weights_only=True)`` reads it."""
     return save_checkpoint(
         path,

@@ -27,6 +27,7 @@ from medmodal.data.schema import Schema
 from medmodal.errors import BadSampleLog, ConfigError, ManifestError
 from medmodal.predictor import build_dataset, make_processors
 from medmodal.run.data import assign_splits, load_data, resolve_source
+from medmodal.run.pretrained import image_keys
 from medmodal.utils.runtime import epoch_seed
 
 
@@ -158,15 +159,27 @@ class ImageView(Dataset):
             s.dataset.train = train
             s.dataset.generator = torch.Generator().manual_seed(epoch_seed(seed, epoch, 10 + k))
 
-    def sample_ids(self) -> list[list[str]]:
-        """Per source, the sample ids of the images used."""
-        out: list[list[str]] = [[] for _ in self.sources]
+    def rows(self) -> list[list[int]]:
+        """Per source, the rows (of its dataset) of the images used."""
+        out: list[list[int]] = [[] for _ in self.sources]
         ends = self.parts.cumulative_sizes
         for j in self.index:
             k = int(np.searchsorted(ends, j, side="right"))
-            start = ends[k - 1] if k else 0
-            out[k].append(self.sources[k].dataset.ids[j - start])
+            out[k].append(j - (ends[k - 1] if k else 0))
         return out
+
+    def sample_ids(self) -> list[list[str]]:
+        """Per source, the sample ids of the images used."""
+        return [
+            [s.dataset.ids[i] for i in r] for s, r in zip(self.sources, self.rows(), strict=True)
+        ]
+
+    def content_keys(self) -> set[str]:
+        """The content key of every image used (:func:`medmodal.run.pretrained.image_keys`)."""
+        keys: set[str] = set()
+        for s, rows in zip(self.sources, self.rows(), strict=True):
+            keys.update(image_keys(s.dataset, s.modality, rows))
+        return keys
 
 
 class _One(Dataset):

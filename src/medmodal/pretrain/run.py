@@ -2,7 +2,9 @@
 
 Writes into the run folder: ``encoder.pt`` (what ``model.encoders.<modality>.init`` takes),
 ``last.pt`` (resume state after every epoch), ``loss.json`` / ``loss.png``, ``preview_epoch_<n>.png``,
-``images.json`` (which images were used) and ``config.yaml``.
+``images.json`` (which images were used) and ``config.yaml``. ``encoder.pt`` records the content key
+of every image trained on, which a classifier run starting from it checks its validation and test
+images against (:mod:`medmodal.run.pretrained`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from medmodal.pretrain.config import ConfigSource, PretrainConfig, load_pretrain
 from medmodal.pretrain.data import ImageSource, ImageView, load_source
 from medmodal.pretrain.loop import PretrainLoop, ProgressMode
 from medmodal.pretrain.model import build_simmim
+from medmodal.run.pretrained import KEY_SCHEME, read_record, unrecorded_inits
 from medmodal.utils.io import dump_json
 from medmodal.utils.runtime import seed_everything, set_threads
 
@@ -84,6 +87,7 @@ def pretrain(
     model, masks = _model(cfg, sources[0])
     loop = PretrainLoop(model, masks, view, cfg.train, cfg.seed, progress=progress, console=console)
     images = _images_record(sources, view)
+    content = _content_record(cfg, view)
     dump_json(run_dir / "images.json", images)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     last = run_dir / "last.pt"
@@ -99,7 +103,7 @@ def pretrain(
         info=sources[0].info,
         config=cfg.to_dict(),
         history=history,
-        images=_without_ids(images),
+        images={**_without_ids(images), **content},
         processor=sources[0].dataset.processors[sources[0].modality].state_dict(),
     )
     loss_curve(run_dir, history)
@@ -147,6 +151,21 @@ def _images_record(sources: list[ImageSource], view: ImageView) -> dict[str, Any
         "sample_ids_sha256": digest,
         "sources": [s.summary(ids) for s, ids in zip(sources, used, strict=True)],
     }
+
+
+def _content_record(cfg: PretrainConfig, view: ImageView) -> dict[str, Any]:
+    """The content keys of the images trained on, with those the ``encoder.init`` checkpoint's own
+    pretraining recorded (one it cannot tell about is listed under ``unrecorded_inits``)."""
+    keys = view.content_keys()
+    record: dict[str, Any] = {"key_scheme": KEY_SCHEME, "unrecorded_inits": []}
+    if cfg.encoder.init:
+        pretrained, inherited = read_record(cfg.encoder.init)
+        if pretrained and inherited is None:
+            record["unrecorded_inits"] = [str(cfg.encoder.init)]
+        else:
+            keys |= inherited or set()
+            record["unrecorded_inits"] = unrecorded_inits(cfg.encoder.init)
+    return {**record, "content_keys": sorted(keys)}
 
 
 def _without_ids(images: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from medmodal.config import ExperimentConfig
+from medmodal.config import EncoderSpec, ExperimentConfig
+from medmodal.errors import ConfigError
 from medmodal.fusion import FUSIONS
 from medmodal.models.encoders import ENCODERS
 from medmodal.models.heads import HEADS
@@ -16,7 +17,13 @@ def check_components(cfg: ExperimentConfig) -> None:
     for modality, spec in m.encoders.items():
         if spec.name is not None:
             where = f"model.encoders.{modality} ({spec.name})"
-            parse_options(ENCODERS.options_model(spec.name), spec.options(), where)
+            try:
+                parse_options(ENCODERS.options_model(spec.name), spec.options(), where)
+            except ConfigError as exc:
+                if "unknown option" not in str(exc):
+                    raise
+                own = ", ".join(EncoderSpec.model_fields)
+                raise ConfigError(f"{exc}; or one of the encoder spec's own keys: {own}") from None
     parse_options(
         FUSIONS.options_model(m.fusion.name), m.fusion.options(), f"fusion {m.fusion.name!r}"
     )

@@ -50,6 +50,8 @@ def cross_validate_loaded(ctx: RunContext, loaded: LoadedData, k: int) -> CVResu
         "skipped_samples": loaded.bad_list,
         "wall_seconds": time.perf_counter() - t0,
     }
+    if "encoder_init" in results[0].metrics:  # per fold: did a pretraining see its test rows?
+        summary["encoder_init"] = [r.metrics["encoder_init"] for r in results]
     dump_json(ctx.run_dir / "cv_metrics.json", summary)
     report = None
     if loaded.cfg.evaluate.report:

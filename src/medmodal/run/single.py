@@ -11,6 +11,7 @@ import numpy as np
 from medmodal.predictor import Predictor
 from medmodal.run.context import Progress
 from medmodal.run.data import LoadedData
+from medmodal.run.pretrained import check_pretrained_inits
 from medmodal.run.report import missing_note, write_run_report
 from medmodal.run.results import RunResult
 from medmodal.run.steps import fit_processors, new_predictor, score_split, train_model
@@ -29,7 +30,9 @@ def train_and_evaluate(
     console: Any = None,
 ) -> RunResult:
     """Fit processors on the ``train`` rows, train, pick the best epoch on ``val``, score ``val``
-    and ``test`` through the prediction path, and write checkpoint, metrics and report.
+    and ``test`` through the prediction path, and write checkpoint, metrics and report. An
+    encoder started from a pretraining checkpoint is checked first: its pretraining must not
+    have seen the rows not marked ``train`` (``metrics["encoder_init"]``).
 
     ``splits``: "train" / "val" / "test" per row of ``loaded.dataset`` (other values are unused,
     e.g. "holdout" keeps a test split unseen while tuning)."""
@@ -38,6 +41,7 @@ def train_and_evaluate(
     seed_everything(cfg.seed)
     processors, parts = fit_processors(loaded, splits)
     predictor = new_predictor(loaded, processors)
+    init_check = check_pretrained_inits(loaded, splits, console)
     t0 = time.perf_counter()
     state = train_model(
         predictor, parts, loaded, run_dir, progress=progress, resume=resume, console=console
@@ -50,6 +54,8 @@ def train_and_evaluate(
         "missing_modalities": {k: v.missing_counts for k, v in parts.items()},
         "skipped_samples": len(loaded.bad_list),
     }
+    if init_check:
+        metrics["encoder_init"] = init_check
     result = RunResult(run_dir, run_dir / "best.pt", metrics, state.history, loaded.bad_list)
     for split in ("val", "test"):
         if split in parts:
@@ -96,6 +102,7 @@ def _report(
         f"{state.best_epoch} of the {state.epoch} run, was chosen on validation "
         f"{cfg.train.monitor}. Training took {m['train_seconds']:.1f} s.",
         missing_note(m["missing_modalities"]),
+        *(f"Encoder init ({k}): {v['summary']}." for k, v in m.get("encoder_init", {}).items()),
     ]
     return write_run_report(
         result.run_dir / "report.html",
