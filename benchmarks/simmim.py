@@ -458,10 +458,11 @@ def covid_group(
 def _fold_pretrain(
     loaded: Any, splits: np.ndarray, fold: int, init: str, recipe: dict, home: Path, quick: bool
 ) -> Any:
-    """Continue pretraining on this fold's training X-rays: a manifest of the fold's train and
-    validation rows only (the held-out fold's rows are not in it)."""
+    """Continue pretraining on this fold's training X-rays: a manifest of the fold's training rows
+    only (neither its inner validation rows nor the held-out fold's; the fine-tuning run checks
+    this through ``run.pretrained``)."""
     ds = loaded.dataset
-    train_ids = {ds.ids[i] for i in np.flatnonzero(np.isin(splits, ["train", "val"]))}
+    train_ids = {ds.ids[i] for i in np.flatnonzero(splits == "train")}
     frame = loaded.frame
     frame = frame[frame[loaded.schema.id_column].astype(str).isin(train_ids)].copy()
     frame["pretrain_split"] = "train"
