@@ -266,3 +266,71 @@ def test_old_checkpoint_without_trust_fields_loads_and_predicts(
     frame = pd.read_csv(trusted_run.run_dir.parent / "manifest.csv")
     pred = api.predict(old, frame.head(20))
     assert "prediction_set" not in pred.columns and len(pred) == 20
+
+
+def test_cross_validation_pools_each_folds_sets_and_temperatures(tmp_path: Path) -> None:
+    cfg = table_config(
+        synthetic_table(160),
+        tmp_path,
+        data={"val_fraction": 0.3},
+        evaluate={"calibrate": {"method": "temperature"}, "conformal": {"method": "lac"}},
+    )
+    cv = api.cross_validate(cfg, k=2, progress=False)
+    assert cv.pooled["conformal"]["n"] == 160 and cv.pooled["conformal"]["qhat"] is None
+    assert cv.pooled["calibration"]["ece_before"] is not None
+    assert "prediction_set" in cv.predictions.columns
+    assert all(r.metrics["fitted_on_val"]["conformal"]["n"] > 0 for r in cv.folds)
+
+
+# -- real data ---------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_lac_coverage_is_near_nominal_on_an_exchangeable_pneumoniamnist_split(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Real chest X-rays split at random (calibration and test exchangeable; the official test
+    split is not: its coverage is measured by the benchmark, not asserted here)."""
+    image = {
+        "type": "image",
+        "column": "image",
+        "allow_missing": False,
+        "preprocess": {"size": [28, 28], "channels": 1, "normalize": {"mean": [0.5], "std": [0.5]}},
+    }
+    schema = {
+        "id_column": "sample_id",
+        "patient_column": "patient_id",
+        "target": {
+            "task": "binary",
+            "column": "label",
+            "classes": ["normal", "pneumonia"],
+            "positive": "pneumonia",
+        },
+        "modalities": {"image": image},
+    }
+    cfg = {
+        "name": "pneumonia_conformal",
+        "seed": 0,
+        "output_dir": str(tmp_path),
+        "data": {
+            "dataset": "pneumoniamnist",
+            "data_dir": str(data_dir),
+            "schema": schema,
+            "val_fraction": 0.3,
+            "test_fraction": 0.3,
+            "audit": False,
+        },
+        "model": {"encoders": {"image": {"name": "baseline_cnn"}}},
+        "train": {"epochs": 3, "batch_size": 128, "threads": 1},
+        "evaluate": {
+            "bootstrap": 0,
+            "report": False,
+            "calibrate": {"method": "temperature"},
+            "conformal": {"method": "lac", "coverage": 0.9},
+        },
+    }
+    run = api.fit(cfg, progress=False)
+    fit = run.metrics["fitted_on_val"]["calibration"]
+    assert fit["val_nll_after"] <= fit["val_nll_before"] + 1e-9
+    t = run_trust_summary(run)
+    assert run.metrics["n"]["test"] > 1500
+    assert abs(t["coverage"] - 0.9) < 0.03, t
+    assert t["ece_after"] < 0.05, t
