@@ -21,7 +21,7 @@ from medmodal.errors import ConfigError, ManifestError
 from medmodal.evaluate import bootstrap_ci, compute_metrics, paired_bootstrap_delta
 from medmodal.evaluate.conformal import ConformalFit, fit_conformal, set_summary
 from medmodal.evaluate.subgroups import group_labels, subgroup_metrics
-from medmodal.evaluate.temperature import fit_temperature, nll
+from medmodal.evaluate.temperature import apply_temperature, fit_temperature, nll
 from medmodal.predictor import Predictor, make_processors, model_for
 from medmodal.run.context import Progress
 from medmodal.run.data import LoadedData
@@ -130,15 +130,13 @@ def calibrate_predictor(predictor: Predictor, val: MultimodalDataset | None) -> 
         return out
     logits, y = predictor.logits(val), np.asarray(val.labels)
     if ev.calibrate.method == "temperature":
-        t = fit_temperature(logits.numpy(), y, task)
-        predictor.temperature = t
         z = logits.numpy().astype(np.float64)
-        after = nll(z / t, y, task)
+        predictor.temperature = t = fit_temperature(z, y, task)
         out["calibration"] = {
             "method": "temperature",
             "temperature": t.tolist(),
             "val_nll_before": nll(z, y, task),
-            "val_nll_after": after,
+            "val_nll_after": nll(apply_temperature(z, t), y, task),
         }
     if ev.conformal.method != "none":
         probs = predictor.probs_from_logits(logits)
