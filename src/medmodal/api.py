@@ -24,8 +24,8 @@ from medmodal.run import (
     RunResult,
     assign_splits,
     cross_validate_loaded,
-    evaluate_predictions,
     load_data,
+    score_split,
     start_run,
     train_and_evaluate,
 )
@@ -141,8 +141,9 @@ def evaluate(
     frame = _one_split(frame, predictor, split, name)
     bad = BadSampleLog() if skip_bad else None
     ds = predictor.dataset(frame, Path(root) if root else base, bad, with_labels=True, source=name)
-    probs = predictor.predict_proba(ds)
-    metrics = evaluate_predictions(ds, probs, predictor.label_map, cfg)
+    predictor.config = cfg
+    scored = score_split(predictor, ds)
+    metrics, probs = scored.metrics, scored.probs
     metrics["skipped_samples"] = bad.to_list() if bad is not None else []
     if out_dir is not None:
         out = Path(out_dir)
@@ -159,6 +160,7 @@ def evaluate(
             predictor.label_map,
             metrics["skipped_samples"],
             [note],
+            raw_probs=scored.raw_probs,
         )
     return metrics
 

@@ -107,6 +107,21 @@ class TrainConfig(Strict):
     )
 
 
+class CalibrateConfig(Strict):
+    """Probability calibration fitted on the validation split after training, stored in the
+    checkpoint and applied by every prediction (``none``: raw model probabilities)."""
+
+    method: Literal["none", "temperature"] = "none"
+
+
+class ConformalConfig(Strict):
+    """Split-conformal prediction sets fitted on the validation split (see
+    :mod:`medmodal.evaluate.conformal`); ``coverage`` is the nominal P(true class in set)."""
+
+    method: Literal["none", "lac", "aps"] = "none"
+    coverage: float = Field(default=0.9, gt=0, lt=1)
+
+
 class EvaluateConfig(Strict):
     bootstrap: int = Field(default=1000, ge=0, description="resamples for CIs; 0 = none")
     ci: float = Field(default=0.95, gt=0, lt=1)
@@ -115,6 +130,8 @@ class EvaluateConfig(Strict):
     )
     report: bool = True
     ablation: bool = True  # with several modalities: metrics with each one removed at test time
+    calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
+    conformal: ConformalConfig = Field(default_factory=ConformalConfig)
 
 
 class ExperimentConfig(Strict):

@@ -24,7 +24,9 @@ from medmodal.data.manifest import LabelMap, check_columns, encode_labels, patie
 from medmodal.data.preprocess import ModalityProcessor, create_processor
 from medmodal.data.schema import Schema
 from medmodal.errors import BadSampleLog, CheckpointError, MedmodalError
+from medmodal.evaluate.conformal import ConformalFit
 from medmodal.evaluate.decision import decide
+from medmodal.evaluate.temperature import apply_temperature
 from medmodal.models import MultimodalModel, build_model
 from medmodal.models.heads import n_outputs_for
 from medmodal.options import parse_options
@@ -127,23 +129,35 @@ def to_device(x: Any, device: torch.device) -> Any:
 
 @dataclass
 class Predictor:
-    """A trained model with everything needed to predict from raw inputs."""
+    """A trained model with everything needed to predict from raw inputs.
+
+    ``temperature`` (fitted on validation; one value, or one per label) divides the logits
+    before the probabilities; ``conformal`` turns probabilities into prediction sets. Both are
+    None until fitted (:func:`medmodal.run.steps.calibrate_predictor`) and in older checkpoints.
+    """
 
     schema: Schema
     label_map: LabelMap
     processors: dict[str, ModalityProcessor]
     model: MultimodalModel
     config: ExperimentConfig
+    temperature: np.ndarray | None = None
+    conformal: ConformalFit | None = None
 
     # -- checkpoint ----------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
         """What a checkpoint holds for prediction (plain values and tensors only)."""
+        t = self.temperature
         return {
             "config": self.config.to_dict(),
             "schema": self.schema.model_dump(mode="json"),
             "label_map": self.label_map.to_dict(),
             "processors": {m: p.state_dict() for m, p in self.processors.items()},
             "model_state": self.model.state_dict(),
+            "calibration": None
+            if t is None
+            else {"method": "temperature", "temperature": [float(v) for v in t]},
+            "conformal": None if self.conformal is None else self.conformal.to_dict(),
         }
 
     def save(self, path: str | Path, **extra: Any) -> Path:
@@ -162,12 +176,13 @@ class Predictor:
                 processors[m].load_state_dict(state)
             model = model_for(schema, label_map, processors, cfg, load_init=False)
             model.load_state_dict(body["model_state"])
-        except (KeyError, RuntimeError, MedmodalError) as exc:
+            temperature, conformal = _trust_from(body)
+        except (KeyError, RuntimeError, TypeError, ValueError, MedmodalError) as exc:
             raise CheckpointError(
                 f"checkpoint {path} does not fit this medmodal version: {exc}"
             ) from None
         model.to(device).eval()
-        return cls(schema, label_map, processors, model, cfg)
+        return cls(schema, label_map, processors, model, cfg, temperature, conformal)
 
     # -- inputs ---------------------------------------------------------------------------
     @property
@@ -208,27 +223,62 @@ class Predictor:
         return ds.finalize()
 
     # -- outputs --------------------------------------------------------------------------
-    def predict_proba(self, ds: MultimodalDataset, absent: tuple[str, ...] = ()) -> np.ndarray:
-        """Probabilities (binary: P(positive class), (N,); else (N, K)); ``absent`` modalities
-        are treated as missing for every sample."""
+    def logits(self, ds: MultimodalDataset, absent: tuple[str, ...] = ()) -> torch.Tensor:
+        """Raw model logits in dataset order; ``absent`` modalities are treated as missing."""
         bs = self.config.train.eval_batch_size
-        logits = predict_logits(self.model, ds, bs, self.device, absent=absent)
+        return predict_logits(self.model, ds, bs, self.device, absent=absent)
+
+    def probs_from_logits(self, logits: torch.Tensor, calibrated: bool = True) -> np.ndarray:
+        """The probability step: logits / T (when fitted and ``calibrated``), then sigmoid or
+        softmax (binary: P(positive class), (N,); else (N, K))."""
+        if calibrated and self.temperature is not None:
+            logits = torch.from_numpy(apply_temperature(logits.numpy(), self.temperature))
         return to_probs(logits, self.label_map.task).numpy()
+
+    def predict_proba(self, ds: MultimodalDataset, absent: tuple[str, ...] = ()) -> np.ndarray:
+        """Calibrated probabilities (see :meth:`probs_from_logits`); ``absent`` modalities
+        are treated as missing for every sample."""
+        return self.probs_from_logits(self.logits(ds, absent))
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
         """Predicted classes by the configured threshold (``evaluate.threshold``)."""
         return decide(probs, self.label_map.task, self.config.evaluate.threshold)
 
+    def prediction_sets(self, ids: list[str], probs: np.ndarray) -> np.ndarray | None:
+        """Conformal prediction sets for these samples (None when none was fitted)."""
+        if self.conformal is None:
+            return None
+        return self.conformal.sets(probs, self.label_map.task, ids)
+
     def prediction_frame(self, ds: MultimodalDataset, probs: np.ndarray) -> pd.DataFrame:
-        """One row per sample: ids, presence flags, a probability per class, the prediction."""
-        return prediction_frame(ds, probs, self.label_map, self.config.evaluate.threshold)
+        """One row per sample: ids, presence flags, a probability per class, the prediction
+        and, with a fitted conformal predictor, the prediction set."""
+        sets = self.prediction_sets(ds.ids, probs)
+        return prediction_frame(ds, probs, self.label_map, self.config.evaluate.threshold, sets)
+
+
+def _trust_from(body: dict[str, Any]) -> tuple[np.ndarray | None, ConformalFit | None]:
+    """Temperature and conformal fit stored in a checkpoint (absent in older ones)."""
+    cal, conf = body.get("calibration"), body.get("conformal")
+    temperature = None
+    if cal is not None:
+        temperature = np.asarray([float(v) for v in cal["temperature"]], dtype=np.float64)
+        if not (np.isfinite(temperature).all() and (temperature > 0).all()):
+            raise ValueError(f"stored temperature {temperature.tolist()} is not positive")
+    return temperature, None if conf is None else ConformalFit.from_dict(conf)
 
 
 def prediction_frame(
-    ds: MultimodalDataset, probs: np.ndarray, label_map: LabelMap, threshold: float
+    ds: MultimodalDataset,
+    probs: np.ndarray,
+    label_map: LabelMap,
+    threshold: float,
+    sets: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per sample: ids, presence flags, a probability per class, the predicted class
-    (by :func:`~medmodal.evaluate.decide` at ``threshold``) and the label when known."""
+    (by :func:`~medmodal.evaluate.decide` at ``threshold``), the label when known and, given
+    conformal ``sets``, ``prediction_set`` (class names in class order joined by '|'; empty
+    for an empty set) or, multilabel, ``set_<label>`` per label (``absent|present``, ...)."""
     classes, task = label_map.classes, label_map.task
     out = pd.DataFrame({"sample_id": ds.ids, "patient_id": ds.patients})
     pres = ds.present_matrix()
@@ -243,7 +293,17 @@ def prediction_frame(
     out["predicted"] = _names(decide(probs, task, threshold), classes, task)
     if ds.labels is not None:
         out["label"] = _names(np.asarray(ds.labels).astype(int), classes, task)
+    if sets is not None and task == "multilabel":
+        for k, c in enumerate(classes):
+            out[f"set_{c}"] = _joined(sets[:, k], ["absent", "present"])
+    elif sets is not None:
+        out["prediction_set"] = _joined(sets, classes)
     return out
+
+
+def _joined(sets: np.ndarray, names: list[str]) -> list[str]:
+    """Each boolean set row as the names it holds joined by '|'."""
+    return ["|".join(n for n, inside in zip(names, row, strict=True) if inside) for row in sets]
 
 
 def _names(values: np.ndarray, classes: list[str], task: str) -> list[str]:

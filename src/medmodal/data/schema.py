@@ -14,6 +14,9 @@ A schema is YAML (or a dict) validated by pydantic::
       image: {type: image, column: image_path, preprocess: {size: [28, 28], channels: 1}}
       note:  {type: text, column: clinical_notes}
       labs:  {type: tabular, columns: [age, wbc], categorical: [sex]}
+    subgroups:                    # optional: metrics per group in the report
+      sex: {column: sex}
+      age: {column: age, bins: [40, 60, 80]}
 """
 
 from __future__ import annotations
@@ -107,12 +110,31 @@ class TargetSpec(Strict):
         return list(self.columns) if self.task == "multilabel" else [self.column]  # type: ignore[list-item]
 
 
+class SubgroupSpec(Strict):
+    """A subgroup variable of the report: a manifest ``column``; ``bins`` (strictly ascending
+    edges) cut a numeric column into bands ``< b0``, ``[b0, b1)``, ..., ``>= bn``."""
+
+    column: str
+    bins: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check_bins(self) -> SubgroupSpec:
+        if self.bins is not None and (
+            not self.bins or any(b <= a for a, b in zip(self.bins, self.bins[1:], strict=False))
+        ):
+            raise ValueError(f"bins must be strictly ascending edges, got {self.bins}")
+        return self
+
+
 class Schema(Strict):
     id_column: str | None = None
     patient_column: str | None = None
     split_column: str | None = None
     target: TargetSpec
     modalities: dict[str, ModalitySpec]
+    subgroups: dict[str, SubgroupSpec] = Field(
+        default_factory=dict, description="report metrics per group of these columns (sex, age)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Schema:

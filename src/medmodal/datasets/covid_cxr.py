@@ -91,6 +91,7 @@ NUMERIC = [
     "offset",
 ]
 CATEGORICAL = ["sex", "view"]
+SUBGROUPS = {"sex": {"column": "sex"}, "age": {"column": "age", "bins": [40, 60, 80]}}  # report
 # Kept in the manifest for inspection (not model inputs): they carry source / date / outcome.
 INFO_COLUMNS = ["finding", "survival", "date", "year", "location", "url", "doi", "license", "png"]
 
@@ -462,6 +463,7 @@ class CovidCXR(BuiltinDataset):
                     },
                 },
             },
+            "subgroups": {k: dict(v) for k, v in SUBGROUPS.items()},
         }
 
 

@@ -57,6 +57,7 @@ CITATION = (
 SUPERCLASSES: tuple[str, ...] = ("NORM", "MI", "STTC", "CD", "HYP")
 SPLIT_OF_FOLD: dict[int, str] = {**{f: "train" for f in range(1, 9)}, 9: "val", 10: "test"}
 AGE_CAP = 90
+SUBGROUPS = {"sex": {"column": "sex"}, "age": {"column": "age", "bins": [40, 60, 80]}}  # report
 DATABASE = "ptbxl_database.csv"
 STATEMENTS = "scp_statements.csv"
 CHECKSUMS = "ptbxl.sha256"
@@ -415,6 +416,7 @@ def build_schema(mask_terms: list[str] | None = None) -> Schema:
                     "categorical": ["sex"],
                 },
             },
+            "subgroups": {k: dict(v) for k, v in SUBGROUPS.items()},
         }
     )
 

@@ -374,6 +374,7 @@ def write_report(
     bad_samples: Any = None,
     notes: str | Sequence[str] | None = None,
     extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    y_prob_before: Any = None,
 ) -> Path:
     """Write one self-contained HTML report and return its path.
 
@@ -385,6 +386,8 @@ def write_report(
             :class:`~medmodal.errors.DataError` objects / a ``BadSampleLog``).
         notes: free text (one string or several paragraphs).
         extra_tables: ``{title: [row dict, ...]}`` appended as tables.
+        y_prob_before: the same predictions before recalibration (e.g. temperature scaling):
+            a second reliability diagram beside the one of ``y_prob``.
     """
     threshold = metrics.get("threshold", 0.5) if metrics else 0.5
     n_bins = metrics.get("ece_bins", 15) if metrics else 15
@@ -395,6 +398,12 @@ def write_report(
         raise ValueError(f"metrics were computed on {metrics['n']} samples, y_true has {prep.n}")
     ci = ci or {}
     parts = _sections(prep, metrics, ci, config, _bad_rows(bad_samples), notes, extra_tables)
+    if y_prob_before is not None:
+        before = prepare(y_true, y_prob_before, task, class_names, threshold, n_bins)
+        parts = [
+            (a, t, _calibration_html(prep, before) if a == "calibration" else b)
+            for a, t, b in parts
+        ]
     doc = _document(title, prep, parts)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -433,6 +442,19 @@ def _sections(
     if config is not None:
         out.append(("config", "Configuration", f"<pre>{_esc(_config_text(config))}</pre>"))
     return out
+
+
+def _calibration_html(after: Prepared, before: Prepared) -> str:
+    """Reliability diagrams before and after recalibration, side by side."""
+    imgs = []
+    for prep, label in ((before, "before"), (after, "after")):
+        rel = reliability_from_validated(prep.y_true, prep.y_prob, prep.task, prep.n_bins)
+        imgs.append(
+            f'<figure style="display:inline-block;width:48%;margin:0">'
+            f"<figcaption>{_esc(label)} temperature scaling</figcaption>"
+            f"{_img(_reliability_figure(rel), f'Reliability {label}')}</figure>"
+        )
+    return "".join(imgs)
 
 
 def _confusion_html(prep: Prepared, metrics: Mapping[str, Any]) -> str:

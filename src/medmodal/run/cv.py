@@ -13,7 +13,7 @@ from medmodal.run.data import LoadedData, fold_splits
 from medmodal.run.report import write_run_report
 from medmodal.run.results import CVResult, RunResult
 from medmodal.run.single import train_and_evaluate
-from medmodal.run.steps import ablation_table, evaluate_predictions
+from medmodal.run.steps import Scored, ablation_table, evaluate_predictions, trust_metrics
 from medmodal.utils.io import dump_json
 
 FOLD_METRICS = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro")
@@ -35,8 +35,12 @@ def cross_validate_loaded(ctx: RunContext, loaded: LoadedData, k: int) -> CVResu
     pooled = evaluate_predictions(ds, oof, loaded.label_map, loaded.cfg)
     if oof_ablation:
         pooled["ablation"] = ablation_table(ds, oof, oof_ablation, loaded.label_map, loaded.cfg)
+    scored = Scored(oof, pooled, raw_probs=_pool_one(results, folds, "test_raw_probs"))
+    scored.sets = _pool_one(results, folds, "test_sets")
+    pooled.update(trust_metrics(ds, scored, loaded.label_map, loaded.cfg, loaded.schema))
     per_fold = per_fold_summary(results)
-    predictions = prediction_frame(ds, oof, loaded.label_map, loaded.cfg.evaluate.threshold)
+    threshold = loaded.cfg.evaluate.threshold
+    predictions = prediction_frame(ds, oof, loaded.label_map, threshold, scored.sets)
     predictions.insert(2, "fold", folds)
     predictions.to_csv(ctx.run_dir / "oof_predictions.csv", index=False)
     summary = {
@@ -55,7 +59,7 @@ def cross_validate_loaded(ctx: RunContext, loaded: LoadedData, k: int) -> CVResu
     dump_json(ctx.run_dir / "cv_metrics.json", summary)
     report = None
     if loaded.cfg.evaluate.report:
-        report = _report(ctx, loaded, oof, pooled, per_fold, k)
+        report = _report(ctx, loaded, scored, per_fold, k)
     return CVResult(ctx.run_dir, results, pooled, per_fold, predictions, report)
 
 
@@ -74,6 +78,17 @@ def _pool(results: list[RunResult], folds: np.ndarray) -> tuple[np.ndarray, dict
     return oof, ablation
 
 
+def _pool_one(results: list[RunResult], folds: np.ndarray, attr: str) -> np.ndarray | None:
+    """Out-of-fold ``test_raw_probs`` or ``test_sets`` (None unless every fold has them)."""
+    parts = [getattr(r, attr) for r in results]
+    if any(p is None for p in parts):
+        return None
+    out = np.zeros((len(folds), *parts[0].shape[1:]), dtype=parts[0].dtype)
+    for f, p in enumerate(parts):
+        out[np.flatnonzero(folds == f)] = p
+    return out
+
+
 def per_fold_summary(results: list[RunResult]) -> dict[str, dict[str, Any]]:
     """Mean, standard deviation (ddof 1) and the values of each fold's test metrics."""
     out = {}
@@ -88,9 +103,7 @@ def per_fold_summary(results: list[RunResult]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _report(
-    ctx: RunContext, loaded: LoadedData, oof: np.ndarray, pooled: dict, per_fold: dict, k: int
-):
+def _report(ctx: RunContext, loaded: LoadedData, scored: Scored, per_fold: dict, k: int):
     rows = [
         {
             "metric": key,
@@ -109,10 +122,11 @@ def _report(
         ctx.run_dir / "report.html",
         loaded.cfg,
         loaded.dataset,
-        oof,
-        pooled,
+        scored.probs,
+        scored.metrics,
         loaded.label_map,
         loaded.bad_list,
         notes,
         tables={"Per-fold test metrics": rows},
+        raw_probs=scored.raw_probs,
     )

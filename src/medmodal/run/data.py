@@ -100,12 +100,23 @@ def load_data(cfg: ExperimentConfig, run_dir: Path, progress: bool = False) -> L
     source = str(manifest)
     df = read_manifest(manifest)
     check_columns(df, schema, source)
+    check_subgroups(df, schema, source)
     bad = BadSampleLog() if cfg.data.skip_bad else None
     label_map = build_label_map(df, schema, source)
     ds = build_dataset(df, schema, make_processors(schema), root, label_map, bad, source, progress)
     if len(ds) == 0:
         raise ManifestError(f"manifest {source}: no usable rows")
     return LoadedData(cfg, manifest, schema, root, label_map, df, ds, bad, file_digest(manifest))
+
+
+def check_subgroups(df: pd.DataFrame, schema: Schema, source: str) -> None:
+    """Every schema subgroup names a manifest column (ConfigError naming the option)."""
+    for name, spec in schema.subgroups.items():
+        if spec.column not in df.columns:
+            raise ConfigError(
+                f"schema subgroups.{name}.column: {spec.column!r} is not a column of manifest "
+                f"{source}; it has: {list(df.columns)}"
+            )
 
 
 def assign_splits(loaded: LoadedData) -> np.ndarray:

@@ -3,6 +3,7 @@ tables (never a Python dict pasted into the page)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 from medmodal.config import ExperimentConfig
 from medmodal.data.dataset import MultimodalDataset
 from medmodal.data.manifest import LabelMap
+from medmodal.errors import ConfigError
 from medmodal.evaluate import write_report
 
 
@@ -59,6 +61,110 @@ def ablation_rows(ablation: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
     return rows
 
 
+def trust_summary(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Calibration and conformal numbers of one split's metrics (``metrics["test"]``):
+    ``ece_before, ece_after, brier_before, brier_after, temperature, method, nominal, coverage,
+    mean_set_size, empty, joint_coverage, per_class`` (``per_class[name]``: n, coverage,
+    mean_set_size, empty). Parts that were not fitted are None. The report's tables use it."""
+    cal = metrics.get("calibration") or {}
+    conf = metrics.get("conformal") or {}
+    out: dict[str, Any] = {
+        k: cal.get(k) for k in ("ece_before", "ece_after", "brier_before", "brier_after")
+    }
+    out["temperature"] = cal.get("temperature")
+    if not cal:  # uncalibrated: the probabilities as they are are "after"
+        out["ece_after"], out["brier_after"] = metrics.get("ece"), metrics.get("brier")
+    for k in ("method", "nominal", "n", "coverage", "mean_set_size", "empty", "joint_coverage"):
+        out[k] = conf.get(k)
+    out["per_class"] = dict(conf.get("per_class") or {})
+    return out
+
+
+def run_trust_summary(run: Any, split: str = "test") -> dict[str, Any]:
+    """:func:`trust_summary` of a run's ``split``: ``run`` is a RunResult, a run folder or its
+    ``metrics.json`` (what a benchmark calls after ``api.fit``)."""
+    if hasattr(run, "metrics"):
+        metrics = run.metrics
+    else:
+        path = Path(run)
+        path = path / "metrics.json" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"no metrics.json at {path}")
+        metrics = json.loads(path.read_text())
+    if split not in metrics:
+        raise ConfigError(f"the run has no {split!r} metrics ({sorted(metrics)})")
+    return trust_summary(metrics[split])
+
+
+def trust_tables(metrics: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Report tables: calibration before / after, conformal coverage per true class, subgroups."""
+    t, out = trust_summary(metrics), {}
+    if t["ece_before"] is not None:
+        out["Calibration before and after temperature scaling"] = [
+            {"measure": name, "before": t[f"{key}_before"], "after": t[f"{key}_after"]}
+            for name, key in (("ECE", "ece"), ("Brier score", "brier"))
+        ]
+    if t["coverage"] is not None:
+        rows = [{"true class": "all", **_set_row(t)}]
+        rows += [{"true class": c, **_set_row(v)} for c, v in t["per_class"].items()]
+        title = f"Conformal prediction sets ({t['method']}, nominal coverage {t['nominal']:g})"
+        out[title] = rows
+    if metrics.get("subgroups"):
+        out["Metrics per subgroup"] = subgroup_rows(metrics["subgroups"])
+    return out
+
+
+def _set_row(v: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "n": v.get("n"),
+        "coverage": v.get("coverage"),
+        "mean set size": v.get("mean_set_size"),
+        "empty sets": v.get("empty"),
+    }
+
+
+def subgroup_rows(subgroups: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per group: size, each metric with its CI as text, conformal coverage."""
+    rows = []
+    for var, groups in subgroups.items():
+        for g, r in groups.items():
+            row: dict[str, Any] = {"variable": var, "group": g, "n": r["n"]}
+            row["patients"] = r["patients"]
+            for k, v in (r.get("values") or {}).items():
+                row[k] = None if v is None else round(float(v), 4)
+                c = (r.get("ci") or {}).get(k) or {}
+                if c.get("low") is not None:
+                    row[f"{k} CI"] = f"{c['low']:.3f} – {c['high']:.3f}"
+            for k, v in (r.get("conformal") or {}).items():
+                row[k.replace("_", " ")] = None if v is None else round(float(v), 4)
+            rows.append(row)
+    return rows
+
+
+def trust_note(metrics: Mapping[str, Any]) -> str | None:
+    """One paragraph on the temperature and the conformal sets, or None without them."""
+    t, parts = trust_summary(metrics), []
+    if t["temperature"] is not None:
+        temps = ", ".join(f"{v:.3g}" for v in t["temperature"])
+        parts.append(
+            f"Probabilities are temperature-scaled (T = {temps}; fitted on the validation split "
+            "by minimising the negative log-likelihood). It leaves argmax predictions and "
+            "decisions at p > 0.5 unchanged (at another threshold they can change); the "
+            "calibration table compares ECE and Brier score before and after."
+        )
+    if t["coverage"] is not None:
+        n = metrics["conformal"].get("n_calibration")
+        where = f"{n} validation samples" if n else "each fold's validation split"
+        parts.append(
+            f"Prediction sets: split-conformal {t['method']} fitted on {where} "
+            f"for {t['nominal']:.0%} nominal coverage; here {t['coverage']:.1%} "
+            f"of the true classes are in their set (mean set size {t['mean_set_size']:.2f}). The "
+            "guarantee assumes these samples are exchangeable with the validation samples; "
+            "under a shift (other patients, sites or devices) coverage can fall below nominal."
+        )
+    return " ".join(parts) or None
+
+
 def write_run_report(
     path: Path,
     cfg: ExperimentConfig,
@@ -69,11 +175,16 @@ def write_run_report(
     bad: Sequence[Mapping[str, Any]],
     notes: Sequence[str | None],
     tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    raw_probs: np.ndarray | None = None,
 ) -> Path:
-    """One self-contained report for these predictions (with the ablation table if present)."""
+    """One self-contained report for these predictions (with the ablation table if present,
+    calibration before / after, conformal sets and subgroups when the metrics hold them;
+    ``raw_probs``: the probabilities before temperature scaling, for a second diagram)."""
     extra = dict(tables or {})
     if metrics.get("ablation"):
         extra["AUROC with one modality removed at test time"] = ablation_rows(metrics["ablation"])
+    extra.update(trust_tables(metrics))
+    notes = [positive_note(label_map, cfg.evaluate.threshold), *notes, trust_note(metrics)]
     return write_report(
         path,
         title=f"medmodal: {cfg.name}",
@@ -85,6 +196,7 @@ def write_run_report(
         ci=metrics.get("ci"),
         config=cfg.to_dict(),
         bad_samples=list(bad),
-        notes=[n for n in [positive_note(label_map, cfg.evaluate.threshold), *notes] if n],
+        notes=[n for n in notes if n],
         extra_tables=extra or None,
+        y_prob_before=raw_probs,
     )

@@ -22,6 +22,8 @@ class RunResult:
     report: Path | None = None
     test_probs: np.ndarray | None = None
     ablation_probs: dict[str, np.ndarray] = field(default_factory=dict)
+    test_raw_probs: np.ndarray | None = None  # before temperature scaling (None without it)
+    test_sets: np.ndarray | None = None  # conformal prediction sets (None without them)
 
 
 @dataclass

@@ -14,7 +14,14 @@ from medmodal.run.data import LoadedData
 from medmodal.run.pretrained import check_pretrained_inits
 from medmodal.run.report import missing_note, write_run_report
 from medmodal.run.results import RunResult
-from medmodal.run.steps import fit_processors, new_predictor, score_split, train_model
+from medmodal.run.steps import (
+    calibrate_predictor,
+    check_trust,
+    fit_processors,
+    new_predictor,
+    score_split,
+    train_model,
+)
 from medmodal.train.trainer import TrainState
 from medmodal.utils.io import dump_json, to_jsonable
 from medmodal.utils.runtime import seed_everything
@@ -32,7 +39,7 @@ def train_and_evaluate(
     """Fit processors on the ``train`` rows, train, pick the best epoch on ``val``, score ``val``
     and ``test`` through the prediction path, and write checkpoint, metrics and report. An
     encoder started from a pretraining checkpoint is checked first: its pretraining must not
-    have seen the rows not marked ``train`` (``metrics["encoder_init"]``).
+    have seen the ``val``, ``test`` or ``holdout`` rows (``metrics["encoder_init"]``).
 
     ``splits``: "train" / "val" / "test" per row of ``loaded.dataset`` (other values are unused,
     e.g. "holdout" keeps a test split unseen while tuning)."""
@@ -40,6 +47,7 @@ def train_and_evaluate(
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     processors, parts = fit_processors(loaded, splits)
+    check_trust(cfg, loaded.label_map.task, "val" in parts)
     predictor = new_predictor(loaded, processors)
     init_check = check_pretrained_inits(loaded, splits, console)
     t0 = time.perf_counter()
@@ -56,6 +64,9 @@ def train_and_evaluate(
     }
     if init_check:
         metrics["encoder_init"] = init_check
+    fitted = calibrate_predictor(predictor, parts.get("val"))
+    if fitted:
+        metrics["fitted_on_val"] = fitted
     result = RunResult(run_dir, run_dir / "best.pt", metrics, state.history, loaded.bad_list)
     for split in ("val", "test"):
         if split in parts:
@@ -65,6 +76,7 @@ def train_and_evaluate(
             frame.to_csv(run_dir / f"predictions_{split}.csv", index=False)
             if split == "test":
                 result.test_probs, result.ablation_probs = scored.probs, scored.ablation_probs
+                result.test_raw_probs, result.test_sets = scored.raw_probs, scored.sets
     write_artifacts(result, predictor, loaded, state)
     result.report = _report(result, predictor, loaded, parts, state)
     return result
@@ -97,6 +109,7 @@ def _report(
     if not cfg.evaluate.report or split is None:
         return None
     probs = result.test_probs if split == "test" else predictor.predict_proba(parts[split])
+    raw = result.test_raw_probs if split == "test" else None
     notes = [
         f"Evaluated on the {split} split ({len(parts[split])} samples). The best epoch, "
         f"{state.best_epoch} of the {state.epoch} run, was chosen on validation "
@@ -113,4 +126,5 @@ def _report(
         predictor.label_map,
         result.bad_samples,
         notes,
+        raw_probs=raw,
     )

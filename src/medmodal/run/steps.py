@@ -16,8 +16,12 @@ from medmodal.config import ExperimentConfig
 from medmodal.data.dataset import MultimodalDataset
 from medmodal.data.manifest import LabelMap
 from medmodal.data.preprocess import ModalityProcessor
+from medmodal.data.schema import Schema
 from medmodal.errors import ConfigError, ManifestError
 from medmodal.evaluate import bootstrap_ci, compute_metrics, paired_bootstrap_delta
+from medmodal.evaluate.conformal import ConformalFit, fit_conformal, set_summary
+from medmodal.evaluate.subgroups import group_labels, subgroup_metrics
+from medmodal.evaluate.temperature import apply_temperature, fit_temperature, nll
 from medmodal.predictor import Predictor, make_processors, model_for
 from medmodal.run.context import Progress
 from medmodal.run.data import LoadedData
@@ -96,21 +100,77 @@ def train_model(
     return trainer.fit(parts["train"], parts.get("val"))
 
 
+def check_trust(cfg: ExperimentConfig, task: str, has_val: bool) -> None:
+    """Refuse, before training, calibration or conformal options this run cannot fit."""
+    ev = cfg.evaluate
+    wanted = [
+        name
+        for name, method in (("calibrate", ev.calibrate.method), ("conformal", ev.conformal.method))
+        if method != "none"
+    ]
+    if wanted and not has_val:
+        raise ConfigError(
+            f"evaluate.{wanted[0]}.method is fitted on the validation split and this run has "
+            "no validation rows (data.val_fraction = 0 or no 'val' in the split column)"
+        )
+    if task == "multilabel" and ev.conformal.method == "aps":
+        raise ConfigError(
+            "evaluate.conformal.method: aps needs one class per sample; a multilabel target "
+            "takes lac (per-label sets)"
+        )
+
+
+def calibrate_predictor(predictor: Predictor, val: MultimodalDataset | None) -> dict[str, Any]:
+    """Fit the configured temperature and conformal predictor on ``val`` (in that order: the
+    conformal scores are of the calibrated probabilities) into ``predictor``; returns what was
+    fitted (temperature, validation NLL before / after, conformal ``qhat``)."""
+    ev, task = predictor.config.evaluate, predictor.label_map.task
+    out: dict[str, Any] = {}
+    if val is None or (ev.calibrate.method == "none" and ev.conformal.method == "none"):
+        return out
+    logits, y = predictor.logits(val), np.asarray(val.labels)
+    if ev.calibrate.method == "temperature":
+        z = logits.numpy().astype(np.float64)
+        predictor.temperature = t = fit_temperature(z, y, task)
+        out["calibration"] = {
+            "method": "temperature",
+            "temperature": t.tolist(),
+            "val_nll_before": nll(z, y, task),
+            "val_nll_after": nll(apply_temperature(z, t), y, task),
+        }
+    if ev.conformal.method != "none":
+        probs = predictor.probs_from_logits(logits)
+        c = ev.conformal
+        predictor.conformal = fit_conformal(probs, y, task, c.method, c.coverage, val.ids)
+        out["conformal"] = predictor.conformal.to_dict()
+    return out
+
+
 @dataclass
 class Scored:
-    """One split's probabilities and metrics (+ with each modality removed, for the test split)."""
+    """One split's probabilities and metrics (+ with each modality removed, for the test split).
+    ``raw_probs``: before temperature scaling (None without it); ``sets``: conformal sets."""
 
     probs: np.ndarray
     metrics: dict[str, Any]
     ablation_probs: dict[str, np.ndarray] = field(default_factory=dict)
+    raw_probs: np.ndarray | None = None
+    sets: np.ndarray | None = None
 
 
 def score_split(predictor: Predictor, ds: MultimodalDataset, ablation: bool = False) -> Scored:
-    """Probabilities through the prediction path, metrics with patient-grouped CIs, and with
-    ``ablation`` (several modalities) the metrics with each modality removed at test time."""
+    """Probabilities through the prediction path, metrics with patient-grouped CIs, calibration
+    before / after, conformal coverage, subgroup metrics, and with ``ablation`` (several
+    modalities) the metrics with each modality removed at test time."""
     cfg, label_map = predictor.config, predictor.label_map
-    probs = predictor.predict_proba(ds)
+    logits = predictor.logits(ds)
+    probs = predictor.probs_from_logits(logits)
     scored = Scored(probs, evaluate_predictions(ds, probs, label_map, cfg))
+    if predictor.temperature is not None:
+        scored.raw_probs = predictor.probs_from_logits(logits, calibrated=False)
+    scored.sets = predictor.prediction_sets(ds.ids, probs)
+    fits = (predictor.temperature, predictor.conformal)
+    scored.metrics.update(trust_metrics(ds, scored, label_map, cfg, predictor.schema, *fits))
     if ablation and cfg.evaluate.ablation and len(predictor.processors) > 1:
         scored.ablation_probs = {
             m: predictor.predict_proba(ds, absent=(m,)) for m in predictor.processors
@@ -177,4 +237,73 @@ def ablation_table(
                 p_value=d["p_value"],
             )
         out[m] = row
+    return out
+
+
+def trust_metrics(
+    ds: MultimodalDataset,
+    scored: Scored,
+    label_map: LabelMap,
+    cfg: ExperimentConfig,
+    schema: Schema,
+    temperature: np.ndarray | None = None,
+    conformal: ConformalFit | None = None,
+) -> dict[str, Any]:
+    """``calibration`` (ECE and Brier before / after temperature scaling: when
+    ``scored.raw_probs`` is given), ``conformal`` (coverage and set size, overall and per true
+    class: when ``scored.sets`` is given) and ``subgroups`` (when the schema names subgroups and
+    the rows hold their columns) entries of a split's metrics. ``temperature`` / ``conformal``:
+    the fitted values to record (None for pooled cross-validation folds)."""
+    lm, ev = label_map, cfg.evaluate
+    y, out = np.asarray(ds.labels), {}
+    if scored.raw_probs is not None:
+        before = compute_metrics(y, scored.raw_probs, lm.task, lm.classes, ev.threshold)
+        out["calibration"] = {
+            "method": "temperature",
+            "temperature": None if temperature is None else temperature.tolist(),
+            "ece_before": before["ece"],
+            "ece_after": scored.metrics["ece"],
+            "brier_before": before["brier"],
+            "brier_after": scored.metrics["brier"],
+        }
+    if scored.sets is not None:
+        out["conformal"] = {
+            "method": conformal.method if conformal else ev.conformal.method,
+            "nominal": conformal.coverage if conformal else ev.conformal.coverage,
+            "qhat": conformal.qhat if conformal else None,
+            "n_calibration": conformal.n if conformal else None,
+            **set_summary(y, scored.sets, lm.task, lm.classes),
+        }
+    groups = subgroup_columns(schema, ds)
+    if groups:
+        out["subgroups"] = subgroup_metrics(
+            y,
+            scored.probs,
+            lm.task,
+            lm.classes,
+            groups,
+            patients=ds.patients,
+            metrics=SUBGROUP_METRICS[lm.task],
+            sets=scored.sets,
+            threshold=ev.threshold,
+            n_boot=ev.bootstrap,
+            ci=ev.ci,
+            seed=cfg.seed,
+        )
+    return out
+
+
+SUBGROUP_METRICS = {
+    "binary": ("auroc", "accuracy", "recall", "specificity", "ece"),
+    "multiclass": ("auroc", "accuracy", "balanced_accuracy", "ece"),
+    "multilabel": ("auroc", "accuracy", "f1_macro", "ece"),
+}
+
+
+def subgroup_columns(schema: Schema, ds: MultimodalDataset) -> dict[str, list[str]]:
+    """A group name per sample for each schema subgroup whose column the rows hold."""
+    out = {}
+    for name, spec in schema.subgroups.items():
+        if ds.rows and all(spec.column in r for r in ds.rows):
+            out[name] = group_labels([r[spec.column] for r in ds.rows], spec.bins)
     return out
