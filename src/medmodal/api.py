@@ -1,4 +1,5 @@
-"""The Python API: ``fit``, ``cross_validate``, ``evaluate``, ``predict`` (``tune``, ``pretrain``).
+"""The Python API: ``fit``, ``cross_validate``, ``evaluate``, ``predict``, ``explain`` (``tune``,
+``pretrain``).
 
 A thin front over the steps in :mod:`medmodal.run`; the CLI is a thin layer over it.
 
@@ -35,6 +36,7 @@ from medmodal.run.sources import audit_run, frame_from_source
 from medmodal.utils.io import dump_json
 
 if TYPE_CHECKING:
+    from medmodal.explain import ExplainResult
     from medmodal.pretrain import PretrainResult
 
 
@@ -159,8 +161,46 @@ def evaluate(
             predictor.label_map,
             metrics["skipped_samples"],
             [note],
+            predictor=predictor,
         )
     return metrics
+
+
+def explain(
+    checkpoint: str | Path,
+    source: str | Path | pd.DataFrame,
+    out: str | Path,
+    *,
+    methods: list[str] | None = None,
+    modalities: list[str] | None = None,
+    samples: int | list[str] | None = None,
+    target: str | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+    root: str | Path | None = None,
+    skip_bad: bool = False,
+    device: str = "cpu",
+) -> ExplainResult:
+    """Attributions for every sample and modality of a manifest / DataFrame / image folder, for
+    the predicted class (or ``target``): Grad-CAM and Integrated Gradients on images, signals and
+    spectrograms, per word for notes, per feature for records, and exact Shapley values of the
+    modalities. Writes PNGs, ``explanations.json`` and ``attributions.npz`` into ``out``; a
+    modality the model lacks or a method that does not fit it is a ConfigError. See
+    :func:`medmodal.explain.explain`."""
+    from medmodal.explain import explain as _explain
+
+    return _explain(
+        checkpoint,
+        source,
+        out,
+        methods=methods,
+        modalities=modalities,
+        samples=samples,
+        target=target,
+        options=options,
+        root=root,
+        skip_bad=skip_bad,
+        device=device,
+    )
 
 
 def _one_split(frame: pd.DataFrame, predictor: Predictor, split: str | None, name: str):
@@ -206,6 +246,7 @@ __all__ = [
     "RunResult",
     "cross_validate",
     "evaluate",
+    "explain",
     "fit",
     "predict",
     "pretrain",
