@@ -109,6 +109,14 @@ class EvaluateConfig(Strict):
     )
     report: bool = True
     ablation: bool = True  # with several modalities: metrics with each one removed at test time
+    # -- explanation gallery (issue 17: explanations) --
+    gallery: int = Field(
+        default=0,
+        ge=0,
+        le=50,
+        description="report: this many most confident correct, most confident wrong and most "
+        "uncertain cases, with explanations drawn; 0 = no gallery",
+    )
 
 
 class ExperimentConfig(Strict):

@@ -374,6 +374,7 @@ def write_report(
     bad_samples: Any = None,
     notes: str | Sequence[str] | None = None,
     extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    extra_sections: Sequence[tuple[str, str, str]] | None = None,
 ) -> Path:
     """Write one self-contained HTML report and return its path.
 
@@ -385,6 +386,8 @@ def write_report(
             :class:`~medmodal.errors.DataError` objects / a ``BadSampleLog``).
         notes: free text (one string or several paragraphs).
         extra_tables: ``{title: [row dict, ...]}`` appended as tables.
+        extra_sections: ``(anchor, title, html body)`` sections placed before the configuration;
+            the body is inserted as is (its writer escapes it), e.g. the explanation gallery.
     """
     threshold = metrics.get("threshold", 0.5) if metrics else 0.5
     n_bins = metrics.get("ece_bins", 15) if metrics else 15
@@ -395,6 +398,9 @@ def write_report(
         raise ValueError(f"metrics were computed on {metrics['n']} samples, y_true has {prep.n}")
     ci = ci or {}
     parts = _sections(prep, metrics, ci, config, _bad_rows(bad_samples), notes, extra_tables)
+    if extra_sections:
+        at = len(parts) - 1 if parts[-1][0] == "config" else len(parts)
+        parts[at:at] = list(extra_sections)
     doc = _document(title, prep, parts)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from medmodal.config import ExperimentConfig
 from medmodal.data.dataset import MultimodalDataset
 from medmodal.data.manifest import LabelMap
 from medmodal.evaluate import write_report
+from medmodal.predictor import Predictor
 
 
 def positive_note(label_map: LabelMap, threshold: float) -> str | None:
@@ -69,8 +70,10 @@ def write_run_report(
     bad: Sequence[Mapping[str, Any]],
     notes: Sequence[str | None],
     tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    predictor: Predictor | None = None,
 ) -> Path:
-    """One self-contained report for these predictions (with the ablation table if present)."""
+    """One self-contained report for these predictions (with the ablation table if present and,
+    given the ``predictor`` and ``evaluate.gallery`` > 0, the explanation gallery)."""
     extra = dict(tables or {})
     if metrics.get("ablation"):
         extra["AUROC with one modality removed at test time"] = ablation_rows(metrics["ablation"])
@@ -87,4 +90,21 @@ def write_run_report(
         bad_samples=list(bad),
         notes=[n for n in [positive_note(label_map, cfg.evaluate.threshold), *notes] if n],
         extra_tables=extra or None,
+        extra_sections=gallery_sections(cfg, ds, probs, predictor),
     )
+
+
+# -- explanation gallery (issue 17: explanations) ---------------------------------------------
+def gallery_sections(
+    cfg: ExperimentConfig,
+    ds: MultimodalDataset,
+    probs: np.ndarray,
+    predictor: Predictor | None,
+) -> list[tuple[str, str, str]]:
+    """The report's explanation gallery section (none when ``evaluate.gallery`` is 0)."""
+    k = cfg.evaluate.gallery
+    if predictor is None or k <= 0:
+        return []
+    from medmodal.explain.gallery import gallery_html
+
+    return [("gallery", "Explanation gallery", gallery_html(predictor, ds, probs, k))]

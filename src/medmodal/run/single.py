@@ -106,4 +106,5 @@ def _report(
         predictor.label_map,
         result.bad_samples,
         notes,
+        predictor=predictor,
     )
