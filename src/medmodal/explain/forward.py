@@ -19,6 +19,7 @@ import torch
 from medmodal.data.dataset import MultimodalDataset, collate
 from medmodal.data.manifest import LabelMap
 from medmodal.errors import ConfigError
+from medmodal.models import MultimodalModel
 from medmodal.predictor import to_device
 
 
@@ -100,11 +101,14 @@ class ModelScore:
     """``f(x, *extra)`` = the target score with modality ``modality``'s input built by
     ``assemble(x, *extra)`` (default: ``x`` itself) and every other modality of ``item`` fixed.
 
-    ``probability=True`` returns the target probability instead of its logit score."""
+    The fixed modalities are encoded once (their embeddings, or missing tokens, are repeated for
+    every row); the explained modality goes through its encoder and everything then through the
+    model's own fusion and head (:meth:`MultimodalModel.fuse`). ``probability=True`` returns the
+    target probability instead of its logit score."""
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: MultimodalModel,
         item: Item,
         modality: str,
         task: str,
@@ -116,13 +120,17 @@ class ModelScore:
         self.task, self.target = task, target
         self.assemble = assemble or (lambda x, *extra: x)
         self.probability = probability
+        if not bool(item.present[modality].all()):
+            raise ConfigError(f"sample {item.sample_id!r} has no {modality!r} to explain")
+        with torch.no_grad():
+            self.fixed = model.embed(item.inputs, item.present)
 
     def __call__(self, x: torch.Tensor, *extra: Any) -> torch.Tensor:
         b = int(x.shape[0])
-        inputs = {m: expand(v, b) for m, v in self.item.inputs.items()}
-        inputs[self.modality] = self.assemble(x, *extra)
+        embs = {m: e.expand(b, -1) for m, e in self.fixed.items() if m != self.modality}
+        embs[self.modality] = self.model.encoders[self.modality](self.assemble(x, *extra))
         present = {m: v.expand(b) for m, v in self.item.present.items()}
-        logits = self.model(inputs, present)
+        logits = self.model.fuse(embs, present).logits
         if self.probability:
             return target_prob(logits, self.task, self.target)
         return target_score(logits, self.task, self.target)
