@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from medmodal.data.dataset import MultimodalDataset
 from medmodal.explain.forward import Item, ModelScore
 from medmodal.predictor import Predictor
 
@@ -119,3 +121,43 @@ def random_deletion_auc(
         for _ in range(repeats)
     ]
     return float(np.mean(aucs))
+
+
+def sanity_checks(
+    predictor: Predictor,
+    ds: MultimodalDataset,
+    modality: str,
+    methods: Sequence[str] = ("gradcam", "integrated_gradients"),
+    seed: int = 0,
+    steps: int = 20,
+    repeats: int = 5,
+) -> dict[str, dict[str, float]]:
+    """Per method, means over the samples of ``ds`` (each explained for its predicted class):
+    Spearman correlation with the weight-randomised model's map (of |values| and of the signed
+    values), the deletion AUC in attribution order and in random order, and seconds per sample."""
+    from medmodal.explain.forward import item_of, resolve_target
+    from medmodal.explain.methods import create_explainer
+
+    probs = predictor.predict_proba(ds)
+    rand = randomized_predictor(predictor, seed)
+    out: dict[str, dict[str, float]] = {}
+    for name in methods:
+        ex, ex_rand = (
+            create_explainer(name, predictor, modality),
+            create_explainer(name, rand, modality),
+        )
+        rows = []
+        for i in range(len(ds)):
+            item = item_of(ds, i, predictor.device)
+            t = resolve_target(predictor.label_map, probs[i], None)
+            a, b = ex.explain(item, t), ex_rand.explain(item, t)
+            order = importance_order(a.values, tuple(item.inputs[modality].shape[2:]))
+            curve = deletion_curve(predictor, item, modality, t, order, steps)
+            rand_auc = random_deletion_auc(predictor, item, modality, t, steps, repeats, seed + i)
+            rows.append([rank_correlation(a.values, b.values),
+                         rank_correlation(a.values, b.values, absolute=False),
+                         curve_auc(curve), rand_auc, a.seconds])  # fmt: skip
+        keys = ("spearman_abs", "spearman_signed", "deletion_auc", "random_deletion_auc", "seconds")
+        out[name] = dict(zip(keys, np.mean(rows, axis=0).tolist(), strict=True))
+        out[name]["samples"] = len(ds)
+    return out
