@@ -161,12 +161,24 @@ def to_markdown(res: dict[str, Any]) -> str:
     body = []
     for r in rows:
         for m, c in (r.get("methods") or {}).items():
+            checks = _verdict(
+                c["spearman_signed"] < 0.5, c["deletion_auc"] < c["random_deletion_auc"]
+            )
             body.append([r["arm"], m, C.num(c["spearman_abs"]), C.num(c["spearman_signed"]),
-                         C.num(c["deletion_auc"]), C.num(c["random_deletion_auc"]),
+                         C.num(c["deletion_auc"]), C.num(c["random_deletion_auc"]), checks,
                          C.num(c["seconds"], 4), C.num(r["explain_seconds_per_sample"], 3)])  # fmt: skip
-    heads = ["arm", "method", "rho |values|", "rho signed", "deletion AUC", "random order AUC",
-             "s / sample (method)", "s / sample (api.explain, all methods + PNGs)"]  # fmt: skip
+    heads = ["arm", "method", "rho abs", "rho signed", "deletion AUC", "random order AUC",
+             "checks (rho signed < 0.5; deletion < random)", "s / sample (method)",
+             "s / sample (api.explain, all methods + PNGs)"]  # fmt: skip
     lines += C.table(heads, body) + [""]
+    lines += [
+        "Reading: IG multiplies gradients by the input, so |IG| partly mirrors |input| whatever "
+        "the weights (the Gradient x Input caveat of Adebayo et al.); rho abs is shown, the check "
+        "uses the signed maps. Grad-CAM on ResNet-18 at 28 px weighs layer4, a 4 x 4 grid; its "
+        "upsampled map is probably too coarse to delete faster than a random order. The seconds "
+        "were measured on 2 cores shared with other jobs (load average below): an upper bound.",
+        "",
+    ]
     for r in rows:
         if r.get("seconds"):
             lines += [f"## {r['arm']}: seconds per sample (median)", ""]
@@ -183,6 +195,10 @@ def to_markdown(res: dict[str, Any]) -> str:
                                              if v is not None) for r in rows]  # fmt: skip
     lines += [""] + C.reproduce_section(rows, res.get("env", {}))
     return "\n".join(lines)
+
+
+def _verdict(randomisation: bool, deletion: bool) -> str:
+    return " / ".join("passes" if ok else "**fails**" for ok in (randomisation, deletion))
 
 
 def main() -> None:
