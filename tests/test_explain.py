@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +174,15 @@ def test_bad_modality_or_method_is_a_config_error(
         api.explain(probe[1], probe[0].manifest, tmp_path, samples=["nope"])
     with pytest.raises(ConfigError, match="unknown target class 'maybe'"):
         api.explain(probe[1], probe[0].manifest, tmp_path, samples=1, target="maybe")
+
+
+def test_missing_captum_is_a_config_error(
+    probe_predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "captum.attr", None)  # import captum.attr -> ImportError
+    with pytest.raises(ConfigError, match=r"needs Captum: pip install 'medmodal\[explain\]'"):
+        plan(probe_predictor, methods=["integrated_gradients"], modalities=["image"])
+    assert plan(probe_predictor, methods=["gradcam"], modalities=["image"])  # no Captum needed
 
 
 def _predictor(modalities: dict[str, Any], encoders: dict[str, Any]) -> Predictor:

@@ -9,15 +9,28 @@ features. Every other modality of the sample is fixed. Token inputs and tables a
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
+from medmodal.errors import ConfigError
 from medmodal.explain.dense import DENSE_TYPES, channel_sum, dense_kind, draw_info, processed_input
 from medmodal.explain.forward import Item, ModelScore
 from medmodal.explain.methods import METHODS, Attribution, Explainer, require_type
 from medmodal.predictor import Predictor
 
 IG_TYPES = (*DENSE_TYPES, "text", "tabular")
+
+
+def captum_attr() -> Any:
+    """``captum.attr``, or a ConfigError saying how to install it."""
+    try:
+        import captum.attr
+    except ImportError:
+        raise ConfigError(
+            "integrated_gradients needs Captum: pip install 'medmodal[explain]'"
+        ) from None
+    return captum.attr
 
 
 def integrate(
@@ -29,9 +42,7 @@ def integrate(
 ) -> tuple[torch.Tensor, float]:
     """(attributions shaped like ``x``, convergence delta) of ``score`` along the straight
     path from ``baseline`` (default zeros) to ``x``."""
-    from captum.attr import IntegratedGradients
-
-    ig = IntegratedGradients(score)
+    ig = captum_attr().IntegratedGradients(score)
     base = torch.zeros_like(x) if baseline is None else baseline
     with torch.enable_grad():
         attr, delta = ig.attribute(
@@ -80,6 +91,7 @@ def integrated_gradients(
     if steps < 2 or batch < 1:
         raise ValueError(f"steps must be at least 2 and batch at least 1 (got {steps}, {batch})")
     mtype = require_type(predictor, modality, "integrated_gradients", IG_TYPES)
+    captum_attr()
     assert modality is not None
     if mtype == "text":
         from medmodal.explain.text import token_ig

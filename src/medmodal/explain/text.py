@@ -72,7 +72,7 @@ class TokenIG:
         return torch.where(keep, ids, torch.full_like(ids, self.proc.pad_id))
 
     def explain(self, item: Item, target: int) -> Attribution:
-        from captum.attr import LayerIntegratedGradients
+        from medmodal.explain.ig import captum_attr
 
         t0 = time.perf_counter()
         p, m = self.predictor, self.modality
@@ -80,7 +80,7 @@ class TokenIG:
         n = max(int(x["attention_mask"].sum()), 1)
         ids, mask = x["input_ids"][:, :n], x["attention_mask"][:, :n]
         score = ModelScore(p.model, item, m, p.label_map.task, target, assemble=_tokens)
-        lig = LayerIntegratedGradients(score, self.layer)
+        lig = captum_attr().LayerIntegratedGradients(score, self.layer)
         with gradients_through(p.model.encoders[m]), torch.enable_grad():
             attr, delta = lig.attribute(
                 ids,
