@@ -232,12 +232,31 @@ def test_gradcam_refuses_a_vit_and_ig_refuses_sentence_embeddings() -> None:
     p = _predictor(mods, {"image": vit})
     with pytest.raises(ConfigError, match="'gradcam' does not fit encoder 'vit' of modality"):
         plan(p, methods=["gradcam"])
-    assert [n for n, _, _ in plan(p)] == ["integrated_gradients"]  # the defaults skip it
+    assert [n for n, _, _ in plan(p)] == ["attention_rollout", "integrated_gradients"]
     note = {"note": {"type": "text", "column": "t", "preprocess": {"tokenizer": "minilm_embed"}}}
     p = _predictor(note, {"note": {"name": "embedding_mlp"}})
     with pytest.raises(ConfigError, match="'embedding_mlp' of modality 'note'.*occlusion"):
         plan(p, methods=["integrated_gradients"])
     assert [n for n, _, _ in plan(p)] == ["occlusion"]
+
+
+@pytest.mark.parametrize("size", [(8, 8), (8, 8, 8)])
+def test_attention_rollout_of_a_vit(size: tuple[int, ...]) -> None:
+    mods = {"image": {"type": "image", "column": "f", "preprocess": {"size": list(size)}}}
+    vit = {"name": "vit", "patch_size": 4, "hidden_size": 16, "mlp_dim": 16, "num_layers": 2,
+           "num_heads": 2}  # fmt: skip
+    p = _predictor(mods, {"image": vit})
+    item = _image_item(p, (1, *size))
+    ex = create_explainer("attention_rollout", p, "image")
+    a, b = ex.explain(item, 1), ex.explain(item, 0)
+    assert a.values.shape == size and a.values.min() == 0 and a.values.max() == pytest.approx(1)
+    np.testing.assert_allclose(a.values, b.values)  # class-agnostic
+    assert not any(blk.attn.save_attn for blk in p.model.encoders["image"].vit.blocks)
+    p = _predictor(mods, {"image": {"name": "baseline_cnn", "hidden": 4, "filters": 2}})
+    with pytest.raises(
+        ConfigError, match="'attention_rollout' does not fit encoder 'baseline_cnn'"
+    ):
+        plan(p, methods=["attention_rollout"])
 
 
 def test_shapley_limits() -> None:

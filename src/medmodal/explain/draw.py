@@ -139,6 +139,7 @@ def draw_signal(att: Attribution, title: str) -> Figure:
     lines = None
     for i in range(n):
         ax = fig.add_subplot(n, 1, i + 1)
+        ax.plot(t, x[i], color="0.7", lw=1.0, zorder=0)  # the trace where attributions are ~0
         pts = np.stack([t, x[i]], axis=1)
         segs = np.stack([pts[:-1], pts[1:]], axis=1)
         lines = LineCollection(segs, cmap=cmap, norm=norm, linewidths=2.0)

@@ -5,7 +5,7 @@ gradients of the target score; ``ReLU(sum_k w_k A_k)`` is upsampled to the input
 bilinear or trilinear) and scaled to [0, 1]. Supported encoders, by the module they build:
 baseline_cnn (its conv + ReLU), resnet18 / resnet50 (``layer4``), densenet121 (the final ReLU of
 the features), audio_cnn, cnn1d (the last conv block's ReLU), resnet1d (the last stage). A ViT has
-no convolutional block: ConfigError (use ``integrated_gradients``).
+no convolutional block: ConfigError (use ``attention_rollout`` or ``integrated_gradients``).
 """
 
 from __future__ import annotations
@@ -110,6 +110,6 @@ def gradcam(predictor: Predictor, modality: str | None) -> GradCAM:
         raise ConfigError(
             f"method 'gradcam' does not fit encoder {encoder_name(predictor, modality)!r} of "
             f"modality {modality!r}: it needs a convolutional encoder ({SUPPORTED}); "
-            "use integrated_gradients"
+            "use integrated_gradients (or attention_rollout for a vit)"
         )
     return GradCAM(predictor, modality, layer)

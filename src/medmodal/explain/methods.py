@@ -15,6 +15,7 @@ name                     modalities / encoders                      attribution
                          text (word / wordpiece): token embeddings  zero baseline (the training
                          summed per word; tabular: numeric features mean after normalisation)
                          (categorical: occlusion by "missing")
+``attention_rollout``    image (vit; 2D/3D)                         attention rollout (class-agnostic)
 ``occlusion``            text, any tokenizer (frozen sentence        leave-one-word-out: the note is
                          embeddings: the only one that fits)         re-read without each word
 ``shapley``              the whole sample, 2 to 6 modalities        exact Shapley values of the
@@ -134,15 +135,17 @@ def fits(name: str, predictor: Predictor, modality: str | None) -> bool:
 
 
 def default_methods(predictor: Predictor, modality: str) -> list[str]:
-    """The methods run when none is named: Grad-CAM (where it fits) and Integrated Gradients;
-    leave-one-word-out occlusion for frozen sentence embeddings."""
-    names = [n for n in ("gradcam", "integrated_gradients") if fits(n, predictor, modality)]
+    """The methods run when none is named: Grad-CAM (convolutional encoders) or attention rollout
+    (ViT), and Integrated Gradients; leave-one-word-out occlusion for frozen sentence
+    embeddings."""
+    order = ("gradcam", "attention_rollout", "integrated_gradients")
+    names = [n for n in order if fits(n, predictor, modality)]
     return names or ["occlusion"]
 
 
 def _register_all() -> None:
     """Import the method modules so they register (kept here to avoid import cycles)."""
-    from medmodal.explain import gradcam, ig, shapley, tabular, text  # noqa: F401
+    from medmodal.explain import gradcam, ig, rollout, shapley, tabular, text  # noqa: F401
 
 
 _register_all()
