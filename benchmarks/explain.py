@@ -11,7 +11,8 @@ For each arm a small model is trained (fixed recipe, seed 0), then on a handful 
   attributed pixels / time steps are set to 0 (the training mean), against 5 random orders.
 
 Arms: ``breast_cnn`` (BreastMNIST, baseline CNN, 5 epochs), ``breast_resnet18`` (BreastMNIST,
-ResNet-18, 4 epochs), ``mitdb_cnn1d`` (MIT-BIH beats of 6 records, CNN-1D, 6 epochs), ``probe``
+ResNet-18, 4 epochs), ``breast_vit`` (BreastMNIST, a 4-layer ViT, 8 epochs: attention rollout
+instead of Grad-CAM), ``mitdb_cnn1d`` (MIT-BIH beats of 6 records, CNN-1D, 6 epochs), ``probe``
 (the synthetic 4-modality fusion probe, 400 cases, 6 epochs: time of every method and of the
 modality Shapley values; no sanity checks, the data are synthetic).
 
@@ -40,17 +41,20 @@ from medmodal.explain.sanity import sanity_checks
 from medmodal.predictor import Predictor
 
 NAME = "explain"
-ARMS = ["breast_cnn", "breast_resnet18", "mitdb_cnn1d", "probe"]
+ARMS = ["breast_cnn", "breast_resnet18", "breast_vit", "mitdb_cnn1d", "probe"]
+VIT = {"name": "vit", "patch_size": 4, "hidden_size": 96, "mlp_dim": 192, "num_layers": 4,
+       "num_heads": 3}  # fmt: skip
 THREADS = 2
 METHODS = ("gradcam", "integrated_gradients")
 MIT_RECORDS = ["106", "119", "209", "220", "100", "228"]
 
 
 def breast_config(work: Path, data: Path, encoder: str, epochs: int) -> dict[str, Any]:
+    spec = VIT if encoder == "vit" else {"name": encoder}
     return {
         "name": f"breast_{encoder}", "seed": 0, "output_dir": str(work / f"breast_{encoder}"),
         "data": {"dataset": "breastmnist", "data_dir": str(data), "audit": False},
-        "model": {"encoders": {"image": {"name": encoder}}},
+        "model": {"encoders": {"image": spec}},
         "train": {"epochs": epochs, "batch_size": 64, "lr": 1e-3, "threads": THREADS},
         "evaluate": {"bootstrap": 0, "report": False},
     }  # fmt: skip
@@ -79,11 +83,18 @@ def explain_wall(ckpt: Path, frame: pd.DataFrame, root: Path, out: Path) -> floa
     return (time.perf_counter() - t0) / len(res.samples)
 
 
-def sanity_arm(name: str, run: api.RunResult, frame: pd.DataFrame, root: Path, modality: str):
+def sanity_arm(
+    name: str,
+    run: api.RunResult,
+    frame: pd.DataFrame,
+    root: Path,
+    modality: str,
+    methods: tuple[str, ...] = METHODS,
+) -> dict[str, Any]:
     """Sanity numbers and times of one trained image / signal model on ``frame``'s rows."""
     p = Predictor.load(run.checkpoint)
     ds = p.dataset(frame, root, None, with_labels=True)
-    checks = sanity_checks(p, ds, modality, METHODS)
+    checks = sanity_checks(p, ds, modality, methods)
     test = run.metrics["test"]
     return {
         "arm": name,
@@ -99,7 +110,8 @@ def run_breast(args: argparse.Namespace, data: Path, encoder: str, epochs: int) 
     run = api.fit(breast_config(Path(args.work), data, encoder, epochs), progress=False)
     frame = pd.read_csv(run.run_dir / "data" / "manifest.csv")
     test = frame[frame["split"] == "test"].head(16)
-    return sanity_arm(f"breast_{encoder}", run, test, run.run_dir / "data", "image")
+    methods = ("attention_rollout", "integrated_gradients") if encoder == "vit" else METHODS
+    return sanity_arm(f"breast_{encoder}", run, test, run.run_dir / "data", "image", methods)
 
 
 def run_mitdb(args: argparse.Namespace, data: Path) -> dict:
@@ -218,6 +230,7 @@ def main() -> None:
     runs = {
         "breast_cnn": lambda: run_breast(args, data, "baseline_cnn", 5),
         "breast_resnet18": lambda: run_breast(args, data, "resnet18", 4),
+        "breast_vit": lambda: run_breast(args, data, "vit", 8),
         "mitdb_cnn1d": lambda: run_mitdb(args, data),
         "probe": lambda: run_probe(args),
     }
