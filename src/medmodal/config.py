@@ -109,7 +109,7 @@ class EvaluateConfig(Strict):
     )
     report: bool = True
     ablation: bool = True  # with several modalities: metrics with each one removed at test time
-    # -- explanation gallery (issue 17: explanations) --
+    # -- explanation gallery (medmodal.explain) --
     gallery: int = Field(
         default=0,
         ge=0,

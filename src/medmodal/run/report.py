@@ -94,7 +94,7 @@ def write_run_report(
     )
 
 
-# -- explanation gallery (issue 17: explanations) ---------------------------------------------
+# -- explanation gallery (medmodal.explain) ---------------------------------------------------
 def gallery_sections(
     cfg: ExperimentConfig,
     ds: MultimodalDataset,
