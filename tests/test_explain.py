@@ -163,7 +163,9 @@ def test_bad_modality_or_method_is_a_config_error(
         plan(p, modalities=["ecg"])
     with pytest.raises(ConfigError, match="'gradcam' does not fit modality 'text' \\(text\\)"):
         plan(p, methods=["gradcam"], modalities=["text"])
-    with pytest.raises(ConfigError, match="unknown explanation method 'lime'; known: gradcam"):
+    with pytest.raises(
+        ConfigError, match="unknown explanation method 'lime'; known: attention_rollout, gradcam"
+    ):
         plan(p, methods=["lime"])
     with pytest.raises(ConfigError, match="unknown option 'stepz'"):
         plan(p, options={"integrated_gradients": {"stepz": 4}})
