@@ -1,4 +1,5 @@
-"""The Python API: ``fit``, ``cross_validate``, ``evaluate``, ``predict`` (``tune``, ``pretrain``).
+"""The Python API: ``fit``, ``cross_validate``, ``evaluate``, ``predict``, ``explain`` (``tune``,
+``pretrain``).
 
 A thin front over the steps in :mod:`medmodal.run`; the CLI is a thin layer over it.
 
@@ -31,10 +32,11 @@ from medmodal.run import (
 )
 from medmodal.run.context import ConfigSource, Progress
 from medmodal.run.report import write_run_report
-from medmodal.run.sources import audit_run, frame_from_source
+from medmodal.run.sources import audit_run, frame_from_source, one_split
 from medmodal.utils.io import dump_json
 
 if TYPE_CHECKING:
+    from medmodal.explain import ExplainResult
     from medmodal.pretrain import PretrainResult
 
 
@@ -138,7 +140,7 @@ def evaluate(
         update={"evaluate": predictor.config.evaluate.model_copy(update={"bootstrap": bootstrap})}
     )
     frame, base, name = frame_from_source(manifest, predictor)
-    frame = _one_split(frame, predictor, split, name)
+    frame = one_split(frame, predictor, split, name)
     bad = BadSampleLog() if skip_bad else None
     ds = predictor.dataset(frame, Path(root) if root else base, bad, with_labels=True, source=name)
     predictor.config = cfg
@@ -161,20 +163,46 @@ def evaluate(
             metrics["skipped_samples"],
             [note],
             raw_probs=scored.raw_probs,
+            predictor=predictor,
         )
     return metrics
 
 
-def _one_split(frame: pd.DataFrame, predictor: Predictor, split: str | None, name: str):
-    if split is None:
-        return frame
-    col = predictor.schema.split_column
-    if not col or col not in frame.columns:
-        raise ManifestError(f"{name} has no split column to select {split!r} from")
-    frame = frame[frame[col].astype(str).str.lower() == split]
-    if frame.empty:
-        raise ManifestError(f"{name} has no rows in split {split!r}")
-    return frame
+def explain(
+    checkpoint: str | Path,
+    source: str | Path | pd.DataFrame,
+    out: str | Path,
+    *,
+    methods: list[str] | None = None,
+    modalities: list[str] | None = None,
+    samples: int | list[str] | None = None,
+    target: str | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+    root: str | Path | None = None,
+    skip_bad: bool = False,
+    device: str = "cpu",
+) -> ExplainResult:
+    """Attributions for every sample and modality of a manifest / DataFrame / image folder, for
+    the predicted class (or ``target``): Grad-CAM and Integrated Gradients on images, signals and
+    spectrograms, per word for notes, per feature for records, and exact Shapley values of the
+    modalities. Writes PNGs, ``explanations.json`` and ``attributions.npz`` into ``out``; a
+    modality the model lacks or a method that does not fit it is a ConfigError. See
+    :func:`medmodal.explain.explain`."""
+    from medmodal.explain import explain as _explain
+
+    return _explain(
+        checkpoint,
+        source,
+        out,
+        methods=methods,
+        modalities=modalities,
+        samples=samples,
+        target=target,
+        options=options,
+        root=root,
+        skip_bad=skip_bad,
+        device=device,
+    )
 
 
 def pretrain(
@@ -208,6 +236,7 @@ __all__ = [
     "RunResult",
     "cross_validate",
     "evaluate",
+    "explain",
     "fit",
     "predict",
     "pretrain",

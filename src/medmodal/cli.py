@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    help="medmodal: multimodal medical deep learning (train, evaluate, predict, pretrain, datasets).",
+    help="medmodal: multimodal medical deep learning (train, evaluate, predict, explain, pretrain, datasets).",
 )
 datasets_app = typer.Typer(no_args_is_help=True, help="Built-in datasets: list, info, prepare.")
 models_app = typer.Typer(no_args_is_help=True, help="Registered encoders, fusions and heads.")
@@ -278,6 +278,66 @@ def predict(
         err.print(
             f"[yellow]{len(skipped)} sample(s) skipped[/]: see {out_csv.with_suffix('.skipped.json')}"
         )
+
+
+@app.command()
+@friendly
+def explain(
+    checkpoint: Annotated[Path, typer.Argument(help="best.pt from `medmodal train`.")],
+    source: Annotated[
+        Path, typer.Argument(help="A manifest (any subset of modalities) or a folder of images.")
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for the PNGs and explanations.json.")
+    ] = Path("explanations"),
+    method: Annotated[
+        list[str] | None,
+        typer.Option("--method", "-m", help="gradcam, integrated_gradients, occlusion, shapley."),
+    ] = None,
+    modality: Annotated[
+        list[str] | None, typer.Option("--modality", help="Explain only this modality (repeat).")
+    ] = None,
+    sample: Annotated[
+        list[str] | None, typer.Option("--sample", help="Explain this sample id (repeat).")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(help="Without --sample: the first N samples (0 = all).")
+    ] = 16,
+    target: Annotated[
+        str | None, typer.Option(help="Explain this class (default: the predicted one).")
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Integrated Gradients steps (default 32).")
+    ] = None,
+    root: Annotated[Path | None, typer.Option(help="Base folder for relative paths.")] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable samples (listed in the JSON).")
+    ] = False,
+) -> None:
+    """Explain predictions: Grad-CAM / Integrated Gradients overlays, word and feature
+    attributions, and which modality mattered (Shapley) -> PNGs + explanations.json."""
+    from medmodal import api
+
+    samples: int | list[str] | None = list(sample) if sample else (limit or None)
+    options = {"integrated_gradients": {"steps": steps}} if steps is not None else None
+    result = api.explain(
+        checkpoint,
+        source,
+        out_dir,
+        methods=method or None,
+        modalities=modality or None,
+        samples=samples,
+        target=target,
+        options=options,
+        root=root,
+        skip_bad=skip_bad,
+    )
+    out.print(
+        f"{len(result.samples)} sample(s) explained: {len(result.files)} figure(s) in "
+        f"{out_dir}, summary in {out_dir / 'explanations.json'}"
+    )
+    if result.skipped:
+        err.print(f"[yellow]{len(result.skipped)} sample(s) skipped[/]: see explanations.json")
 
 
 @app.command()

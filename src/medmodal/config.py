@@ -132,6 +132,14 @@ class EvaluateConfig(Strict):
     ablation: bool = True  # with several modalities: metrics with each one removed at test time
     calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     conformal: ConformalConfig = Field(default_factory=ConformalConfig)
+    # -- explanation gallery (medmodal.explain) --
+    gallery: int = Field(
+        default=0,
+        ge=0,
+        le=50,
+        description="report: this many most confident correct, most confident wrong and most "
+        "uncertain cases, with explanations drawn; 0 = no gallery",
+    )
 
 
 class ExperimentConfig(Strict):

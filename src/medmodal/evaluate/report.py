@@ -375,6 +375,7 @@ def write_report(
     notes: str | Sequence[str] | None = None,
     extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     y_prob_before: Any = None,
+    extra_sections: Sequence[tuple[str, str, str]] | None = None,
 ) -> Path:
     """Write one self-contained HTML report and return its path.
 
@@ -388,6 +389,8 @@ def write_report(
         extra_tables: ``{title: [row dict, ...]}`` appended as tables.
         y_prob_before: the same predictions before recalibration (e.g. temperature scaling):
             a second reliability diagram beside the one of ``y_prob``.
+        extra_sections: ``(anchor, title, html body)`` sections placed before the configuration;
+            the body is inserted as is (its writer escapes it), e.g. the explanation gallery.
     """
     threshold = metrics.get("threshold", 0.5) if metrics else 0.5
     n_bins = metrics.get("ece_bins", 15) if metrics else 15
@@ -404,6 +407,9 @@ def write_report(
             (a, t, _calibration_html(prep, before) if a == "calibration" else b)
             for a, t, b in parts
         ]
+    if extra_sections:
+        at = len(parts) - 1 if parts[-1][0] == "config" else len(parts)
+        parts[at:at] = list(extra_sections)
     doc = _document(title, prep, parts)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -113,7 +113,15 @@ class MultimodalModel(nn.Module):
                 m: torch.ones(batch, dtype=torch.bool, device=device) for m in self.modalities
             }
         present = self._drop(present)
-        fused = self.fusion(self.embed(inputs, present), present)
+        return self.fuse(self.embed(inputs, present), present)
+
+    def fuse(
+        self, embeddings: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
+    ) -> ModelOutput:
+        """Logits from per-modality (B, D) embeddings (absent rows: the missing token), the
+        second half of :meth:`run`; explanations reuse the embeddings of the modalities they hold
+        fixed."""
+        fused = self.fusion(embeddings, present)
         logits = fused.value if self.fusion.outputs_logits else self.head(fused.value)
         return ModelOutput(logits, fused)
 

@@ -15,6 +15,7 @@ from medmodal.data.dataset import MultimodalDataset
 from medmodal.data.manifest import LabelMap
 from medmodal.errors import ConfigError
 from medmodal.evaluate import write_report
+from medmodal.predictor import Predictor
 
 
 def positive_note(label_map: LabelMap, threshold: float) -> str | None:
@@ -176,10 +177,12 @@ def write_run_report(
     notes: Sequence[str | None],
     tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     raw_probs: np.ndarray | None = None,
+    predictor: Predictor | None = None,
 ) -> Path:
     """One self-contained report for these predictions (with the ablation table if present,
-    calibration before / after, conformal sets and subgroups when the metrics hold them;
-    ``raw_probs``: the probabilities before temperature scaling, for a second diagram)."""
+    calibration before / after, conformal sets and subgroups when the metrics hold them and,
+    given the ``predictor`` and ``evaluate.gallery`` > 0, the explanation gallery).
+    ``raw_probs``: the probabilities before temperature scaling, for a second diagram."""
     extra = dict(tables or {})
     if metrics.get("ablation"):
         extra["AUROC with one modality removed at test time"] = ablation_rows(metrics["ablation"])
@@ -199,4 +202,21 @@ def write_run_report(
         notes=[n for n in notes if n],
         extra_tables=extra or None,
         y_prob_before=raw_probs,
+        extra_sections=gallery_sections(cfg, ds, probs, predictor),
     )
+
+
+# -- explanation gallery (medmodal.explain) ---------------------------------------------------
+def gallery_sections(
+    cfg: ExperimentConfig,
+    ds: MultimodalDataset,
+    probs: np.ndarray,
+    predictor: Predictor | None,
+) -> list[tuple[str, str, str]]:
+    """The report's explanation gallery section (none when ``evaluate.gallery`` is 0)."""
+    k = cfg.evaluate.gallery
+    if predictor is None or k <= 0:
+        return []
+    from medmodal.explain.gallery import gallery_html
+
+    return [("gallery", "Explanation gallery", gallery_html(predictor, ds, probs, k))]

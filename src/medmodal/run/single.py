@@ -127,4 +127,5 @@ def _report(
         result.bad_samples,
         notes,
         raw_probs=raw,
+        predictor=predictor,
     )

@@ -63,3 +63,18 @@ def audit_run(
     if console is not None and (report.cross_split or report.cross_patient):
         console.print(f"[yellow]warning:[/] {report.summary()}", highlight=False, soft_wrap=True)
     return report.to_dict()
+
+
+def one_split(
+    frame: pd.DataFrame, predictor: Predictor, split: str | None, name: str
+) -> pd.DataFrame:
+    """The rows of ``split`` (by the schema's split column); all rows when ``split`` is None."""
+    if split is None:
+        return frame
+    col = predictor.schema.split_column
+    if not col or col not in frame.columns:
+        raise ManifestError(f"{name} has no split column to select {split!r} from")
+    frame = frame[frame[col].astype(str).str.lower() == split]
+    if frame.empty:
+        raise ManifestError(f"{name} has no rows in split {split!r}")
+    return frame

@@ -226,17 +226,28 @@ class TextProcessor(ModalityProcessor):
     def read(self, row: Mapping[str, Any], root: Path | None) -> Any | None:
         """The note, normalised and tokenised (word: tuple of tokens; wordpiece: int64 ids,
         truncated; minilm_embed: float32 (384,) embedding); None when absent."""
-        column = self.spec.column
-        assert column is not None
-        text = read_text(row[column], root, self.opts.source)
-        if text is not None:
-            text = normalize_text(text, self.opts.lowercase, self._mask_re, self.opts.mask_numbers)
+        text = self.note_text(row, root)
         if text is None or not _HAS_WORD.search(text):
             if self.spec.allow_missing:
                 return None
             raise DataError(
-                f"empty note in column {column!r} (allow_missing is false)", modality=self.name
+                f"empty note in column {self.spec.column!r} (allow_missing is false)",
+                modality=self.name,
             )
+        return self.encode(text)
+
+    def note_text(self, row: Mapping[str, Any], root: Path | None) -> str | None:
+        """The row's note, normalised and masked (None when the cell is empty)."""
+        column = self.spec.column
+        assert column is not None
+        text = read_text(row[column], root, self.opts.source)
+        if text is None:
+            return None
+        return normalize_text(text, self.opts.lowercase, self._mask_re, self.opts.mask_numbers)
+
+    def encode(self, text: str) -> Any:
+        """A normalised note as ``read`` caches it: tokens, WordPiece ids or the embedding
+        (explanations re-encode notes with words left out through this)."""
         if self.tokenizer == "word":
             return tuple(word_tokenize(text))
         if self.tokenizer == "wordpiece":

@@ -1,0 +1,27 @@
+"""Explanations: which parts of which input, and which modality, moved a prediction.
+
+* :mod:`.methods`: the ``METHODS`` registry (``gradcam``, ``integrated_gradients``,
+  ``occlusion``, ``shapley``) and :class:`Attribution`.
+* :mod:`.gradcam`, :mod:`.ig`, :mod:`.text`, :mod:`.tabular`, :mod:`.shapley`: the methods.
+* :mod:`.forward`: one sample as a batch of one, and the target score the methods explain.
+* :mod:`.draw`: PNG figures; :mod:`.run`: :func:`explain` (files); :mod:`.gallery`: the report's
+  case gallery; :mod:`.sanity`: weight randomisation and deletion curves (Adebayo et al. 2018).
+"""
+
+from medmodal.explain.forward import Item, ModelScore, item_of, resolve_target
+from medmodal.explain.methods import METHODS, Attribution, create_explainer, default_methods
+from medmodal.explain.run import ExplainResult, explain, plan
+
+__all__ = [
+    "METHODS",
+    "Attribution",
+    "ExplainResult",
+    "Item",
+    "ModelScore",
+    "create_explainer",
+    "default_methods",
+    "explain",
+    "item_of",
+    "plan",
+    "resolve_target",
+]

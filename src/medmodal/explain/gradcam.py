@@ -1,0 +1,115 @@
+"""Grad-CAM (Selvaraju et al. 2017) on an encoder's last convolutional block, 1D, 2D or 3D.
+
+The activations ``A`` (B, K, *spatial) of the block are weighted by their spatially averaged
+gradients of the target score; ``ReLU(sum_k w_k A_k)`` is upsampled to the input size (linear,
+bilinear or trilinear) and scaled to [0, 1]. Supported encoders, by the module they build:
+baseline_cnn (its conv + ReLU), resnet18 / resnet50 (``layer4``), densenet121 (the final ReLU of
+the features), audio_cnn, cnn1d (the last conv block's ReLU), resnet1d (the last stage). A ViT has
+no convolutional block: ConfigError (use ``attention_rollout`` or ``integrated_gradients``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.networks import nets
+from torch import nn
+
+from medmodal.errors import ConfigError
+from medmodal.explain.dense import dense_kind, draw_info, processed_input
+from medmodal.explain.forward import Item, ModelScore
+from medmodal.explain.methods import METHODS, Attribution, encoder_name, require_type
+from medmodal.models.encoders.audio import AudioCNN
+from medmodal.models.encoders.image import BaselineCNN
+from medmodal.models.encoders.signal import CNN1d, ResNet1d
+from medmodal.predictor import Predictor
+
+SUPPORTED = "baseline_cnn, resnet18, resnet50, densenet121, audio_cnn, cnn1d, resnet1d"
+
+
+def last_conv_block(encoder: nn.Module) -> nn.Module | None:
+    """The module whose output Grad-CAM weighs, or None when the encoder has none we know."""
+    if isinstance(encoder, BaselineCNN):
+        return encoder.features[1]  # conv -> ReLU (before the pooling)
+    if isinstance(encoder, (AudioCNN, CNN1d)):
+        return encoder.features[-2]  # the last block's ReLU (before its pooling)
+    if isinstance(encoder, ResNet1d):
+        return encoder.stages
+    body = getattr(encoder, "body", None)
+    if isinstance(body, nets.ResNet):
+        return body.layer4
+    if isinstance(body, nets.DenseNet):
+        return body.class_layers.relu
+    return None
+
+
+def grad_cam(
+    score: ModelScore, x: torch.Tensor, layer: nn.Module
+) -> tuple[np.ndarray, torch.Tensor]:
+    """(cam in [0, 1] of the input's spatial shape, target score) for a batch-of-one ``x``."""
+    store: dict[str, torch.Tensor] = {}
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        store["a"] = out
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        with torch.enable_grad():
+            x = x.detach().clone().requires_grad_(True)
+            s = score(x)
+            acts = store["a"]
+            (grads,) = torch.autograd.grad(s.sum(), acts)
+    finally:
+        handle.remove()
+    dims = tuple(range(2, acts.dim()))
+    weights = grads.mean(dim=dims, keepdim=True)
+    cam = F.relu((weights * acts).sum(dim=1, keepdim=True)).detach()
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(dims)]
+    cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode=mode, align_corners=False)[0, 0]
+    top = float(cam.max())
+    cam = cam / top if top > 0 else cam
+    return cam.cpu().numpy(), s.detach()
+
+
+class GradCAM:
+    """Grad-CAM for one modality (see the module doc)."""
+
+    def __init__(self, predictor: Predictor, modality: str, layer: nn.Module) -> None:
+        self.predictor, self.modality, self.layer = predictor, modality, layer
+
+    def explain(self, item: Item, target: int) -> Attribution:
+        t0 = time.perf_counter()
+        p = self.predictor
+        score = ModelScore(p.model, item, self.modality, p.label_map.task, target)
+        x = item.inputs[self.modality]
+        cam, s = grad_cam(score, x, self.layer)
+        kind = dense_kind(p, self.modality)
+        values = cam if kind != "signal" else np.broadcast_to(cam, x.shape[1:]).copy()
+        return Attribution(
+            self.modality,
+            "gradcam",
+            kind,
+            values,
+            background=processed_input(x),
+            info={"target_score": float(s.reshape(-1)[0]), **draw_info(p, self.modality)},
+            seconds=time.perf_counter() - t0,
+        )
+
+
+@METHODS.register("gradcam")
+def gradcam(predictor: Predictor, modality: str | None) -> GradCAM:
+    """Grad-CAM on the last convolutional block (image 2D/3D, spectrogram, signal)."""
+    require_type(predictor, modality, "gradcam", ("image", "audio", "signal"))
+    assert modality is not None
+    layer = last_conv_block(predictor.model.encoders[modality])
+    if layer is None:
+        raise ConfigError(
+            f"method 'gradcam' does not fit encoder {encoder_name(predictor, modality)!r} of "
+            f"modality {modality!r}: it needs a convolutional encoder ({SUPPORTED}); "
+            "use integrated_gradients (or attention_rollout for a vit)"
+        )
+    return GradCAM(predictor, modality, layer)
