@@ -535,3 +535,22 @@ def test_rows_a_run_leaves_out_are_not_checked(
     check = check_pretrained_inits(loaded, splits)["image"]
     assert check["status"] == "checked" and check["overlap"] == {}
     assert check["evaluation_images"] == {}
+
+
+def test_a_duplicate_in_rows_left_out_is_no_leak(
+    breast_run: run_mod.PretrainResult, data_dir: Path, tmp_path: Path
+) -> None:
+    """BreastMNIST repeats one training image in its test split. A label-subset run that leaves
+    every training row out (``unused``) still finds that image among rows it does not score, so
+    pretraining on the official training split is counted, not refused."""
+    from medmodal.config import load_config
+    from medmodal.run import assign_splits, load_data
+    from medmodal.run.pretrained import check_pretrained_inits
+
+    cfg = load_config(finetune_config(tmp_path / "ft", data_dir, breast_run.checkpoint))
+    loaded = load_data(cfg, tmp_path / "ft")
+    splits = assign_splits(loaded).astype(object)
+    splits[splits == "train"] = "unused"
+    check = check_pretrained_inits(loaded, splits)["image"]
+    assert check["status"] == "checked" and check["overlap"] == {}
+    assert check["overlap_also_in_training"] == 1

@@ -7,7 +7,7 @@ key of every image its encoder trained on (``images.content_keys``): the audit's
 or resized copy is not. Before a run trains from such a checkpoint
 (``model.encoders.<modality>.init``), :func:`check_pretrained_inits` keys the run's evaluation
 images (rows marked ``val``, ``test`` or ``holdout``; not rows a run leaves out) the same way. Images the pretraining saw are a DataError
-unless ``init_allow_overlap: true``; those whose content this run's own training split holds too
+unless ``init_allow_overlap: true``; those whose content a row the run does not score (train, or left out) holds too
 are counted, not raised (fine-tuning sees them anyway; the leakage audit reports them).
 """
 
@@ -123,15 +123,18 @@ def _overlap(
     loaded: LoadedData, splits: np.ndarray, modality: str, keys: set[str]
 ) -> dict[str, Any]:
     """Evaluation images per split, those the pretraining saw (per split, a few ids), and how many
-    more it saw whose content this run's training split holds too."""
+    more it saw whose content a row this run does not score holds too (a duplicate inside the
+    data set, e.g. a validation image repeated in the training split, which a label-subset run
+    marks ``unused``: the audit's finding, not a pretraining leak)."""
     ds, split = loaded.dataset, np.asarray(splits).astype(str)
     present = np.array([r[modality] is not None for r in ds.raw], dtype=bool)
     held = np.flatnonzero(present & np.isin(split, EVALUATED))
     found = image_keys(ds, modality, held)
     seen = [(int(i), k) for i, k in zip(held, found, strict=True) if k in keys]
     also_train = 0
-    if seen:  # only then: key the training rows too
-        train = set(image_keys(ds, modality, np.flatnonzero(present & (split == "train"))))
+    if seen:  # only then: key the rows the run does not score too
+        rest = np.flatnonzero(present & ~np.isin(split, EVALUATED))
+        train = set(image_keys(ds, modality, rest))
         only = [(i, k) for i, k in seen if k not in train]
         also_train, seen = len(seen) - len(only), only
     rows = [i for i, _ in seen]
