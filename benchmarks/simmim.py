@@ -39,20 +39,25 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import common as C
 import numpy as np
+import pandas as pd
+import torch
 
 from medmodal import api
 from medmodal.config import load_config
 from medmodal.data.schema import Schema
 from medmodal.datasets import get_dataset
+from medmodal.pretrain.run import PretrainResult
 from medmodal.run import assign_splits, fold_splits, load_data, train_and_evaluate
 from medmodal.utils.runtime import set_threads
 
@@ -160,10 +165,48 @@ def arm_config(
     )
 
 
+# -- --reuse: read back what an interrupted run finished ------------------------------------------
+REUSE_ENV = "SIMMIM_REUSE"  # set by --reuse; spawned workers inherit it
+
+
+def reusing() -> bool:
+    return os.environ.get(REUSE_ENV) == "1"
+
+
+def train_or_reuse(loaded: Any, splits: np.ndarray, cfg: Any) -> Any:
+    """``train_and_evaluate``, or (``--reuse``) the metrics and test probabilities of a run
+    directory that finished with the same resolved config (``reused`` is then True)."""
+    out = Path(cfg.output_dir)
+    done = (out / "metrics.json").is_file() and (out / "predictions_test.csv").is_file()
+    if reusing() and done and (out / "config.yaml").is_file():
+        if load_config(out / "config.yaml").model_dump() == cfg.model_dump():
+            frame = pd.read_csv(out / "predictions_test.csv")
+            probs = frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy()
+            if loaded.label_map.task == "binary":
+                probs = probs[:, 1]
+            metrics = json.loads((out / "metrics.json").read_text())
+            return SimpleNamespace(metrics=metrics, test_probs=probs, reused=True)
+    return train_and_evaluate(loaded.with_config(cfg), splits, out)
+
+
+def pretrain_or_reuse(cfg: dict[str, Any]) -> Any:
+    """``api.pretrain``, or (``--reuse``) the encoder checkpoint a finished pretraining with the
+    same pretraining config wrote."""
+    out = Path(cfg["output_dir"])
+    ckpt = out / "encoder.pt"
+    if reusing() and ckpt.is_file():
+        body = torch.load(ckpt, map_location="cpu", weights_only=True)
+        if body["pretrain_config"]["train"]["epochs"] == cfg["train"]["epochs"]:
+            h = body["history"]
+            seconds = float(sum(r.get("seconds", 0.0) for r in h))
+            return PretrainResult(out, ckpt, h, int(body["images"]["images"]), seconds)
+    return api.pretrain(cfg, progress="lines")
+
+
 def finetune(loaded: Any, splits: np.ndarray, cfg: Any, **label: Any) -> dict[str, Any]:
     """Train one arm on its splits; the row: test AUC / ACC with CIs, probabilities, timing."""
     t0, c0 = time.perf_counter(), time.process_time()
-    run = train_and_evaluate(loaded.with_config(cfg), splits, Path(cfg.output_dir))
+    run = train_or_reuse(loaded, splits, cfg)
     test, ci = run.metrics["test"], run.metrics["test"].get("ci", {})
     return {
         **label,
@@ -179,6 +222,7 @@ def finetune(loaded: Any, splits: np.ndarray, cfg: Any, **label: Any) -> dict[st
         "test_prob": C.rounded(run.test_probs),
         "wall_seconds": round(time.perf_counter() - t0, 1),
         "cpu_seconds": round(time.process_time() - c0, 1),
+        "reused": bool(getattr(run, "reused", False)),
         "provenance": C.provenance(),
     }
 
@@ -239,9 +283,8 @@ def medmnist_group(
     recipe, is3d = RECIPES[name], name.endswith("3d")
     encoder = ENCODER_3D if is3d else ENCODER_2D
     data = medmnist_data(name, data_dir, work, {"flip": 0.5} if is3d else AUGMENT_2D)
-    pre = api.pretrain(
-        pretrain_config(name, data, encoder, recipe, work / name / "pretrain", quick),
-        progress="lines",
+    pre = pretrain_or_reuse(
+        pretrain_config(name, data, encoder, recipe, work / name / "pretrain", quick)
     )
     loaded = load_data(arm_config(data, encoder, 1, 8, 0, 0, work / name / "load"), work / name)
     splits = assign_splits(loaded)
@@ -415,9 +458,8 @@ def covid_group(
     recipe, home = RECIPES["covid_cxr"], work / "covid_cxr"
     pn = medmnist_data("pneumoniamnist", data_dir, home, AUGMENT_2D)
     pn["schema"]["modalities"]["image"]["preprocess"]["size"] = [64, 64]
-    stage1 = api.pretrain(
-        pretrain_config("pneumoniamnist_64px", pn, ENCODER_COVID, recipe, home / "stage1", quick),
-        progress="lines",
+    stage1 = pretrain_or_reuse(
+        pretrain_config("pneumoniamnist_64px", pn, ENCODER_COVID, recipe, home / "stage1", quick)
     )
     arms = {"finetune_cv": covid_data(data_dir, ["image"])}
     if fused:
@@ -448,7 +490,7 @@ def covid_group(
         }
         for (arm, data), seed, (init, enc) in itertools.product(arms.items(), seeds, inits.items()):
             cfg = covid_config(data, enc, seed, home / f"{arm}_{init}_fold{f}_seed{seed}", quick)
-            run = train_and_evaluate(loaded[arm].with_config(cfg), splits, Path(cfg.output_dir))
+            run = train_or_reuse(loaded[arm], splits, cfg)
             probs = oof.setdefault((arm, init, seed), np.full(len(ld0.dataset), np.nan))
             probs[np.flatnonzero(splits == "test")] = run.test_probs
             print({"covid fold": f, "arm": arm, "init": init, "seed": seed}, flush=True)
@@ -477,7 +519,7 @@ def _fold_pretrain(
     r = {**recipe, "pretrain": recipe["fold_pretrain"]}
     cfg = pretrain_config(f"covid_fold{fold}", data, ENCODER_COVID, r, out, quick)
     cfg["encoder"] = {**cfg["encoder"], "init": init}
-    return api.pretrain(cfg, progress="lines")
+    return pretrain_or_reuse(cfg)
 
 
 def _covid_rows(
@@ -977,7 +1019,14 @@ def main() -> None:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2, help="processes (1 torch thread each)")
     ap.add_argument("--quick", action="store_true", help="tiny budget: checks the script runs")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="read back pretrainings and fine-tunes an interrupted run finished (same config)",
+    )
     args = ap.parse_args()
+    if args.reuse:
+        os.environ[REUSE_ENV] = "1"
     out, work = Path(args.out), Path(args.work)
     old = C.previous_results(
         args, out, lambda p: C.read_json(p.with_suffix(".json")) or {}, to_markdown
@@ -1009,7 +1058,10 @@ def main() -> None:
         with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
             futures = {pool.submit(run_group, g, *call): g for g in jobs}  # largest first
             for fut in as_completed(futures):
-                merge(res, fut.result())
+                try:
+                    merge(res, fut.result())
+                except Exception as e:  # noqa: BLE001 - keep the other groups' results
+                    res.setdefault("errors", {})[futures[fut]] = f"{type(e).__name__}: {e}"
                 print(f"== {futures[fut]} done", flush=True)
     else:
         for g in jobs:
