@@ -838,6 +838,20 @@ CAVEATS = [
 ]
 
 
+def _reuse_caveat(res: dict[str, Any]) -> list[str]:
+    """Say which rows were read back (``--reuse``) from an interrupted run's finished folders."""
+    n = sum(bool(r.get("reused")) for r in res.get("rows", []))
+    if not n:
+        return []
+    return [
+        f"- {n} fine-tuning rows (and every finished pretraining) were read back with `--reuse` "
+        "from the run folders of an interrupted run of the same commit and configs (metrics and "
+        "test probabilities as that run wrote them); their wall time is not measured, so the "
+        "invocation's wall time understates the budget (the pretraining table keeps the "
+        "measured times)."
+    ]
+
+
 def _findings(res: dict[str, Any]) -> list[str]:
     """One sentence per data set, arm and label fraction: the gain over random init and how
     the classical baseline compares."""
@@ -927,6 +941,7 @@ def to_markdown(res: dict[str, Any]) -> str:
         "## Caveats",
         "",
         *CAVEATS,
+        *_reuse_caveat(res),
         "",
         "## Every run",
         "",
