@@ -28,6 +28,7 @@ from medmodal.evaluate.decision import decide
 from medmodal.models import MultimodalModel, build_model
 from medmodal.models.heads import n_outputs_for
 from medmodal.options import parse_options
+from medmodal.survival import SurvivalModel
 
 
 def make_processors(schema: Schema) -> dict[str, ModalityProcessor]:
@@ -42,14 +43,22 @@ def model_for(
     load_init: bool = True,
 ) -> MultimodalModel:
     """The configured model for fitted ``processors`` (their ``info`` sizes the encoders)."""
+    bins = survival_for(label_map, cfg)
     return build_model(
         {m: spec.type for m, spec in schema.modalities.items()},
         {m: p.info() for m, p in processors.items()},
         cfg.model,
         task=label_map.task,
-        n_outputs=n_outputs_for(label_map.task, len(label_map.classes)),
+        n_outputs=n_outputs_for(
+            label_map.task, len(label_map.classes), bins.n_outputs if bins else None
+        ),
         load_init=load_init,
     )
+
+
+def survival_for(label_map: LabelMap, cfg: ExperimentConfig) -> SurvivalModel | None:
+    """An unfitted survival model of the configured method for a survival target, else None."""
+    return SurvivalModel(cfg.model.survival) if label_map.task == "survival" else None
 
 
 def build_dataset(
@@ -134,6 +143,7 @@ class Predictor:
     processors: dict[str, ModalityProcessor]
     model: MultimodalModel
     config: ExperimentConfig
+    survival: SurvivalModel | None = None  # survival targets: cuts / Breslow baseline
 
     # -- checkpoint ----------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
@@ -144,6 +154,7 @@ class Predictor:
             "label_map": self.label_map.to_dict(),
             "processors": {m: p.state_dict() for m, p in self.processors.items()},
             "model_state": self.model.state_dict(),
+            "survival": None if self.survival is None else self.survival.state_dict(),
         }
 
     def save(self, path: str | Path, **extra: Any) -> Path:
@@ -162,12 +173,15 @@ class Predictor:
                 processors[m].load_state_dict(state)
             model = model_for(schema, label_map, processors, cfg, load_init=False)
             model.load_state_dict(body["model_state"])
-        except (KeyError, RuntimeError, MedmodalError) as exc:
+            survival = survival_for(label_map, cfg)
+            if survival is not None:
+                survival.load_state_dict(body["survival"])
+        except (KeyError, TypeError, RuntimeError, MedmodalError) as exc:
             raise CheckpointError(
                 f"checkpoint {path} does not fit this medmodal version: {exc}"
             ) from None
         model.to(device).eval()
-        return cls(schema, label_map, processors, model, cfg)
+        return cls(schema, label_map, processors, model, cfg, survival)
 
     # -- inputs ---------------------------------------------------------------------------
     @property
@@ -210,9 +224,14 @@ class Predictor:
     # -- outputs --------------------------------------------------------------------------
     def predict_proba(self, ds: MultimodalDataset, absent: tuple[str, ...] = ()) -> np.ndarray:
         """Probabilities (binary: P(positive class), (N,); else (N, K)); ``absent`` modalities
-        are treated as missing for every sample."""
+        are treated as missing for every sample. Survival: (N, 1 + T), the risk score (higher =
+        earlier event) then the survival probability at each time of ``label_map.times``."""
         bs = self.config.train.eval_batch_size
         logits = predict_logits(self.model, ds, bs, self.device, absent=absent)
+        if self.survival is not None:
+            times = np.asarray(self.label_map.times, dtype=float)
+            risk = self.survival.risk(logits)
+            return np.column_stack([risk, self.survival.curves(logits, times)])
         return to_probs(logits, self.label_map.task).numpy()
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
@@ -234,6 +253,8 @@ def prediction_frame(
     pres = ds.present_matrix()
     for j, m in enumerate(ds.processors):
         out[f"present_{m}"] = pres[:, j]
+    if task == "survival":
+        return survival_frame(out, ds, probs, label_map)
     if task == "binary":
         out[f"prob_{classes[0]}"] = 1 - probs
         out[f"prob_{classes[1]}"] = probs
@@ -243,6 +264,20 @@ def prediction_frame(
     out["predicted"] = _names(decide(probs, task, threshold), classes, task)
     if ds.labels is not None:
         out["label"] = _names(np.asarray(ds.labels).astype(int), classes, task)
+    return out
+
+
+def survival_frame(
+    out: pd.DataFrame, ds: MultimodalDataset, probs: np.ndarray, label_map: LabelMap
+) -> pd.DataFrame:
+    """Survival rows: the risk score, S(t) at each grid time (``surv_<t>``), time and event."""
+    curves = pd.DataFrame(
+        probs[:, 1:], columns=[f"surv_{t:g}" for t in label_map.times or []], index=out.index
+    )
+    out = pd.concat([out.assign(risk=probs[:, 0]), curves], axis=1)
+    if ds.labels is not None:
+        y = np.asarray(ds.labels)
+        out["time"], out["event"] = y[:, 0], y[:, 1].astype(int)
     return out
 
 

@@ -44,15 +44,7 @@ def ablation_rows(ablation: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
     rows = []
     for removed, row in ablation.items():
         out = {"removed at test time": removed}
-        for key in (
-            "auroc",
-            "auprc",
-            "accuracy",
-            "delta_auroc",
-            "delta_low",
-            "delta_high",
-            "p_value",
-        ):
+        for key in row:
             v = row.get(key)
             out[key.replace("_", " ")] = None if v is None else round(float(v), 4)
         rows.append(out)
@@ -73,7 +65,8 @@ def write_run_report(
     """One self-contained report for these predictions (with the ablation table if present)."""
     extra = dict(tables or {})
     if metrics.get("ablation"):
-        extra["AUROC with one modality removed at test time"] = ablation_rows(metrics["ablation"])
+        what = "Harrell's C" if label_map.task == "survival" else "AUROC"
+        extra[f"{what} with one modality removed at test time"] = ablation_rows(metrics["ablation"])
     return write_report(
         path,
         title=f"medmodal: {cfg.name}",
@@ -87,4 +80,6 @@ def write_run_report(
         bad_samples=list(bad),
         notes=[n for n in [positive_note(label_map, cfg.evaluate.threshold), *notes] if n],
         extra_tables=extra or None,
+        times=label_map.times,
+        sample_ids=ds.ids,
     )

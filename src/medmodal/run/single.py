@@ -14,8 +14,15 @@ from medmodal.run.data import LoadedData
 from medmodal.run.pretrained import check_pretrained_inits
 from medmodal.run.report import missing_note, write_run_report
 from medmodal.run.results import RunResult
-from medmodal.run.steps import fit_processors, new_predictor, score_split, train_model
-from medmodal.train.trainer import TrainState
+from medmodal.run.steps import (
+    fit_processors,
+    fit_survival_baseline,
+    new_predictor,
+    prepare_survival,
+    score_split,
+    train_model,
+)
+from medmodal.train.trainer import TrainState, monitor_for
 from medmodal.utils.io import dump_json, to_jsonable
 from medmodal.utils.runtime import seed_everything
 
@@ -41,11 +48,13 @@ def train_and_evaluate(
     seed_everything(cfg.seed)
     processors, parts = fit_processors(loaded, splits)
     predictor = new_predictor(loaded, processors)
+    prepare_survival(predictor, parts)
     init_check = check_pretrained_inits(loaded, splits, console)
     t0 = time.perf_counter()
     state = train_model(
         predictor, parts, loaded, run_dir, progress=progress, resume=resume, console=console
     )
+    fit_survival_baseline(predictor, parts["train"])
     metrics: dict[str, Any] = {
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
@@ -100,7 +109,8 @@ def _report(
     notes = [
         f"Evaluated on the {split} split ({len(parts[split])} samples). The best epoch, "
         f"{state.best_epoch} of the {state.epoch} run, was chosen on validation "
-        f"{cfg.train.monitor}. Training took {m['train_seconds']:.1f} s.",
+        f"{monitor_for(predictor.label_map.task, cfg.train)}. Training took "
+        f"{m['train_seconds']:.1f} s.",
         missing_note(m["missing_modalities"]),
         *(f"Encoder init ({k}): {v['summary']}." for k, v in m.get("encoder_init", {}).items()),
     ]
