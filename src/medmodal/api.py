@@ -36,6 +36,7 @@ from medmodal.utils.io import dump_json
 
 if TYPE_CHECKING:
     from medmodal.pretrain import PretrainResult
+    from medmodal.whatif import WhatIfResult
 
 
 def fit(
@@ -175,6 +176,46 @@ def _one_split(frame: pd.DataFrame, predictor: Predictor, split: str | None, nam
     return frame
 
 
+def whatif(
+    checkpoint: str | Path,
+    source: str | Path | pd.DataFrame,
+    treatment: str,
+    *,
+    values: list[str] | None = None,
+    reference: str | None = None,
+    horizon: float | None = None,
+    out_dir: str | Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    root: str | Path | None = None,
+    device: str = "cpu",
+) -> WhatIfResult:
+    """Each patient's predicted survival curve with the input ``treatment`` set to each of its
+    values (S-learner), the RMST difference from ``reference`` to ``horizon`` with a
+    patient-grouped bootstrap CI, and the propensity overlap; with ``out_dir`` writes
+    whatif.csv / .json / .png. Associations learned from data, not treatment advice
+    (``medmodal.whatif.CAVEAT`` is in every output)."""
+    from medmodal.whatif import run_whatif, write_outputs
+
+    predictor = Predictor.load(checkpoint, device=device)
+    frame, base, _ = frame_from_source(source, predictor)
+    result = run_whatif(
+        predictor,
+        frame,
+        Path(root) if root else base,
+        treatment,
+        values=values,
+        reference=reference,
+        horizon=horizon,
+        n_boot=n_boot,
+        seed=seed,
+    )
+    result.summary["checkpoint"] = str(checkpoint)
+    if out_dir is not None:
+        write_outputs(result, out_dir)
+    return result
+
+
 def pretrain(
     config: str | Path | dict[str, Any],
     overrides: list[str] | None = None,
@@ -210,4 +251,5 @@ __all__ = [
     "predict",
     "pretrain",
     "tune",
+    "whatif",
 ]

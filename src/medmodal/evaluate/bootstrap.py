@@ -63,10 +63,12 @@ def bootstrap_ci(
     two resamples were usable.
     """
     if task == "survival":
+        from medmodal.evaluate.survival import SCALARS
         from medmodal.evaluate.survival_bootstrap import survival_bootstrap_ci
 
+        names = SCALARS if tuple(metrics) == DEFAULT_METRICS else metrics
         return survival_bootstrap_ci(
-            y_true, y_prob, metrics, n_boot, ci, seed, groups, times=times, eval_times=eval_times
+            y_true, y_prob, names, n_boot, ci, seed, groups, times=times, eval_times=eval_times
         )
     prep = prepare(y_true, y_prob, task, class_names, threshold, n_bins)
     names = check_metric_names(metrics, prep)

@@ -189,7 +189,8 @@ def ablation_table(
     survival = label_map.task == "survival"
     keys = ("c_index",) if survival else ("auroc", "auprc", "accuracy")
     for m, p in removed.items():
-        met = compute_metrics(y, p, label_map.task, label_map.classes, threshold=ev.threshold)
+        scores = p[:, 0] if survival else p  # survival: the risk score (Harrell's C)
+        met = compute_metrics(y, scores, label_map.task, label_map.classes, threshold=ev.threshold)
         row: dict[str, Any] = {k: met[k] for k in keys}
         if met[keys[0]] is not None and ev.bootstrap:
             d = paired_bootstrap_delta(
