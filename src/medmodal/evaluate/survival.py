@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from medmodal.errors import ConfigError
 from medmodal.survival.model import step_at
 
 SCALARS = ("c_index", "c_index_uno", "mean_auc", "ibs")
@@ -90,11 +91,16 @@ def ipcw_metrics(
 ) -> dict[str, Any]:
     """Uno's C (truncated at the 90 % quantile of observed times), time-dependent AUC at
     ``eval_times`` and the integrated Brier score over the 10-90 % quantiles (needs curves)."""
-    from sksurv.metrics import (
-        concordance_index_ipcw,
-        cumulative_dynamic_auc,
-        integrated_brier_score,
-    )
+    try:
+        from sksurv.metrics import (
+            concordance_index_ipcw,
+            cumulative_dynamic_auc,
+            integrated_brier_score,
+        )
+    except ImportError:
+        raise ConfigError(
+            "survival metrics need scikit-survival: pip install 'medmodal[survival]'"
+        ) from None
 
     y = _structured(time, event)
     out: dict[str, Any] = {"c_index_uno": None, "mean_auc": None, "ibs": None, "auc": {}}
