@@ -208,6 +208,7 @@ def fast_config(tmp: Path, schema: dict, **model: object) -> dict:
     [
         {"fusion": {"name": "concat"}},
         {"fusion": {"name": "late"}, "survival": {"method": "logistic_hazard", "bins": 5}},
+        {"fusion": {"name": "attention"}},
     ],
 )
 def test_multimodal_survival_with_a_missing_modality(tmp_path: Path, model: dict) -> None:
@@ -266,6 +267,9 @@ def test_survival_options_are_strict(tmp_path: Path) -> None:
     cfg = fast_config(tmp_path, schema)
     cfg["train"]["monitor"] = "accuracy"
     with pytest.raises(ConfigError, match="no meaning for a survival target"):
+        api.fit(cfg, progress=False)
+    cfg["train"].update(monitor="c_index", class_weights="balanced")
+    with pytest.raises(ConfigError, match="a survival target takes none of them"):
         api.fit(cfg, progress=False)
 
 

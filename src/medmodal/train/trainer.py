@@ -195,6 +195,12 @@ class Trainer:
         """Loss (with class weights), scheduler, and a resumed scheduler's state."""
         weights = None
         if self.survival is not None:
+            c = self.cfg
+            if "balanced" in (c.class_weights, c.sampler) or c.label_smoothing:
+                raise ConfigError(
+                    "train.class_weights, train.sampler and train.label_smoothing are for "
+                    "classes; a survival target takes none of them"
+                )
             self.loss_fn = self.survival.loss().to(self.device)
         else:
             if self.cfg.class_weights == "balanced":
