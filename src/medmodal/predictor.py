@@ -272,7 +272,7 @@ def survival_frame(
 ) -> pd.DataFrame:
     """Survival rows: the risk score, S(t) at each grid time (``surv_<t>``), time and event."""
     curves = pd.DataFrame(
-        probs[:, 1:], columns=[f"surv_{t:g}" for t in label_map.times or []], index=out.index
+        probs[:, 1:], columns=[f"surv_{t:.10g}" for t in label_map.times or []], index=out.index
     )
     out = pd.concat([out.assign(risk=probs[:, 0]), curves], axis=1)
     if ds.labels is not None:
