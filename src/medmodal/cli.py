@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    help="medmodal: multimodal medical deep learning (train, evaluate, predict, explain, pretrain, datasets).",
+    help="medmodal: multimodal medical deep learning (train, evaluate, predict, explain, whatif, pretrain, datasets).",
 )
 datasets_app = typer.Typer(no_args_is_help=True, help="Built-in datasets: list, info, prepare.")
 models_app = typer.Typer(no_args_is_help=True, help="Registered encoders, fusions and heads.")
@@ -64,6 +64,8 @@ def _summary(metrics: dict[str, Any], split: str = "test") -> None:
     table.add_column("95% CI")
     ci = m.get("ci") or {}
     keys = ["auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro", "ece"]
+    if m.get("task") == "survival":
+        keys = ["c_index", "c_index_uno", "mean_auc", "ibs"]
     if m.get("task") == "binary":
         keys[4:4] = [
             "recall",
@@ -338,6 +340,57 @@ def explain(
     )
     if result.skipped:
         err.print(f"[yellow]{len(result.skipped)} sample(s) skipped[/]: see explanations.json")
+
+
+@app.command()
+@friendly
+def whatif(
+    checkpoint: Annotated[Path, typer.Argument(help="best.pt of a survival model.")],
+    source: Annotated[Path, typer.Argument(help="Manifest of the patients to ask about.")],
+    treatment: Annotated[
+        str, typer.Option(help="The treatment column (an input of the model, e.g. horTh).")
+    ],
+    values: Annotated[
+        str | None, typer.Option(help="Comma-separated values to compare (default: all seen).")
+    ] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Value the differences are taken from (default: first).")
+    ] = None,
+    horizon: Annotated[
+        float | None, typer.Option(help="RMST horizon (default: 80th percentile of the times).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where whatif.csv/.json/.png go.")] = Path("whatif"),
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+    root: Annotated[Path | None, typer.Option(help="Base folder for relative paths.")] = None,
+) -> None:
+    """Predicted survival under each value of a treatment input, RMST differences with CIs,
+    propensity overlap (associations learned from the data, not treatment advice)."""
+    from medmodal import api
+
+    res = api.whatif(
+        checkpoint,
+        source,
+        treatment,
+        values=values.split(",") if values else None,
+        reference=reference,
+        horizon=horizon,
+        out_dir=out_dir,
+        n_boot=bootstrap,
+        root=root,
+    )
+    s = res.summary
+    for e in s["effects"]:
+        lo, hi = e["mean_delta_rmst_ci"]
+        ci = f" [{lo:.1f}, {hi:.1f}]" if lo is not None else ""
+        out.print(
+            f"{treatment} {e['value']} vs {e['reference']}: mean RMST difference to "
+            f"{s['horizon']:g} {e['mean_delta_rmst']:+.1f}{ci}; hazard ratio "
+            f"{e['hazard_ratio']:.2f}",
+            highlight=False,
+        )
+    out.print(f"overlap: {s['overlap']['summary']}", highlight=False)
+    out.print(f"[bold]caveat:[/] {s['caveat']}", highlight=False)
+    out.print("written: " + ", ".join(str(p) for p in res.files.values()), highlight=False)
 
 
 @app.command()

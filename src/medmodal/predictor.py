@@ -30,6 +30,7 @@ from medmodal.evaluate.temperature import apply_temperature
 from medmodal.models import MultimodalModel, build_model
 from medmodal.models.heads import n_outputs_for
 from medmodal.options import parse_options
+from medmodal.survival import SurvivalModel
 
 
 def make_processors(schema: Schema) -> dict[str, ModalityProcessor]:
@@ -44,14 +45,22 @@ def model_for(
     load_init: bool = True,
 ) -> MultimodalModel:
     """The configured model for fitted ``processors`` (their ``info`` sizes the encoders)."""
+    bins = survival_for(label_map, cfg)
     return build_model(
         {m: spec.type for m, spec in schema.modalities.items()},
         {m: p.info() for m, p in processors.items()},
         cfg.model,
         task=label_map.task,
-        n_outputs=n_outputs_for(label_map.task, len(label_map.classes)),
+        n_outputs=n_outputs_for(
+            label_map.task, len(label_map.classes), bins.n_outputs if bins else None
+        ),
         load_init=load_init,
     )
+
+
+def survival_for(label_map: LabelMap, cfg: ExperimentConfig) -> SurvivalModel | None:
+    """An unfitted survival model of the configured method for a survival target, else None."""
+    return SurvivalModel(cfg.model.survival) if label_map.task == "survival" else None
 
 
 def build_dataset(
@@ -143,6 +152,7 @@ class Predictor:
     config: ExperimentConfig
     temperature: np.ndarray | None = None
     conformal: ConformalFit | None = None
+    survival: SurvivalModel | None = None  # survival targets: cuts / Breslow baseline
 
     # -- checkpoint ----------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
@@ -158,6 +168,7 @@ class Predictor:
             if t is None
             else {"method": "temperature", "temperature": [float(v) for v in t]},
             "conformal": None if self.conformal is None else self.conformal.to_dict(),
+            "survival": None if self.survival is None else self.survival.state_dict(),
         }
 
     def save(self, path: str | Path, **extra: Any) -> Path:
@@ -177,12 +188,15 @@ class Predictor:
             model = model_for(schema, label_map, processors, cfg, load_init=False)
             model.load_state_dict(body["model_state"])
             temperature, conformal = _trust_from(body)
+            survival = survival_for(label_map, cfg)
+            if survival is not None:
+                survival.load_state_dict(body["survival"])
         except (KeyError, RuntimeError, TypeError, ValueError, MedmodalError) as exc:
             raise CheckpointError(
                 f"checkpoint {path} does not fit this medmodal version: {exc}"
             ) from None
         model.to(device).eval()
-        return cls(schema, label_map, processors, model, cfg, temperature, conformal)
+        return cls(schema, label_map, processors, model, cfg, temperature, conformal, survival)
 
     # -- inputs ---------------------------------------------------------------------------
     @property
@@ -230,7 +244,13 @@ class Predictor:
 
     def probs_from_logits(self, logits: torch.Tensor, calibrated: bool = True) -> np.ndarray:
         """The probability step: logits / T (when fitted and ``calibrated``), then sigmoid or
-        softmax (binary: P(positive class), (N,); else (N, K))."""
+        softmax (binary: P(positive class), (N,); else (N, K)). Survival is its own branch (no
+        temperature): (N, 1 + T), the risk score (higher = earlier event) then the survival
+        probability at each time of ``label_map.times``."""
+        if self.survival is not None:
+            times = np.asarray(self.label_map.times, dtype=float)
+            risk = self.survival.risk(logits)
+            return np.column_stack([risk, self.survival.curves(logits, times)])
         if calibrated and self.temperature is not None:
             logits = torch.from_numpy(apply_temperature(logits.numpy(), self.temperature))
         return to_probs(logits, self.label_map.task).numpy()
@@ -284,6 +304,8 @@ def prediction_frame(
     pres = ds.present_matrix()
     for j, m in enumerate(ds.processors):
         out[f"present_{m}"] = pres[:, j]
+    if task == "survival":
+        return survival_frame(out, ds, probs, label_map)
     if task == "binary":
         out[f"prob_{classes[0]}"] = 1 - probs
         out[f"prob_{classes[1]}"] = probs
@@ -304,6 +326,20 @@ def prediction_frame(
 def _joined(sets: np.ndarray, names: list[str]) -> list[str]:
     """Each boolean set row as the names it holds joined by '|'."""
     return ["|".join(n for n, inside in zip(names, row, strict=True) if inside) for row in sets]
+
+
+def survival_frame(
+    out: pd.DataFrame, ds: MultimodalDataset, probs: np.ndarray, label_map: LabelMap
+) -> pd.DataFrame:
+    """Survival rows: the risk score, S(t) at each grid time (``surv_<t>``), time and event."""
+    curves = pd.DataFrame(
+        probs[:, 1:], columns=[f"surv_{t:.10g}" for t in label_map.times or []], index=out.index
+    )
+    out = pd.concat([out.assign(risk=probs[:, 0]), curves], axis=1)
+    if ds.labels is not None:
+        y = np.asarray(ds.labels)
+        out["time"], out["event"] = y[:, 0], y[:, 1].astype(int)
+    return out
 
 
 def _names(values: np.ndarray, classes: list[str], task: str) -> list[str]:

@@ -34,6 +34,7 @@ from medmodal.run import (
     start_run,
     train_and_evaluate,
 )
+from medmodal.train.trainer import monitor_for
 from medmodal.utils.io import dump_json
 
 
@@ -86,7 +87,7 @@ def tune(
     _check_space(space)
     ctx = start_run(config, overrides)
     loaded = load_data(ctx.cfg, ctx.run_dir)
-    metric = metric or ctx.cfg.train.monitor
+    metric = metric or monitor_for(loaded.label_map.task, ctx.cfg.train)
     if metric not in scalar_metric_names(loaded.label_map.task):
         raise ConfigError(f"tuning metric {metric!r} is not a validation metric of this task")
     splits = assign_splits(loaded)
@@ -99,7 +100,7 @@ def tune(
         loaded, splits, ctx.run_dir / "trials", space, metric, trials, progress, console
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "minimize" if metric in ("brier", "ece") else "maximize"
+    direction = "minimize" if metric in ("brier", "ece", "ibs") else "maximize"
     sampler = optuna.samplers.TPESampler(seed=ctx.cfg.seed)
     study = optuna.create_study(direction=direction, sampler=sampler)
     study.optimize(objective, n_trials=n_trials)

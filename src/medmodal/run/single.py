@@ -18,11 +18,13 @@ from medmodal.run.steps import (
     calibrate_predictor,
     check_trust,
     fit_processors,
+    fit_survival_baseline,
     new_predictor,
+    prepare_survival,
     score_split,
     train_model,
 )
-from medmodal.train.trainer import TrainState
+from medmodal.train.trainer import TrainState, monitor_for
 from medmodal.utils.io import dump_json, to_jsonable
 from medmodal.utils.runtime import seed_everything
 
@@ -49,11 +51,13 @@ def train_and_evaluate(
     processors, parts = fit_processors(loaded, splits)
     check_trust(cfg, loaded.label_map.task, "val" in parts)
     predictor = new_predictor(loaded, processors)
+    prepare_survival(predictor, parts)
     init_check = check_pretrained_inits(loaded, splits, console)
     t0 = time.perf_counter()
     state = train_model(
         predictor, parts, loaded, run_dir, progress=progress, resume=resume, console=console
     )
+    fit_survival_baseline(predictor, parts["train"])
     metrics: dict[str, Any] = {
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
@@ -113,7 +117,8 @@ def _report(
     notes = [
         f"Evaluated on the {split} split ({len(parts[split])} samples). The best epoch, "
         f"{state.best_epoch} of the {state.epoch} run, was chosen on validation "
-        f"{cfg.train.monitor}. Training took {m['train_seconds']:.1f} s.",
+        f"{monitor_for(predictor.label_map.task, cfg.train)}. Training took "
+        f"{m['train_seconds']:.1f} s.",
         missing_note(m["missing_modalities"]),
         *(f"Encoder init ({k}): {v['summary']}." for k, v in m.get("encoder_init", {}).items()),
     ]

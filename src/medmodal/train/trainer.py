@@ -25,13 +25,16 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from medmodal.config import TrainConfig
 from medmodal.data.dataset import MultimodalDataset, collate
 from medmodal.data.manifest import LabelMap
+from medmodal.errors import ConfigError
 from medmodal.evaluate.metrics import compute_metrics
 from medmodal.models.model import MultimodalModel
 from medmodal.predictor import predict_logits, to_device, to_probs
+from medmodal.survival import SurvivalModel
 from medmodal.train.losses import class_weights, make_loss
 from medmodal.utils.runtime import epoch_seed, resolve_device
 
 MONITORED = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro")
+SURVIVAL_MONITORED = ("c_index",)
 Progressish = bool | Literal["lines"]
 
 
@@ -61,8 +64,10 @@ class Trainer:
         progress: Progressish = True,
         on_epoch_end: Callable[[TrainState, Trainer], None] | None = None,
         console: Console | None = None,
+        survival: SurvivalModel | None = None,
     ) -> None:
         self.model = model
+        self.survival = survival
         self.label_map = label_map
         self.task = label_map.task
         self.cfg = cfg
@@ -71,6 +76,7 @@ class Trainer:
         self.progress = progress
         self.on_epoch_end = on_epoch_end
         self.console = console or Console(stderr=True)
+        self.monitor = monitor_for(self.task, cfg)
         self.device = resolve_device(cfg.device)
         self.model.to(self.device)
         self.optimizer = self._make_optimizer()
@@ -118,7 +124,8 @@ class Trainer:
         """The training batches of ``epoch`` (seeded; balanced sampler if configured)."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 1))
         sampler = None
-        if self.cfg.sampler == "balanced" and ds.labels is not None and self.task != "multilabel":
+        balanced = self.cfg.sampler == "balanced" and self.task not in ("multilabel", "survival")
+        if balanced and ds.labels is not None:
             y = np.asarray(ds.labels).astype(int)
             w = 1.0 / np.bincount(y)[y]
             sampler = WeightedRandomSampler(
@@ -187,10 +194,19 @@ class Trainer:
     def _prepare(self, train_ds: MultimodalDataset) -> None:
         """Loss (with class weights), scheduler, and a resumed scheduler's state."""
         weights = None
-        if self.cfg.class_weights == "balanced":
-            y = np.asarray(train_ds.labels)
-            weights = class_weights(y, self.task, len(self.label_map.classes))
-        self.loss_fn = make_loss(self.task, weights, self.cfg.label_smoothing).to(self.device)
+        if self.survival is not None:
+            c = self.cfg
+            if "balanced" in (c.class_weights, c.sampler) or c.label_smoothing:
+                raise ConfigError(
+                    "train.class_weights, train.sampler and train.label_smoothing are for "
+                    "classes; a survival target takes none of them"
+                )
+            self.loss_fn = self.survival.loss().to(self.device)
+        else:
+            if self.cfg.class_weights == "balanced":
+                y = np.asarray(train_ds.labels)
+                weights = class_weights(y, self.task, len(self.label_map.classes))
+            self.loss_fn = make_loss(self.task, weights, self.cfg.label_smoothing).to(self.device)
         self.scheduler = self._make_scheduler(len(self.loader(train_ds, 0)))
         cuda_amp = self.cfg.amp and self.device.type == "cuda"
         self._scaler = torch.amp.GradScaler(enabled=cuda_amp)  # fp16 on CUDA; bf16 needs none
@@ -251,7 +267,7 @@ class Trainer:
 
     def _end_epoch(self, record: dict[str, Any], seconds: float) -> bool:
         """Score the epoch, step a plateau schedule, keep a copy of the best weights."""
-        key = self.cfg.monitor
+        key = self.monitor
         if f"val_{key}" in record:
             value = record[f"val_{key}"]
             score = -value if key == "loss" else value
@@ -319,6 +335,25 @@ class Trainer:
         assert self.loss_fn is not None
         loss_fn = copy.deepcopy(self.loss_fn).cpu()
         loss = float(loss_fn(logits, torch.as_tensor(y)))
+        if self.survival is not None:
+            m = compute_metrics(y, self.survival.risk(logits), self.task, self.label_map.classes)
+            return {"val_loss": loss, **{f"val_{k}": m[k] for k in SURVIVAL_MONITORED}}
         probs = to_probs(logits, self.task).numpy()
         m = compute_metrics(y, probs, self.task, self.label_map.classes, self.threshold)
         return {"val_loss": loss, **{f"val_{k}": m[k] for k in MONITORED}}
+
+
+def monitor_for(task: str, cfg: TrainConfig) -> str:
+    """The validation metric that picks the best epoch. Survival: ``c_index`` (Harrell's C; the
+    default ``auroc`` means it) or ``loss``; classification metrics are a ConfigError there."""
+    if task != "survival":
+        if cfg.monitor == "c_index":
+            raise ConfigError("train.monitor c_index is for survival targets")
+        return cfg.monitor
+    if cfg.monitor in ("auroc", "c_index"):
+        return "c_index"
+    if cfg.monitor == "loss":
+        return "loss"
+    raise ConfigError(
+        f"train.monitor {cfg.monitor!r} has no meaning for a survival target; use c_index or loss"
+    )
