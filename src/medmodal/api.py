@@ -211,3 +211,22 @@ __all__ = [
     "pretrain",
     "tune",
 ]
+
+
+def serve(checkpoints: list[str], tokens: str | Path, **options: Any) -> None:
+    """Run the prediction service (``medmodal serve``); see :func:`medmodal.serve.server.serve`."""
+    from medmodal.serve.server import serve as _serve
+
+    _serve(checkpoints, tokens, **options)
+
+
+def export(checkpoint: str | Path, out: str | Path | None = None, fmt: str = "onnx") -> Path:
+    """Export a checkpoint's model (``onnx``: each modality an input with its presence mask);
+    writes ``out`` (default: the checkpoint's path with ``.onnx``)."""
+    from medmodal.errors import ConfigError
+    from medmodal.export.onnx import export_onnx
+
+    if fmt != "onnx":
+        raise ConfigError(f"export format must be onnx, not {fmt!r}")
+    path = Path(checkpoint)
+    return export_onnx(Predictor.load(path), out or path.with_suffix(".onnx"))

@@ -8,6 +8,7 @@ checkpoint holds: :meth:`Predictor.save` writes it, :meth:`Predictor.load` reads
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,12 +100,23 @@ def predict_logits(
     model.eval()
     out = []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
-        present = {m: v.to(device) for m, v in batch["present"].items()}
-        for m in absent:
-            present[m] = torch.zeros_like(present[m])
-        out.append(model(to_device(batch["inputs"], device), present).float().cpu())
+        out.append(batch_logits(model, batch, device, absent))
     dataset.train = was_train
     return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def batch_logits(
+    model: torch.nn.Module,
+    batch: Mapping[str, Any],
+    device: torch.device,
+    absent: tuple[str, ...] | list[str] = (),
+) -> torch.Tensor:
+    """Logits (float32, on the CPU) of one collated batch; ``absent`` modalities are hidden."""
+    present = {m: v.to(device) for m, v in batch["present"].items()}
+    for m in absent:
+        present[m] = torch.zeros_like(present[m])
+    return model(to_device(batch["inputs"], device), present).float().cpu()
 
 
 def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -206,6 +218,22 @@ class Predictor:
         labels = self.label_map if with_labels else None
         ds = build_dataset(frame, self.schema, self.processors, root, labels, bad, source)
         return ds.finalize()
+
+    def sample(self, row: Mapping[str, Any], sample_id: str = "input") -> dict[str, Any]:
+        """One Sample (transformed tensors + presence flags) from one row of raw inputs:
+        file references, in-memory uploads (:class:`~medmodal.data.readers.Blob`) or cells.
+        Columns the row lacks are absent modalities; a bad input is a DataError naming it."""
+        full: dict[str, Any] = {
+            c: None for spec in self.schema.modalities.values() for c in spec.input_columns()
+        }
+        full.update(row)
+        ds = MultimodalDataset([full], [sample_id], [sample_id], None, self.processors, None)
+        return ds.load().finalize()[0]
+
+    def sample_logits(self, samples: list[dict[str, Any]]) -> torch.Tensor:
+        """Logits of Samples from :meth:`sample`, as one batch (the server's micro-batches)."""
+        self.model.eval()
+        return batch_logits(self.model, collate(samples), self.device)
 
     # -- outputs --------------------------------------------------------------------------
     def predict_proba(self, ds: MultimodalDataset, absent: tuple[str, ...] = ()) -> np.ndarray:
