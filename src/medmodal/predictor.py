@@ -24,7 +24,7 @@ from medmodal.data.dataset import MultimodalDataset, collate
 from medmodal.data.manifest import LabelMap, check_columns, encode_labels, patient_ids, sample_ids
 from medmodal.data.preprocess import ModalityProcessor, create_processor
 from medmodal.data.schema import Schema
-from medmodal.errors import BadSampleLog, CheckpointError, MedmodalError
+from medmodal.errors import BadSampleLog, CheckpointError, DataError, MedmodalError
 from medmodal.evaluate.decision import decide
 from medmodal.models import MultimodalModel, build_model
 from medmodal.models.heads import n_outputs_for
@@ -222,13 +222,23 @@ class Predictor:
     def sample(self, row: Mapping[str, Any], sample_id: str = "input") -> dict[str, Any]:
         """One Sample (transformed tensors + presence flags) from one row of raw inputs:
         file references, in-memory uploads (:class:`~medmodal.data.readers.Blob`) or cells.
-        Columns the row lacks are absent modalities; a bad input is a DataError naming it."""
+        A modality whose columns the row lacks is absent (whatever ``allow_missing`` says:
+        the model predicts from any subset); a bad input is a DataError naming its modality."""
         full: dict[str, Any] = {
             c: None for spec in self.schema.modalities.values() for c in spec.input_columns()
         }
         full.update(row)
-        ds = MultimodalDataset([full], [sample_id], [sample_id], None, self.processors, None)
-        return ds.load().finalize()[0]
+        out: dict[str, Any] = {"id": sample_id, "patient_id": sample_id, "present": {}}
+        for m, proc in self.processors.items():
+            raw = None
+            if any(c in row for c in proc.spec.input_columns()):
+                try:
+                    raw = proc.read(full, None)
+                except DataError as err:
+                    raise err.with_context(sample_id=sample_id, modality=m) from None
+            out["present"][m] = raw is not None
+            out[m] = proc.missing() if raw is None else proc.transform(raw)
+        return out
 
     def sample_logits(self, samples: list[dict[str, Any]]) -> torch.Tensor:
         """Logits of Samples from :meth:`sample`, as one batch (the server's micro-batches)."""

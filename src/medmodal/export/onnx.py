@@ -14,6 +14,7 @@ exportable here; a ConfigError says so.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,20 @@ def export_onnx(predictor: Predictor, out: str | Path) -> Path:
     axes = {n: {0: "batch"} for n in [*names, "logits"]}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused transformer kernel has no ONNX op
+    try:
+        _export(wrapper, args, out, names, axes)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    return out
+
+
+def _export(
+    wrapper: nn.Module, args: tuple[Any, ...], out: Path, names: list[str], axes: Any
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is kept
         torch.onnx.export(
             wrapper,
             args,
@@ -128,7 +142,6 @@ def export_onnx(predictor: Predictor, out: str | Path) -> Path:
             opset_version=OPSET,
             dynamo=False,
         )
-    return out
 
 
 def onnx_session(path: str | Path, threads: int = 1) -> Any:
