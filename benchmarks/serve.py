@@ -257,12 +257,14 @@ def load_test(
 
 
 def write_bodies(parts: list[dict[str, tuple[str, bytes]]], path: Path) -> Path:
+    """Prebuilt multipart bodies (each with its own boundary, so its own content type)."""
     arrays: dict[str, Any] = {}
-    ctype = ""
+    ctypes = []
     for i, p in enumerate(parts):
         body, ctype = multipart(p)
         arrays[f"body_{i:04d}"] = np.frombuffer(body, dtype=np.uint8)
-    np.savez(path, content_type=np.array(ctype), **arrays)
+        ctypes.append(ctype)
+    np.savez(path, content_types=np.array(ctypes), **arrays)
     return path
 
 

@@ -1,7 +1,7 @@
 """Locust user for benchmarks/serve.py: POSTs prebuilt multipart bodies (real test samples).
 
 Environment: ``MM_TOKEN``, ``MM_MODEL``, ``MM_BODIES`` (a .npz of ``body_<i>`` byte arrays and
-``content_type``) prepared by benchmarks/serve.py.
+``content_types``, one per body) prepared by benchmarks/serve.py.
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from locust import constant, task
 from locust.contrib.fasthttp import FastHttpUser
 
 _data = np.load(os.environ["MM_BODIES"])
-BODIES = [_data[k].tobytes() for k in sorted(_data.files) if k.startswith("body_")]
-CTYPE = str(_data["content_type"])
+_bodies = [_data[k].tobytes() for k in sorted(_data.files) if k.startswith("body_")]
+_auth = f"Bearer {os.environ['MM_TOKEN']}"
+REQUESTS = [
+    (body, {"Authorization": _auth, "Content-Type": str(ctype)})
+    for body, ctype in zip(_bodies, _data["content_types"], strict=True)
+]
 PATH = f"/v1/models/{os.environ['MM_MODEL']}/predict"
-HEADERS = {"Authorization": f"Bearer {os.environ['MM_TOKEN']}", "Content-Type": CTYPE}
-_cycle = itertools.cycle(BODIES)
+_cycle = itertools.cycle(REQUESTS)
 
 
 class Clinician(FastHttpUser):
@@ -26,4 +29,5 @@ class Clinician(FastHttpUser):
 
     @task
     def predict(self) -> None:
-        self.client.post(PATH, data=next(_cycle), headers=HEADERS, name="predict")
+        body, headers = next(_cycle)
+        self.client.post(PATH, data=body, headers=headers, name="predict")

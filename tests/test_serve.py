@@ -265,7 +265,6 @@ def test_onnx_parity_every_fusion(
     procs["image"].load_state_dict(base.processors["image"].state_dict())
     rows = [{"age": 40 + i, "size": 1.5 * i, "side": "lr"[i % 2]} for i in range(8)]
     procs["record"].fit([procs["record"].read(r, None) for r in rows])
-    rng = np.random.default_rng(0)
     for fusion in ("concat", "mean", "sum", "late", "attention", "gated"):
         cfg = base.config.to_dict()
         cfg["model"] = {
@@ -292,4 +291,3 @@ def test_onnx_parity_every_fusion(
         samples[0]["present"] = {"image": True, "record": False}
         diff = parity(pred, session, samples)
         assert diff <= 1e-4, (fusion, diff)
-        assert rng is not None

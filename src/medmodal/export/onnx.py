@@ -132,6 +132,7 @@ def _export(
 ) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is kept
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants
         torch.onnx.export(
             wrapper,
             args,

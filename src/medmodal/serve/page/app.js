@@ -4,6 +4,7 @@ const $ = (id) => document.getElementById(id);
 let cards = {};
 
 function token() { return $("token").value.trim(); }
+const esc = (v) => String(v).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 
 function setStatus(text, error) {
   $("status").textContent = text;
@@ -118,27 +119,27 @@ function showResult(r) {
   body.innerHTML = "";
   for (const [cls, p] of Object.entries(r.probabilities)) {
     const cal = r.calibrated_probabilities ? r.calibrated_probabilities[cls] : null;
-    body.insertAdjacentHTML("beforeend", `<tr><td>${cls}</td><td><span class="bar" style="width:${Math.round(100 * p)}px"></span>${pct(p)}</td><td>${cal === null ? "not calibrated" : pct(cal)}</td></tr>`);
+    body.insertAdjacentHTML("beforeend", `<tr><td>${esc(cls)}</td><td><span class="bar" style="width:${Math.round(100 * p)}px"></span>${pct(p)}</td><td>${cal === null ? "not calibrated" : pct(cal)}</td></tr>`);
   }
   $("set").textContent = r.prediction_set ? `Prediction set: {${r.prediction_set.join(", ")}}` : `Prediction set: ${r.conformal}.`;
   $("used").textContent = `Modalities used: ${r.modalities.used.join(", ") || "none"}; missing: ${r.modalities.missing.join(", ") || "none"}.`;
   const ex = r.explanation || {};
   $("explanation").innerHTML = ex.available
-    ? `<p>Explanation (${ex.method} on ${ex.modality}):</p><img alt="explanation overlay" src="data:image/png;base64,${ex.png_base64}">`
-    : `<p>Explanation: ${ex.reason || "not available"}</p>`;
+    ? `<p>Explanation (${esc(ex.method)} on ${esc(ex.modality)}):</p><img alt="explanation overlay" src="data:image/png;base64,${ex.png_base64}">`
+    : `<p>Explanation: ${esc(ex.reason || "not available")}</p>`;
 }
 
 function showCard(card) {
   $("card").hidden = false;
   const test = (card.metrics || {}).test || {};
-  const rows = Object.entries(test).map(([k, v]) => `<tr><td>${k}</td><td>${v.value.toFixed(3)}</td><td>${v.ci95 && v.ci95[0] !== null ? `[${v.ci95[0].toFixed(3)}, ${v.ci95[1].toFixed(3)}]` : ""}</td></tr>`).join("");
+  const rows = Object.entries(test).map(([k, v]) => `<tr><td>${esc(k)}</td><td>${v.value.toFixed(3)}</td><td>${v.ci95 && v.ci95[0] !== null ? `[${v.ci95[0].toFixed(3)}, ${v.ci95[1].toFixed(3)}]` : ""}</td></tr>`).join("");
   const data = card.training_data || {};
   $("card-body").innerHTML = `<dl>
-    <dt>Intended use</dt><dd>${card.intended_use}</dd>
-    <dt>Training data</dt><dd>${data.dataset || data.manifest || "not recorded"}; data hash <code>${data.data_hash || "not recorded"}</code></dd>
+    <dt>Intended use</dt><dd>${esc(card.intended_use)}</dd>
+    <dt>Training data</dt><dd>${esc(data.dataset || data.manifest || "not recorded")}; data hash <code>${esc(data.data_hash || "not recorded")}</code></dd>
     <dt>Test metrics (95% CI)</dt><dd><table><tr><th>metric</th><th>value</th><th>95% CI</th></tr>${rows}</table></dd>
-    <dt>Known limits</dt><dd><ul>${(card.known_limits || []).map((l) => `<li>${l}</li>`).join("")}</ul></dd>
-    <dt>Versions</dt><dd><code>${JSON.stringify(card.versions)}</code></dd></dl>`;
+    <dt>Known limits</dt><dd><ul>${(card.known_limits || []).map((l) => `<li>${esc(l)}</li>`).join("")}</ul></dd>
+    <dt>Versions</dt><dd><code>${esc(JSON.stringify(card.versions))}</code></dd></dl>`;
 }
 
 $("connect").addEventListener("click", connect);
