@@ -291,3 +291,50 @@ def test_onnx_parity_every_fusion(
         samples[0]["present"] = {"image": True, "record": False}
         diff = parity(pred, session, samples)
         assert diff <= 1e-4, (fusion, diff)
+
+
+def test_readers_take_uploads_in_memory_by_content(tmp_path: Path) -> None:
+    import nibabel as nib
+    import soundfile as sf
+
+    from medmodal.data.readers import Blob, read_image
+    from medmodal.data.readers.audio import read_audio
+    from medmodal.data.readers.signal import load_record
+    from medmodal.errors import DataError
+
+    img = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    assert read_image(Blob(png_bytes(img), "scan.dcm")).shape == (1, 28, 28)
+    vol = nib.Nifti1Image(np.random.rand(6, 7, 8).astype(np.float32), np.eye(4))
+    assert read_image(Blob(vol.to_bytes(), "v")).shape == (1, 8, 7, 6)
+    wav = io.BytesIO()
+    sf.write(wav, 0.5 * np.sin(np.arange(2000) / 5).astype(np.float32), 2000, format="WAV")
+    assert read_audio(Blob(wav.getvalue(), "heart"))[0].shape == (2000,)
+    arr = io.BytesIO()
+    np.save(arr, np.random.rand(2, 300))
+    assert load_record(Blob(arr.getvalue(), "ecg"), fs=100).signal.shape == (2, 300)
+    with pytest.raises(DataError, match="upload 'image'.*by its content"):
+        read_image(Blob(b"%PDF-1.4 not an image", "image"))
+    assert not list(tmp_path.iterdir())  # nothing was written
+
+
+def test_cli_token_audit_and_export(breast_ckpt: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medmodal.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["token", "create", "carol", "--tokens", str(tmp_path / "t.json")])
+    assert r.exit_code == 0 and r.stdout.strip().startswith("mm_")
+    assert TokenStore.load(tmp_path / "t.json").name_of(r.stdout.strip()) == "carol"
+    log = AuditLog(tmp_path / "a.jsonl")
+    log.append(token="carol", model="m", inputs={}, output={})
+    log.append(token="carol", model="m", inputs={}, output={"p": 1})
+    log.close()
+    assert runner.invoke(app, ["audit-log", "verify", str(tmp_path / "a.jsonl")]).exit_code == 0
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    (tmp_path / "a.jsonl").write_text(lines[1] + "\n")
+    r = runner.invoke(app, ["audit-log", "verify", str(tmp_path / "a.jsonl")])
+    assert r.exit_code == 1 and "line 1" in r.output
+    out = tmp_path / "m.onnx"
+    r = runner.invoke(app, ["export", str(breast_ckpt), "--format", "onnx", "--out", str(out)])
+    assert r.exit_code == 0 and out.stat().st_size > 1000

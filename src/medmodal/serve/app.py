@@ -103,7 +103,18 @@ def _add_info_routes(
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(_: str = Depends(auth)) -> JSONResponse:
-        return JSONResponse(app.openapi())
+        return JSONResponse(_schema(app, list(models)))
+
+
+def _schema(app: FastAPI, names: list[str]) -> dict[str, Any]:
+    """The OpenAPI schema, with ``name`` listing the served models."""
+    schema = app.openapi()
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                if param["name"] == "name" and param["in"] == "path":
+                    param["schema"] = {"type": "string", "enum": names, "title": "Name"}
+    return schema
 
 
 def _entry(models: dict[str, ModelEntry], name: str) -> ModelEntry:
