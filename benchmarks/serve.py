@@ -364,7 +364,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(ap, "serve", arms=ARMS)
     ap.add_argument("--seconds", type=int, default=30, help="locust run time per model and runtime")
-    ap.add_argument("--users", type=int, default=32, help="concurrent locust users")
+    ap.add_argument("--users", type=int, default=16, help="concurrent locust users (closed loop)")
     ap.add_argument("--examples", type=int, default=100, help="schemathesis examples per operation")
     args = ap.parse_args()
     data, work = common.data_dir(args), Path(args.work).resolve()
