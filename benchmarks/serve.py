@@ -438,74 +438,57 @@ def _verdicts(r: dict[str, Any]) -> list[str]:
     return out
 
 
-def render(r: dict[str, Any]) -> str:
-    lines = ["# Prediction service under load", "", common.env_line(r.get("environment", {})), ""]
-    lines += [
-        "Locust (FastHttpUser, headless) and the server share this machine's 2 CPU cores; the",
-        "server runs one process, torch on one thread, micro-batching up to 64 requests.",
-        "",
+LOAD_HEADERS = [
+    "runtime",
+    "model",
+    "users",
+    "requests",
+    "errors",
+    "requests/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+]
+
+
+def _load_lines(r: dict[str, Any]) -> list[str]:
+    rows = [
+        [runtime, name, v["users"], v["requests"], v["failures"], f"{v['rps']:.0f}"]
+        + [f"{v[k]:.0f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
+        for runtime, runs in (r.get("load") or {}).items()
+        for name, v in runs.items()
     ]
-    rows = []
-    for runtime, runs in (r.get("load") or {}).items():
-        for name, v in runs.items():
-            rows.append(
-                [
-                    runtime,
-                    name,
-                    v["users"],
-                    v["requests"],
-                    v["failures"],
-                    f"{v['rps']:.0f}",
-                    f"{v['p50_ms']:.0f}",
-                    f"{v['p95_ms']:.0f}",
-                    f"{v['p99_ms']:.0f}",
-                ]
-            )
-    if rows:
-        lines += common.table(
-            [
-                "runtime",
-                "model",
-                "users",
-                "requests",
-                "errors",
-                "requests/s",
-                "p50 ms",
-                "p95 ms",
-                "p99 ms",
-            ],
-            rows,
-        ) + [""]
+    lines = common.table(LOAD_HEADERS, rows) + [""] if rows else []
     tp = r.get("model_throughput") or {}
     if tp:
+        what = ", ".join(f"{k} {v:.0f} samples/s" for k, v in tp.items())
         lines += [
-            "Model-only batched inference (batch 64, 1 thread, preprocessing excluded): "
-            + ", ".join(f"{k} {v:.0f} samples/s" for k, v in tp.items()),
+            f"Model-only batched inference (batch 64, 1 thread, no preprocessing): {what}",
             "",
         ]
-    lines += ["## Against the targets", "", *_verdicts(r), ""]
-    par = r.get("parity") or {}
-    if par:
-        lines += ["## ONNX parity (max absolute logit difference, real test samples)", ""]
-        lines += common.table(
-            ["model", "samples", "max abs diff", "worst case"],
-            [
-                [
-                    k,
-                    v["samples"],
-                    f"{v['max_abs_diff']:.2e}",
-                    max(v["by_case"], key=v["by_case"].get),
-                ]
-                for k, v in par.items()
-            ],
-        ) + [""]
+    return lines
+
+
+def _parity_lines(par: dict[str, Any]) -> list[str]:
+    if not par:
+        return []
+    rows = [
+        [k, v["samples"], f"{v['max_abs_diff']:.2e}", max(v["by_case"], key=v["by_case"].get)]
+        for k, v in par.items()
+    ]
+    head = ["## ONNX parity (max absolute logit difference, real test samples)", ""]
+    return head + common.table(["model", "samples", "max abs diff", "worst case"], rows) + [""]
+
+
+def _other_lines(r: dict[str, Any]) -> list[str]:
+    lines = []
     st = r.get("schemathesis")
     if st:
         lines += [
             "## schemathesis",
             "",
-            f"exit code {st['exit_code']}, checks: not_a_server_error, "
-            f"{st['max_examples']} examples per operation",
+            f"exit code {st['exit_code']}; checks: not_a_server_error; "
+            f"up to {st['max_examples']} examples per operation",
             "",
             "```",
             *st["summary"],
@@ -514,20 +497,29 @@ def render(r: dict[str, Any]) -> str:
         ]
     tm = r.get("test_metrics") or {}
     if tm:
-        lines += ["## Served models (test AUROC)", ""]
-        lines += [
-            f"- {k}: {v['auroc']:.3f}"
-            + (f" [{v['ci']['low']:.3f}, {v['ci']['high']:.3f}]" if v.get("ci") else "")
-            for k, v in tm.items()
-        ] + [""]
+        lines += ["## Served models (test AUROC, 95% CI)", ""]
+        for k, v in tm.items():
+            ci = f" [{v['ci']['low']:.3f}, {v['ci']['high']:.3f}]" if v.get("ci") else ""
+            lines.append(f"- {k}: {v['auroc']:.3f}{ci}")
+        lines.append("")
     prov = r.get("provenance") or {}
-    lines += [
+    return lines + [
         "## Reproduce",
         "",
         f"`{prov.get('command', '')}` (commit {prov.get('commit', '')})",
         "",
     ]
-    return "\n".join(lines)
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = ["# Prediction service under load", "", common.env_line(r.get("environment", {})), ""]
+    lines += [
+        "Locust (FastHttpUser, headless, closed loop) and the server share this machine's 2 CPU",
+        "cores; the server is one process, torch on one thread, micro-batching up to 64 requests.",
+        "",
+    ]
+    lines += _load_lines(r) + ["## Against the targets", "", *_verdicts(r), ""]
+    return "\n".join(lines + _parity_lines(r.get("parity") or {}) + _other_lines(r))
 
 
 if __name__ == "__main__":
