@@ -220,6 +220,7 @@ def load_test(
 ) -> dict[str, Any]:
     """Locust headless for ``seconds``: requests, failures, requests/s, p50/p95/p99 (ms)."""
     prefix = work / f"locust_{model}_{int(time.time())}"
+    load_before = [round(x, 2) for x in os.getloadavg()]
     env = {**os.environ, "MM_TOKEN": token, "MM_MODEL": model, "MM_BODIES": str(bodies)}
     cmd = [
         "locust",
@@ -253,6 +254,7 @@ def load_test(
         "p95_ms": float(row["95%"]),
         "p99_ms": float(row["99%"]),
         "mean_ms": float(row["Average Response Time"]),
+        "load_average_before": load_before,
     }
 
 
@@ -455,6 +457,7 @@ def _load_lines(r: dict[str, Any]) -> list[str]:
     rows = [
         [runtime, name, v["users"], v["requests"], v["failures"], f"{v['rps']:.0f}"]
         + [f"{v[k]:.0f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
+        + [v.get("load_average_before", ["?"])[0]]
         for runtime, runs in (r.get("load") or {}).items()
         for name, v in runs.items()
     ]
