@@ -108,6 +108,11 @@ def test_bad_inputs_are_4xx_naming_the_part(service: dict[str, Any]) -> None:
         ({"image": ("x.png", b"not an image at all", "image/png")}, 422, "image"),
         ({"image": ("x.png", b"\x89PNG\r\n\x1a\n truncated", "image/png")}, 422, "image"),
         ({"scan": ("x.png", b"abc", "image/png")}, 422, "scan"),
+        (
+            {"image": ("x.dcm", b"\0" * 128 + b"DICM" + b"\xff" * 64, "application/dicom")},
+            422,
+            "image",
+        ),
     ]
     for files, status, part in cases:
         r = c.post("/v1/models/breast/predict", headers=h, files=files)

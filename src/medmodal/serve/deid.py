@@ -21,7 +21,6 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID
 
-from medmodal.data.readers.blob import Blob
 from medmodal.errors import DataError
 
 METHOD = "DICOM PS3.15 Basic Profile (medmodal serve)"
@@ -148,5 +147,5 @@ def deidentify_bytes(data: bytes, part: str) -> bytes:
         raise
     except Exception as exc:  # pydicom raises many types for damaged files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot de-identify DICOM: {reason}", path=Blob(b"", part)) from None
+        raise DataError(f"cannot de-identify DICOM: {reason}", modality=part) from None
     return out.getvalue()

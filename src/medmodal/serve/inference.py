@@ -68,8 +68,8 @@ class ModelEntry:
     # -- inputs -----------------------------------------------------------------------------
     def prepare(self, parts: dict[str, Part]) -> Prepared:
         """Parts -> Sample; every bad part is a BadRequest naming it (422)."""
-        row, digests = parse_parts(self.predictor, parts)
         try:
+            row, digests = parse_parts(self.predictor, parts)
             sample = self.predictor.sample(row, sample_id="input")
         except DataError as exc:
             part = exc.modality or "input"
