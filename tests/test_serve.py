@@ -343,3 +343,21 @@ def test_cli_token_audit_and_export(breast_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     r = runner.invoke(app, ["export", str(breast_ckpt), "--format", "onnx", "--out", str(out)])
     assert r.exit_code == 0 and out.stat().st_size > 1000
+
+
+def test_onnx_runtime_entry_matches_pytorch(
+    breast_ckpt: Path, test_images: np.ndarray, tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    from medmodal.export.onnx import export_onnx
+    from medmodal.predictor import Predictor
+    from medmodal.serve.limits import Part
+
+    onnx = export_onnx(Predictor.load(breast_ckpt), tmp_path / "breast.onnx")
+    torch_entry = ModelEntry("b", breast_ckpt)
+    onnx_entry = ModelEntry("b", breast_ckpt, runtime="onnx", onnx_path=onnx)
+    assert onnx_entry.card["model"]["runtime"] == "onnx"
+    samples = [torch_entry.prepare({"image": Part(png_bytes(a))}).sample for a in test_images]
+    for a, b in zip(torch_entry.run_batch(samples), onnx_entry.run_batch(samples), strict=True):
+        assert a["prediction"] == b["prediction"]
+        assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
