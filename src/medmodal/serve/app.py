@@ -145,7 +145,8 @@ def _add_predict_route(
             await run_in_threadpool(entry.prepare, parts) if entry.heavy else entry.prepare(parts)
         )
         try:
-            out = await asyncio.wait_for(entry.predict(prepared), limits.timeout)
+            async with asyncio.timeout(limits.timeout):  # no extra task, unlike wait_for
+                out = await entry.predict(prepared)
         except TimeoutError:
             raise HTTPException(503, f"prediction took longer than {limits.timeout:g} s") from None
         result = _result(entry, prepared.sample["present"], out)
