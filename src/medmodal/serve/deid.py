@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import secrets
+import warnings
 from functools import lru_cache
 from importlib import resources
 
@@ -139,10 +140,12 @@ def _uid(elem: DataElement) -> None:
 def deidentify_bytes(data: bytes, part: str) -> bytes:
     """De-identified DICOM bytes (the pixels as they were); DataError naming the part."""
     try:
-        ds = dcmread(io.BytesIO(data), force=False)
-        deidentify_dataset(ds)
-        out = io.BytesIO()
-        ds.save_as(out, enforce_file_format=True)
+        with warnings.catch_warnings():  # pydicom's warnings may quote header values
+            warnings.simplefilter("ignore")
+            ds = dcmread(io.BytesIO(data), force=False)
+            deidentify_dataset(ds)
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
     except DataError:
         raise
     except Exception as exc:  # pydicom raises many types for damaged files

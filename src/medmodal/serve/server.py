@@ -69,8 +69,11 @@ def serve(
     **options: Any,
 ) -> None:
     """Run the service until interrupted (one process; torch on ``threads`` threads)."""
+    import logging
+
     import uvicorn
 
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings may quote header values
     torch.set_num_threads(threads)
     app = build_app(checkpoints, tokens, **options)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
