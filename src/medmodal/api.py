@@ -11,7 +11,6 @@ A thin front over the steps in :mod:`medmodal.run`; the CLI is a thin layer over
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,19 +19,15 @@ from rich.console import Console
 
 from medmodal.errors import DataError
 from medmodal.predictor import Predictor
-from medmodal.run import (
-    CVResult,
-    RunResult,
-    assign_splits,
-    cross_validate_loaded,
-    load_data,
-    start_run,
-    train_and_evaluate,
-)
+from medmodal.run import CVResult, RunResult, load_data
 from medmodal.run.context import ConfigSource, Progress
-from medmodal.run.inference import evaluate_checkpoint, predict_source, whatif_checkpoint
-from medmodal.run.sources import audit_run
-from medmodal.utils.io import dump_json
+from medmodal.run.entry import cross_validate_experiment, fit_experiment
+from medmodal.run.inference import (
+    evaluate_checkpoint,
+    export_checkpoint,
+    predict_source,
+    whatif_checkpoint,
+)
 
 if TYPE_CHECKING:
     from medmodal.explain import ExplainResult
@@ -54,17 +49,7 @@ def fit(
     best epoch is chosen on validation; validation and test are scored through the same
     prediction path as :func:`predict`. A leakage audit (``audit.json``) is written too.
     """
-    t0 = time.perf_counter()
-    ctx = start_run(config, overrides, progress=progress, console=console)
-    loaded = load_data(ctx.cfg, ctx.run_dir, progress is True)
-    splits = assign_splits(loaded)
-    audit_run(loaded, splits, ctx.run_dir, ctx.out())
-    result = train_and_evaluate(
-        loaded, splits, ctx.run_dir, progress=progress, resume=resume, console=ctx.console
-    )
-    result.metrics["wall_seconds"] = time.perf_counter() - t0
-    dump_json(ctx.run_dir / "metrics.json", result.metrics)
-    return result
+    return fit_experiment(config, overrides, progress, resume, console)
 
 
 def cross_validate(
@@ -82,10 +67,7 @@ def cross_validate(
     fold. Out-of-fold predictions are pooled for metrics with patient-grouped bootstrap CIs;
     per-fold mean and standard deviation are reported too. A manifest split column is ignored.
     """
-    ctx = start_run(config, overrides, progress=progress, console=console)
-    loaded = load_data(ctx.cfg, ctx.run_dir, progress is True)
-    audit_run(loaded, None, ctx.run_dir, ctx.out())
-    return cross_validate_loaded(ctx, loaded, k)
+    return cross_validate_experiment(config, overrides, k, progress, console)
 
 
 def predict(
@@ -220,6 +202,19 @@ def tune(*args: Any, **kwargs: Any) -> Any:
     return _tune(*args, **kwargs)
 
 
+def serve(checkpoints: list[str], tokens: str | Path, **options: Any) -> None:
+    """Run the prediction service (``medmodal serve``); see :func:`medmodal.serve.server.serve`."""
+    from medmodal.serve.server import serve as _serve
+
+    _serve(checkpoints, tokens, **options)
+
+
+def export(checkpoint: str | Path, out: str | Path | None = None, fmt: str = "onnx") -> Path:
+    """Export a checkpoint's model (``onnx``: each modality an input with its presence mask);
+    writes ``out`` (default: the checkpoint's path with ``.onnx``)."""
+    return export_checkpoint(checkpoint, out, fmt)
+
+
 __all__ = [
     "CVResult",
     "DataError",
@@ -229,8 +224,11 @@ __all__ = [
     "evaluate",
     "explain",
     "fit",
+    "load_data",
     "predict",
+    "export",
     "pretrain",
+    "serve",
     "tune",
     "whatif",
 ]

@@ -24,8 +24,12 @@ app = typer.Typer(
 )
 datasets_app = typer.Typer(no_args_is_help=True, help="Built-in datasets: list, info, prepare.")
 models_app = typer.Typer(no_args_is_help=True, help="Registered encoders, fusions and heads.")
+token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens of the prediction service.")
+audit_app = typer.Typer(no_args_is_help=True, help="The service's hash-chained audit log.")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit-log")
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -661,6 +665,98 @@ def models_list() -> None:
     for n, d in HEADS.describe().items():
         table.add_row("head", n, "", d)
     out.print(table)
+
+
+@app.command()
+@friendly
+def serve(
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Checkpoints to serve: PATH or NAME=PATH.")
+    ],
+    tokens: Annotated[Path, typer.Option(help="Token file (from `medmodal token create`).")] = Path(
+        "tokens.json"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    runtime: Annotated[
+        str, typer.Option(help="pytorch, or onnx (CHECKPOINT.onnx from `medmodal export`).")
+    ] = "pytorch",
+    audit_log: Annotated[Path, typer.Option(help="Append-only, hash-chained audit log.")] = Path(
+        "audit.jsonl"
+    ),
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body (413 beyond).")] = 50,
+    timeout: Annotated[float, typer.Option(help="Seconds a prediction may take.")] = 30,
+    max_batch: Annotated[int, typer.Option(help="Largest micro-batch.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 2.0,
+    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+) -> None:
+    """Serve checkpoints over HTTP: predict, model cards, /metrics and a web page at /."""
+    from medmodal import api
+
+    err.print(f"medmodal serve: http://{host}:{port}/ (models: {', '.join(checkpoints)})")
+    api.serve(
+        list(checkpoints),
+        tokens,
+        host=host,
+        port=port,
+        runtime=runtime,
+        audit_log=audit_log,
+        max_upload_mb=max_upload_mb,
+        timeout=timeout,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        threads=threads,
+    )
+
+
+@token_app.command("create")
+@friendly
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who the token is for (written to the audit log).")],
+    tokens: Annotated[Path, typer.Option(help="Token file (only hashes are stored).")] = Path(
+        "tokens.json"
+    ),
+) -> None:
+    """Add a token; it is printed once and only its SHA-256 is kept."""
+    from medmodal.serve.auth import create_token
+
+    token = create_token(tokens, name)
+    err.print(f"token {name!r} added to {tokens}; it is shown once:")
+    print(token)
+
+
+@audit_app.command("verify")
+@friendly
+def audit_log_verify(
+    path: Annotated[Path, typer.Argument(help="The audit log (JSON lines).")] = Path("audit.jsonl"),
+    expect_head: Annotated[
+        str | None, typer.Option(help="The last hash kept elsewhere (catches cut lines).")
+    ] = None,
+) -> None:
+    """Check the hash chain: exit 1 naming the first edited, inserted or deleted line."""
+    from medmodal.serve.audit_log import verify
+
+    if not path.is_file():
+        raise MedmodalError(f"audit log not found: {path}")
+    verdict = verify(path, expect_head)
+    if not verdict.ok:
+        err.print(f"[bold red]audit log broken:[/] {verdict.problems[0]}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"audit log intact: {verdict.lines} line(s), head {verdict.head}", highlight=False)
+
+
+@app.command()
+@friendly
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A medmodal checkpoint (best.pt).")],
+    format: Annotated[str, typer.Option("--format", help="Export format.")] = "onnx",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Default: CHECKPOINT.onnx")] = None,
+) -> None:
+    """Export the model (ONNX: dynamic batch, each modality an input with its presence mask)."""
+    from medmodal import api
+
+    path = api.export(checkpoint, out_path, fmt=format)
+    out.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ checkpoint holds: :meth:`Predictor.save` writes it, :meth:`Predictor.load` reads
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from medmodal.data.dataset import MultimodalDataset, collate
 from medmodal.data.manifest import LabelMap, check_columns, encode_labels, patient_ids, sample_ids
 from medmodal.data.preprocess import ModalityProcessor, create_processor
 from medmodal.data.schema import Schema
-from medmodal.errors import BadSampleLog, CheckpointError, MedmodalError
+from medmodal.errors import BadSampleLog, CheckpointError, DataError, MedmodalError
 from medmodal.evaluate.conformal import ConformalFit
 from medmodal.evaluate.decision import decide
 from medmodal.evaluate.temperature import apply_temperature
@@ -110,12 +111,23 @@ def predict_logits(
     model.eval()
     out = []
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
-        present = {m: v.to(device) for m, v in batch["present"].items()}
-        for m in absent:
-            present[m] = torch.zeros_like(present[m])
-        out.append(model(to_device(batch["inputs"], device), present).float().cpu())
+        out.append(batch_logits(model, batch, device, absent))
     dataset.train = was_train
     return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def batch_logits(
+    model: torch.nn.Module,
+    batch: Mapping[str, Any],
+    device: torch.device,
+    absent: tuple[str, ...] | list[str] = (),
+) -> torch.Tensor:
+    """Logits (float32, on the CPU) of one collated batch; ``absent`` modalities are hidden."""
+    present = {m: v.to(device) for m, v in batch["present"].items()}
+    for m in absent:
+        present[m] = torch.zeros_like(present[m])
+    return model(to_device(batch["inputs"], device), present).float().cpu()
 
 
 def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -235,6 +247,32 @@ class Predictor:
         labels = self.label_map if with_labels else None
         ds = build_dataset(frame, self.schema, self.processors, root, labels, bad, source)
         return ds.finalize()
+
+    def sample(self, row: Mapping[str, Any], sample_id: str = "input") -> dict[str, Any]:
+        """One Sample (transformed tensors + presence flags) from one row of raw inputs:
+        file references, in-memory uploads (:class:`~medmodal.data.readers.Blob`) or cells.
+        A modality whose columns the row lacks is absent (whatever ``allow_missing`` says:
+        the model predicts from any subset); a bad input is a DataError naming its modality."""
+        full: dict[str, Any] = {
+            c: None for spec in self.schema.modalities.values() for c in spec.input_columns()
+        }
+        full.update(row)
+        out: dict[str, Any] = {"id": sample_id, "patient_id": sample_id, "present": {}}
+        for m, proc in self.processors.items():
+            raw = None
+            if any(c in row for c in proc.spec.input_columns()):
+                try:
+                    raw = proc.read(full, None)
+                except DataError as err:
+                    raise err.with_context(sample_id=sample_id, modality=m) from None
+            out["present"][m] = raw is not None
+            out[m] = proc.missing() if raw is None else proc.transform(raw)
+        return out
+
+    def sample_logits(self, samples: list[dict[str, Any]]) -> torch.Tensor:
+        """Logits of Samples from :meth:`sample`, as one batch (the server's micro-batches)."""
+        self.model.eval()
+        return batch_logits(self.model, collate(samples), self.device)
 
     # -- outputs --------------------------------------------------------------------------
     def logits(self, ds: MultimodalDataset, absent: tuple[str, ...] = ()) -> torch.Tensor:

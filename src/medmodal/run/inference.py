@@ -1,5 +1,5 @@
-"""What :func:`medmodal.api.predict`, :func:`~medmodal.api.evaluate` and
-:func:`~medmodal.api.whatif` do with a checkpoint: load the Predictor, read the source, run the
+"""What :func:`medmodal.api.predict`, :func:`~medmodal.api.evaluate`,
+:func:`~medmodal.api.whatif` and :func:`~medmodal.api.export` do with a checkpoint: load the Predictor, read the source, run the
 prediction path and write the outputs."""
 
 from __future__ import annotations
@@ -112,3 +112,14 @@ def whatif_checkpoint(
     if out_dir is not None:
         write_outputs(result, out_dir)
     return result
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None, fmt: str) -> Path:
+    """The checkpoint's model as ONNX at ``out`` (default: beside it, ``.onnx``)."""
+    from medmodal.errors import ConfigError
+    from medmodal.export.onnx import export_onnx
+
+    if fmt != "onnx":
+        raise ConfigError(f"export format must be onnx, not {fmt!r}")
+    path = Path(checkpoint)
+    return export_onnx(Predictor.load(path), out or path.with_suffix(".onnx"))
