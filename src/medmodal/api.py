@@ -32,6 +32,7 @@ from medmodal.run import (
 from medmodal.run.context import ConfigSource, Progress
 from medmodal.run.report import write_run_report
 from medmodal.run.sources import audit_run, frame_from_source
+from medmodal.train.distributed import is_main, rank_zero_first
 from medmodal.utils.io import dump_json
 
 if TYPE_CHECKING:
@@ -51,17 +52,24 @@ def fit(
     The data are split by the manifest's split column or a seeded patient-level split; the
     best epoch is chosen on validation; validation and test are scored through the same
     prediction path as :func:`predict`. A leakage audit (``audit.json``) is written too.
+
+    Started by torchrun (``medmodal train --nproc N``), each process trains on its share of
+    every batch (DistributedDataParallel); rank 0 prepares the data first, audits, scores and
+    writes; the other ranks return a result without test metrics.
     """
     t0 = time.perf_counter()
     ctx = start_run(config, overrides, progress=progress, console=console)
-    loaded = load_data(ctx.cfg, ctx.run_dir, progress is True)
-    splits = assign_splits(loaded)
-    audit_run(loaded, splits, ctx.run_dir, ctx.out())
+    with rank_zero_first():  # a built-in data set is prepared into the run folder once
+        loaded = load_data(ctx.cfg, ctx.run_dir, progress is True and is_main())
+        splits = assign_splits(loaded)
+        if is_main():
+            audit_run(loaded, splits, ctx.run_dir, ctx.out())
     result = train_and_evaluate(
         loaded, splits, ctx.run_dir, progress=progress, resume=resume, console=ctx.console
     )
     result.metrics["wall_seconds"] = time.perf_counter() - t0
-    dump_json(ctx.run_dir / "metrics.json", result.metrics)
+    if is_main():
+        dump_json(ctx.run_dir / "metrics.json", result.metrics)
     return result
 
 

@@ -8,6 +8,7 @@ checkpoint holds: :meth:`Predictor.save` writes it, :meth:`Predictor.load` reads
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,8 +92,10 @@ def predict_logits(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     absent: tuple[str, ...] | list[str] = (),
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Logits for every sample, in dataset order (eval mode, no augmentation).
+    """Logits for every sample (or the rows ``indices``), in that order (eval mode, no
+    augmentation).
 
     ``absent``: modalities to treat as missing for every sample (test-time removal).
     """
@@ -100,7 +103,9 @@ def predict_logits(
     was_train, dataset.train = dataset.train, False
     model.eval()
     out = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+    rows = None if indices is None else list(indices)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=rows, collate_fn=collate)
+    for batch in loader:
         present = {m: v.to(device) for m, v in batch["present"].items()}
         for m in absent:
             present[m] = torch.zeros_like(present[m])
