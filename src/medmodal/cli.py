@@ -129,11 +129,7 @@ def train(
     from medmodal import api
     from medmodal.train import distributed
 
-    if (nproc > 1 or nnodes != "1") and not distributed.launched_by_torchrun():
-        argv = distributed.strip_launch_options(sys.argv[1:])
-        cmd = distributed.launch_command(argv, nproc, nnodes, rdzv_endpoint, rdzv_id)
-        err.print(f"launching {nproc} process(es) per machine: {' '.join(cmd[2:5])} ...")
-        raise typer.Exit(distributed.run_launcher(cmd, nproc))
+    _launch_if_asked(nproc, nnodes, rdzv_endpoint, rdzv_id)
     sets = list(overrides or [])
     if output_dir is not None:
         sets.append(f"output_dir={output_dir}")
@@ -142,10 +138,10 @@ def train(
     if seed is not None:
         sets.append(f"seed={seed}")
     run = api.fit(config, sets, progress=_progress(), resume=resume, console=err)
-    if not distributed.is_main():
-        distributed.shutdown()
-        return
+    main_rank = distributed.is_main()
     distributed.shutdown()
+    if not main_rank:  # under torchrun, rank 0 alone reports
+        return
     _summary(run.metrics)
     if run.bad_samples:
         err.print(
@@ -154,6 +150,18 @@ def train(
     out.print(
         f"checkpoint: {run.checkpoint}\nreport: {run.report}\nmetrics: {run.run_dir / 'metrics.json'}"
     )
+
+
+def _launch_if_asked(nproc: int, nnodes: str, endpoint: str | None, rdzv_id: str | None) -> None:
+    """With ``--nproc`` > 1 or several nodes, run this command again under torchrun and exit
+    with its code (unless this process is already one of torchrun's)."""
+    from medmodal.train import distributed
+
+    if (nproc > 1 or nnodes != "1") and not distributed.launched_by_torchrun():
+        argv = distributed.strip_launch_options(sys.argv[1:])
+        cmd = distributed.launch_command(argv, nproc, nnodes, endpoint, rdzv_id)
+        err.print(f"launching {nproc} process(es) per machine: {' '.join(cmd[2:5])} ...")
+        raise typer.Exit(distributed.run_launcher(cmd, nproc))
 
 
 @app.command()
