@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -571,20 +572,29 @@ def row_key(r: dict[str, Any]) -> tuple[Any, ...]:
     return r["section"], what, r.get("seed"), r.get("records"), r.get("cache")
 
 
-def run_arms(args: argparse.Namespace, res: dict[str, Any], data_dir: Path) -> None:
+def run_arms(args: argparse.Namespace, res: dict[str, Any], data_dir: Path, out: Path) -> None:
+    """Run the chosen arms in turn; the results file is rewritten after each, so a long run
+    keeps what it finished."""
     work = Path(args.work)
-    new: list[dict[str, Any]] = []
+
+    def keep(rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            r["provenance"] = C.provenance()
+        res["rows"] = C.merge_rows(res.get("rows", []), rows, row_key)
+        derive(res)
+        C.write_result(out, res, to_markdown)
+
+    ckpt = None
     for arm in (a for a in TRAIN_ARMS if a in args.arms):
         for seed in args.seeds[:1] if arm in ("medmodal", "compile") else args.seeds:
-            new.append(train_row(arm, seed, data_dir, work))
+            row = train_row(arm, seed, data_dir, work)
+            ckpt = Path(row["checkpoint"]) if arm == "fast" and ckpt is None else ckpt
+            keep([row])
     if "predict" in args.arms:
-        ckpt = next((Path(r["checkpoint"]) for r in new if r.get("arm") == "fast"), None)
-        new += predict_rows(data_dir, work, ckpt)
+        keep(predict_rows(data_dir, work, ckpt))
     if "ptbxl" in args.arms:
-        new += ptbxl_deep_rows(args, data_dir) + ptbxl_classical_rows(data_dir, work, args.seed)
-    for r in new:
-        r["provenance"] = C.provenance()
-    res["rows"] = C.merge_rows(res.get("rows", []), new, row_key)
+        keep(ptbxl_deep_rows(args, data_dir))
+        keep(ptbxl_classical_rows(data_dir, work, args.seed))
 
 
 def main() -> None:
@@ -617,9 +627,9 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     res = {**old, "benchmark": NAME, "env": C.environment()}
-    run_arms(args, res, C.data_dir(args))
+    run_arms(args, res, C.data_dir(args), out)
     derive(res)
-    res["env_at_end"] = {"load_average": [round(x, 2) for x in __import__("os").getloadavg()]}
+    res["env_at_end"] = {"load_average": [round(x, 2) for x in os.getloadavg()]}
     res["invocations"] = [*old.get("invocations", []),
                           C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds())]  # fmt: skip
     C.write_result(out, res, to_markdown)
