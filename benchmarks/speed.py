@@ -590,8 +590,8 @@ def run_arms(args: argparse.Namespace, res: dict[str, Any], data_dir: Path, out:
             row = train_row(arm, seed, data_dir, work)
             ckpt = Path(row["checkpoint"]) if arm == "fast" and ckpt is None else ckpt
             keep([row])
-    if "predict" in args.arms:
-        keep(predict_rows(data_dir, work, ckpt))
+    if "predict" in args.arms:  # a fast run's checkpoint (of this run, else of an earlier one)
+        keep(predict_rows(data_dir, work, ckpt or work / "pneumonia" / "fast_seed0" / "best.pt"))
     if "ptbxl" in args.arms:
         keep(ptbxl_deep_rows(args, data_dir))
         keep(ptbxl_classical_rows(data_dir, work, args.seed))
