@@ -225,7 +225,7 @@ def test_two_processes_reach_the_metrics_of_one(tmp_path: Path) -> None:
     cfg = wdbc_config(
         tmp_path,
         model={"encoders": {"record": {"name": "mlp", "hidden": [32], "dropout": 0.0}}},
-        train={"epochs": 4, "batch_size": 64, "lr": 0.003},
+        train={"epochs": 4, "batch_size": 64, "lr": 0.003, "cache": "disk"},  # a cache per rank
     )
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     one = api.fit(cfg, ["output_dir=" + str(tmp_path / "one")], progress=False).metrics

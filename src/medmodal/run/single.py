@@ -47,7 +47,9 @@ def train_and_evaluate(
     cfg = loaded.cfg
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    processors, parts = fit_processors(loaded, splits, run_dir / "cache")
+    rank, size = world()  # each process maps its own cache files
+    cache_dir = run_dir / "cache" / (f"rank{rank}" if size > 1 else "")
+    processors, parts = fit_processors(loaded, splits, cache_dir)
     check_trust(cfg, loaded.label_map.task, "val" in parts)
     predictor = new_predictor(loaded, processors)
     init_check = check_pretrained_inits(loaded, splits, console)
