@@ -328,9 +328,8 @@ class Trainer:
         }
         star = " *" if improved else ""
         bar.update(bar.task_ids[-1], info=f"loss {record['train_loss']:.4f} {shown}{star}")
-        if (
-            self.progress == "lines" and self.rank == 0
-        ):  # no terminal (a log, CI): one plain line per epoch
+        # no terminal (a log, CI): one plain line per epoch, from rank 0 only
+        if self.progress == "lines" and self.rank == 0:
             self.console.print(
                 f"epoch {record['epoch']}/{self.cfg.epochs} loss {record['train_loss']:.4f} "
                 + " ".join(f"{k} {v}" for k, v in shown.items())
