@@ -100,6 +100,16 @@ def test_memory_disk_and_no_cache_give_identical_batches(tmp_path: Path) -> None
         assert torch.equal(sets["memory"][i]["image"], sets["disk"][i]["image"])
 
 
+def test_a_loader_worker_reads_the_memory_mapped_cache(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path, "disk")
+    inline = _epoch_batches(ds, _trainer(ds), 0)
+    worker = _epoch_batches(ds, _trainer(ds, num_workers=1), 0)
+    assert all(
+        torch.equal(a["inputs"]["image"], b["inputs"]["image"])
+        for a, b in zip(inline, worker, strict=True)
+    )
+
+
 def test_cache_keeps_dicts_and_rows_of_varying_shape() -> None:
     rows = [{"t": {"ids": torch.arange(3) + i, "mask": torch.ones(3)}, "s": torch.zeros(i + 1)} for i in range(4)]  # fmt: skip
     cache = build_cache(lambda i: rows[i], 4)
