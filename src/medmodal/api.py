@@ -48,6 +48,10 @@ def fit(
     The data are split by the manifest's split column or a seeded patient-level split; the
     best epoch is chosen on validation; validation and test are scored through the same
     prediction path as :func:`predict`. A leakage audit (``audit.json``) is written too.
+
+    Started by torchrun (``medmodal train --nproc N``), each process trains on its share of
+    every batch (DistributedDataParallel); rank 0 prepares the data first, audits, scores and
+    writes; the other ranks return a result without test metrics.
     """
     return fit_experiment(config, overrides, progress, resume, console)
 

@@ -112,10 +112,30 @@ def train(
         typer.Option("--resume", help="Continue from <run dir>/last.pt after an interruption."),
     ] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Processes per machine: data-parallel training through torchrun (gloo on "
+            "CPU, NCCL on GPUs); train.batch_size stays the global batch."
+        ),
+    ] = 1,
+    nnodes: Annotated[
+        str,
+        typer.Option(help="Machines (torchrun --nnodes, e.g. 2 or 1:4); >1 needs --rdzv-endpoint."),
+    ] = "1",
+    rdzv_endpoint: Annotated[
+        str | None,
+        typer.Option(help="host:port of the rendezvous, the same on every machine (multi-node)."),
+    ] = None,
+    rdzv_id: Annotated[
+        str | None, typer.Option(help="Job id shared by the machines of one run (multi-node).")
+    ] = None,
 ) -> None:
     """Train a model from a config; writes best.pt, metrics.json and report.html."""
     from medmodal import api
+    from medmodal.train import distributed
 
+    _launch_if_asked(nproc, nnodes, rdzv_endpoint, rdzv_id)
     sets = list(overrides or [])
     if output_dir is not None:
         sets.append(f"output_dir={output_dir}")
@@ -124,6 +144,10 @@ def train(
     if seed is not None:
         sets.append(f"seed={seed}")
     run = api.fit(config, sets, progress=_progress(), resume=resume, console=err)
+    main_rank = distributed.is_main()
+    distributed.shutdown()
+    if not main_rank:  # under torchrun, rank 0 alone reports
+        return
     _summary(run.metrics)
     if run.bad_samples:
         err.print(
@@ -134,6 +158,18 @@ def train(
     )
 
 
+def _launch_if_asked(nproc: int, nnodes: str, endpoint: str | None, rdzv_id: str | None) -> None:
+    """With ``--nproc`` > 1 or several nodes, run this command again under torchrun and exit
+    with its code (unless this process is already one of torchrun's)."""
+    from medmodal.train import distributed
+
+    if (nproc > 1 or nnodes != "1") and not distributed.launched_by_torchrun():
+        argv = distributed.strip_launch_options(sys.argv[1:])
+        cmd = distributed.launch_command(argv, nproc, nnodes, endpoint, rdzv_id)
+        err.print(f"launching {nproc} process(es) per machine: {' '.join(cmd[2:5])} ...")
+        raise typer.Exit(distributed.run_launcher(cmd, nproc))
+
+
 @app.command()
 @friendly
 def tune(
@@ -141,8 +177,22 @@ def tune(
         Path,
         typer.Argument(help="Experiment YAML with a `search:` mapping (dotted field -> range)."),
     ],
-    trials: Annotated[int, typer.Option(help="Number of trials.")] = 20,
+    trials: Annotated[int, typer.Option(help="Number of trials (of this worker).")] = 20,
     overrides: Overrides = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna RDB storage URL (e.g. sqlite:///study.db, postgresql://...): workers "
+            "started with the same URL and --study-name share one study."
+        ),
+    ] = None,
+    study_name: Annotated[
+        str | None, typer.Option(help="Study name in --storage (default: the config's name).")
+    ] = None,
+    retrain: Annotated[
+        bool,
+        typer.Option(help="Retrain the study's best setting and test it once after the trials."),
+    ] = True,
 ) -> None:
     """Hyper-parameter search (Optuna TPE) on the validation split; retrains the best and tests it once."""
     import yaml
@@ -159,12 +209,26 @@ def tune(
     cfg_path.write_text(yaml.safe_dump(raw))
     try:
         run, history = run_tune(
-            cfg_path, space, n_trials=trials, overrides=overrides, progress=_progress(), console=err
+            cfg_path,
+            space,
+            n_trials=trials,
+            overrides=overrides,
+            progress=_progress(),
+            console=err,
+            storage=storage,
+            study_name=study_name,
+            retrain=retrain,
         )
     finally:
         cfg_path.unlink(missing_ok=True)
-    best = max(history, key=lambda t: next(v for k, v in t.items() if k.startswith("val_")))
-    out.print(f"best trial {best['trial']}: {best['params']}")
+    if history:
+        best = max(history, key=lambda t: next(v for k, v in t.items() if k.startswith("val_")))
+        out.print(f"best trial of this worker {best['trial']}: {best['params']}")
+    if run is None:
+        out.print(
+            f"{len(history)} trial(s) added to study {study_name or '<config name>'} in {storage}"
+        )
+        return
     _summary(run.metrics)
     out.print(f"checkpoint: {run.checkpoint}\ntrials: {run.run_dir / 'tuning.json'}")
 

@@ -111,6 +111,15 @@ class TrainConfig(Strict):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     amp: bool = Field(default=False, description="bf16 autocast on CPU, fp16 + GradScaler on CUDA")
     num_workers: int = Field(default=0, ge=0)
+    cache: Literal["memory", "disk", "none"] = Field(
+        default="memory",
+        description="transformed tensors computed once: in memory, memory-mapped from files "
+        "under the run folder (data larger than RAM), or none (transformed on every access)",
+    )
+    channels_last: bool = Field(
+        default=False, description="image encoders in channels-last memory format (CPU/CUDA)"
+    )
+    compile: bool = Field(default=False, description="torch.compile the encoders for training")
     threads: int | None = Field(default=None, ge=1)
     aux_loss_weight: float = Field(
         default=0.0, ge=0, description="weight of a fusion's auxiliary loss (late fusion)"

@@ -8,7 +8,7 @@ checkpoint holds: :meth:`Predictor.save` writes it, :meth:`Predictor.load` reads
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,8 +101,10 @@ def predict_logits(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     absent: tuple[str, ...] | list[str] = (),
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Logits for every sample, in dataset order (eval mode, no augmentation).
+    """Logits for every sample (or the rows ``indices``), in that order (eval mode, no
+    augmentation).
 
     ``absent``: modalities to treat as missing for every sample (test-time removal).
     """
@@ -110,7 +112,9 @@ def predict_logits(
     was_train, dataset.train = dataset.train, False
     model.eval()
     out = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+    rows = None if indices is None else list(indices)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=rows, collate_fn=collate)
+    for batch in loader:
         out.append(batch_logits(model, batch, device, absent))
     dataset.train = was_train
     return torch.cat(out) if out else torch.zeros(0)

@@ -24,6 +24,7 @@ from medmodal.run.steps import (
     score_split,
     train_model,
 )
+from medmodal.train.distributed import is_main, world
 from medmodal.train.trainer import TrainState, monitor_for
 from medmodal.utils.io import dump_json, to_jsonable
 from medmodal.utils.runtime import seed_everything
@@ -48,7 +49,9 @@ def train_and_evaluate(
     cfg = loaded.cfg
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    processors, parts = fit_processors(loaded, splits)
+    rank, size = world()  # each process maps its own cache files
+    cache_dir = run_dir / "cache" / (f"rank{rank}" if size > 1 else "")
+    processors, parts = fit_processors(loaded, splits, cache_dir)
     check_trust(cfg, loaded.label_map.task, "val" in parts)
     predictor = new_predictor(loaded, processors)
     prepare_survival(predictor, parts)
@@ -62,16 +65,19 @@ def train_and_evaluate(
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "train_seconds": time.perf_counter() - t0,
+        "processes": world()[1],
         "n": {k: len(v) for k, v in parts.items()},
         "missing_modalities": {k: v.missing_counts for k, v in parts.items()},
         "skipped_samples": len(loaded.bad_list),
     }
     if init_check:
         metrics["encoder_init"] = init_check
+    result = RunResult(run_dir, run_dir / "best.pt", metrics, state.history, loaded.bad_list)
+    if not is_main():  # under torchrun, rank 0 alone scores the test split and writes
+        return result
     fitted = calibrate_predictor(predictor, parts.get("val"))
     if fitted:
         metrics["fitted_on_val"] = fitted
-    result = RunResult(run_dir, run_dir / "best.pt", metrics, state.history, loaded.bad_list)
     for split in ("val", "test"):
         if split in parts:
             scored = score_split(predictor, parts[split], ablation=split == "test")

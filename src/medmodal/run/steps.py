@@ -39,10 +39,11 @@ CI_METRICS = {  # bootstrapped: binary adds the positive class's sensitivity, PP
 
 
 def fit_processors(
-    loaded: LoadedData, splits: np.ndarray
+    loaded: LoadedData, splits: np.ndarray, cache_dir: Path | None = None
 ) -> tuple[dict[str, ModalityProcessor], dict[str, MultimodalDataset]]:
     """Fresh processors fitted on the rows marked ``train`` only; each split's dataset
-    (sharing the cached reads) finalised with them. Empty splits are left out."""
+    (sharing the cached reads) finalised with them, its tensors cached as ``train.cache`` says
+    (``disk``: memory-mapped files under ``cache_dir / <split>``). Empty splits are left out."""
     processors = make_processors(loaded.schema)
     parts = {s: loaded.dataset.subset(np.flatnonzero(splits == s), processors) for s in SPLITS}
     parts = {s: d for s, d in parts.items() if len(d)}
@@ -50,8 +51,11 @@ def fit_processors(
         raise ManifestError(f"manifest {loaded.manifest}: no usable training rows")
     for m, proc in processors.items():
         proc.fit(parts["train"].raws_of(m))
-    for d in parts.values():
-        d.finalize()
+    mode = loaded.cfg.train.cache
+    if mode == "disk" and cache_dir is None:
+        raise ConfigError("train.cache: disk needs a run folder for its memory-mapped files")
+    for split, d in parts.items():
+        d.finalize(mode, None if cache_dir is None else cache_dir / split)
     return processors, parts
 
 
@@ -97,8 +101,9 @@ def train_model(
     cfg, last = loaded.cfg, run_dir / "last.pt"
 
     def save_last(state: TrainState, trainer: Trainer) -> None:
-        resume_state = trainer.resume_state()
-        predictor.save(last, data_hash=loaded.data_hash, resume=resume_state)
+        if trainer.rank == 0:  # under torchrun, rank 0 alone writes
+            resume_state = trainer.resume_state()
+            predictor.save(last, data_hash=loaded.data_hash, resume=resume_state)
 
     trainer = Trainer(
         predictor.model,
