@@ -34,6 +34,7 @@ def test_help_on_every_command() -> None:
         ["train"],
         ["evaluate"],
         ["predict"],
+        ["whatif"],
         ["demo"],
         ["datasets", "prepare"],
         ["models", "list"],

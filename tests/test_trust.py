@@ -171,6 +171,17 @@ def test_trust_without_a_validation_split_or_a_bad_subgroup_fails_before_trainin
         api.fit(cfg, progress=False)
 
 
+@pytest.mark.parametrize("option", ["calibrate", "conformal"])
+def test_survival_refuses_temperature_and_conformal(option: str) -> None:
+    from medmodal.run.steps import check_trust
+
+    method = "temperature" if option == "calibrate" else "lac"
+    cfg = load_config({"evaluate": {option: {"method": method}}})
+    with pytest.raises(ConfigError, match=rf"evaluate\.{option}\.method: a survival target"):
+        check_trust(cfg, "survival", has_val=True)
+    check_trust(load_config({}), "survival", has_val=True)
+
+
 # -- one run: fitted on validation, stored, applied by predict and evaluate ---------------------
 @pytest.fixture(scope="module")
 def trusted_run(tmp_path_factory: pytest.TempPathFactory) -> api.RunResult:

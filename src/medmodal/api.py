@@ -11,33 +11,28 @@ A thin front over the steps in :mod:`medmodal.run`; the CLI is a thin layer over
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from rich.console import Console
 
-from medmodal.errors import BadSampleLog, DataError, ManifestError
+from medmodal.errors import DataError
 from medmodal.predictor import Predictor
-from medmodal.run import (
-    CVResult,
-    RunResult,
-    assign_splits,
-    cross_validate_loaded,
-    load_data,
-    score_split,
-    start_run,
-    train_and_evaluate,
-)
+from medmodal.run import CVResult, RunResult, load_data
 from medmodal.run.context import ConfigSource, Progress
-from medmodal.run.report import write_run_report
-from medmodal.run.sources import audit_run, frame_from_source, one_split
-from medmodal.utils.io import dump_json
+from medmodal.run.entry import cross_validate_experiment, fit_experiment
+from medmodal.run.inference import (
+    evaluate_checkpoint,
+    export_checkpoint,
+    predict_source,
+    whatif_checkpoint,
+)
 
 if TYPE_CHECKING:
     from medmodal.explain import ExplainResult
     from medmodal.pretrain import PretrainResult
+    from medmodal.whatif import WhatIfResult
 
 
 def fit(
@@ -53,18 +48,12 @@ def fit(
     The data are split by the manifest's split column or a seeded patient-level split; the
     best epoch is chosen on validation; validation and test are scored through the same
     prediction path as :func:`predict`. A leakage audit (``audit.json``) is written too.
+
+    Started by torchrun (``medmodal train --nproc N``), each process trains on its share of
+    every batch (DistributedDataParallel); rank 0 prepares the data first, audits, scores and
+    writes; the other ranks return a result without test metrics.
     """
-    t0 = time.perf_counter()
-    ctx = start_run(config, overrides, progress=progress, console=console)
-    loaded = load_data(ctx.cfg, ctx.run_dir, progress is True)
-    splits = assign_splits(loaded)
-    audit_run(loaded, splits, ctx.run_dir, ctx.out())
-    result = train_and_evaluate(
-        loaded, splits, ctx.run_dir, progress=progress, resume=resume, console=ctx.console
-    )
-    result.metrics["wall_seconds"] = time.perf_counter() - t0
-    dump_json(ctx.run_dir / "metrics.json", result.metrics)
-    return result
+    return fit_experiment(config, overrides, progress, resume, console)
 
 
 def cross_validate(
@@ -82,10 +71,7 @@ def cross_validate(
     fold. Out-of-fold predictions are pooled for metrics with patient-grouped bootstrap CIs;
     per-fold mean and standard deviation are reported too. A manifest split column is ignored.
     """
-    ctx = start_run(config, overrides, progress=progress, console=console)
-    loaded = load_data(ctx.cfg, ctx.run_dir, progress is True)
-    audit_run(loaded, None, ctx.run_dir, ctx.out())
-    return cross_validate_loaded(ctx, loaded, k)
+    return cross_validate_experiment(config, overrides, k, progress, console)
 
 
 def predict(
@@ -105,22 +91,7 @@ def predict(
     out and listed in ``result.attrs["skipped"]`` (and ``out``'s sibling ``*.skipped.json``);
     without it the first bad sample raises DataError.
     """
-    predictor = Predictor.load(checkpoint, device=device)
-    frame, base, name = frame_from_source(source, predictor)
-    bad = BadSampleLog() if skip_bad else None
-    ds = predictor.dataset(frame, Path(root) if root else base, bad, with_labels=False, source=name)
-    if len(ds) == 0:
-        raise ManifestError(f"no readable sample in {name}")
-    result = predictor.prediction_frame(ds, predictor.predict_proba(ds))
-    skipped = bad.to_list() if bad is not None else []
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.to_csv(out, index=False)
-        if bad is not None:
-            dump_json(out.with_suffix(".skipped.json"), skipped)
-    result.attrs["skipped"] = skipped
-    return result
+    return predict_source(checkpoint, source, root, skip_bad, out, device)
 
 
 def evaluate(
@@ -135,37 +106,9 @@ def evaluate(
     device: str = "cpu",
 ) -> dict[str, Any]:
     """Metrics (+ CIs, report) of a checkpoint on a labelled manifest (optionally one split)."""
-    predictor = Predictor.load(checkpoint, device=device)
-    cfg = predictor.config.model_copy(
-        update={"evaluate": predictor.config.evaluate.model_copy(update={"bootstrap": bootstrap})}
+    return evaluate_checkpoint(
+        checkpoint, manifest, root, split, skip_bad, out_dir, bootstrap, device
     )
-    frame, base, name = frame_from_source(manifest, predictor)
-    frame = one_split(frame, predictor, split, name)
-    bad = BadSampleLog() if skip_bad else None
-    ds = predictor.dataset(frame, Path(root) if root else base, bad, with_labels=True, source=name)
-    predictor.config = cfg
-    scored = score_split(predictor, ds)
-    metrics, probs = scored.metrics, scored.probs
-    metrics["skipped_samples"] = bad.to_list() if bad is not None else []
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        predictor.prediction_frame(ds, probs).to_csv(out / "predictions.csv", index=False)
-        dump_json(out / "metrics.json", metrics)
-        note = f"Evaluation of {checkpoint} on {name} ({len(ds)} samples)."
-        write_run_report(
-            out / "report.html",
-            cfg,
-            ds,
-            probs,
-            metrics,
-            predictor.label_map,
-            metrics["skipped_samples"],
-            [note],
-            raw_probs=scored.raw_probs,
-            predictor=predictor,
-        )
-    return metrics
 
 
 def explain(
@@ -205,6 +148,40 @@ def explain(
     )
 
 
+def whatif(
+    checkpoint: str | Path,
+    source: str | Path | pd.DataFrame,
+    treatment: str,
+    *,
+    values: list[str] | None = None,
+    reference: str | None = None,
+    horizon: float | None = None,
+    out_dir: str | Path | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    root: str | Path | None = None,
+    device: str = "cpu",
+) -> WhatIfResult:
+    """Each patient's predicted survival curve with the input ``treatment`` set to each of its
+    values (S-learner), the RMST difference from ``reference`` to ``horizon`` with a
+    patient-grouped bootstrap CI, and the propensity overlap; with ``out_dir`` writes
+    whatif.csv / .json / .png. Associations learned from data, not treatment advice
+    (``medmodal.whatif.CAVEAT`` is in every output)."""
+    return whatif_checkpoint(
+        checkpoint,
+        source,
+        treatment,
+        root,
+        out_dir,
+        device,
+        values=values,
+        reference=reference,
+        horizon=horizon,
+        n_boot=n_boot,
+        seed=seed,
+    )
+
+
 def pretrain(
     config: str | Path | dict[str, Any],
     overrides: list[str] | None = None,
@@ -229,6 +206,19 @@ def tune(*args: Any, **kwargs: Any) -> Any:
     return _tune(*args, **kwargs)
 
 
+def serve(checkpoints: list[str], tokens: str | Path, **options: Any) -> None:
+    """Run the prediction service (``medmodal serve``); see :func:`medmodal.serve.server.serve`."""
+    from medmodal.serve.server import serve as _serve
+
+    _serve(checkpoints, tokens, **options)
+
+
+def export(checkpoint: str | Path, out: str | Path | None = None, fmt: str = "onnx") -> Path:
+    """Export a checkpoint's model (``onnx``: each modality an input with its presence mask);
+    writes ``out`` (default: the checkpoint's path with ``.onnx``)."""
+    return export_checkpoint(checkpoint, out, fmt)
+
+
 __all__ = [
     "CVResult",
     "DataError",
@@ -238,7 +228,11 @@ __all__ = [
     "evaluate",
     "explain",
     "fit",
+    "load_data",
     "predict",
+    "export",
     "pretrain",
+    "serve",
     "tune",
+    "whatif",
 ]

@@ -20,12 +20,16 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
-    help="medmodal: multimodal medical deep learning (train, evaluate, predict, explain, pretrain, datasets).",
+    help="medmodal: multimodal medical deep learning (train, evaluate, predict, explain, whatif, pretrain, datasets).",
 )
 datasets_app = typer.Typer(no_args_is_help=True, help="Built-in datasets: list, info, prepare.")
 models_app = typer.Typer(no_args_is_help=True, help="Registered encoders, fusions and heads.")
+token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens of the prediction service.")
+audit_app = typer.Typer(no_args_is_help=True, help="The service's hash-chained audit log.")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
+app.add_typer(token_app, name="token")
+app.add_typer(audit_app, name="audit-log")
 out = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -64,6 +68,8 @@ def _summary(metrics: dict[str, Any], split: str = "test") -> None:
     table.add_column("95% CI")
     ci = m.get("ci") or {}
     keys = ["auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro", "ece"]
+    if m.get("task") == "survival":
+        keys = ["c_index", "c_index_uno", "mean_auc", "ibs"]
     if m.get("task") == "binary":
         keys[4:4] = [
             "recall",
@@ -106,10 +112,30 @@ def train(
         typer.Option("--resume", help="Continue from <run dir>/last.pt after an interruption."),
     ] = False,
     seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Processes per machine: data-parallel training through torchrun (gloo on "
+            "CPU, NCCL on GPUs); train.batch_size stays the global batch."
+        ),
+    ] = 1,
+    nnodes: Annotated[
+        str,
+        typer.Option(help="Machines (torchrun --nnodes, e.g. 2 or 1:4); >1 needs --rdzv-endpoint."),
+    ] = "1",
+    rdzv_endpoint: Annotated[
+        str | None,
+        typer.Option(help="host:port of the rendezvous, the same on every machine (multi-node)."),
+    ] = None,
+    rdzv_id: Annotated[
+        str | None, typer.Option(help="Job id shared by the machines of one run (multi-node).")
+    ] = None,
 ) -> None:
     """Train a model from a config; writes best.pt, metrics.json and report.html."""
     from medmodal import api
+    from medmodal.train import distributed
 
+    _launch_if_asked(nproc, nnodes, rdzv_endpoint, rdzv_id)
     sets = list(overrides or [])
     if output_dir is not None:
         sets.append(f"output_dir={output_dir}")
@@ -118,6 +144,10 @@ def train(
     if seed is not None:
         sets.append(f"seed={seed}")
     run = api.fit(config, sets, progress=_progress(), resume=resume, console=err)
+    main_rank = distributed.is_main()
+    distributed.shutdown()
+    if not main_rank:  # under torchrun, rank 0 alone reports
+        return
     _summary(run.metrics)
     if run.bad_samples:
         err.print(
@@ -128,6 +158,18 @@ def train(
     )
 
 
+def _launch_if_asked(nproc: int, nnodes: str, endpoint: str | None, rdzv_id: str | None) -> None:
+    """With ``--nproc`` > 1 or several nodes, run this command again under torchrun and exit
+    with its code (unless this process is already one of torchrun's)."""
+    from medmodal.train import distributed
+
+    if (nproc > 1 or nnodes != "1") and not distributed.launched_by_torchrun():
+        argv = distributed.strip_launch_options(sys.argv[1:])
+        cmd = distributed.launch_command(argv, nproc, nnodes, endpoint, rdzv_id)
+        err.print(f"launching {nproc} process(es) per machine: {' '.join(cmd[2:5])} ...")
+        raise typer.Exit(distributed.run_launcher(cmd, nproc))
+
+
 @app.command()
 @friendly
 def tune(
@@ -135,8 +177,22 @@ def tune(
         Path,
         typer.Argument(help="Experiment YAML with a `search:` mapping (dotted field -> range)."),
     ],
-    trials: Annotated[int, typer.Option(help="Number of trials.")] = 20,
+    trials: Annotated[int, typer.Option(help="Number of trials (of this worker).")] = 20,
     overrides: Overrides = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna RDB storage URL (e.g. sqlite:///study.db, postgresql://...): workers "
+            "started with the same URL and --study-name share one study."
+        ),
+    ] = None,
+    study_name: Annotated[
+        str | None, typer.Option(help="Study name in --storage (default: the config's name).")
+    ] = None,
+    retrain: Annotated[
+        bool,
+        typer.Option(help="Retrain the study's best setting and test it once after the trials."),
+    ] = True,
 ) -> None:
     """Hyper-parameter search (Optuna TPE) on the validation split; retrains the best and tests it once."""
     import yaml
@@ -153,12 +209,26 @@ def tune(
     cfg_path.write_text(yaml.safe_dump(raw))
     try:
         run, history = run_tune(
-            cfg_path, space, n_trials=trials, overrides=overrides, progress=_progress(), console=err
+            cfg_path,
+            space,
+            n_trials=trials,
+            overrides=overrides,
+            progress=_progress(),
+            console=err,
+            storage=storage,
+            study_name=study_name,
+            retrain=retrain,
         )
     finally:
         cfg_path.unlink(missing_ok=True)
-    best = max(history, key=lambda t: next(v for k, v in t.items() if k.startswith("val_")))
-    out.print(f"best trial {best['trial']}: {best['params']}")
+    if history:
+        best = max(history, key=lambda t: next(v for k, v in t.items() if k.startswith("val_")))
+        out.print(f"best trial of this worker {best['trial']}: {best['params']}")
+    if run is None:
+        out.print(
+            f"{len(history)} trial(s) added to study {study_name or '<config name>'} in {storage}"
+        )
+        return
     _summary(run.metrics)
     out.print(f"checkpoint: {run.checkpoint}\ntrials: {run.run_dir / 'tuning.json'}")
 
@@ -338,6 +408,57 @@ def explain(
     )
     if result.skipped:
         err.print(f"[yellow]{len(result.skipped)} sample(s) skipped[/]: see explanations.json")
+
+
+@app.command()
+@friendly
+def whatif(
+    checkpoint: Annotated[Path, typer.Argument(help="best.pt of a survival model.")],
+    source: Annotated[Path, typer.Argument(help="Manifest of the patients to ask about.")],
+    treatment: Annotated[
+        str, typer.Option(help="The treatment column (an input of the model, e.g. horTh).")
+    ],
+    values: Annotated[
+        str | None, typer.Option(help="Comma-separated values to compare (default: all seen).")
+    ] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Value the differences are taken from (default: first).")
+    ] = None,
+    horizon: Annotated[
+        float | None, typer.Option(help="RMST horizon (default: 80th percentile of the times).")
+    ] = None,
+    out_dir: Annotated[Path, typer.Option(help="Where whatif.csv/.json/.png go.")] = Path("whatif"),
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
+    root: Annotated[Path | None, typer.Option(help="Base folder for relative paths.")] = None,
+) -> None:
+    """Predicted survival under each value of a treatment input, RMST differences with CIs,
+    propensity overlap (associations learned from the data, not treatment advice)."""
+    from medmodal import api
+
+    res = api.whatif(
+        checkpoint,
+        source,
+        treatment,
+        values=values.split(",") if values else None,
+        reference=reference,
+        horizon=horizon,
+        out_dir=out_dir,
+        n_boot=bootstrap,
+        root=root,
+    )
+    s = res.summary
+    for e in s["effects"]:
+        lo, hi = e["mean_delta_rmst_ci"]
+        ci = f" [{lo:.1f}, {hi:.1f}]" if lo is not None else ""
+        out.print(
+            f"{treatment} {e['value']} vs {e['reference']}: mean RMST difference to "
+            f"{s['horizon']:g} {e['mean_delta_rmst']:+.1f}{ci}; hazard ratio "
+            f"{e['hazard_ratio']:.2f}",
+            highlight=False,
+        )
+    out.print(f"overlap: {s['overlap']['summary']}", highlight=False)
+    out.print(f"[bold]caveat:[/] {s['caveat']}", highlight=False)
+    out.print("written: " + ", ".join(str(p) for p in res.files.values()), highlight=False)
 
 
 @app.command()
@@ -608,6 +729,98 @@ def models_list() -> None:
     for n, d in HEADS.describe().items():
         table.add_row("head", n, "", d)
     out.print(table)
+
+
+@app.command()
+@friendly
+def serve(
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Checkpoints to serve: PATH or NAME=PATH.")
+    ],
+    tokens: Annotated[Path, typer.Option(help="Token file (from `medmodal token create`).")] = Path(
+        "tokens.json"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    runtime: Annotated[
+        str, typer.Option(help="pytorch, or onnx (CHECKPOINT.onnx from `medmodal export`).")
+    ] = "pytorch",
+    audit_log: Annotated[Path, typer.Option(help="Append-only, hash-chained audit log.")] = Path(
+        "audit.jsonl"
+    ),
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body (413 beyond).")] = 50,
+    timeout: Annotated[float, typer.Option(help="Seconds a prediction may take.")] = 30,
+    max_batch: Annotated[int, typer.Option(help="Largest micro-batch.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 2.0,
+    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+) -> None:
+    """Serve checkpoints over HTTP: predict, model cards, /metrics and a web page at /."""
+    from medmodal import api
+
+    err.print(f"medmodal serve: http://{host}:{port}/ (models: {', '.join(checkpoints)})")
+    api.serve(
+        list(checkpoints),
+        tokens,
+        host=host,
+        port=port,
+        runtime=runtime,
+        audit_log=audit_log,
+        max_upload_mb=max_upload_mb,
+        timeout=timeout,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        threads=threads,
+    )
+
+
+@token_app.command("create")
+@friendly
+def token_create(
+    name: Annotated[str, typer.Argument(help="Who the token is for (written to the audit log).")],
+    tokens: Annotated[Path, typer.Option(help="Token file (only hashes are stored).")] = Path(
+        "tokens.json"
+    ),
+) -> None:
+    """Add a token; it is printed once and only its SHA-256 is kept."""
+    from medmodal.serve.auth import create_token
+
+    token = create_token(tokens, name)
+    err.print(f"token {name!r} added to {tokens}; it is shown once:")
+    print(token)
+
+
+@audit_app.command("verify")
+@friendly
+def audit_log_verify(
+    path: Annotated[Path, typer.Argument(help="The audit log (JSON lines).")] = Path("audit.jsonl"),
+    expect_head: Annotated[
+        str | None, typer.Option(help="The last hash kept elsewhere (catches cut lines).")
+    ] = None,
+) -> None:
+    """Check the hash chain: exit 1 naming the first edited, inserted or deleted line."""
+    from medmodal.serve.audit_log import verify
+
+    if not path.is_file():
+        raise MedmodalError(f"audit log not found: {path}")
+    verdict = verify(path, expect_head)
+    if not verdict.ok:
+        err.print(f"[bold red]audit log broken:[/] {verdict.problems[0]}", highlight=False)
+        raise typer.Exit(1)
+    out.print(f"audit log intact: {verdict.lines} line(s), head {verdict.head}", highlight=False)
+
+
+@app.command()
+@friendly
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A medmodal checkpoint (best.pt).")],
+    format: Annotated[str, typer.Option("--format", help="Export format.")] = "onnx",
+    out_path: Annotated[Path | None, typer.Option("--out", help="Default: CHECKPOINT.onnx")] = None,
+) -> None:
+    """Export the model (ONNX: dynamic batch, each modality an input with its presence mask)."""
+    from medmodal import api
+
+    path = api.export(checkpoint, out_path, fmt=format)
+    out.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -66,11 +66,21 @@ class HeadSpec(ComponentSpec):
     name: str = "linear"
 
 
+class SurvivalOptions(Strict):
+    """A survival target's model: ``cox`` (one risk score, Efron partial likelihood, Breslow
+    baseline after training) or ``logistic_hazard`` (discrete time: one hazard logit per interval
+    of ``bins`` intervals cut at quantiles of the training event times)."""
+
+    method: Literal["cox", "logistic_hazard"] = "cox"
+    bins: int = Field(default=20, ge=2, le=200, description="logistic_hazard: time intervals")
+
+
 class ModelConfig(Strict):
     encoders: dict[str, EncoderSpec] = Field(default_factory=dict)
     fusion: FusionSpec = Field(default_factory=FusionSpec)
     head: HeadSpec = Field(default_factory=HeadSpec)
     modality_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    survival: SurvivalOptions = Field(default_factory=SurvivalOptions)
 
 
 class TrainConfig(Strict):
@@ -91,9 +101,9 @@ class TrainConfig(Strict):
     class_weights: Literal["none", "balanced"] = "none"
     sampler: Literal["none", "balanced"] = "none"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    monitor: Literal["auroc", "accuracy", "loss", "auprc", "f1_macro", "balanced_accuracy"] = (
-        "auroc"
-    )
+    monitor: Literal[
+        "auroc", "accuracy", "loss", "auprc", "f1_macro", "balanced_accuracy", "c_index"
+    ] = Field(default="auroc", description="survival: c_index (the default auroc means it) or loss")
     early_stopping: int | None = Field(
         default=None, ge=1, description="patience in epochs; None = off"
     )
@@ -101,6 +111,15 @@ class TrainConfig(Strict):
     device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     amp: bool = Field(default=False, description="bf16 autocast on CPU, fp16 + GradScaler on CUDA")
     num_workers: int = Field(default=0, ge=0)
+    cache: Literal["memory", "disk", "none"] = Field(
+        default="memory",
+        description="transformed tensors computed once: in memory, memory-mapped from files "
+        "under the run folder (data larger than RAM), or none (transformed on every access)",
+    )
+    channels_last: bool = Field(
+        default=False, description="image encoders in channels-last memory format (CPU/CUDA)"
+    )
+    compile: bool = Field(default=False, description="torch.compile the encoders for training")
     threads: int | None = Field(default=None, ge=1)
     aux_loss_weight: float = Field(
         default=0.0, ge=0, description="weight of a fusion's auxiliary loss (late fusion)"
@@ -129,6 +148,11 @@ class EvaluateConfig(Strict):
         default=0.5, ge=0, le=1, description="binary / multilabel: positive when p > threshold"
     )
     report: bool = True
+    times: list[Annotated[float, Field(gt=0)]] | None = Field(
+        default=None,
+        description="survival: times for time-dependent AUC and calibration (default: the 25/50/75 "
+        "% quantiles of the event times)",
+    )
     ablation: bool = True  # with several modalities: metrics with each one removed at test time
     calibrate: CalibrateConfig = Field(default_factory=CalibrateConfig)
     conformal: ConformalConfig = Field(default_factory=ConformalConfig)

@@ -8,6 +8,7 @@ checkpoint holds: :meth:`Predictor.save` writes it, :meth:`Predictor.load` reads
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +24,14 @@ from medmodal.data.dataset import MultimodalDataset, collate
 from medmodal.data.manifest import LabelMap, check_columns, encode_labels, patient_ids, sample_ids
 from medmodal.data.preprocess import ModalityProcessor, create_processor
 from medmodal.data.schema import Schema
-from medmodal.errors import BadSampleLog, CheckpointError, MedmodalError
+from medmodal.errors import BadSampleLog, CheckpointError, DataError, MedmodalError
 from medmodal.evaluate.conformal import ConformalFit
 from medmodal.evaluate.decision import decide
 from medmodal.evaluate.temperature import apply_temperature
 from medmodal.models import MultimodalModel, build_model
 from medmodal.models.heads import n_outputs_for
 from medmodal.options import parse_options
+from medmodal.survival import SurvivalModel
 
 
 def make_processors(schema: Schema) -> dict[str, ModalityProcessor]:
@@ -44,14 +46,22 @@ def model_for(
     load_init: bool = True,
 ) -> MultimodalModel:
     """The configured model for fitted ``processors`` (their ``info`` sizes the encoders)."""
+    bins = survival_for(label_map, cfg)
     return build_model(
         {m: spec.type for m, spec in schema.modalities.items()},
         {m: p.info() for m, p in processors.items()},
         cfg.model,
         task=label_map.task,
-        n_outputs=n_outputs_for(label_map.task, len(label_map.classes)),
+        n_outputs=n_outputs_for(
+            label_map.task, len(label_map.classes), bins.n_outputs if bins else None
+        ),
         load_init=load_init,
     )
+
+
+def survival_for(label_map: LabelMap, cfg: ExperimentConfig) -> SurvivalModel | None:
+    """An unfitted survival model of the configured method for a survival target, else None."""
+    return SurvivalModel(cfg.model.survival) if label_map.task == "survival" else None
 
 
 def build_dataset(
@@ -91,8 +101,10 @@ def predict_logits(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     absent: tuple[str, ...] | list[str] = (),
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Logits for every sample, in dataset order (eval mode, no augmentation).
+    """Logits for every sample (or the rows ``indices``), in that order (eval mode, no
+    augmentation).
 
     ``absent``: modalities to treat as missing for every sample (test-time removal).
     """
@@ -100,13 +112,26 @@ def predict_logits(
     was_train, dataset.train = dataset.train, False
     model.eval()
     out = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate):
-        present = {m: v.to(device) for m, v in batch["present"].items()}
-        for m in absent:
-            present[m] = torch.zeros_like(present[m])
-        out.append(model(to_device(batch["inputs"], device), present).float().cpu())
+    rows = None if indices is None else list(indices)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=rows, collate_fn=collate)
+    for batch in loader:
+        out.append(batch_logits(model, batch, device, absent))
     dataset.train = was_train
     return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def batch_logits(
+    model: torch.nn.Module,
+    batch: Mapping[str, Any],
+    device: torch.device,
+    absent: tuple[str, ...] | list[str] = (),
+) -> torch.Tensor:
+    """Logits (float32, on the CPU) of one collated batch; ``absent`` modalities are hidden."""
+    present = {m: v.to(device) for m, v in batch["present"].items()}
+    for m in absent:
+        present[m] = torch.zeros_like(present[m])
+    return model(to_device(batch["inputs"], device), present).float().cpu()
 
 
 def to_probs(logits: torch.Tensor, task: str) -> torch.Tensor:
@@ -143,6 +168,7 @@ class Predictor:
     config: ExperimentConfig
     temperature: np.ndarray | None = None
     conformal: ConformalFit | None = None
+    survival: SurvivalModel | None = None  # survival targets: cuts / Breslow baseline
 
     # -- checkpoint ----------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
@@ -158,6 +184,7 @@ class Predictor:
             if t is None
             else {"method": "temperature", "temperature": [float(v) for v in t]},
             "conformal": None if self.conformal is None else self.conformal.to_dict(),
+            "survival": None if self.survival is None else self.survival.state_dict(),
         }
 
     def save(self, path: str | Path, **extra: Any) -> Path:
@@ -177,12 +204,15 @@ class Predictor:
             model = model_for(schema, label_map, processors, cfg, load_init=False)
             model.load_state_dict(body["model_state"])
             temperature, conformal = _trust_from(body)
+            survival = survival_for(label_map, cfg)
+            if survival is not None:
+                survival.load_state_dict(body["survival"])
         except (KeyError, RuntimeError, TypeError, ValueError, MedmodalError) as exc:
             raise CheckpointError(
                 f"checkpoint {path} does not fit this medmodal version: {exc}"
             ) from None
         model.to(device).eval()
-        return cls(schema, label_map, processors, model, cfg, temperature, conformal)
+        return cls(schema, label_map, processors, model, cfg, temperature, conformal, survival)
 
     # -- inputs ---------------------------------------------------------------------------
     @property
@@ -222,6 +252,32 @@ class Predictor:
         ds = build_dataset(frame, self.schema, self.processors, root, labels, bad, source)
         return ds.finalize()
 
+    def sample(self, row: Mapping[str, Any], sample_id: str = "input") -> dict[str, Any]:
+        """One Sample (transformed tensors + presence flags) from one row of raw inputs:
+        file references, in-memory uploads (:class:`~medmodal.data.readers.Blob`) or cells.
+        A modality whose columns the row lacks is absent (whatever ``allow_missing`` says:
+        the model predicts from any subset); a bad input is a DataError naming its modality."""
+        full: dict[str, Any] = {
+            c: None for spec in self.schema.modalities.values() for c in spec.input_columns()
+        }
+        full.update(row)
+        out: dict[str, Any] = {"id": sample_id, "patient_id": sample_id, "present": {}}
+        for m, proc in self.processors.items():
+            raw = None
+            if any(c in row for c in proc.spec.input_columns()):
+                try:
+                    raw = proc.read(full, None)
+                except DataError as err:
+                    raise err.with_context(sample_id=sample_id, modality=m) from None
+            out["present"][m] = raw is not None
+            out[m] = proc.missing() if raw is None else proc.transform(raw)
+        return out
+
+    def sample_logits(self, samples: list[dict[str, Any]]) -> torch.Tensor:
+        """Logits of Samples from :meth:`sample`, as one batch (the server's micro-batches)."""
+        self.model.eval()
+        return batch_logits(self.model, collate(samples), self.device)
+
     # -- outputs --------------------------------------------------------------------------
     def logits(self, ds: MultimodalDataset, absent: tuple[str, ...] = ()) -> torch.Tensor:
         """Raw model logits in dataset order; ``absent`` modalities are treated as missing."""
@@ -230,7 +286,13 @@ class Predictor:
 
     def probs_from_logits(self, logits: torch.Tensor, calibrated: bool = True) -> np.ndarray:
         """The probability step: logits / T (when fitted and ``calibrated``), then sigmoid or
-        softmax (binary: P(positive class), (N,); else (N, K))."""
+        softmax (binary: P(positive class), (N,); else (N, K)). Survival is its own branch (no
+        temperature): (N, 1 + T), the risk score (higher = earlier event) then the survival
+        probability at each time of ``label_map.times``."""
+        if self.survival is not None:
+            times = np.asarray(self.label_map.times, dtype=float)
+            risk = self.survival.risk(logits)
+            return np.column_stack([risk, self.survival.curves(logits, times)])
         if calibrated and self.temperature is not None:
             logits = torch.from_numpy(apply_temperature(logits.numpy(), self.temperature))
         return to_probs(logits, self.label_map.task).numpy()
@@ -284,6 +346,8 @@ def prediction_frame(
     pres = ds.present_matrix()
     for j, m in enumerate(ds.processors):
         out[f"present_{m}"] = pres[:, j]
+    if task == "survival":
+        return survival_frame(out, ds, probs, label_map)
     if task == "binary":
         out[f"prob_{classes[0]}"] = 1 - probs
         out[f"prob_{classes[1]}"] = probs
@@ -304,6 +368,20 @@ def prediction_frame(
 def _joined(sets: np.ndarray, names: list[str]) -> list[str]:
     """Each boolean set row as the names it holds joined by '|'."""
     return ["|".join(n for n, inside in zip(names, row, strict=True) if inside) for row in sets]
+
+
+def survival_frame(
+    out: pd.DataFrame, ds: MultimodalDataset, probs: np.ndarray, label_map: LabelMap
+) -> pd.DataFrame:
+    """Survival rows: the risk score, S(t) at each grid time (``surv_<t>``), time and event."""
+    curves = pd.DataFrame(
+        probs[:, 1:], columns=[f"surv_{t:.10g}" for t in label_map.times or []], index=out.index
+    )
+    out = pd.concat([out.assign(risk=probs[:, 0]), curves], axis=1)
+    if ds.labels is not None:
+        y = np.asarray(ds.labels)
+        out["time"], out["event"] = y[:, 0], y[:, 1].astype(int)
+    return out
 
 
 def _names(values: np.ndarray, classes: list[str], task: str) -> list[str]:

@@ -11,10 +11,17 @@ The search space names config fields by their dotted path::
 
 Every trial trains on the training split and is scored on the validation split; the test
 split is not touched until the best setting is retrained once and evaluated.
+
+With ``storage`` (an Optuna RDB URL: ``sqlite:///study.db`` on one machine, a PostgreSQL or
+MySQL URL across machines) several workers share one study: each runs its own ``n_trials``,
+Optuna numbers the trials across workers, and TPE (with the constant liar) sees every worker's
+finished trials. A shared study is not reproducible trial by trial (the order of the workers'
+trials decides the proposals), so its sampler is not seeded.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +41,7 @@ from medmodal.run import (
     start_run,
     train_and_evaluate,
 )
+from medmodal.train.trainer import monitor_for
 from medmodal.utils.io import dump_json
 
 
@@ -72,21 +80,24 @@ def tune(
     overrides: list[str] | None = None,
     progress: bool | Literal["lines"] = False,
     console: Console | None = None,
-) -> tuple[RunResult, list[dict[str, Any]]]:
+    storage: str | None = None,
+    study_name: str | None = None,
+    retrain: bool = True,
+) -> tuple[RunResult | None, list[dict[str, Any]]]:
     """Search ``space`` for ``n_trials`` (TPE, seeded), then retrain the best and evaluate on test.
 
-    Returns the final run and the list of trials (params, validation score, seconds).
+    ``storage`` / ``study_name``: an Optuna RDB study shared with other workers (created by the
+    first, joined by the others; default name: the config's ``name``). ``retrain=False``: run
+    the trials only (a worker of a shared study) and return ``None`` for the run.
+
+    Returns the final run and the list of this worker's trials (params, validation score,
+    seconds); ``tuning.json`` in the run folder also lists every trial of the study.
     """
-    try:
-        import optuna
-    except ImportError:
-        raise ConfigError(
-            "hyper-parameter search needs Optuna: pip install 'medmodal[tune]'"
-        ) from None
+    optuna = _optuna()
     _check_space(space)
     ctx = start_run(config, overrides)
     loaded = load_data(ctx.cfg, ctx.run_dir)
-    metric = metric or ctx.cfg.train.monitor
+    metric = metric or monitor_for(loaded.label_map.task, ctx.cfg.train)
     if metric not in scalar_metric_names(loaded.label_map.task):
         raise ConfigError(f"tuning metric {metric!r} is not a validation metric of this task")
     splits = assign_splits(loaded)
@@ -99,17 +110,67 @@ def tune(
         loaded, splits, ctx.run_dir / "trials", space, metric, trials, progress, console
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "minimize" if metric in ("brier", "ece") else "maximize"
-    sampler = optuna.samplers.TPESampler(seed=ctx.cfg.seed)
-    study = optuna.create_study(direction=direction, sampler=sampler)
+    study = _study(optuna, ctx.cfg, metric, storage, study_name)
     study.optimize(objective, n_trials=n_trials)
     best = study.best_trial.params
-    final = loaded.with_config(load_config(ctx.cfg, _overrides(best)))
-    result = train_and_evaluate(final, splits, ctx.run_dir, progress=progress, console=console)
-    summary = {"metric": metric, "direction": direction, "best_params": best}
-    summary.update(best_val=study.best_value, trials=trials)
+    result = None
+    if retrain:
+        final = loaded.with_config(load_config(ctx.cfg, _overrides(best)))
+        result = train_and_evaluate(final, splits, ctx.run_dir, progress=progress, console=console)
+    summary = {"metric": metric, "direction": study.direction.name.lower(), "best_params": best}
+    summary.update(best_val=study.best_value, trials=trials, study=_study_record(study, storage))
     dump_json(ctx.run_dir / "tuning.json", summary)
     return result, trials
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError(
+            "hyper-parameter search needs Optuna: pip install 'medmodal[tune]'"
+        ) from None
+    return optuna
+
+
+def _study(
+    optuna: Any, cfg: ExperimentConfig, metric: str, storage: str | None, name: str | None
+) -> Any:
+    """A new in-memory study (TPE seeded by the config), or the shared study ``name`` in
+    ``storage`` (created if absent; its metric must be this run's)."""
+    direction = "minimize" if metric in ("brier", "ece", "ibs") else "maximize"
+    if storage is None:
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+        return optuna.create_study(direction=direction, sampler=sampler)
+    sampler = optuna.samplers.TPESampler(constant_liar=True)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name or cfg.name,
+        direction=direction,
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    known = study.user_attrs.get("metric")
+    if known is None:
+        study.set_user_attr("metric", metric)
+    elif known != metric:
+        raise ConfigError(
+            f"study {study.study_name!r} in {_redact(storage)} optimises {known!r}, not {metric!r}"
+        )
+    return study
+
+
+def _study_record(study: Any, storage: str | None) -> dict[str, Any]:
+    """The study's name, storage (password hidden) and every trial of every worker."""
+    rows = [
+        {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params}
+        for t in study.trials
+    ]
+    return {"name": study.study_name, "storage": _redact(storage), "trials": rows}
+
+
+def _redact(url: str | None) -> str | None:
+    return None if url is None else re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 def _check_space(space: dict[str, dict[str, Any]]) -> None:

@@ -3,7 +3,8 @@
 A Sample is ``{"id", "patient_id", "label", "present": {modality: bool}, <modality>: tensor}``.
 Reading happens once (``load``) for every row and modality: outputs of the
 stateless stage are cached, so no epoch decodes a file twice; after the
-processors are fitted, ``finalize`` also caches the transformed tensors.
+processors are fitted, ``finalize`` also caches the transformed tensors, stacked per modality in
+memory or memory-mapped from disk (:mod:`medmodal.data.cache`), or not at all (``none``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from rich.progress import Progress
 from torch.utils.data import Dataset
 
+from medmodal.data.cache import CacheMode, TensorCache, build_cache
 from medmodal.data.preprocess.base import ModalityProcessor
 from medmodal.errors import BadSampleLog, DataError
 
@@ -49,7 +51,7 @@ class MultimodalDataset(Dataset):
         self.processors = dict(processors)
         self.root = root
         self.raw: list[dict[str, Any]] = []
-        self.cached: list[dict[str, Any]] | None = None
+        self.cached: TensorCache | None = None
         self.train = False
         self.generator: torch.Generator | None = None
         self.bad_inputs: list[dict[str, str]] = []  # per row: modality -> reason it was unreadable
@@ -147,9 +149,15 @@ class MultimodalDataset(Dataset):
     def raws_of(self, modality: str) -> list[Any]:
         return [r[modality] for r in self.raw]
 
-    def finalize(self) -> MultimodalDataset:
-        """Cache transformed tensors (processors must be fitted)."""
-        self.cached = [self._transform(r) for r in self.raw]
+    def finalize(
+        self, cache: CacheMode = "memory", directory: Path | None = None
+    ) -> MultimodalDataset:
+        """Cache the transformed tensors once (processors must be fitted): ``memory``, ``disk``
+        (memory-mapped files under ``directory``) or ``none`` (transform on every access)."""
+        self.cached = None
+        if cache != "none":
+            raw = self.raw
+            self.cached = build_cache(lambda i: self._transform(raw[i]), len(raw), cache, directory)
         return self
 
     def _transform(self, raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from medmodal.data.schema import Schema
 from medmodal.errors import BadSampleLog, DataError, ManifestError
+from medmodal.survival.labels import encode_survival, time_grid
 
 SPLITS = ("train", "val", "test")
 
@@ -97,10 +98,12 @@ def _norm_label(value: Any) -> str:
 @dataclass
 class LabelMap:
     """Class names in index order; binary: ``classes[1]`` is the positive class (the schema's
-    ``target.positive``), the one sensitivity, PPV and the curves speak of."""
+    ``target.positive``), the one sensitivity, PPV and the curves speak of. Survival:
+    ``classes == ["event"]`` and ``times`` is the grid predicted survival curves are read at."""
 
     task: str
     classes: list[str]
+    times: list[float] | None = None
 
     def encode(self, value: Any) -> int:
         key = _norm_label(value)
@@ -113,11 +116,15 @@ class LabelMap:
         return {c: i for i, c in enumerate(self.classes)}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "classes": list(self.classes)}
+        out: dict[str, Any] = {"task": self.task, "classes": list(self.classes)}
+        if self.times is not None:
+            out["times"] = [float(t) for t in self.times]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LabelMap:
-        return cls(task=d["task"], classes=list(d["classes"]))
+        times = d.get("times")
+        return cls(d["task"], list(d["classes"]), None if times is None else list(times))
 
 
 def build_label_map(df: pd.DataFrame, schema: Schema, source: str) -> LabelMap:
@@ -125,6 +132,9 @@ def build_label_map(df: pd.DataFrame, schema: Schema, source: str) -> LabelMap:
     t = schema.target
     if t.task == "multilabel":
         return LabelMap("multilabel", list(t.columns or []))
+    if t.task == "survival":
+        grid = time_grid(df, t.time_column or "", t.event_column or "")
+        return LabelMap("survival", ["event"], grid)
     if t.classes:
         values = [_norm_label(c) for c in t.classes]
     else:
@@ -159,6 +169,8 @@ def encode_labels(
     """Return (labels, ok-mask). A bad label raises, or is logged when ``bad`` is given."""
     t = schema.target
     n = len(df)
+    if t.task == "survival":
+        return encode_survival(df, t.time_column or "", t.event_column or "", ids, bad)
     ok = np.ones(n, dtype=bool)
     if t.task == "multilabel":
         y = np.zeros((n, len(label_map.classes)), dtype=np.float32)

@@ -94,6 +94,11 @@ SURVIVAL_TABLES: dict[str, dict[str, str]] = {
 }
 
 
+# Columns known only after the outcome (a label leak), kept in the manifest but not model inputs:
+# FLCHAIN's ``chapter`` is the ICD chapter of the cause of death (empty for the living).
+NOT_INPUTS: dict[str, list[str]] = {"flchain": ["chapter"]}
+
+
 class SurvivalTable(BuiltinDataset):
     """A scikit-survival table as a manifest with ``time`` / ``event`` columns."""
 
@@ -109,8 +114,13 @@ class SurvivalTable(BuiltinDataset):
             source=f"sksurv.datasets.{spec['loader']} (scikit-survival)",
             citation=spec["citation"],
             licence="see scikit-survival's documentation",
-            notes="Survival target (time, event). This version of medmodal prepares the manifest "
-            "and schema but cannot train a survival model yet.",
+            notes="Survival target (time, event): Cox or discrete-time models "
+            "(model.survival). "
+            + (
+                f"Not model inputs (known only after the outcome): {NOT_INPUTS[name]}."
+                if name in NOT_INPUTS
+                else ""
+            ),
         )
 
     def locate(self, data_dir: Path | None) -> Path:
@@ -126,8 +136,9 @@ class SurvivalTable(BuiltinDataset):
         X, y = getattr(skd, SURVIVAL_TABLES[self.name]["loader"])()
         event_field, time_field = y.dtype.names[0], y.dtype.names[1]
         frame = X.reset_index(drop=True).copy()
-        categorical = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-        numeric = [c for c in frame.columns if c not in categorical]
+        inputs = [c for c in frame.columns if c not in NOT_INPUTS.get(self.name, [])]
+        categorical = [c for c in inputs if not pd.api.types.is_numeric_dtype(frame[c])]
+        numeric = [c for c in inputs if c not in categorical]
         frame.insert(0, "sample_id", [f"{self.name}_{i:05d}" for i in range(len(frame))])
         frame["patient_id"] = frame["sample_id"]
         frame["time"] = np.asarray(y[time_field], dtype=float)

@@ -35,6 +35,8 @@ RANK_METRICS = ("auroc", "auprc")
 
 def scalar_metric_names(task: str) -> tuple[str, ...]:
     """Top-level scalar metrics :func:`compute_metrics` returns for ``task`` (bootstrappable)."""
+    if task == "survival":
+        return ("c_index", "c_index_uno", "mean_auc", "ibs")
     names = ["accuracy", "balanced_accuracy"]
     if task == "binary":
         names += ["precision", "recall", "specificity", "npv", "f1"]

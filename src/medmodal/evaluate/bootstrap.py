@@ -47,8 +47,11 @@ def bootstrap_ci(
     *,
     threshold: float = 0.5,
     n_bins: int = DEFAULT_BINS,
+    times: Sequence[float] | None = None,
+    eval_times: Sequence[float] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Percentile bootstrap CI of each metric.
+    """Percentile bootstrap CI of each metric (survival: see
+    :func:`medmodal.evaluate.survival_bootstrap.survival_bootstrap_ci`).
 
     ``metrics`` are names of scalar results of :func:`compute_metrics` (``"auroc"``,
     ``"f1_macro"``, ``"brier"``, ...) or per-class values written ``"auroc[malignant]"``.
@@ -59,6 +62,14 @@ def bootstrap_ci(
     the metric was defined; ``low``/``high`` are None when ``value`` is undefined or fewer than
     two resamples were usable.
     """
+    if task == "survival":
+        from medmodal.evaluate.survival import SCALARS
+        from medmodal.evaluate.survival_bootstrap import survival_bootstrap_ci
+
+        names = SCALARS if tuple(metrics) == DEFAULT_METRICS else metrics
+        return survival_bootstrap_ci(
+            y_true, y_prob, names, n_boot, ci, seed, groups, times=times, eval_times=eval_times
+        )
     prep = prepare(y_true, y_prob, task, class_names, threshold, n_bins)
     names = check_metric_names(metrics, prep)
     _check_ci(ci, n_boot)
@@ -105,7 +116,14 @@ def paired_bootstrap_delta(
     "n_requested", "ci"}``. ``delta = value_a - value_b``; ``p_value`` is two-sided,
     ``min(1, 2 * min(P*(delta* <= 0), P*(delta* >= 0)))`` with a +1 correction, consistent
     with the percentile CI (the CI excludes 0 roughly when ``p_value < 1 - ci``).
+    Survival: Harrell's C only (``metric`` ``c_index``).
     """
+    if task == "survival":
+        from medmodal.evaluate.survival_bootstrap import survival_paired_delta
+
+        if metric not in ("c_index", "auroc"):
+            raise ValueError(f"a survival paired delta is of c_index, not {metric!r}")
+        return survival_paired_delta(y_true, prob_a, prob_b, n_boot, ci, seed, groups)
     prep_a = prepare(y_true, prob_a, task, class_names, threshold, n_bins)
     prep_b = prepare(y_true, prob_b, task, class_names, threshold, n_bins)
     (name,) = check_metric_names([metric], prep_a)

@@ -33,6 +33,7 @@ from medmodal.evaluate._core import (
     to_optional,
 )
 from medmodal.evaluate.calibration import DEFAULT_BINS
+from medmodal.evaluate.survival import survival_metrics
 
 __all__ = ["compute_metrics", "confusion_matrix", "fast_auroc", "fast_average_precision"]
 
@@ -57,8 +58,14 @@ def compute_metrics(
     threshold: float = 0.5,
     *,
     n_bins: int = DEFAULT_BINS,
+    times: Sequence[float] | None = None,
+    eval_times: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """All metrics for one set of predictions, as a JSON-serialisable dict.
+
+    Survival (``task="survival"``): ``y_true`` is (N, 2) time, event; ``y_prob`` the risk (N,)
+    or (N, 1 + T) risk + S(t) at the grid ``times``; ``eval_times`` are the times of the
+    time-dependent AUC and calibration. See :func:`medmodal.evaluate.survival.survival_metrics`.
 
     Args:
         y_true: binary (N,) 0/1; multiclass (N,) class indices (or class names);
@@ -83,6 +90,8 @@ def compute_metrics(
         ValueError: on wrong shapes, mismatched lengths, NaN, probabilities outside [0, 1],
             rows not summing to 1 (multiclass), unknown task or bad class_names.
     """
+    if task == "survival":
+        return survival_metrics(y_true, y_prob, times, eval_times)
     prep = prepare(y_true, y_prob, task, class_names, threshold, n_bins)
     eng = Engine.unit(prep)
     out: dict[str, Any] = {

@@ -376,8 +376,13 @@ def write_report(
     extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
     y_prob_before: Any = None,
     extra_sections: Sequence[tuple[str, str, str]] | None = None,
+    times: Sequence[float] | None = None,
+    sample_ids: Sequence[str] | None = None,
 ) -> Path:
     """Write one self-contained HTML report and return its path.
+
+    Survival (``task="survival"``): ``y_true`` (N, 2) time, event; ``y_prob`` (N, 1 + T) risk
+    and S(t) at the grid ``times``; ``sample_ids`` name the example curves.
 
     Args:
         metrics: output of :func:`compute_metrics` for these predictions (computed when None).
@@ -391,7 +396,14 @@ def write_report(
             a second reliability diagram beside the one of ``y_prob``.
         extra_sections: ``(anchor, title, html body)`` sections placed before the configuration;
             the body is inserted as is (its writer escapes it), e.g. the explanation gallery.
+        times: survival targets, the grid of ``y_prob[:, 1:]``; ``sample_ids``: survival rows.
     """
+    if task == "survival":
+        sections = _survival_sections(
+            y_true, y_prob, metrics, ci or {}, times, sample_ids, notes, extra_tables
+        )
+        sections += [*(extra_sections or []), *_tail(config, _bad_rows(bad_samples))]
+        return _write(path, _document(title, _SurvivalMeta(len(y_true)), sections))
     threshold = metrics.get("threshold", 0.5) if metrics else 0.5
     n_bins = metrics.get("ece_bins", 15) if metrics else 15
     prep = prepare(y_true, y_prob, task, class_names, threshold, n_bins)
@@ -410,11 +422,72 @@ def write_report(
     if extra_sections:
         at = len(parts) - 1 if parts[-1][0] == "config" else len(parts)
         parts[at:at] = list(extra_sections)
-    doc = _document(title, prep, parts)
+    return _write(path, _document(title, prep, parts))
+
+
+def _write(path: str | Path, doc: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc, encoding="utf-8")
     return path
+
+
+class _SurvivalMeta:
+    """What the report's header line shows of a survival evaluation."""
+
+    task = "survival"
+    names = ("time-to-event",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def _survival_sections(
+    y_true: Any,
+    y_prob: Any,
+    metrics: Mapping[str, Any] | None,
+    ci: Mapping[str, Any],
+    times: Sequence[float] | None,
+    ids: Sequence[str] | None,
+    notes: str | Sequence[str] | None,
+    extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None,
+) -> list[tuple[str, str, str]]:
+    """Headline, warnings, KM by risk group, calibration, example curves, notes, tables."""
+    from medmodal.evaluate import survival_report as sr
+
+    if metrics is None:
+        metrics = compute_metrics(y_true, y_prob, "survival", ["event"], times=times)
+    level = f"{next(iter(ci.values()))['ci']:.0%} CI" if ci else "CI"
+    heads = ["Metric", "Value", level, "Resamples"]
+    out = [("summary", "Headline metrics", _table(heads, sr.headline_rows(metrics, ci)))]
+    if metrics.get("warnings"):
+        items = "".join(f"<li>{_esc(w)}</li>" for w in metrics["warnings"])
+        out.append(("warnings", "Warnings", f'<div class="warn"><ul>{items}</ul></div>'))
+    km = _img(_png(sr.km_figure(y_true, y_prob)), "Kaplan-Meier by risk group")
+    out.append(("km", "Kaplan-Meier curves by predicted risk group", km))
+    if metrics.get("calibration"):
+        cal = _img(_png(sr.calibration_figure(metrics["calibration"])), "Calibration")
+        out.append(("calibration", "Calibration at the evaluation times", cal))
+    if times is not None and np.asarray(y_prob).ndim == 2 and len(y_true) >= 5:
+        ids = list(ids) if ids is not None else [str(i) for i in range(len(y_true))]
+        fig = sr.examples_figure(y_prob, y_true, times, ids)
+        out.append(("examples", "Predicted survival curves", _img(_png(fig), "Example curves")))
+    if notes:
+        out.append(("notes", "Notes", _notes_html(notes)))
+    for i, (name, rows) in enumerate((extra_tables or {}).items()):
+        out.append((f"extra-{i}", str(name), _rows_table(rows) if rows else "<p>(empty)</p>"))
+    return out
+
+
+def _tail(config: Any, bad: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """Skipped samples and the configuration (the last sections)."""
+    out = []
+    if bad:
+        body = f"<p>{len(bad)} sample(s) were skipped and are not in the metrics.</p>"
+        out.append(("skipped", "Skipped samples", body + _rows_table(bad, BAD_SAMPLE_COLUMNS)))
+    if config is not None:
+        out.append(("config", "Configuration", f"<pre>{_esc(_config_text(config))}</pre>"))
+    return out
 
 
 def _sections(

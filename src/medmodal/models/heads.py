@@ -9,9 +9,12 @@ from medmodal.registry import Registry
 HEADS: Registry[nn.Module] = Registry("head", context=("in_dim", "n_outputs"))
 
 
-def n_outputs_for(task: str, n_classes: int) -> int:
-    """Logit count: 1 for binary (sigmoid), K for multiclass / multilabel, 1 for survival risk."""
-    if task in ("binary", "survival"):
+def n_outputs_for(task: str, n_classes: int, survival_bins: int | None = None) -> int:
+    """Logit count: 1 for binary (sigmoid), K for multiclass / multilabel; survival: 1 (a Cox
+    risk score) or ``survival_bins`` (one hazard logit per interval of a discrete-time model)."""
+    if task == "survival":
+        return survival_bins or 1
+    if task == "binary":
         return 1
     return n_classes
 

@@ -37,11 +37,14 @@ def start_run(
     progress: Progress = False,
     console: Console | None = None,
 ) -> RunContext:
-    """Load and check the config (component options too), seed, size threads, make the folder."""
+    """Load and check the config (component options too), join the process group when torchrun
+    started this process, seed, size threads, make the folder."""
     from medmodal.run.checks import check_components
+    from medmodal.train.distributed import init_from_env
 
     cfg = load_config(config, overrides)
     check_components(cfg)
+    init_from_env(cfg.train.device)
     seed_everything(cfg.seed)
     set_threads(cfg.train.threads)
     run_dir = Path(cfg.output_dir or Path("runs") / cfg.name)

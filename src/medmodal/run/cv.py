@@ -17,6 +17,7 @@ from medmodal.run.steps import Scored, ablation_table, evaluate_predictions, tru
 from medmodal.utils.io import dump_json
 
 FOLD_METRICS = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro")
+SURVIVAL_FOLD_METRICS = ("c_index", "c_index_uno", "mean_auc", "ibs")
 
 
 def cross_validate_loaded(ctx: RunContext, loaded: LoadedData, k: int) -> CVResult:
@@ -92,7 +93,8 @@ def _pool_one(results: list[RunResult], folds: np.ndarray, attr: str) -> np.ndar
 def per_fold_summary(results: list[RunResult]) -> dict[str, dict[str, Any]]:
     """Mean, standard deviation (ddof 1) and the values of each fold's test metrics."""
     out = {}
-    for key in FOLD_METRICS:
+    survival = results[0].metrics["test"].get("task") == "survival"
+    for key in SURVIVAL_FOLD_METRICS if survival else FOLD_METRICS:
         vals = [r.metrics["test"].get(key) for r in results]
         ok = [v for v in vals if v is not None]
         out[key] = {

@@ -92,11 +92,6 @@ def resolve_source(cfg: ExperimentConfig, run_dir: Path) -> tuple[Path, Schema, 
 def load_data(cfg: ExperimentConfig, run_dir: Path, progress: bool = False) -> LoadedData:
     """Read and check the manifest, then decode every sample once (``--skip-bad`` logs bad rows)."""
     manifest, schema, root = resolve_source(cfg, run_dir)
-    if schema.target.task == "survival":
-        raise ConfigError(
-            "training a survival target (time-to-event) is not available in this version of "
-            "medmodal; choose a binary, multiclass or multilabel target"
-        )
     source = str(manifest)
     df = read_manifest(manifest)
     check_columns(df, schema, source)
@@ -119,6 +114,12 @@ def check_subgroups(df: pd.DataFrame, schema: Schema, source: str) -> None:
             )
 
 
+def strata(loaded: LoadedData) -> np.ndarray:
+    """What splits and folds stratify on: the labels; survival: the event indicator."""
+    y = np.asarray(loaded.dataset.labels)
+    return y[:, 1].astype(int) if loaded.label_map.task == "survival" else y
+
+
 def assign_splits(loaded: LoadedData) -> np.ndarray:
     """train/val/test per loaded row: the manifest's split column, else a seeded patient split."""
     cfg, ds, schema = loaded.cfg, loaded.dataset, loaded.schema
@@ -135,7 +136,7 @@ def assign_splits(loaded: LoadedData) -> np.ndarray:
         d = cfg.data
         splits = patient_split(
             ds.patients,
-            ds.labels,
+            strata(loaded),
             d.val_fraction,
             d.test_fraction,
             seed=cfg.seed,
@@ -149,13 +150,14 @@ def fold_splits(loaded: LoadedData, k: int) -> tuple[np.ndarray, list[np.ndarray
     """Patient-grouped stratified folds, and for each fold the train/val/test assignment: the
     fold is test, a patient-grouped ``data.val_fraction`` of the rest picks the epoch."""
     cfg, ds = loaded.cfg, loaded.dataset
-    folds = patient_kfold(ds.patients, ds.labels, n_splits=k, seed=cfg.seed)
+    labels = strata(loaded)
+    folds = patient_kfold(ds.patients, labels, n_splits=k, seed=cfg.seed)
     out = []
     for f in range(k):
         rest = np.flatnonzero(folds != f)
         inner = patient_split(
             [ds.patients[i] for i in rest],
-            ds.labels[rest],
+            labels[rest],
             cfg.data.val_fraction,
             0.0,
             seed=cfg.seed + f,

@@ -47,15 +47,7 @@ def ablation_rows(ablation: Mapping[str, Mapping[str, Any]]) -> list[dict[str, A
     rows = []
     for removed, row in ablation.items():
         out = {"removed at test time": removed}
-        for key in (
-            "auroc",
-            "auprc",
-            "accuracy",
-            "delta_auroc",
-            "delta_low",
-            "delta_high",
-            "p_value",
-        ):
+        for key in row:
             v = row.get(key)
             out[key.replace("_", " ")] = None if v is None else round(float(v), 4)
         rows.append(out)
@@ -185,7 +177,8 @@ def write_run_report(
     ``raw_probs``: the probabilities before temperature scaling, for a second diagram."""
     extra = dict(tables or {})
     if metrics.get("ablation"):
-        extra["AUROC with one modality removed at test time"] = ablation_rows(metrics["ablation"])
+        what = "Harrell's C" if label_map.task == "survival" else "AUROC"
+        extra[f"{what} with one modality removed at test time"] = ablation_rows(metrics["ablation"])
     extra.update(trust_tables(metrics))
     notes = [positive_note(label_map, cfg.evaluate.threshold), *notes, trust_note(metrics)]
     return write_report(
@@ -203,6 +196,8 @@ def write_run_report(
         extra_tables=extra or None,
         y_prob_before=raw_probs,
         extra_sections=gallery_sections(cfg, ds, probs, predictor),
+        times=label_map.times,
+        sample_ids=ds.ids,
     )
 
 
@@ -215,7 +210,7 @@ def gallery_sections(
 ) -> list[tuple[str, str, str]]:
     """The report's explanation gallery section (none when ``evaluate.gallery`` is 0)."""
     k = cfg.evaluate.gallery
-    if predictor is None or k <= 0:
+    if predictor is None or k <= 0 or predictor.label_map.task == "survival":
         return []
     from medmodal.explain.gallery import gallery_html
 

@@ -18,11 +18,14 @@ from medmodal.run.steps import (
     calibrate_predictor,
     check_trust,
     fit_processors,
+    fit_survival_baseline,
     new_predictor,
+    prepare_survival,
     score_split,
     train_model,
 )
-from medmodal.train.trainer import TrainState
+from medmodal.train.distributed import is_main, world
+from medmodal.train.trainer import TrainState, monitor_for
 from medmodal.utils.io import dump_json, to_jsonable
 from medmodal.utils.runtime import seed_everything
 
@@ -46,28 +49,35 @@ def train_and_evaluate(
     cfg = loaded.cfg
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    processors, parts = fit_processors(loaded, splits)
+    rank, size = world()  # each process maps its own cache files
+    cache_dir = run_dir / "cache" / (f"rank{rank}" if size > 1 else "")
+    processors, parts = fit_processors(loaded, splits, cache_dir)
     check_trust(cfg, loaded.label_map.task, "val" in parts)
     predictor = new_predictor(loaded, processors)
+    prepare_survival(predictor, parts)
     init_check = check_pretrained_inits(loaded, splits, console)
     t0 = time.perf_counter()
     state = train_model(
         predictor, parts, loaded, run_dir, progress=progress, resume=resume, console=console
     )
+    fit_survival_baseline(predictor, parts["train"])
     metrics: dict[str, Any] = {
         "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "train_seconds": time.perf_counter() - t0,
+        "processes": world()[1],
         "n": {k: len(v) for k, v in parts.items()},
         "missing_modalities": {k: v.missing_counts for k, v in parts.items()},
         "skipped_samples": len(loaded.bad_list),
     }
     if init_check:
         metrics["encoder_init"] = init_check
+    result = RunResult(run_dir, run_dir / "best.pt", metrics, state.history, loaded.bad_list)
+    if not is_main():  # under torchrun, rank 0 alone scores the test split and writes
+        return result
     fitted = calibrate_predictor(predictor, parts.get("val"))
     if fitted:
         metrics["fitted_on_val"] = fitted
-    result = RunResult(run_dir, run_dir / "best.pt", metrics, state.history, loaded.bad_list)
     for split in ("val", "test"):
         if split in parts:
             scored = score_split(predictor, parts[split], ablation=split == "test")
@@ -113,7 +123,8 @@ def _report(
     notes = [
         f"Evaluated on the {split} split ({len(parts[split])} samples). The best epoch, "
         f"{state.best_epoch} of the {state.epoch} run, was chosen on validation "
-        f"{cfg.train.monitor}. Training took {m['train_seconds']:.1f} s.",
+        f"{monitor_for(predictor.label_map.task, cfg.train)}. Training took "
+        f"{m['train_seconds']:.1f} s.",
         missing_note(m["missing_modalities"]),
         *(f"Encoder init ({k}): {v['summary']}." for k, v in m.get("encoder_init", {}).items()),
     ]

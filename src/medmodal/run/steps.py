@@ -22,9 +22,10 @@ from medmodal.evaluate import bootstrap_ci, compute_metrics, paired_bootstrap_de
 from medmodal.evaluate.conformal import ConformalFit, fit_conformal, set_summary
 from medmodal.evaluate.subgroups import group_labels, subgroup_metrics
 from medmodal.evaluate.temperature import apply_temperature, fit_temperature, nll
-from medmodal.predictor import Predictor, make_processors, model_for
+from medmodal.predictor import Predictor, make_processors, model_for, survival_for
 from medmodal.run.context import Progress
 from medmodal.run.data import LoadedData
+from medmodal.survival import check_events
 from medmodal.train.trainer import Trainer, TrainState
 
 SPLITS = ("train", "val", "test")
@@ -33,14 +34,16 @@ CI_METRICS = {  # bootstrapped: binary adds the positive class's sensitivity, PP
     "binary": (*_COMMON, "recall", "precision", "specificity", "npv"),
     "multiclass": _COMMON,
     "multilabel": _COMMON,
+    "survival": ("c_index", "c_index_uno", "mean_auc", "ibs"),
 }
 
 
 def fit_processors(
-    loaded: LoadedData, splits: np.ndarray
+    loaded: LoadedData, splits: np.ndarray, cache_dir: Path | None = None
 ) -> tuple[dict[str, ModalityProcessor], dict[str, MultimodalDataset]]:
     """Fresh processors fitted on the rows marked ``train`` only; each split's dataset
-    (sharing the cached reads) finalised with them. Empty splits are left out."""
+    (sharing the cached reads) finalised with them, its tensors cached as ``train.cache`` says
+    (``disk``: memory-mapped files under ``cache_dir / <split>``). Empty splits are left out."""
     processors = make_processors(loaded.schema)
     parts = {s: loaded.dataset.subset(np.flatnonzero(splits == s), processors) for s in SPLITS}
     parts = {s: d for s, d in parts.items() if len(d)}
@@ -48,15 +51,39 @@ def fit_processors(
         raise ManifestError(f"manifest {loaded.manifest}: no usable training rows")
     for m, proc in processors.items():
         proc.fit(parts["train"].raws_of(m))
-    for d in parts.values():
-        d.finalize()
+    mode = loaded.cfg.train.cache
+    if mode == "disk" and cache_dir is None:
+        raise ConfigError("train.cache: disk needs a run folder for its memory-mapped files")
+    for split, d in parts.items():
+        d.finalize(mode, None if cache_dir is None else cache_dir / split)
     return processors, parts
 
 
 def new_predictor(loaded: LoadedData, processors: dict[str, ModalityProcessor]) -> Predictor:
     """An untrained model for fitted processors, wrapped as the Predictor that will score it."""
     model = model_for(loaded.schema, loaded.label_map, processors, loaded.cfg)
-    return Predictor(loaded.schema, loaded.label_map, processors, model, loaded.cfg)
+    survival = survival_for(loaded.label_map, loaded.cfg)
+    cfg = loaded.cfg
+    return Predictor(loaded.schema, loaded.label_map, processors, model, cfg, survival=survival)
+
+
+def prepare_survival(predictor: Predictor, parts: dict[str, MultimodalDataset]) -> None:
+    """Survival targets: every split must hold an event (DataError naming it); the discrete-time
+    cuts are fitted on the training rows."""
+    if predictor.survival is None:
+        return
+    for split, ds in parts.items():
+        check_events(np.asarray(ds.labels), ds.ids, split)
+    y = np.asarray(parts["train"].labels)
+    predictor.survival.fit_cuts(y[:, 0], y[:, 1])
+
+
+def fit_survival_baseline(predictor: Predictor, train: MultimodalDataset) -> None:
+    """Cox: the Breslow baseline hazard from the trained model's training-row risk scores."""
+    if predictor.survival is None:
+        return
+    y = np.asarray(train.labels)
+    predictor.survival.fit_baseline(predictor.logits(train), y[:, 0], y[:, 1])
 
 
 def train_model(
@@ -74,8 +101,9 @@ def train_model(
     cfg, last = loaded.cfg, run_dir / "last.pt"
 
     def save_last(state: TrainState, trainer: Trainer) -> None:
-        resume_state = trainer.resume_state()
-        predictor.save(last, data_hash=loaded.data_hash, resume=resume_state)
+        if trainer.rank == 0:  # under torchrun, rank 0 alone writes
+            resume_state = trainer.resume_state()
+            predictor.save(last, data_hash=loaded.data_hash, resume=resume_state)
 
     trainer = Trainer(
         predictor.model,
@@ -86,6 +114,7 @@ def train_model(
         progress=progress,
         on_epoch_end=save_last,
         console=console,
+        survival=predictor.survival,
     )
     if resume and last.is_file():
         from medmodal.checkpoint import read_checkpoint
@@ -108,6 +137,11 @@ def check_trust(cfg: ExperimentConfig, task: str, has_val: bool) -> None:
         for name, method in (("calibrate", ev.calibrate.method), ("conformal", ev.conformal.method))
         if method != "none"
     ]
+    if wanted and task == "survival":
+        raise ConfigError(
+            f"evaluate.{wanted[0]}.method: a survival target has no temperature scaling or "
+            "conformal sets; set it to none"
+        )
     if wanted and not has_val:
         raise ConfigError(
             f"evaluate.{wanted[0]}.method is fitted on the validation split and this run has "
@@ -187,7 +221,12 @@ def evaluate_predictions(
     """Full metrics + bootstrap CIs (patient-grouped) for one set of predictions."""
     y = np.asarray(ds.labels)
     ev = cfg.evaluate
-    m = compute_metrics(y, probs, label_map.task, label_map.classes, threshold=ev.threshold)
+    times = (
+        {"times": label_map.times, "eval_times": ev.times} if label_map.task == "survival" else {}
+    )
+    m = compute_metrics(
+        y, probs, label_map.task, label_map.classes, threshold=ev.threshold, **times
+    )
     if ev.bootstrap:
         m["ci"] = bootstrap_ci(
             y,
@@ -200,6 +239,7 @@ def evaluate_predictions(
             ci=ev.ci,
             seed=cfg.seed,
             groups=np.asarray(ds.patients),
+            **times,
         )
     return m
 
@@ -211,13 +251,17 @@ def ablation_table(
     label_map: LabelMap,
     cfg: ExperimentConfig,
 ) -> dict[str, dict[str, Any]]:
-    """AUROC with each modality removed at test time, and its paired-bootstrap change vs all."""
+    """AUROC (survival: Harrell's C) with each modality removed at test time, and its
+    paired-bootstrap change vs all."""
     y, ev = np.asarray(ds.labels), cfg.evaluate
     out: dict[str, dict[str, Any]] = {}
+    survival = label_map.task == "survival"
+    keys = ("c_index",) if survival else ("auroc", "auprc", "accuracy")
     for m, p in removed.items():
-        met = compute_metrics(y, p, label_map.task, label_map.classes, threshold=ev.threshold)
-        row: dict[str, Any] = {k: met[k] for k in ("auroc", "auprc", "accuracy")}
-        if met["auroc"] is not None and ev.bootstrap:
+        scores = p[:, 0] if survival else p  # survival: the risk score (Harrell's C)
+        met = compute_metrics(y, scores, label_map.task, label_map.classes, threshold=ev.threshold)
+        row: dict[str, Any] = {k: met[k] for k in keys}
+        if met[keys[0]] is not None and ev.bootstrap:
             d = paired_bootstrap_delta(
                 y,
                 p,
@@ -231,7 +275,7 @@ def ablation_table(
                 groups=np.asarray(ds.patients),
             )
             row.update(
-                delta_auroc=d["delta"],
+                **{f"delta_{keys[0]}": d["delta"]},
                 delta_low=d["low"],
                 delta_high=d["high"],
                 p_value=d["p_value"],
@@ -274,7 +318,7 @@ def trust_metrics(
             "n_calibration": conformal.n if conformal else None,
             **set_summary(y, scored.sets, lm.task, lm.classes),
         }
-    groups = subgroup_columns(schema, ds)
+    groups = subgroup_columns(schema, ds) if lm.task in SUBGROUP_METRICS else {}
     if groups:
         out["subgroups"] = subgroup_metrics(
             y,

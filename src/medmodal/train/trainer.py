@@ -3,6 +3,10 @@ a real copy of the best weights, resumable per-epoch state, progress bars or one
 
 Validation is scored by the same path as prediction and evaluation: :func:`predict_logits`
 and :func:`~medmodal.evaluate.compute_metrics` with the configured decision threshold.
+
+Speed options (``train.amp``, ``channels_last``, ``compile``) change how the steps run, not what
+they compute; under torchrun the model is wrapped in DistributedDataParallel and every rank
+takes its share of each global batch (:mod:`medmodal.train.distributed`).
 """
 
 from __future__ import annotations
@@ -20,18 +24,22 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 
 from medmodal.config import TrainConfig
 from medmodal.data.dataset import MultimodalDataset, collate
 from medmodal.data.manifest import LabelMap
+from medmodal.errors import ConfigError
 from medmodal.evaluate.metrics import compute_metrics
 from medmodal.models.model import MultimodalModel
 from medmodal.predictor import predict_logits, to_device, to_probs
+from medmodal.survival import SurvivalModel
+from medmodal.train import distributed as dist_
 from medmodal.train.losses import class_weights, make_loss
 from medmodal.utils.runtime import epoch_seed, resolve_device
 
 MONITORED = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro")
+SURVIVAL_MONITORED = ("c_index",)
 Progressish = bool | Literal["lines"]
 
 
@@ -61,8 +69,10 @@ class Trainer:
         progress: Progressish = True,
         on_epoch_end: Callable[[TrainState, Trainer], None] | None = None,
         console: Console | None = None,
+        survival: SurvivalModel | None = None,
     ) -> None:
         self.model = model
+        self.survival = survival
         self.label_map = label_map
         self.task = label_map.task
         self.cfg = cfg
@@ -71,9 +81,15 @@ class Trainer:
         self.progress = progress
         self.on_epoch_end = on_epoch_end
         self.console = console or Console(stderr=True)
-        self.device = resolve_device(cfg.device)
+        self.monitor = monitor_for(self.task, cfg)
+        self.rank, self.world_size = dist_.world()
+        self.device = dist_.local_device(resolve_device(cfg.device))
         self.model.to(self.device)
+        speed_up(model, cfg)
         self.optimizer = self._make_optimizer()
+        self._run = (
+            _Run(model) if self.world_size == 1 else dist_.wrap_ddp(_Run(model), self.device)
+        )
         self.scheduler: Any = None
         self.loss_fn: nn.Module | None = None
         self.state = TrainState()
@@ -115,24 +131,29 @@ class Trainer:
         return None
 
     def loader(self, ds: MultimodalDataset, epoch: int) -> DataLoader:
-        """The training batches of ``epoch`` (seeded; balanced sampler if configured)."""
+        """This rank's training batches of ``epoch``: one seeded order of the whole data set
+        (shuffled, or drawn by the balanced sampler) in global batches of ``batch_size``, each
+        split between the ranks. A last global batch with fewer than two samples per rank is
+        dropped (batch norm needs two)."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 1))
-        sampler = None
-        if self.cfg.sampler == "balanced" and ds.labels is not None and self.task != "multilabel":
+        n = len(ds)
+        balanced = self.cfg.sampler == "balanced" and self.task not in ("multilabel", "survival")
+        if balanced and ds.labels is not None:
             y = np.asarray(ds.labels).astype(int)
-            w = 1.0 / np.bincount(y)[y]
-            sampler = WeightedRandomSampler(
-                torch.as_tensor(w, dtype=torch.double), len(y), generator=g
-            )
+            w = torch.as_tensor(1.0 / np.bincount(y)[y], dtype=torch.double)
+            order = torch.multinomial(w, n, replacement=True, generator=g)
+        else:
+            order = torch.randperm(n, generator=g)
+        b = self.cfg.batch_size
+        last = n % b or b
+        drop = n > b and last < 2 * self.world_size
+        sampler = dist_.ShardedBatchSampler(order.tolist(), b, self.rank, self.world_size, drop)
         return DataLoader(
             ds,
-            batch_size=self.cfg.batch_size,
-            shuffle=sampler is None,
-            sampler=sampler,
-            generator=g if sampler is None else None,
+            batch_sampler=sampler,
             collate_fn=collate,
             num_workers=self.cfg.num_workers,
-            drop_last=len(ds) > self.cfg.batch_size and len(ds) % self.cfg.batch_size == 1,
+            generator=torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 3)),
         )
 
     # -- state for checkpoints ------------------------------------------------------------
@@ -173,6 +194,8 @@ class Trainer:
             for epoch in range(self.state.epoch, self.cfg.epochs):
                 t0 = time.perf_counter()
                 record = self._train_epoch(train_ds, epoch, bar)
+                record["train_seconds"] = time.perf_counter() - t0  # the training pass alone
+                record["samples_per_second"] = record["samples"] / record["train_seconds"]
                 record.update(self.validate(val_ds) if val_ds is not None and len(val_ds) else {})
                 improved = self._end_epoch(record, time.perf_counter() - t0)
                 self._log_epoch(record, improved, bar)
@@ -187,10 +210,19 @@ class Trainer:
     def _prepare(self, train_ds: MultimodalDataset) -> None:
         """Loss (with class weights), scheduler, and a resumed scheduler's state."""
         weights = None
-        if self.cfg.class_weights == "balanced":
-            y = np.asarray(train_ds.labels)
-            weights = class_weights(y, self.task, len(self.label_map.classes))
-        self.loss_fn = make_loss(self.task, weights, self.cfg.label_smoothing).to(self.device)
+        if self.survival is not None:
+            c = self.cfg
+            if "balanced" in (c.class_weights, c.sampler) or c.label_smoothing:
+                raise ConfigError(
+                    "train.class_weights, train.sampler and train.label_smoothing are for "
+                    "classes; a survival target takes none of them"
+                )
+            self.loss_fn = self.survival.loss().to(self.device)
+        else:
+            if self.cfg.class_weights == "balanced":
+                y = np.asarray(train_ds.labels)
+                weights = class_weights(y, self.task, len(self.label_map.classes))
+            self.loss_fn = make_loss(self.task, weights, self.cfg.label_smoothing).to(self.device)
         self.scheduler = self._make_scheduler(len(self.loader(train_ds, 0)))
         cuda_amp = self.cfg.amp and self.device.type == "cuda"
         self._scaler = torch.amp.GradScaler(enabled=cuda_amp)  # fp16 on CUDA; bf16 needs none
@@ -205,7 +237,9 @@ class Trainer:
         """One pass over the training batches; returns the epoch's record so far."""
         torch.manual_seed(epoch_seed(self.seed, epoch))
         ds.train = True
-        ds.generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch, 2))
+        ds.generator = torch.Generator().manual_seed(
+            epoch_seed(self.seed, epoch, 2 + 7 * self.rank)
+        )
         loader = self.loader(ds, epoch)
         task_id = bar.add_task(f"epoch {epoch + 1}/{self.cfg.epochs}", total=len(loader), info="")
         self.model.train()
@@ -217,7 +251,14 @@ class Trainer:
             count += len(batch["label"])
             bar.update(task_id, advance=1, info=f"loss {total / count:.4f}")
         ds.train = False
-        return {"epoch": epoch + 1, "train_loss": total / max(count, 1), "lr": lr}
+        total, count = dist_.reduce_sum([total, count])
+        dist_.sync_buffers(self.model)  # batch-norm statistics of rank 0 on every rank
+        return {
+            "epoch": epoch + 1,
+            "train_loss": total / max(count, 1),
+            "lr": lr,
+            "samples": int(count),
+        }
 
     def _step(self, batch: dict[str, Any]) -> float:
         """Forward, loss (+ the fusion's auxiliary loss), backward, optimizer and LR step."""
@@ -226,9 +267,7 @@ class Trainer:
         y = batch["label"].to(device)
         dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
         with torch.autocast(device.type, enabled=amp, dtype=dtype):
-            out = self.model.run(
-                to_device(batch["inputs"], device), to_device(batch["present"], device)
-            )
+            out = self._run(to_device(batch["inputs"], device), to_device(batch["present"], device))
             assert self.loss_fn is not None
             loss = self.loss_fn(out.logits.float(), y)
             aux = self.model.fusion.auxiliary_loss(out.fusion, y, self.loss_fn)
@@ -251,7 +290,7 @@ class Trainer:
 
     def _end_epoch(self, record: dict[str, Any], seconds: float) -> bool:
         """Score the epoch, step a plateau schedule, keep a copy of the best weights."""
-        key = self.cfg.monitor
+        key = self.monitor
         if f"val_{key}" in record:
             value = record[f"val_{key}"]
             score = -value if key == "loss" else value
@@ -278,9 +317,10 @@ class Trainer:
         patience = self.cfg.early_stopping
         if patience is None or self.state.bad_epochs < patience:
             return False
-        self.console.print(
-            f"early stopping after epoch {epoch + 1} (best epoch {self.state.best_epoch})"
-        )
+        if self.rank == 0:
+            self.console.print(
+                f"early stopping after epoch {epoch + 1} (best epoch {self.state.best_epoch})"
+            )
         return True
 
     @contextmanager
@@ -292,7 +332,8 @@ class Trainer:
             TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
         ]
-        with Progress(*columns, console=self.console, disable=self.progress is not True) as bar:
+        off = self.progress is not True or self.rank != 0
+        with Progress(*columns, console=self.console, disable=off) as bar:
             yield bar
 
     def _log_epoch(self, record: dict[str, Any], improved: bool, bar: Progress) -> None:
@@ -303,7 +344,8 @@ class Trainer:
         }
         star = " *" if improved else ""
         bar.update(bar.task_ids[-1], info=f"loss {record['train_loss']:.4f} {shown}{star}")
-        if self.progress == "lines":  # no terminal (a log, CI): one plain line per epoch
+        # no terminal (a log, CI): one plain line per epoch, from rank 0 only
+        if self.progress == "lines" and self.rank == 0:
             self.console.print(
                 f"epoch {record['epoch']}/{self.cfg.epochs} loss {record['train_loss']:.4f} "
                 + " ".join(f"{k} {v}" for k, v in shown.items())
@@ -313,12 +355,61 @@ class Trainer:
             )
 
     def validate(self, ds: MultimodalDataset) -> dict[str, float | None]:
-        """Validation loss and the monitored metrics, through the prediction path."""
-        logits = predict_logits(self.model, ds, self.cfg.eval_batch_size, self.device)
+        """Validation loss and the monitored metrics, through the prediction path (split between
+        the ranks and gathered, so every rank scores the same)."""
+        mine = list(range(self.rank, len(ds), self.world_size))
+        bs = self.cfg.eval_batch_size
+        logits = predict_logits(self.model, ds, bs, self.device, indices=mine)
+        logits = dist_.gather_rows(logits, mine, len(ds))
         y = np.asarray(ds.labels)
         assert self.loss_fn is not None
         loss_fn = copy.deepcopy(self.loss_fn).cpu()
         loss = float(loss_fn(logits, torch.as_tensor(y)))
+        if self.survival is not None:
+            m = compute_metrics(y, self.survival.risk(logits), self.task, self.label_map.classes)
+            return {"val_loss": loss, **{f"val_{k}": m[k] for k in SURVIVAL_MONITORED}}
         probs = to_probs(logits, self.task).numpy()
         m = compute_metrics(y, probs, self.task, self.label_map.classes, self.threshold)
         return {"val_loss": loss, **{f"val_{k}": m[k] for k in MONITORED}}
+
+
+def monitor_for(task: str, cfg: TrainConfig) -> str:
+    """The validation metric that picks the best epoch. Survival: ``c_index`` (Harrell's C; the
+    default ``auroc`` means it) or ``loss``; classification metrics are a ConfigError there."""
+    if task != "survival":
+        if cfg.monitor == "c_index":
+            raise ConfigError("train.monitor c_index is for survival targets")
+        return cfg.monitor
+    if cfg.monitor in ("auroc", "c_index"):
+        return "c_index"
+    if cfg.monitor == "loss":
+        return "loss"
+    raise ConfigError(
+        f"train.monitor {cfg.monitor!r} has no meaning for a survival target; use c_index or loss"
+    )
+
+
+class _Run(nn.Module):
+    """``model.run`` as a module's forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: MultimodalModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: dict[str, Any], present: dict[str, torch.Tensor]) -> Any:
+        return self.model.run(inputs, present)
+
+
+def speed_up(model: MultimodalModel, cfg: TrainConfig) -> None:
+    """``channels_last``: convolution weights of the encoders in channels-last order (2D) or
+    its 3D counterpart; ``compile``: each encoder compiled in place (its parameter names, and
+    so checkpoints, unchanged)."""
+    for encoder in model.encoders.values():
+        if cfg.channels_last:
+            dims = {p.dim() for p in encoder.parameters()}
+            if 5 in dims and 4 not in dims:
+                encoder.to(memory_format=torch.channels_last_3d)
+            elif 4 in dims and 5 not in dims:
+                encoder.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            encoder.compile()

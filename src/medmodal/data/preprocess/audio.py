@@ -39,6 +39,7 @@ from medmodal.data.readers.audio import (
     read_audio,
     resample_audio,
 )
+from medmodal.data.readers.blob import Blob
 from medmodal.data.schema import ModalitySpec
 from medmodal.errors import ConfigError
 from medmodal.options import Strict
@@ -162,7 +163,7 @@ class AudioProcessor(ModalityProcessor):
         value = row[self.spec.column]
         if is_missing(value):
             return None
-        path = resolve_path(str(value), root)
+        path = value if isinstance(value, Blob) else resolve_path(str(value), root)
         wave, sr = read_audio(path)
         c = self.checks
         check_audio(

@@ -20,7 +20,7 @@ from medmodal.data.preprocess.base import (
     resolve_ref,
     uniform,
 )
-from medmodal.data.readers import read_image
+from medmodal.data.readers import Blob, read_image
 from medmodal.data.schema import ModalitySpec
 from medmodal.errors import ConfigError, DataError
 from medmodal.options import Strict
@@ -91,8 +91,7 @@ class ImageProcessor(ModalityProcessor):
         value = row[self.spec.column]
         if is_missing(value):
             return None
-        ref = str(value)
-        path = resolve_ref(ref, root)
+        path = value if isinstance(value, Blob) else resolve_ref(str(value), root)
         o = self.opts
         arr = read_image(
             path,

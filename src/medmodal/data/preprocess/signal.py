@@ -37,6 +37,7 @@ from medmodal.data.preprocess.base import (
     resolve_path,
     uniform,
 )
+from medmodal.data.readers.blob import Blob
 from medmodal.data.readers.signal import (
     ByteLRU,
     check_finite,
@@ -158,8 +159,11 @@ class SignalProcessor(ModalityProcessor):
         value = row[self.spec.column]
         if is_missing(value):
             return None
-        ref, start, stop = parse_ref(str(value))
-        path = resolve_path(ref, root)
+        if isinstance(value, Blob):  # an upload: the whole record
+            path, start, stop = value, None, None
+        else:
+            ref, start, stop = parse_ref(str(value))
+            path = resolve_path(ref, root)
         if start is None and stop is None:
             x, fs_in = self._read_whole(path)
         else:

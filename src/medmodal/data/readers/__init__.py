@@ -18,31 +18,36 @@ import numpy as np
 
 # Import order is sniffing order: DICOM's "DICM" marker first (its preamble may hold a TIFF header).
 from medmodal.data.readers import dicom, nifti, npz, pil  # noqa: F401  (register readers)
+from medmodal.data.readers.blob import Blob
 from medmodal.data.readers.table import IMAGE_READERS, find_reader, image_suffixes
 from medmodal.errors import DataError
 
 NPZ_MEMBER = "#"  # "file.npz#train_images/12": one image of an array in an .npz
 
-__all__ = ["IMAGE_READERS", "image_suffixes", "read_image"]
+__all__ = ["IMAGE_READERS", "Blob", "image_suffixes", "read_image"]
 
 
 def read_image(
-    ref: str | Path,
+    ref: str | Path | Blob,
     *,
     window: Any = None,
     slice_index: int | str | None = None,
     frames: int | str | None = None,
     spatial_dims: int | None = None,
 ) -> np.ndarray:
-    """Read one image (2D or 3D) from a file, a DICOM series folder or an ``.npz`` member."""
+    """Read one image (2D or 3D) from a file, a DICOM series folder, an ``.npz`` member or an
+    upload held in memory (:class:`Blob`, read by content)."""
+    given = {"window": window, "slice_index": slice_index, "frames": frames}
+    given["spatial_dims"] = spatial_dims
+    if isinstance(ref, Blob):
+        reader = find_reader(ref)
+        return reader.read(ref, **{k: given[k] for k in reader.options if given[k] is not None})
     ref = str(ref)
     if NPZ_MEMBER in ref and ref.split(NPZ_MEMBER, 1)[0].lower().endswith(".npz"):
         return npz.read_npz_member(ref)
     path = Path(ref)
     if not path.exists():
         raise DataError("file not found", path=path)
-    given = {"window": window, "slice_index": slice_index, "frames": frames}
-    given["spatial_dims"] = spatial_dims
     if path.is_dir():
         return dicom.read_dicom_series(
             path, window=window, frames=frames if frames is not None else slice_index

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
+from medmodal.data.readers.blob import Blob, Source, source_of
 from medmodal.errors import DataError
 
 RESAMPLE_TYPE = "soxr_hq"  # deterministic, band-limited (librosa's default)
@@ -22,13 +24,14 @@ CLIP_LEVEL = 0.999
 CLIP_FRACTION = 0.05
 
 
-def read_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
+def read_audio(path: str | Path | Blob, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
     """Read ``path`` as a mono float32 wave; resample to ``sample_rate`` when given.
 
     Multi-channel files are averaged to mono. Raises DataError for a missing,
-    empty, unreadable, truncated or zero-length file and for NaN/Inf samples.
+    empty, unreadable, truncated or zero-length file and for NaN/Inf samples. A
+    :class:`Blob` (an upload in memory) is decoded from its bytes.
     """
-    path = Path(path)
+    path = source_of(path)
     wave, sr = _decode(path)
     if sample_rate is not None:
         wave = resample_audio(wave, sr, int(sample_rate))
@@ -80,16 +83,29 @@ def check_audio(
 
 
 # -- decoding ---------------------------------------------------------------------------
-def _decode(path: Path) -> tuple[np.ndarray, int]:
-    import soundfile as sf
-
+def _open_checked(path: Source) -> Any:
+    """A path or an in-memory file for soundfile, after the existence/size/WAV-length checks."""
+    if isinstance(path, Blob):
+        if not path.data:
+            raise DataError("empty audio file (0 bytes)", path=path)
+        _check_wav_length(path.open(), len(path.data), path)
+        return path.open()
     if not path.is_file():
         raise DataError("audio file not found" if not path.exists() else "not a file", path=path)
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise DataError("empty audio file (0 bytes)", path=path)
-    _check_wav_length(path)
+    with open(path, "rb") as fh:
+        _check_wav_length(fh, size, path)
+    return str(path)
+
+
+def _decode(path: Source) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    src = _open_checked(path)
     try:
-        with sf.SoundFile(str(path)) as fh:
+        with sf.SoundFile(src) as fh:
             sr = int(fh.samplerate)
             declared = fh.frames
             data = fh.read(dtype="float32", always_2d=True)
@@ -110,31 +126,28 @@ def _decode(path: Path) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(wave, dtype=np.float32), sr
 
 
-def _check_wav_length(path: Path) -> None:
+def _check_wav_length(fh: BinaryIO, size: int, path: Source) -> None:
     """A RIFF/WAVE whose ``data`` chunk is shorter than declared is truncated.
 
     libsndfile silently decodes what is there, so the chunk sizes are checked here.
     Streaming writers' placeholder sizes (0 / 0xFFFFFFFF) are accepted.
     """
-    with open(path, "rb") as fh:
-        head = fh.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+    head = fh.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= size:
+        fh.seek(pos)
+        chunk_id, chunk_len = struct.unpack("<4sI", fh.read(8))
+        if chunk_id == b"data":
+            have = size - pos - 8
+            if chunk_len not in (0, 0xFFFFFFFF) and have < chunk_len:
+                raise DataError(
+                    f"truncated WAV: header declares {chunk_len} bytes of audio, file holds {have}",
+                    path=path,
+                )
             return
-        size = path.stat().st_size
-        pos = 12
-        while pos + 8 <= size:
-            fh.seek(pos)
-            chunk_id, chunk_len = struct.unpack("<4sI", fh.read(8))
-            if chunk_id == b"data":
-                have = size - pos - 8
-                if chunk_len not in (0, 0xFFFFFFFF) and have < chunk_len:
-                    raise DataError(
-                        f"truncated WAV: header declares {chunk_len} bytes of audio, "
-                        f"file holds {have}",
-                        path=path,
-                    )
-                return
-            pos += 8 + chunk_len + (chunk_len & 1)
+        pos += 8 + chunk_len + (chunk_len & 1)
     # No data chunk found: soundfile reports the file as unreadable.
 
 

@@ -31,6 +31,7 @@ from pydicom.pixels import (
 )
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from medmodal.data.readers.blob import Blob, Source, source_of
 from medmodal.data.readers.table import image_reader
 from medmodal.data.readers.window import check_window
 from medmodal.errors import ConfigError, DataError
@@ -66,7 +67,10 @@ Frames = int | str | None
     options=("window", "frames", "slice_index"),
 )
 def read_dicom(
-    path: str | Path, window: Window = None, frames: Frames = None, slice_index: Frames = None
+    path: str | Path | Blob,
+    window: Window = None,
+    frames: Frames = None,
+    slice_index: Frames = None,
 ) -> np.ndarray:
     """Read one DICOM file as float32 in [0, 1], channel first.
 
@@ -75,7 +79,7 @@ def read_dicom(
     (0-based) or ``"middle"`` picks one frame (C, H, W). Single-frame files give (C, H, W).
     ``slice_index`` (the 3D-as-2D image option) picks a frame when ``frames`` is not given.
     """
-    path = Path(path)
+    path = source_of(path)
     frames = slice_index if frames is None else frames
     win = check_window(window)
     ds = _open(path)
@@ -147,14 +151,15 @@ def dicom_meta(path: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------- reading
 
 
-def _open(path: Path, *, pixels: bool = True) -> Dataset:
+def _open(path: Source, *, pixels: bool = True) -> Dataset:
     """``dcmread`` with every failure turned into a one-line DataError."""
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         raise DataError("file not found", path=path)
-    if not path.is_file():
+    if isinstance(path, Path) and not path.is_file():
         raise DataError("not a regular file", path=path)
     try:
-        return dcmread(path, force=False, stop_before_pixels=not pixels)
+        src = path.open() if isinstance(path, Blob) else path
+        return dcmread(src, force=False, stop_before_pixels=not pixels)
     except InvalidDicomError:
         raise DataError("not a DICOM file (no 'DICM' file meta header)", path=path) from None
     except Exception as exc:  # pydicom raises many types for damaged headers
@@ -167,7 +172,7 @@ def _transfer_syntax(ds: Dataset) -> Any:
     return ts or None
 
 
-def _ensure_transfer_syntax(ds: Dataset, path: Path) -> Any:
+def _ensure_transfer_syntax(ds: Dataset, path: Source) -> Any:
     """The file's transfer syntax; guessed from the encoding when the meta lacks it."""
     ts = _transfer_syntax(ds)
     if ts is not None:
@@ -193,7 +198,7 @@ def _n_frames(ds: Dataset) -> int:
         return 1
 
 
-def _frame_index(frames: int | str, n: int, path: Path) -> int:
+def _frame_index(frames: int | str, n: int, path: Source) -> int:
     if isinstance(frames, str):
         if frames != "middle":
             raise ConfigError(f"frames must be an int or 'middle', got {frames!r}")
@@ -205,7 +210,7 @@ def _frame_index(frames: int | str, n: int, path: Path) -> int:
     return int(frames)
 
 
-def _decode(ds: Dataset, path: Path, index: int | None = None) -> tuple[np.ndarray, str]:
+def _decode(ds: Dataset, path: Source, index: int | None = None) -> tuple[np.ndarray, str]:
     """Decode pixels (YBR converted to RGB) -> ((F, H, W) or (F, H, W, 3), photometric)."""
     if not any(k in ds for k in PIXEL_KEYWORDS):
         modality = ds.get("Modality")
@@ -258,7 +263,7 @@ def _install_hint(missing: Sequence[str]) -> str:
 
 
 def _to_unit(
-    raw: np.ndarray, ds: Dataset, window: tuple[float, float] | None, pi: str, path: Path
+    raw: np.ndarray, ds: Dataset, window: tuple[float, float] | None, pi: str, path: Source
 ) -> np.ndarray:
     """Decoded pixels (F, H, W[, 3]) -> (C, F, H, W) float32 in [0, 1]."""
     if pi in COLOUR or pi == "PALETTE COLOR":
@@ -274,7 +279,7 @@ def _needs_volume_stats(ds: Dataset, window: tuple[float, float] | None) -> bool
     return "VOILUTSequence" not in ds and _file_window(ds) is None
 
 
-def _modality(raw: np.ndarray, ds: Dataset, path: Path) -> np.ndarray:
+def _modality(raw: np.ndarray, ds: Dataset, path: Source) -> np.ndarray:
     """Stored values -> modality units (e.g. HU), float64, (F, H, W)."""
     pi = str(ds.get("PhotometricInterpretation") or "")
     if raw.ndim != 3 or not pi.startswith("MONOCHROME"):
@@ -386,7 +391,7 @@ def _min_max(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo)
 
 
-def _colour_to_unit(raw: np.ndarray, ds: Dataset, pi: str, path: Path) -> np.ndarray:
+def _colour_to_unit(raw: np.ndarray, ds: Dataset, pi: str, path: Source) -> np.ndarray:
     """(F, H, W, 3) RGB / YBR or (F, H, W) palette indices -> (3, F, H, W) RGB in [0, 1]."""
     try:
         if pi == "PALETTE COLOR":

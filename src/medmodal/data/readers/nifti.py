@@ -18,17 +18,20 @@ whole volume (also when one slice is returned, so slices of one scan share a sca
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from medmodal.data.readers.blob import Blob, Source, source_of
 from medmodal.data.readers.table import image_reader
 from medmodal.data.readers.window import check_window
 from medmodal.errors import ConfigError, DataError
 
 PERCENTILES = (0.5, 99.5)
+MAX_UNZIPPED = 1 << 30  # an upload may not inflate beyond 1 GiB (gzip bomb)
 SliceIndex = int | str | None
 
 
@@ -49,7 +52,7 @@ def _is_nifti(head: bytes) -> bool:
     options=("window", "slice_index", "spatial_dims"),
 )
 def read_nifti(
-    path: str | Path,
+    path: str | Path | Blob,
     window: Sequence[float] | None = None,
     slice_index: SliceIndex = None,
     spatial_dims: int = 3,
@@ -60,7 +63,7 @@ def read_nifti(
     channels. ``spatial_dims=2`` returns the axial slice ``slice_index`` (an int along D,
     or ``"middle"``, the default).
     """
-    path = Path(path)
+    path = source_of(path)
     if spatial_dims not in (2, 3):
         raise ConfigError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     win = check_window(window)
@@ -71,12 +74,24 @@ def read_nifti(
     return np.ascontiguousarray(out[:, _slice(slice_index, out.shape[1], path)])
 
 
-def _load_canonical(path: Path) -> np.ndarray:
+def _from_bytes(blob: Blob) -> nib.Nifti1Image | nib.Nifti2Image:
+    """A NIfTI image from an upload in memory (gzip inflated, at most MAX_UNZIPPED bytes)."""
+    data = blob.data
+    if data[:2] == b"\x1f\x8b":
+        with gzip.open(blob.open(), "rb") as gz:
+            data = gz.read(MAX_UNZIPPED + 1)
+        if len(data) > MAX_UNZIPPED:
+            raise DataError(f"NIfTI inflates beyond {MAX_UNZIPPED >> 20} MiB", path=blob)
+    two = data[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
+    return (nib.Nifti2Image if two else nib.Nifti1Image).from_bytes(data)
+
+
+def _load_canonical(path: Source) -> np.ndarray:
     """Load, reorient to RAS+, return float32 (C, D, H, W) in the documented axis order."""
-    if not path.exists():
+    if isinstance(path, Path) and not path.exists():
         raise DataError("file not found", path=path)
     try:
-        img = nib.load(path)
+        img = _from_bytes(path) if isinstance(path, Blob) else nib.load(path)
         if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
             raise DataError(f"not a NIfTI image (nibabel read {type(img).__name__})", path=path)
         img = nib.as_closest_canonical(img)
@@ -92,7 +107,7 @@ def _load_canonical(path: Path) -> np.ndarray:
     return _to_cdhw(data, path)
 
 
-def _to_cdhw(data: np.ndarray, path: Path) -> np.ndarray:
+def _to_cdhw(data: np.ndarray, path: Source) -> np.ndarray:
     """RAS+ (X, Y[, Z[, C...]]) -> (C, Z, -Y, -X)."""
     if data.ndim < 2:
         raise DataError(f"NIfTI image has {data.ndim} dimension(s); need 2 to 4", path=path)
@@ -120,7 +135,7 @@ def _scale(vol: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _slice(slice_index: SliceIndex, depth: int, path: Path) -> int:
+def _slice(slice_index: SliceIndex, depth: int, path: Source) -> int:
     if slice_index is None or slice_index == "middle":
         return depth // 2
     if isinstance(slice_index, bool) or not isinstance(slice_index, int | np.integer):

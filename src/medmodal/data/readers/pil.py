@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from medmodal.data.readers.blob import Blob, Source
 from medmodal.data.readers.table import image_reader
 from medmodal.errors import DataError
 
@@ -18,14 +17,14 @@ MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
     suffixes=(".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"),
     sniff=lambda head: head.startswith(MAGIC),
 )
-def read_pil(path: Path) -> np.ndarray:
+def read_pil(path: Source) -> np.ndarray:
     """Decode fully (so a truncated file fails here), apply EXIF orientation, scale to [0, 1].
 
     Returns (C, H, W) float32: 1 channel for grayscale, 3 for colour (alpha dropped).
     16-bit images are scaled by 65535, 8-bit by 255.
     """
     try:
-        with Image.open(path) as img:
+        with Image.open(path.open() if isinstance(path, Blob) else path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
             mode = img.mode

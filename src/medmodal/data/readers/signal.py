@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from medmodal.data.readers.blob import Blob, Source
 from medmodal.errors import ConfigError, DataError
 
 SEGMENT_RE = re.compile(r"^(\d*):(\d*)$")
@@ -175,13 +176,16 @@ def read_signal(
 
 
 def load_record(
-    path: str | Path,
+    path: str | Path | Blob,
     *,
     fs: float | None = None,
     lead_names: Sequence[str] | None = None,
     cache: bool = True,
 ) -> Record:
-    """The whole record at ``path`` (no segment), from the LRU cache when possible."""
+    """The whole record at ``path`` (no segment), from the LRU cache when possible; an upload
+    (:class:`Blob`) is read by content as ``.npy`` or ``.csv`` and never cached."""
+    if isinstance(path, Blob):
+        return _load_blob(path, fs, lead_names)
     kind, file = _locate(Path(path))
     key = (*record_key(path), fs, tuple(lead_names or ()))
     if cache and (hit := RECORD_CACHE.get(key)) is not None:
@@ -339,7 +343,7 @@ def _check_dat_files(header: Any, base: Path) -> None:
             )
 
 
-def _orient(arr: np.ndarray, path: Path) -> np.ndarray:
+def _orient(arr: np.ndarray, path: Source) -> np.ndarray:
     if arr.ndim == 1:
         arr = arr[None]
     if arr.ndim != 2 or arr.size == 0:
@@ -347,16 +351,29 @@ def _orient(arr: np.ndarray, path: Path) -> np.ndarray:
     return arr if arr.shape[0] <= arr.shape[1] else arr.T
 
 
-def _need_fs(fs: float | None, path: Path) -> float:
+def _load_blob(blob: Blob, fs: float | None, lead_names: Sequence[str] | None) -> Record:
+    """An uploaded signal: ``.npy`` by its magic bytes, else CSV text (WFDB needs two files)."""
+    if blob.data[:6] == b"\x93NUMPY":
+        return _load_npy(blob, fs, lead_names)
+    if b"\x00" in blob.data[:1024]:
+        raise DataError(
+            "not a .npy array or CSV text by its content (a WFDB record is two files: "
+            "upload the signal as .npy or .csv)",
+            path=blob,
+        )
+    return _load_csv(blob, fs)
+
+
+def _need_fs(fs: float | None, path: Source) -> float:
     if fs is None or fs <= 0:
         raise ConfigError(f"{path}: .npy/.csv signals carry no sampling rate; set input_fs")
     return float(fs)
 
 
-def _load_npy(path: Path, fs: float | None, lead_names: Sequence[str] | None) -> Record:
+def _load_npy(path: Source, fs: float | None, lead_names: Sequence[str] | None) -> Record:
     rate = _need_fs(fs, path)
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path.open() if isinstance(path, Blob) else path, allow_pickle=False)
     except Exception as exc:
         raise DataError(f"unreadable .npy: {_first_line(exc)}", path=path) from None
     if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
@@ -368,12 +385,12 @@ def _load_npy(path: Path, fs: float | None, lead_names: Sequence[str] | None) ->
     return Record(x, rate, names, str(path))
 
 
-def _load_csv(path: Path, fs: float | None) -> Record:
+def _load_csv(path: Source, fs: float | None) -> Record:
     import pandas as pd
 
     rate = _need_fs(fs, path)
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path.open() if isinstance(path, Blob) else path)
     except Exception as exc:
         raise DataError(f"unreadable .csv: {_first_line(exc)}", path=path) from None
     bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]

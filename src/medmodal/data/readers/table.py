@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medmodal.data.readers.blob import Blob, Source
 from medmodal.errors import DataError
 
 HEAD_BYTES = 544  # enough for every sniffer below (NIfTI-2 has a 540-byte header)
@@ -25,7 +26,7 @@ OPTIONS = ("window", "slice_index", "frames", "spatial_dims")
 
 @dataclass(frozen=True)
 class ImageReader:
-    """``read(path, **options)`` -> float32 channel-first array in [0, 1]."""
+    """``read(path_or_blob, **options)`` -> float32 channel-first array in [0, 1]."""
 
     name: str
     suffixes: tuple[str, ...]
@@ -59,13 +60,15 @@ def image_suffixes() -> list[str]:
     return sorted({s for r in IMAGE_READERS.values() for s in r.suffixes})
 
 
-def suffix_of(path: str | Path) -> str:
-    name = str(path).lower()
+def suffix_of(path: str | Path | Blob) -> str:
+    name = (path.name if isinstance(path, Blob) else str(path)).lower()
     return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
 
 
-def head_of(path: Path) -> bytes:
+def head_of(path: Source) -> bytes:
     """The file's first bytes (gzip-compressed files: the first decompressed bytes)."""
+    if isinstance(path, Blob):
+        return path.head(HEAD_BYTES)
     try:
         with open(path, "rb") as fh:
             head = fh.read(HEAD_BYTES)
@@ -77,12 +80,20 @@ def head_of(path: Path) -> bytes:
     return head
 
 
-def find_reader(path: Path) -> ImageReader:
-    """The reader for ``path``: by content first, then by suffix; DataError if none fits."""
+def find_reader(path: Source) -> ImageReader:
+    """The reader for ``path``: by content first, then by suffix; DataError if none fits.
+
+    An upload (:class:`Blob`) is read by content only: its name is the client's word."""
     head = head_of(path)
     for reader in IMAGE_READERS.values():
         if head and reader.sniff(head):
             return reader
+    if isinstance(path, Blob):
+        raise DataError(
+            "not a PNG, JPEG, TIFF, BMP, DICOM or NIfTI image by its content "
+            f"(first bytes {head[:8]!r}); the file name does not decide the format",
+            path=path,
+        )
     suffix = suffix_of(path)
     for reader in IMAGE_READERS.values():
         if suffix in reader.suffixes:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from medmodal.data.paths import resolve_path
+from medmodal.data.readers.blob import Blob
 from medmodal.errors import ConfigError, DataError
 
 TextSource = Literal["auto", "inline", "file"]
@@ -36,6 +37,8 @@ def read_text(value: Any, root: Path | None, source: TextSource | str = "auto") 
     """
     if source not in ("auto", "inline", "file"):
         raise ConfigError(f"text source must be auto, inline or file, not {source!r}")
+    if isinstance(value, Blob):  # an upload in memory: its bytes are the note
+        return decode_text(value.data, value) if value.data.strip() else None
     if _is_empty(value):
         return None
     text = str(value)
@@ -80,6 +83,11 @@ def read_text_file(path: Path) -> str:
         raise DataError("expected a text file, found a directory", path=path) from None
     except OSError as exc:
         raise DataError(f"cannot read text file: {exc.strerror or exc}", path=path) from None
+    return decode_text(data, path)
+
+
+def decode_text(data: bytes, path: Path | Blob) -> str:
+    """UTF-8 (a BOM is dropped), else Latin-1 with a warning; binary content is a DataError."""
     if _is_binary(data):
         raise DataError("cannot decode text file: binary content, not text", path=path)
     try:

@@ -1,0 +1,545 @@
+"""The prediction service under load: requests/s and latency percentiles, ONNX parity, schemathesis.
+
+One command (``flock /tmp/medmodal_cpu.lock python benchmarks/serve.py``):
+
+1. trains the models it serves if absent (BreastMNIST ``baseline_cnn`` and ResNet-18 at 28 px;
+   a covid_cxr X-ray + note (MiniLM embedding) + record fusion), and one short covid_cxr run per
+   fusion for the ONNX parity check;
+2. exports each to ONNX and measures the max absolute logit difference to PyTorch on real test
+   samples (every fusion);
+3. starts ``medmodal serve`` (PyTorch, then ONNX Runtime) on 127.0.0.1 and runs locust headless
+   (FastHttpUser, real test images / notes / records as multipart bodies) for a fixed time;
+4. measures the model's own batched throughput (same threads) for the ResNet-18 ratio;
+5. runs schemathesis against the served OpenAPI schema and counts server errors.
+
+Writes ``benchmarks/results/serve.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import common  # noqa: E402
+
+FUSIONS = ["concat", "mean", "sum", "late", "attention", "gated"]
+ARMS = ["parity", "load", "schemathesis"]
+TARGET_RPS, TARGET_P99_MS, TARGET_RATIO = 500, 50, 0.8
+
+
+# -- models ----------------------------------------------------------------------------------
+def breast_config(work: Path, data: Path, encoder: str, epochs: int) -> dict[str, Any]:
+    return {
+        "name": f"breast_{encoder}",
+        "seed": 0,
+        "output_dir": str(work / f"breast_{encoder}"),
+        "data": {"dataset": "breastmnist", "data_dir": str(data)},
+        "model": {"encoders": {"image": {"name": encoder}}},
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 1e-3, "threads": 1},
+        "evaluate": {"bootstrap": 1000, "report": False},
+    }
+
+
+def covid_config(work: Path, data: Path, fusion: str, epochs: int) -> dict[str, Any]:
+    return {
+        "name": f"covid_{fusion}",
+        "seed": 0,
+        "output_dir": str(work / f"covid_{fusion}_{epochs}ep"),
+        "data": {
+            "dataset": "covid_cxr",
+            "data_dir": str(data),
+            "dataset_options": {"target": "finding", "image_size": 64},
+        },
+        "model": {
+            "encoders": {
+                "image": {"name": "baseline_cnn", "filters": 16, "hidden": 64},
+                "note": {"name": "embedding_mlp"},
+                "record": {"name": "mlp"},
+            },
+            "fusion": {"name": fusion},
+        },
+        "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-3, "threads": 1},
+        "evaluate": {"bootstrap": 1000 if epochs > 1 else 0, "report": False, "ablation": False},
+    }
+
+
+def trained(cfg: dict[str, Any]) -> Path:
+    """The run's best.pt, training it first when absent."""
+    from medmodal import api
+
+    ckpt = Path(cfg["output_dir"]) / "best.pt"
+    if not ckpt.is_file():
+        api.fit(cfg, progress=False)
+    return ckpt
+
+
+# -- inputs ----------------------------------------------------------------------------------
+def breast_parts(data: Path, n: int) -> list[dict[str, tuple[str, bytes]]]:
+    """Real BreastMNIST test images as PNG parts."""
+    from PIL import Image
+
+    imgs = np.load(data / "medmnist" / "breastmnist.npz")["test_images"][:n]
+    out = []
+    for a in imgs:
+        b = io.BytesIO()
+        Image.fromarray(a).save(b, "PNG")
+        out.append({"image": ("image.png", b.getvalue())})
+    return out
+
+
+def covid_parts(ckpt: Path, n: int) -> list[dict[str, tuple[str, bytes]]]:
+    """Real covid_cxr test rows: the X-ray PNG, the note and the record fields of each."""
+    import json
+
+    import pandas as pd
+
+    from medmodal.predictor import Predictor
+
+    run = ckpt.parent
+    manifest = run / "data" / "manifest.csv"
+    frame = pd.read_csv(manifest)
+    test_ids = set(pd.read_csv(run / "predictions_test.csv")["sample_id"].astype(str))
+    test = frame[frame["sample_id"].astype(str).isin(test_ids)].head(n)
+    schema = Predictor.load(ckpt).schema
+    out = []
+    for _, row in test.iterrows():
+        parts: dict[str, tuple[str, bytes]] = {}
+        for m, spec in schema.modalities.items():
+            if spec.type == "tabular":
+                rec = {c: row[c] for c in spec.input_columns() if pd.notna(row.get(c))}
+                parts[m] = (
+                    "",
+                    json.dumps(
+                        {k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()}
+                    ).encode(),
+                )
+            elif pd.notna(row.get(spec.column)):
+                value = str(row[spec.column])
+                data = Path(value).read_bytes() if spec.type != "text" else value.encode()
+                parts[m] = (f"{m}.png" if spec.type == "image" else "", data)
+        out.append(parts)
+    return out
+
+
+def multipart(parts: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    """A multipart/form-data body and its content type."""
+    import httpx
+
+    files = {k: (fn, v) if fn else (None, v) for k, (fn, v) in parts.items()}
+    req = httpx.Request("POST", "http://x", files=files)
+    return req.read(), req.headers["content-type"]
+
+
+def parts_to_samples(ckpt: Path, parts: list[dict[str, tuple[str, bytes]]]) -> list[dict[str, Any]]:
+    """The Samples the service builds from these parts (same path: serve.inference.parse_parts)."""
+    from medmodal.predictor import Predictor
+    from medmodal.serve.inference import parse_parts
+    from medmodal.serve.limits import Part
+
+    pred = Predictor.load(ckpt)
+    samples = []
+    for p in parts:
+        row, _ = parse_parts(pred, {k: Part(v, fn or None) for k, (fn, v) in p.items()})
+        samples.append(pred.sample(row))
+    return samples
+
+
+# -- parity ----------------------------------------------------------------------------------
+def onnx_parity(ckpt: Path, parts: list[dict[str, tuple[str, bytes]]]) -> dict[str, Any]:
+    """Export, then max |logit difference| on the samples with every modality given, and with
+    each modality removed in turn (the presence masks)."""
+    from medmodal.export.onnx import export_onnx, onnx_session, parity
+    from medmodal.predictor import Predictor
+
+    pred = Predictor.load(ckpt)
+    path = export_onnx(pred, ckpt.with_suffix(".onnx"))
+    session = onnx_session(path)
+    samples = parts_to_samples(ckpt, parts)
+    diffs = {"all_given": parity(pred, session, samples)}
+    for m in pred.processors:
+        hidden = [dict(s, present={**s["present"], m: False}) for s in samples]
+        diffs[f"without_{m}"] = parity(pred, session, hidden)
+    return {"samples": len(samples), "max_abs_diff": max(diffs.values()), "by_case": diffs}
+
+
+# -- the server ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(ckpts: list[str], tokens: Path, work: Path, runtime: str) -> tuple[Any, str]:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "medmodal.cli",
+        "serve",
+        *ckpts,
+        "--tokens",
+        str(tokens),
+        "--port",
+        str(port),
+        "--runtime",
+        runtime,
+        "--audit-log",
+        str(work / f"audit_{runtime}.jsonl"),
+    ]
+    log = open(work / f"server_{runtime}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    for _ in range(240):
+        time.sleep(0.5)
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                break
+    proc.kill()
+    raise RuntimeError(f"server did not start; see {work / f'server_{runtime}.log'}")
+
+
+def load_test(
+    url: str, token: str, model: str, bodies: Path, work: Path, users: int, seconds: int
+) -> dict[str, Any]:
+    """Locust headless for ``seconds``: requests, failures, requests/s, p50/p95/p99 (ms)."""
+    prefix = work / f"locust_{model}_{int(time.time())}"
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    env = {**os.environ, "MM_TOKEN": token, "MM_MODEL": model, "MM_BODIES": str(bodies)}
+    cmd = [
+        "locust",
+        "-f",
+        str(HERE / "serve_locustfile.py"),
+        "--headless",
+        "-u",
+        str(users),
+        "-r",
+        str(users),
+        "--run-time",
+        f"{seconds}s",
+        "--host",
+        url,
+        "--csv",
+        str(prefix),
+        "--only-summary",
+        "--stop-timeout",
+        "5",
+    ]
+    subprocess.run(cmd, env=env, check=False, capture_output=True, timeout=seconds + 120)
+    with open(f"{prefix}_stats.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["Name"] == "predict")
+    return {
+        "users": users,
+        "seconds": seconds,
+        "requests": int(row["Request Count"]),
+        "failures": int(row["Failure Count"]),
+        "rps": float(row["Requests/s"]),
+        "p50_ms": float(row["50%"]),
+        "p95_ms": float(row["95%"]),
+        "p99_ms": float(row["99%"]),
+        "mean_ms": float(row["Average Response Time"]),
+        "load_average_before": load_before,
+    }
+
+
+def write_bodies(parts: list[dict[str, tuple[str, bytes]]], path: Path) -> Path:
+    """Prebuilt multipart bodies (each with its own boundary, so its own content type)."""
+    arrays: dict[str, Any] = {}
+    ctypes = []
+    for i, p in enumerate(parts):
+        body, ctype = multipart(p)
+        arrays[f"body_{i:04d}"] = np.frombuffer(body, dtype=np.uint8)
+        ctypes.append(ctype)
+    np.savez(path, content_types=np.array(ctypes), **arrays)
+    return path
+
+
+def model_throughput(
+    ckpt: Path, parts: list[dict[str, tuple[str, bytes]]], batch: int = 64, reps: int = 20
+) -> float:
+    """The model's own batched inference (samples/s) on one thread, preprocessing excluded."""
+    import torch
+
+    from medmodal.predictor import Predictor
+
+    torch.set_num_threads(1)
+    pred = Predictor.load(ckpt)
+    samples = (parts_to_samples(ckpt, parts) * batch)[:batch]
+    pred.sample_logits(samples)
+    t = time.perf_counter()
+    for _ in range(reps):
+        pred.sample_logits(samples)
+    return batch * reps / (time.perf_counter() - t)
+
+
+def run_schemathesis(url: str, token: str, work: Path, examples: int) -> dict[str, Any]:
+    """schemathesis against the served schema; counts server errors (5xx)."""
+    import httpx
+
+    schema = httpx.get(url + "/openapi.json", headers={"Authorization": f"Bearer {token}"}).text
+    (work / "openapi.json").write_text(schema)
+    cmd = [
+        "schemathesis",
+        "run",
+        str(work / "openapi.json"),
+        "--url",
+        url,
+        "-H",
+        f"Authorization: Bearer {token}",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        str(examples),
+        "--no-color",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    text = proc.stdout + proc.stderr
+    (work / "schemathesis.log").write_text(text.replace(token, "<token>"))
+    tail = [line for line in text.splitlines() if line.strip()][-6:]
+    return {
+        "exit_code": proc.returncode,
+        "server_errors": 0 if proc.returncode == 0 else None,
+        "max_examples": examples,
+        "summary": [t.replace(token, "<token>") for t in tail],
+    }
+
+
+# -- run ---------------------------------------------------------------------------------------
+def serve_and_load(
+    names: dict[str, Path],
+    parts: dict[str, list[Any]],
+    args: argparse.Namespace,
+    work: Path,
+    runtime: str,
+) -> dict[str, Any]:
+    """Start one server with these models and load-test each in turn."""
+    from medmodal.serve.auth import create_token
+
+    tokens = work / "tokens.json"
+    tokens.unlink(missing_ok=True)
+    token = create_token(tokens, "benchmark")
+    proc, url = start_server([f"{n}={p}" for n, p in names.items()], tokens, work, runtime)
+    out = {}
+    try:
+        for name in names:
+            bodies = write_bodies(parts[name], work / f"bodies_{name}.npz")
+            load_test(url, token, name, bodies, work, args.users, 5)  # warm-up
+            out[name] = load_test(url, token, name, bodies, work, args.users, args.seconds)
+            print(runtime, name, out[name], flush=True)
+        if "schemathesis" in args.arms and runtime == "pytorch":
+            out["_schemathesis"] = run_schemathesis(url, token, work, args.examples)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return out
+
+
+def parity_arm(
+    work: Path, data: Path, models: dict[str, Path], parts: dict[str, list[Any]]
+) -> dict[str, Any]:
+    """ONNX parity: the served models, and one short covid_cxr run per fusion."""
+    out = {name: onnx_parity(ckpt, parts[name]) for name, ckpt in models.items()}
+    for fusion in FUSIONS:
+        ckpt = trained(covid_config(work, data, fusion, 2))
+        out[f"covid_{fusion}"] = onnx_parity(ckpt, parts["covid"])
+        print("parity", fusion, out[f"covid_{fusion}"]["max_abs_diff"], flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common.add_common_args(ap, "serve", arms=ARMS)
+    ap.add_argument("--seconds", type=int, default=30, help="locust run time per model and runtime")
+    ap.add_argument("--users", type=int, default=16, help="concurrent locust users (closed loop)")
+    ap.add_argument("--examples", type=int, default=100, help="schemathesis examples per operation")
+    args = ap.parse_args()
+    data, work = common.data_dir(args), Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    t0, c0 = time.time(), common.cpu_seconds()
+    models = {
+        "breast_cnn": trained(breast_config(work, data, "baseline_cnn", 10)),
+        "breast_resnet18": trained(breast_config(work, data, "resnet18", 5)),
+        "covid": trained(covid_config(work, data, "concat", 8)),
+    }
+    bparts = breast_parts(data, 156)
+    parts = {
+        "breast_cnn": bparts,
+        "breast_resnet18": bparts,
+        "covid": covid_parts(models["covid"], 80),
+    }
+    result: dict[str, Any] = {
+        "environment": common.environment(),
+        "provenance": common.provenance(),
+    }
+    result["targets"] = {"rps": TARGET_RPS, "p99_ms": TARGET_P99_MS, "resnet18_ratio": TARGET_RATIO}
+    result["test_metrics"] = {n: _test_auroc(p) for n, p in models.items()}
+    if "parity" in args.arms:
+        result["parity"] = parity_arm(work, data, models, parts)
+    if "load" in args.arms or "schemathesis" in args.arms:
+        for ckpt in models.values():
+            if not ckpt.with_suffix(".onnx").is_file():
+                onnx_parity(ckpt, parts["covid" if "covid" in str(ckpt) else "breast_cnn"][:4])
+        torch_runs = serve_and_load(models, parts, args, work, "pytorch")
+        result["schemathesis"] = torch_runs.pop("_schemathesis", None)
+        result["load"] = {"pytorch": torch_runs}
+        if "load" in args.arms:
+            result["load"]["onnx"] = serve_and_load(models, parts, args, work, "onnx")
+            result["model_throughput"] = {
+                n: model_throughput(models[n], bparts) for n in ("breast_cnn", "breast_resnet18")
+            }
+    result["invocation"] = common.invocation(args.arms, time.time() - t0, common.cpu_seconds() - c0)
+    common.write_result(args.out, result, render)
+    print(Path(args.out).with_suffix(".md").read_text())
+
+
+def _test_auroc(ckpt: Path) -> dict[str, Any]:
+    import json
+
+    m = json.loads((ckpt.parent / "metrics.json").read_text())["test"]
+    return {"auroc": m.get("auroc"), "ci": (m.get("ci") or {}).get("auroc")}
+
+
+def _verdicts(r: dict[str, Any]) -> list[str]:
+    out = []
+    tp = r.get("model_throughput") or {}
+    for runtime, runs in (r.get("load") or {}).items():
+        cnn = runs.get("breast_cnn")
+        if cnn:
+            ok = cnn["rps"] >= TARGET_RPS and cnn["p99_ms"] < TARGET_P99_MS
+            out.append(
+                f"- baseline_cnn, {runtime}: {cnn['rps']:.0f} requests/s, p99 {cnn['p99_ms']:.0f} ms "
+                f"(target >= {TARGET_RPS} and < {TARGET_P99_MS} ms): **{'met' if ok else 'missed'}**"
+            )
+        r18 = runs.get("breast_resnet18")
+        if r18 and tp.get("breast_resnet18"):
+            ratio = r18["rps"] / tp["breast_resnet18"]
+            out.append(
+                f"- ResNet-18, {runtime}: {r18['rps']:.0f} requests/s = {100 * ratio:.0f} % of the "
+                + ("PyTorch " if runtime != "pytorch" else "")
+                + f"model's own batched throughput ({tp['breast_resnet18']:.0f} samples/s, PyTorch, 1 thread; "
+                f"target >= {100 * TARGET_RATIO:.0f} %): **{_ratio_verdict(runtime, ratio)}**"
+            )
+        total = sum(v["requests"] for v in runs.values())
+        fails = sum(v["failures"] for v in runs.values())
+        out.append(f"- {runtime}: {total} requests, {fails} errors (target: 0 over >= 10,000)")
+    return out
+
+
+def _ratio_verdict(runtime: str, ratio: float) -> str:
+    if runtime != "pytorch":
+        return "not judged: ONNX Runtime's own model-only throughput was not measured"
+    return "met" if ratio >= TARGET_RATIO else "missed"
+
+
+LOAD_HEADERS = [
+    "runtime",
+    "model",
+    "users",
+    "requests",
+    "errors",
+    "requests/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "load avg before",
+]
+
+
+def _load_lines(r: dict[str, Any]) -> list[str]:
+    rows = [
+        [runtime, name, v["users"], v["requests"], v["failures"], f"{v['rps']:.0f}"]
+        + [f"{v[k]:.0f}" for k in ("p50_ms", "p95_ms", "p99_ms")]
+        + [v.get("load_average_before", ["?"])[0]]
+        for runtime, runs in (r.get("load") or {}).items()
+        for name, v in runs.items()
+    ]
+    lines = common.table(LOAD_HEADERS, rows) + [""] if rows else []
+    tp = r.get("model_throughput") or {}
+    if tp:
+        what = ", ".join(f"{k} {v:.0f} samples/s" for k, v in tp.items())
+        lines += [
+            f"Model-only batched inference (batch 64, 1 thread, no preprocessing): {what}",
+            "",
+        ]
+    return lines
+
+
+def _parity_lines(par: dict[str, Any]) -> list[str]:
+    if not par:
+        return []
+    rows = [
+        [k, v["samples"], f"{v['max_abs_diff']:.2e}", max(v["by_case"], key=v["by_case"].get)]
+        for k, v in par.items()
+    ]
+    head = ["## ONNX parity (max absolute logit difference, real test samples)", ""]
+    return head + common.table(["model", "samples", "max abs diff", "worst case"], rows) + [""]
+
+
+def _other_lines(r: dict[str, Any]) -> list[str]:
+    lines = []
+    st = r.get("schemathesis")
+    if st:
+        lines += [
+            "## schemathesis",
+            "",
+            f"exit code {st['exit_code']}; checks: not_a_server_error; "
+            f"up to {st['max_examples']} examples per operation",
+            "",
+            "```",
+            *st["summary"],
+            "```",
+            "",
+        ]
+    tm = r.get("test_metrics") or {}
+    if tm:
+        lines += ["## Served models (test AUROC, 95% CI)", ""]
+        for k, v in tm.items():
+            ci = f" [{v['ci']['low']:.3f}, {v['ci']['high']:.3f}]" if v.get("ci") else ""
+            lines.append(f"- {k}: {v['auroc']:.3f}{ci}")
+        lines.append("")
+    prov = r.get("provenance") or {}
+    return lines + [
+        "## Reproduce",
+        "",
+        f"`{prov.get('command', '')}` (commit {prov.get('commit', '')})",
+        "",
+    ]
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = ["# Prediction service under load", "", common.env_line(r.get("environment", {})), ""]
+    lines += [
+        "Locust (FastHttpUser, headless, closed loop) and the server share this machine's 2 CPU",
+        "cores; the server is one process, torch on one thread, micro-batching up to 64 requests.",
+        "",
+    ]
+    lines += _load_lines(r) + ["## Against the targets", "", *_verdicts(r), ""]
+    lines += [
+        "Caveat: the 2 cores were not idle. The load average (1 min) before each run is in the",
+        "table: other jobs on this machine (some outside the CPU lock) ran during the load tests,",
+        "and locust itself takes one core. The ONNX ResNet-18 ratio is against PyTorch's",
+        "model-only throughput (ONNX Runtime's own was not measured). Numbers on idle cores differ.",
+        "",
+    ]
+    return "\n".join(lines + _parity_lines(r.get("parity") or {}) + _other_lines(r))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    main()

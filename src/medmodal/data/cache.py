@@ -1,0 +1,121 @@
+"""The decoded-tensor cache: every sample's model-ready tensors, computed once per run.
+
+:class:`TensorCache` stores each modality's tensor (or each key of a dict of tensors, e.g.
+``input_ids`` / ``attention_mask``) stacked over the rows: ``(N, *shape)``. The store lives in
+memory (``memory``) or in a NumPy ``.npy`` file memory-mapped from disk (``disk``: the operating
+system pages rows in and out, so a data set larger than RAM fits). Both give the same tensors, so
+training batches are identical either way. A leaf whose shape varies between rows (rare: every
+processor pads or crops to a fixed size) is kept as a list in memory under both modes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+CacheMode = Literal["memory", "disk", "none"]
+Leaf = torch.Tensor | list[torch.Tensor]
+
+
+def _flatten(sample: dict[str, Any]) -> dict[tuple[str, ...], torch.Tensor]:
+    """``{modality: tensor | {key: tensor}}`` -> ``{(modality,) | (modality, key): tensor}``."""
+    out: dict[tuple[str, ...], torch.Tensor] = {}
+    for m, v in sample.items():
+        if isinstance(v, dict):
+            out.update({(m, k): torch.as_tensor(x) for k, x in v.items()})
+        else:
+            out[(m,)] = torch.as_tensor(v)
+    return out
+
+
+class TensorCache:
+    """Stacked per-leaf storage of transformed samples; ``cache[i]`` is sample ``i``'s tensors
+    in the shape ``transform`` returned them (``{modality: tensor | {key: tensor}}``)."""
+
+    def __init__(self, leaves: dict[tuple[str, ...], Leaf], n: int, files: list[Path]) -> None:
+        self.leaves = leaves
+        self.n = n
+        self.files = files  # the memory-mapped files (disk mode)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, leaf in self.leaves.items():
+            x = leaf[i]
+            if len(key) == 1:
+                out[key[0]] = x
+            else:
+                out.setdefault(key[0], {})[key[1]] = x
+        return out
+
+    @property
+    def in_memory_leaves(self) -> list[str]:
+        """Leaves kept as lists in memory (their shape varies between rows)."""
+        return [".".join(k) for k, v in self.leaves.items() if isinstance(v, list)]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stacked leaves (in memory or in the mapped files)."""
+        return sum(
+            v.numel() * v.element_size()
+            for v in self.leaves.values()
+            if isinstance(v, torch.Tensor)
+        )
+
+
+def build_cache(
+    transform: Callable[[int], dict[str, Any]],
+    n: int,
+    mode: Literal["memory", "disk"] = "memory",
+    directory: Path | None = None,
+) -> TensorCache:
+    """Transform rows ``0..n-1`` once into a :class:`TensorCache`. ``disk``: one ``.npy`` file
+    per leaf under ``directory``, written row by row (no full copy is held in RAM), then
+    unlinked while mapped, so its space returns when the run ends, also after a crash."""
+    if mode == "disk" and directory is None:
+        raise ValueError("a disk cache needs a directory")
+    leaves: dict[tuple[str, ...], Leaf] = {}
+    maps: dict[Path, np.memmap] = {}
+    for i in range(n):
+        for key, x in _flatten(transform(i)).items():
+            leaf = leaves.get(key)
+            if leaf is None:
+                leaf = leaves[key] = _allocate(key, x, n, mode, directory, maps)
+            if isinstance(leaf, torch.Tensor) and tuple(leaf.shape[1:]) != tuple(x.shape):
+                leaf = leaves[key] = [leaf[j].clone() for j in range(i)]
+            if isinstance(leaf, list):
+                leaf.append(x)
+            else:
+                leaf[i] = x
+    for path, mm in maps.items():
+        mm.flush()
+        try:
+            path.unlink()  # the mapping stays valid; the space is freed once it is closed
+        except OSError:  # e.g. Windows keeps mapped files: they stay in the run folder
+            pass
+    return TensorCache(leaves, n, list(maps))
+
+
+def _allocate(
+    key: tuple[str, ...],
+    x: torch.Tensor,
+    n: int,
+    mode: str,
+    directory: Path | None,
+    maps: dict[Path, np.memmap],
+) -> torch.Tensor:
+    """An empty ``(n, *x.shape)`` tensor of ``x``'s dtype, in memory or on a mapped file."""
+    if mode == "memory" or x.dtype == torch.bfloat16:  # NumPy has no bfloat16
+        return torch.empty((n, *x.shape), dtype=x.dtype)
+    assert directory is not None
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{'.'.join(key)}.npy"
+    dtype = torch.empty(0, dtype=x.dtype).numpy().dtype
+    maps[path] = mm = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, *x.shape))
+    return torch.from_numpy(mm)

@@ -1,0 +1,141 @@
+"""Patient-grouped percentile-bootstrap CIs of survival metrics, and paired C-index deltas.
+
+Resamples are drawn as in :mod:`medmodal.evaluate.bootstrap` (whole patients with replacement).
+Harrell's C of every resample comes from one weighted pass; Uno's C, the time-dependent AUC and
+the integrated Brier score are recomputed by scikit-survival on the first
+:data:`~medmodal.evaluate.survival.SLOW_BOOT` resamples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from medmodal.evaluate.bootstrap import _check_ci, _group_index, resample_weights
+from medmodal.evaluate.survival import (
+    SCALARS,
+    SLOW_BOOT,
+    default_times,
+    harrell_weighted,
+    ipcw_metrics,
+    unpack,
+)
+
+_CHUNK = 250
+
+
+def _weights(n: int, n_boot: int, seed: int, groups: Sequence[Any] | None) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    index = _group_index(groups, n)
+    parts, done = [], 0
+    while done < n_boot:
+        size = min(_CHUNK, n_boot - done)
+        parts.append(resample_weights(rng, n, size, index))
+        done += size
+    return np.concatenate(parts)
+
+
+def _slow(
+    y_true: Any, y_prob: Any, times: Any, eval_times: Any, w: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Uno's C, mean AUC and IBS on each resample (rows of ``w``), by repeating rows."""
+    time, event, risk, curves = unpack(y_true, y_prob)
+    grid = None if times is None else np.asarray(times, float)
+    fixed = default_times(time, event, eval_times) if event.any() else np.array([])
+    out: dict[str, list[float]] = {k: [] for k in ("c_index_uno", "mean_auc", "ibs")}
+    for row in w:
+        idx = np.repeat(np.arange(len(time)), row.astype(int))
+        c = None if curves is None else curves[idx]
+        m = ipcw_metrics(time[idx], event[idx], risk[idx], c, grid, fixed)
+        for k in out:
+            out[k].append(np.nan if m.get(k) is None else m[k])
+    return {k: np.asarray(v, float) for k, v in out.items()}
+
+
+def survival_bootstrap_ci(
+    y_true: Any,
+    y_prob: Any,
+    metrics: Sequence[str] = SCALARS,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    groups: Sequence[Any] | None = None,
+    *,
+    times: Sequence[float] | None = None,
+    eval_times: Sequence[float] | None = None,
+    point: dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """``{metric: {value, low, high, n_boot, n_requested, ci}}`` as :func:`bootstrap_ci`.
+
+    ``point``: the metrics already computed on all rows (else computed here)."""
+    from medmodal.evaluate.survival import survival_metrics
+
+    _check_ci(ci, n_boot)
+    bad = sorted(set(metrics) - set(SCALARS))
+    if bad:
+        raise ValueError(f"unknown survival metric(s) {bad}; known: {list(SCALARS)}")
+    point = point or survival_metrics(y_true, y_prob, times, eval_times)
+    time, event, risk, _ = unpack(y_true, y_prob)
+    w = _weights(len(time), n_boot, seed, groups)
+    boots = {"c_index": harrell_weighted(time, event, risk, w)}
+    if set(metrics) - {"c_index"}:
+        boots.update(_slow(y_true, y_prob, times, eval_times, w[:SLOW_BOOT]))
+    alpha, out = 1.0 - ci, {}
+    for name in metrics:
+        vals = boots[name][np.isfinite(boots[name])]
+        value, low, high = point.get(name), None, None
+        if value is not None and vals.size >= 2:
+            low, high = (float(q) for q in np.quantile(vals, [alpha / 2, 1 - alpha / 2]))
+        requested = n_boot if name == "c_index" else min(n_boot, SLOW_BOOT)
+        out[name] = {
+            "value": value,
+            "low": low,
+            "high": high,
+            "n_boot": int(vals.size),
+            "n_requested": requested,
+            "ci": ci,
+        }
+    return out
+
+
+def survival_paired_delta(
+    y_true: Any,
+    prob_a: Any,
+    prob_b: Any,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    groups: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """Paired bootstrap of Harrell's C(a) - C(b) on the same resamples; keys as
+    :func:`paired_bootstrap_delta` (``metric`` is ``c_index``)."""
+    _check_ci(ci, n_boot)
+    time, event, ra, _ = unpack(y_true, prob_a)
+    _, _, rb, _ = unpack(y_true, prob_b)
+    ones = np.ones((1, len(time)))
+    va = float(harrell_weighted(time, event, ra, ones)[0])
+    vb = float(harrell_weighted(time, event, rb, ones)[0])
+    w = _weights(len(time), n_boot, seed, groups)
+    d = harrell_weighted(time, event, ra, w) - harrell_weighted(time, event, rb, w)
+    d = d[np.isfinite(d)]
+    delta = None if np.isnan(va) or np.isnan(vb) else va - vb
+    low = high = p_value = None
+    if delta is not None and d.size >= 2:
+        alpha = 1.0 - ci
+        low, high = (float(q) for q in np.quantile(d, [alpha / 2, 1 - alpha / 2]))
+        tail = min(np.sum(d <= 0), np.sum(d >= 0))
+        p_value = float(min(1.0, 2.0 * (tail + 1) / (d.size + 1)))
+    return {
+        "metric": "c_index",
+        "value_a": None if np.isnan(va) else va,
+        "value_b": None if np.isnan(vb) else vb,
+        "delta": delta,
+        "low": low,
+        "high": high,
+        "p_value": p_value,
+        "n_boot": int(d.size),
+        "n_requested": n_boot,
+        "ci": ci,
+    }

@@ -1,0 +1,1 @@
+"""Exports of a trained checkpoint to other runtimes (:mod:`.onnx`)."""

@@ -1,0 +1,172 @@
+"""ONNX export of a checkpoint's model: each modality an input with its presence mask.
+
+Inputs are the processors' transformed tensors, batch first (dynamic batch): ``<modality>`` for a
+tensor, ``<modality>.<key>`` for each entry of a dict input (tabular ``numeric`` /
+``categorical``, text ``input_ids`` / ``attention_mask``), and ``present.<modality>`` (bool,
+(B,)). The output is ``logits``. Preprocessing stays in Python (the checkpoint's fitted
+processors), so the ONNX model and PyTorch see the same tensors: :func:`parity` measures it.
+
+The exported graph computes every encoder on every row and picks the learned missing token for
+absent rows (``torch.where``), where PyTorch runs encoders on present rows only; in eval mode
+both give the same logits. Text encoders over packed sequences (``bigru`` / ``bilstm``) are not
+exportable here; a ConfigError says so.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medmodal.errors import ConfigError
+from medmodal.predictor import Predictor
+
+Layout = list[tuple[str, str | None]]
+OPSET = 17
+NOT_EXPORTABLE = ("bigru", "bilstm")
+
+
+def input_layout(predictor: Predictor) -> Layout:
+    """(modality, key or None) for every tensor input, in the graph's input order."""
+    out: Layout = []
+    for m, proc in predictor.processors.items():
+        x = proc.missing()
+        out += [(m, k) for k in sorted(x)] if isinstance(x, dict) else [(m, None)]
+    return out
+
+
+def input_names(layout: Layout, modalities: list[str]) -> list[str]:
+    return [m if k is None else f"{m}.{k}" for m, k in layout] + [
+        f"present.{m}" for m in modalities
+    ]
+
+
+def flat_inputs(batch: Mapping[str, Any], layout: Layout, modalities: list[str]) -> dict[str, Any]:
+    """A collated batch as the graph's named numpy inputs."""
+    inputs, present = batch["inputs"], batch["present"]
+    feed = {}
+    for m, k in layout:
+        x = inputs[m] if k is None else inputs[m][k]
+        feed[m if k is None else f"{m}.{k}"] = x.numpy()
+    for m in modalities:
+        feed[f"present.{m}"] = present[m].numpy().astype(bool)
+    return feed
+
+
+class ExportModel(nn.Module):
+    """The model as a function of flat tensors (inputs, then presence masks) -> logits."""
+
+    def __init__(self, predictor: Predictor, layout: Layout) -> None:
+        super().__init__()
+        self.model = predictor.model
+        self.layout = layout
+        self.modalities = list(predictor.processors)
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        n = len(self.layout)
+        inputs: dict[str, Any] = {}
+        for (m, k), v in zip(self.layout, args[:n], strict=True):
+            if k is None:
+                inputs[m] = v
+            else:
+                inputs.setdefault(m, {})[k] = v
+        present = dict(zip(self.modalities, args[n:], strict=True))
+        model = self.model
+        embs = {}
+        for m, enc in model.encoders.items():
+            out = enc(inputs[m])
+            token = model.missing_tokens[m].to(out.dtype).unsqueeze(0).expand_as(out)
+            embs[m] = torch.where(present[m].unsqueeze(1), out, token)
+        fused = model.fusion(embs, present)
+        return fused.value if model.fusion.outputs_logits else model.head(fused.value)
+
+
+def example_batch(predictor: Predictor, batch: int = 2) -> dict[str, Any]:
+    """A batch of placeholder inputs (every modality present) to trace the graph with."""
+    from medmodal.data.dataset import collate
+
+    sample: dict[str, Any] = {"id": "x", "patient_id": "x", "present": {}}
+    for m, proc in predictor.processors.items():
+        sample[m] = proc.missing()
+        sample["present"][m] = True
+    return collate([sample] * batch)
+
+
+def check_exportable(predictor: Predictor) -> None:
+    for m, spec in predictor.config.model.encoders.items():
+        if spec.name in NOT_EXPORTABLE:
+            raise ConfigError(
+                f"modality {m!r}: the {spec.name} encoder (packed sequences) has no ONNX export; "
+                "use a text encoder over embeddings (tokenizer minilm_embed, encoder mlp)"
+            )
+
+
+def export_onnx(predictor: Predictor, out: str | Path) -> Path:
+    """Write ``out`` (.onnx) with a dynamic batch axis; returns the path."""
+    check_exportable(predictor)
+    layout = input_layout(predictor)
+    mods = list(predictor.processors)
+    names = input_names(layout, mods)
+    wrapper = ExportModel(predictor, layout).eval()
+    feed = flat_inputs(example_batch(predictor), layout, mods)
+    args = tuple(torch.from_numpy(feed[n]) for n in names)
+    axes = {n: {0: "batch"} for n in [*names, "logits"]}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused transformer kernel has no ONNX op
+    try:
+        _export(wrapper, args, out, names, axes)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    return out
+
+
+def _export(
+    wrapper: nn.Module, args: tuple[Any, ...], out: Path, names: list[str], axes: Any
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is kept
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants
+        torch.onnx.export(
+            wrapper,
+            args,
+            str(out),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def onnx_session(path: str | Path, threads: int = 1) -> Any:
+    """An ONNX Runtime CPU session for an exported model."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session: Any, predictor: Predictor, batch: Mapping[str, Any]) -> torch.Tensor:
+    """Logits of a collated batch through an ONNX Runtime session."""
+    feed = flat_inputs(batch, input_layout(predictor), list(predictor.processors))
+    (logits,) = session.run(["logits"], feed)
+    return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+
+
+def parity(predictor: Predictor, session: Any, samples: list[dict[str, Any]]) -> float:
+    """Max absolute logit difference between PyTorch and ONNX Runtime over ``samples``."""
+    from medmodal.data.dataset import collate
+
+    batch = collate(samples)
+    ref = predictor.sample_logits(samples)
+    got = onnx_logits(session, predictor, batch)
+    return float((ref - got).abs().max()) if len(samples) else 0.0

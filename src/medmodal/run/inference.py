@@ -1,0 +1,125 @@
+"""What :func:`medmodal.api.predict`, :func:`~medmodal.api.evaluate`,
+:func:`~medmodal.api.whatif` and :func:`~medmodal.api.export` do with a checkpoint: load the Predictor, read the source, run the
+prediction path and write the outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from medmodal.errors import BadSampleLog, ManifestError
+from medmodal.predictor import Predictor
+from medmodal.run.report import write_run_report
+from medmodal.run.sources import frame_from_source, one_split
+from medmodal.run.steps import score_split
+from medmodal.utils.io import dump_json
+
+if TYPE_CHECKING:
+    from medmodal.whatif import WhatIfResult
+
+
+def predict_source(
+    checkpoint: str | Path,
+    source: str | Path | pd.DataFrame,
+    root: str | Path | None,
+    skip_bad: bool,
+    out: str | Path | None,
+    device: str,
+) -> pd.DataFrame:
+    """The prediction frame of every readable sample of ``source`` (see ``api.predict``)."""
+    predictor = Predictor.load(checkpoint, device=device)
+    frame, base, name = frame_from_source(source, predictor)
+    bad = BadSampleLog() if skip_bad else None
+    ds = predictor.dataset(frame, Path(root) if root else base, bad, with_labels=False, source=name)
+    if len(ds) == 0:
+        raise ManifestError(f"no readable sample in {name}")
+    result = predictor.prediction_frame(ds, predictor.predict_proba(ds))
+    skipped = bad.to_list() if bad is not None else []
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.to_csv(out, index=False)
+        if bad is not None:
+            dump_json(out.with_suffix(".skipped.json"), skipped)
+    result.attrs["skipped"] = skipped
+    return result
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    manifest: str | Path | pd.DataFrame,
+    root: str | Path | None,
+    split: str | None,
+    skip_bad: bool,
+    out_dir: str | Path | None,
+    bootstrap: int,
+    device: str,
+) -> dict[str, Any]:
+    """Metrics of a checkpoint on a labelled source, with predictions and report in ``out_dir``
+    (see ``api.evaluate``)."""
+    predictor = Predictor.load(checkpoint, device=device)
+    cfg = predictor.config.model_copy(
+        update={"evaluate": predictor.config.evaluate.model_copy(update={"bootstrap": bootstrap})}
+    )
+    frame, base, name = frame_from_source(manifest, predictor)
+    frame = one_split(frame, predictor, split, name)
+    bad = BadSampleLog() if skip_bad else None
+    ds = predictor.dataset(frame, Path(root) if root else base, bad, with_labels=True, source=name)
+    predictor.config = cfg
+    scored = score_split(predictor, ds)
+    metrics, probs = scored.metrics, scored.probs
+    metrics["skipped_samples"] = bad.to_list() if bad is not None else []
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        predictor.prediction_frame(ds, probs).to_csv(out / "predictions.csv", index=False)
+        dump_json(out / "metrics.json", metrics)
+        note = f"Evaluation of {checkpoint} on {name} ({len(ds)} samples)."
+        write_run_report(
+            out / "report.html",
+            cfg,
+            ds,
+            probs,
+            metrics,
+            predictor.label_map,
+            metrics["skipped_samples"],
+            [note],
+            raw_probs=scored.raw_probs,
+            predictor=predictor,
+        )
+    return metrics
+
+
+def whatif_checkpoint(
+    checkpoint: str | Path,
+    source: str | Path | pd.DataFrame,
+    treatment: str,
+    root: str | Path | None,
+    out_dir: str | Path | None,
+    device: str,
+    **options: Any,
+) -> WhatIfResult:
+    """The what-if result of a survival checkpoint on ``source`` (see ``api.whatif``);
+    ``options``: values, reference, horizon, n_boot, seed."""
+    from medmodal.whatif import run_whatif, write_outputs
+
+    predictor = Predictor.load(checkpoint, device=device)
+    frame, base, _ = frame_from_source(source, predictor)
+    result = run_whatif(predictor, frame, Path(root) if root else base, treatment, **options)
+    result.summary["checkpoint"] = str(checkpoint)
+    if out_dir is not None:
+        write_outputs(result, out_dir)
+    return result
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path | None, fmt: str) -> Path:
+    """The checkpoint's model as ONNX at ``out`` (default: beside it, ``.onnx``)."""
+    from medmodal.errors import ConfigError
+    from medmodal.export.onnx import export_onnx
+
+    if fmt != "onnx":
+        raise ConfigError(f"export format must be onnx, not {fmt!r}")
+    path = Path(checkpoint)
+    return export_onnx(Predictor.load(path), out or path.with_suffix(".onnx"))

@@ -1,0 +1,9 @@
+"""The prediction service: FastAPI app, tokens, de-identification, audit log, micro-batching.
+
+* :mod:`.app` ``create_app``; :mod:`.server` ``serve`` (load checkpoints, run uvicorn);
+* :mod:`.auth` hashed bearer tokens; :mod:`.deid` DICOM PS3.15 basic profile;
+* :mod:`.audit_log` hash-chained JSON lines + ``verify``; :mod:`.batching` the micro-batcher;
+* :mod:`.limits` body size, timeout, multipart in memory; :mod:`.card` model cards;
+* :mod:`.inference` one served model (PyTorch or ONNX Runtime); :mod:`.metrics` Prometheus text;
+* ``page/`` the static web page served at ``/``.
+"""

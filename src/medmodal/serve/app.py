@@ -1,0 +1,204 @@
+"""The FastAPI application: predict, model cards, health, metrics, the page; nothing else.
+
+:func:`create_app` wires the served models, the token store, the audit log and the limits.
+Every route but ``/healthz`` and the static page needs a bearer token. Bad input is a 4xx whose
+``detail`` names the part; uploads stay in memory; the audit log gets digests, never content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
+
+from medmodal import __version__
+from medmodal.serve.audit_log import AuditLog
+from medmodal.serve.auth import TokenStore
+from medmodal.serve.explain import explain_one
+from medmodal.serve.inference import ModelEntry
+from medmodal.serve.limits import BadRequest, BodyLimit, Limits, read_parts
+from medmodal.serve.metrics import Metrics, MetricsMiddleware
+from medmodal.serve.schemas import ERRORS, Card, ModelList, Prediction, multipart_body
+
+PAGE_TYPES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
+
+
+def create_app(
+    models: dict[str, ModelEntry],
+    tokens: TokenStore,
+    audit: AuditLog | None = None,
+    limits: Limits | None = None,
+) -> FastAPI:
+    """The service over ``models`` (name -> loaded entry)."""
+    limits = limits or Limits()
+    metrics = Metrics()
+    app = FastAPI(
+        title="medmodal serve",
+        version=__version__,
+        description="Predictions with their uncertainty, explanation and model card.",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.models, app.state.metrics, app.state.audit = models, metrics, audit
+    auth = _auth_dependency(tokens)
+    _add_handlers(app)
+    _add_info_routes(app, models, metrics, auth)
+    _add_predict_route(app, models, audit, limits, auth)
+    _add_page_routes(app)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_bytes)  # type: ignore[arg-type]
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]
+    return app
+
+
+def _auth_dependency(tokens: TokenStore) -> Any:
+    scheme = HTTPBearer(auto_error=False, description="a token from `medmodal token create`")
+
+    def require(creds: HTTPAuthorizationCredentials | None = Depends(scheme)) -> str:
+        name = tokens.name_of(creds.credentials if creds else None)
+        if name is None:
+            detail = "missing bearer token" if creds is None else "wrong bearer token"
+            raise HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+        return name
+
+    return require
+
+
+def _add_handlers(app: FastAPI) -> None:
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: Request, exc: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "part": exc.part}, status_code=exc.status)
+
+
+def _add_info_routes(
+    app: FastAPI, models: dict[str, ModelEntry], metrics: Metrics, auth: Any
+) -> None:
+    @app.get("/healthz", tags=["service"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness: no token needed, no model detail."""
+        return {"status": "ok", "models": len(models)}
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["service"], responses=ERRORS)
+    async def prometheus(_: str = Depends(auth)) -> PlainTextResponse:
+        """Prometheus text: request counts by route and status, a latency histogram."""
+        for name, entry in models.items():
+            metrics.gauges[f'medmodal_batches_total{{model="{name}"}}'] = entry.batcher.batches
+            metrics.gauges[f'medmodal_batched_items_total{{model="{name}"}}'] = entry.batcher.items
+        return PlainTextResponse(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", response_model=ModelList, tags=["models"], responses=ERRORS)
+    async def list_models(_: str = Depends(auth)) -> JSONResponse:
+        """Every served model's card."""
+        return JSONResponse({"models": [e.card for e in models.values()]})
+
+    @app.get("/v1/models/{name}", response_model=Card, tags=["models"], responses=ERRORS)
+    async def card(name: str, _: str = Depends(auth)) -> JSONResponse:
+        """One model's card: data and its hash, intended use, metrics with CIs, limits, versions."""
+        return JSONResponse(_entry(models, name).card)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(_: str = Depends(auth)) -> JSONResponse:
+        return JSONResponse(_schema(app, list(models)))
+
+
+def _schema(app: FastAPI, names: list[str]) -> dict[str, Any]:
+    """The OpenAPI schema, with ``name`` listing the served models."""
+    schema = app.openapi()
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            for param in op.get("parameters", []):
+                if param["name"] == "name" and param["in"] == "path":
+                    param["schema"] = {"type": "string", "enum": names, "title": "Name"}
+    return schema
+
+
+def _entry(models: dict[str, ModelEntry], name: str) -> ModelEntry:
+    if name not in models:
+        raise HTTPException(404, f"no model {name!r}; served: {', '.join(models)}")
+    return models[name]
+
+
+def _add_predict_route(
+    app: FastAPI, models: dict[str, ModelEntry], audit: AuditLog | None, limits: Limits, auth: Any
+) -> None:
+    @app.post(
+        "/v1/models/{name}/predict",
+        response_model=Prediction,
+        tags=["models"],
+        responses=ERRORS,
+        openapi_extra=multipart_body(models),
+    )
+    async def predict(
+        name: str, request: Request, explain: bool = False, token: str = Depends(auth)
+    ) -> JSONResponse:
+        """Multipart, one part per modality (any subset); record fields as a JSON object."""
+        entry = _entry(models, name)
+        body = await request.body()
+        parts = read_parts(request.headers.get("content-type"), body, limits.max_parts)
+        del body
+        prepared = (
+            await run_in_threadpool(entry.prepare, parts) if entry.heavy else entry.prepare(parts)
+        )
+        try:
+            async with asyncio.timeout(limits.timeout):  # no extra task, unlike wait_for
+                out = await entry.predict(prepared)
+        except TimeoutError:
+            raise HTTPException(503, f"prediction took longer than {limits.timeout:g} s") from None
+        result = _result(entry, prepared.sample["present"], out)
+        if explain:
+            result["explanation"] = await run_in_threadpool(
+                explain_one, entry.predictor, prepared.row, _p(out)
+            )
+        if audit is not None:
+            summary = {"prediction": out["prediction"], "probabilities": out["probabilities"]}
+            result["audit"] = audit.append(
+                token=token, model=name, inputs=prepared.digests, output=summary
+            )
+        result["input_digests"] = prepared.digests
+        return JSONResponse(result)
+
+
+def _p(out: dict[str, Any]) -> list[float]:
+    probs = out["calibrated_probabilities"] or out["probabilities"]
+    return list(probs.values())[-1:] if len(probs) == 2 else list(probs.values())
+
+
+def _result(entry: ModelEntry, present: dict[str, bool], out: dict[str, Any]) -> dict[str, Any]:
+    lm = entry.predictor.label_map
+    return {
+        "model": entry.name,
+        "runtime": entry.runtime,
+        "task": lm.task,
+        "classes": lm.classes,
+        "positive_class": lm.classes[1] if lm.task == "binary" else None,
+        "threshold": entry.predictor.config.evaluate.threshold,
+        **out,
+        "calibration": "temperature"
+        if out["calibrated_probabilities"] is not None
+        else "none in this checkpoint",
+        "conformal": "fitted" if out["prediction_set"] is not None else "none in this checkpoint",
+        "modalities": {
+            "used": [m for m, p in present.items() if p],
+            "missing": [m for m, p in present.items() if not p],
+        },
+        "explanation": {"available": False, "reason": "not requested (add ?explain=true)"},
+    }
+
+
+def _add_page_routes(app: FastAPI) -> None:
+    page = resources.files("medmodal.serve").joinpath("page")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page.joinpath("index.html").read_text("utf-8"))
+
+    @app.get("/page/{file}", include_in_schema=False)
+    async def static(file: str) -> Response:
+        if file not in PAGE_TYPES:
+            raise HTTPException(404, "no such page file")
+        return Response(page.joinpath(file).read_text("utf-8"), media_type=PAGE_TYPES[file])

@@ -1,0 +1,122 @@
+"""A model card from what a checkpoint holds: data and its hash, metrics with CIs, limits, versions.
+
+Nothing is invented: every field comes from the checkpoint (config, schema, label map, metrics,
+``data_hash``, versions) or says that the checkpoint does not record it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from medmodal import __version__
+
+CARD_METRICS = ("auroc", "auprc", "accuracy", "balanced_accuracy", "recall", "precision", "ece")
+INTENDED_USE = (
+    "Research and decision-support prototyping only: not a medical device, not validated for "
+    "clinical use. A clinician must check every output."
+)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_card(name: str, body: dict[str, Any], path: Path, runtime: str) -> dict[str, Any]:
+    """The card of one served model (JSON-ready)."""
+    cfg, schema, labels = body.get("config", {}), body.get("schema", {}), body.get("label_map", {})
+    target = schema.get("target", {})
+    metrics = body.get("metrics") or {}
+    return {
+        "name": name,
+        "task": labels.get("task"),
+        "classes": labels.get("classes"),
+        "positive_class": labels.get("classes", [None])[-1]
+        if labels.get("task") == "binary"
+        else None,
+        "threshold": (cfg.get("evaluate") or {}).get("threshold", 0.5),
+        "inputs": _inputs(schema),
+        "target_column": target.get("column"),
+        "training_data": _data(cfg, body, metrics),
+        "intended_use": body.get("intended_use") or INTENDED_USE,
+        "metrics": _metrics(metrics),
+        "calibration": _present(body.get("calibration"), "temperature scaling"),
+        "conformal": _present(body.get("conformal"), "conformal prediction sets"),
+        "known_limits": _limits(body, metrics),
+        "model": {"config": cfg.get("model"), "runtime": runtime},
+        "versions": {"trained_with": body.get("versions"), "served_by_medmodal": __version__},
+        "checkpoint": {"file": path.name, "sha256": file_sha256(path)},
+    }
+
+
+def _inputs(schema: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for m, spec in (schema.get("modalities") or {}).items():
+        cols = spec.get("columns") or []
+        cats = spec.get("categorical") or []
+        entry: dict[str, Any] = {"type": spec.get("type"), "part": m}
+        if spec.get("type") == "tabular":
+            entry["fields"] = [c for c in cols if c not in cats] + list(cats)
+            entry["categorical"] = list(cats)
+        out[m] = entry
+    return out
+
+
+def _data(cfg: dict[str, Any], body: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    data = cfg.get("data") or {}
+    return {
+        "dataset": data.get("dataset"),
+        "manifest": Path(data["manifest"]).name if data.get("manifest") else None,
+        "data_hash": body.get("data_hash"),
+        "samples_per_split": metrics.get("n"),
+        "missing_modalities": metrics.get("missing_modalities"),
+        "seed": cfg.get("seed"),
+    }
+
+
+def _metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for split in ("test", "val"):
+        m = metrics.get(split)
+        if not isinstance(m, dict):
+            continue
+        ci = m.get("ci") or {}
+        out[split] = {
+            k: {"value": m[k], "ci95": [ci[k].get("low"), ci[k].get("high")] if k in ci else None}
+            for k in CARD_METRICS
+            if isinstance(m.get(k), int | float)
+        }
+    return out
+
+
+def _present(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {"available": False, "note": f"this checkpoint holds no {what}"}
+    return {"available": True, "fit": value}
+
+
+def _limits(body: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    out = []
+    test = metrics.get("test") or {}
+    n = (metrics.get("n") or {}).get("test")
+    if n is not None:
+        out.append(f"evaluated on {n} test samples; the CIs show how little that pins down")
+    ci = (test.get("ci") or {}).get("auroc") or {}
+    if ci.get("low") is not None and ci.get("high") is not None and ci["high"] - ci["low"] > 0.1:
+        out.append(f"test AUROC CI [{ci['low']:.3f}, {ci['high']:.3f}] is wide")
+    if body.get("calibration") is None:
+        out.append("probabilities are not calibrated (no temperature in the checkpoint)")
+    if body.get("conformal") is None:
+        out.append("no conformal prediction sets (none fitted)")
+    out.append(
+        "trained on one data source; performance on other sites, devices or populations is unknown"
+    )
+    out.append(
+        "inputs are read as the training data was; other acquisition settings may shift predictions"
+    )
+    return out

@@ -1,0 +1,79 @@
+"""Load checkpoints and run the service under uvicorn."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medmodal.errors import ConfigError
+from medmodal.serve.audit_log import AuditLog
+from medmodal.serve.auth import TokenStore
+from medmodal.serve.inference import ModelEntry
+from medmodal.serve.limits import MB, Limits
+
+
+def model_names(checkpoints: list[str]) -> dict[str, Path]:
+    """``NAME=path`` or a path (named by the run directory, else the file stem)."""
+    out: dict[str, Path] = {}
+    for spec in checkpoints:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            p = Path(spec)
+            name, path = (p.parent.name if p.stem in ("best", "last") else p.stem), spec
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ConfigError(f"model name {name!r}: use letters, digits, '-', '_' or '.'")
+        if name in out:
+            raise ConfigError(f"two models named {name!r}; name them with NAME=path")
+        out[name] = Path(path)
+    return out
+
+
+def load_models(
+    checkpoints: list[str], runtime: str = "pytorch", max_batch: int = 64, max_wait_ms: float = 2.0
+) -> dict[str, ModelEntry]:
+    if runtime not in ("pytorch", "onnx"):
+        raise ConfigError(f"runtime must be pytorch or onnx, not {runtime!r}")
+    return {
+        name: ModelEntry(name, path, runtime, max_batch=max_batch, max_wait=max_wait_ms / 1000)
+        for name, path in model_names(checkpoints).items()
+    }
+
+
+def build_app(
+    checkpoints: list[str],
+    tokens: str | Path,
+    audit_log: str | Path | None = "audit.jsonl",
+    runtime: str = "pytorch",
+    max_upload_mb: float = 50,
+    timeout: float = 30,
+    max_batch: int = 64,
+    max_wait_ms: float = 2.0,
+) -> Any:
+    from medmodal.serve.app import create_app
+
+    store = TokenStore.load(tokens)
+    models = load_models(checkpoints, runtime, max_batch, max_wait_ms)
+    audit = AuditLog(audit_log) if audit_log else None
+    limits = Limits(max_bytes=int(max_upload_mb * MB), timeout=timeout)
+    return create_app(models, store, audit, limits)
+
+
+def serve(
+    checkpoints: list[str],
+    tokens: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    threads: int = 1,
+    **options: Any,
+) -> None:
+    """Run the service until interrupted (one process; torch on ``threads`` threads)."""
+    import logging
+
+    import uvicorn
+
+    logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings may quote header values
+    torch.set_num_threads(threads)
+    app = build_app(checkpoints, tokens, **options)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
