@@ -143,13 +143,7 @@ def _study(
         sampler = optuna.samplers.TPESampler(seed=cfg.seed)
         return optuna.create_study(direction=direction, sampler=sampler)
     sampler = optuna.samplers.TPESampler(constant_liar=True)
-    study = optuna.create_study(
-        storage=storage,
-        study_name=name or cfg.name,
-        direction=direction,
-        sampler=sampler,
-        load_if_exists=True,
-    )
+    study = _shared_study(optuna, storage, name or cfg.name, direction, sampler)
     known = study.user_attrs.get("metric")
     if known is None:
         study.set_user_attr("metric", metric)
@@ -158,6 +152,25 @@ def _study(
             f"study {study.study_name!r} in {_redact(storage)} optimises {known!r}, not {metric!r}"
         )
     return study
+
+
+def _shared_study(optuna: Any, storage: str, name: str, direction: str, sampler: Any) -> Any:
+    """Create or load the shared study; workers that start together race to create the storage's
+    tables (a known Optuna / SQLAlchemy race: "table ... already exists"), so retry a few times."""
+    for attempt in range(5):
+        try:
+            return optuna.create_study(
+                storage=storage,
+                study_name=name,
+                direction=direction,
+                sampler=sampler,
+                load_if_exists=True,
+            )
+        except Exception as exc:  # noqa: BLE001 - sqlalchemy's OperationalError / IntegrityError
+            if attempt == 4 or "already exists" not in str(exc) and "UNIQUE" not in str(exc):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _study_record(study: Any, storage: str | None) -> dict[str, Any]:
