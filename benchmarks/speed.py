@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -95,6 +94,13 @@ def plain_logits(model: torch.nn.Module, x: torch.Tensor, bs: int = 256) -> torc
     return torch.cat([model(x[i : i + bs]).float().reshape(-1) for i in range(0, len(x), bs)])
 
 
+def _epoch(n: int, seconds: float, cpu: float, val: float | None) -> dict[str, Any]:
+    """One epoch's training pass: images/s (wall) and images per CPU-second (all threads of
+    the process: less sensitive to other jobs on the machine than the wall clock)."""
+    return {"train_seconds": seconds, "train_cpu_seconds": cpu, "images_per_s": n / seconds,
+            "images_per_cpu_s": n / cpu, "val_auc": val}  # fmt: skip
+
+
 def plain_run(data: dict[str, Any], seed: int) -> dict[str, Any]:
     """The plain loop: shuffle, forward, BCE, backward, Adam, cosine step; best epoch on val."""
     torch.manual_seed(seed)
@@ -111,16 +117,16 @@ def plain_run(data: dict[str, Any], seed: int) -> dict[str, Any]:
     epochs, best = [], (-1.0, None, 0)
     for epoch in range(r["epochs"]):
         model.train()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for xb, yb in loader:
             loss = loss_fn(model(xb).reshape(-1), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         val = auc(data["val"][1], plain_logits(model, data["val"][0]))
-        epochs.append({"train_seconds": seconds, "images_per_s": len(x) / seconds, "val_auc": val})
+        epochs.append(_epoch(len(x), seconds, cpu, val))
         if val > best[0]:
             best = (val, {k: v.clone() for k, v in model.state_dict().items()}, epoch + 1)
     model.load_state_dict(best[1])
@@ -146,17 +152,16 @@ def medmodal_run(arm: str, seed: int, data_dir: Path, work: Path) -> dict[str, A
 
     run = api.fit(medmodal_config(arm, seed, data_dir, work), progress=False)
     epochs = [
-        {"train_seconds": h["train_seconds"], "images_per_s": h["samples_per_second"],
-         "val_auc": h.get("val_auroc")}
+        _epoch(h["samples"], h["train_seconds"], h["train_cpu_seconds"], h.get("val_auroc"))
         for h in run.history
-    ]  # fmt: skip
+    ]
     m = run.metrics
     return {"test_auc": m["test"]["auroc"], "val_auc": m["val"]["auroc"],
             "best_epoch": m["best_epoch"], "epochs": epochs, "checkpoint": str(run.checkpoint)}  # fmt: skip
 
 
 def train_row(arm: str, seed: int, data_dir: Path, work: Path) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    t0, load_before = time.perf_counter(), os.getloadavg()[0]
     if arm == "plain":
         out = plain_run(pneumonia(data_dir), seed)
     else:
@@ -167,6 +172,8 @@ def train_row(arm: str, seed: int, data_dir: Path, work: Path) -> dict[str, Any]
         images_per_s=float(np.median(ips)),
         images_per_s_first_epoch=ips[0],
         wall_seconds=round(time.perf_counter() - t0, 1),
+        load_average_1min=[round(load_before, 2), round(os.getloadavg()[0], 2)],
+        images_per_cpu_s=float(np.median([e["images_per_cpu_s"] for e in out["epochs"]])),
         recipe={**RECIPE, "optimizer": "adam", "scheduler": "cosine (per step)", "augment": None,
                 "options": ARM_OPTIONS.get(arm, {})},
     )  # fmt: skip
@@ -287,13 +294,41 @@ def ptbxl_subset(data_dir: Path, work: Path, n: int) -> tuple[Path, Any, float]:
     return manifest, prep.schema, time.perf_counter() - t0
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set (``VmHWM``; ``ru_maxrss`` would carry the launching
-    parent's peak across ``exec``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: may include it
+def _status_mb(*keys: str) -> dict[str, float]:
+    """Fields of /proc/self/status in MB (Linux; empty elsewhere)."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return {}
+    return {
+        k: int(line.split()[1]) / 1024 for line in lines for k in keys if line.startswith(k + ":")
+    }
+
+
+class MemoryWatch:
+    """This process's peak resident memory (``VmHWM``: ``ru_maxrss`` would carry the launching
+    parent's peak across ``exec``) and, sampled every 20 ms, its peak *anonymous* resident
+    memory (``RssAnon``: heap, not the file-backed pages of a memory-mapped cache, which the
+    kernel can drop and read back)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_anon = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak_anon = max(self.peak_anon, _status_mb("RssAnon").get("RssAnon", 0.0))
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        now = _status_mb("VmHWM", "RssAnon", "RssFile")
+        return {"peak_rss_mb": now.get("VmHWM", 0.0), "peak_anon_rss_mb": self.peak_anon,
+                "end_anon_rss_mb": now.get("RssAnon", 0.0), "end_file_rss_mb": now.get("RssFile", 0.0)}  # fmt: skip
 
 
 def ptbxl_child(n: int, cache: str, data_dir: Path, work: Path, seed: int) -> dict[str, Any]:
@@ -305,7 +340,7 @@ def ptbxl_child(n: int, cache: str, data_dir: Path, work: Path, seed: int) -> di
     from medmodal.config import load_config
     from medmodal.run import assign_splits, load_data, train_and_evaluate
 
-    rss = psutil.Process().memory_info
+    rss, watch = psutil.Process().memory_info, MemoryWatch()
     manifest, schema, prep_s = ptbxl_subset(data_dir, work, n)
     base = rss().rss
     cfg = load_config({
@@ -328,7 +363,7 @@ def ptbxl_child(n: int, cache: str, data_dir: Path, work: Path, seed: int) -> di
         "fit_and_score_seconds": time.perf_counter() - t1 - m["train_seconds"],
         "epochs": m["epochs_run"], "best_epoch": m["best_epoch"],
         "rss_before_read_mb": base / 2**20, "rss_after_read_mb": after_read / 2**20,
-        "peak_rss_mb": peak_rss_mb(),
+        **watch.stop(),
         "test_macro_auroc": m["test"]["auroc"], "val_macro_auroc": m["val"]["auroc"],
     }  # fmt: skip
 
@@ -382,27 +417,33 @@ def ptbxl_classical_rows(data_dir: Path, work: Path, seed: int) -> list[dict[str
 
 # -- summary --------------------------------------------------------------------------------------
 def train_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per arm: median images/s over seeds and epochs, test AUC per seed; the fast arm's speed-up
-    over the plain loop, and whether its AUCs sit within the plain loop's seed spread."""
+    """Per arm: median images/s (wall) and images per CPU-second over seeds and epochs, test
+    AUC per seed; each arm's speed-up over the plain loop and whether its mean test AUC lies
+    within the plain loop's seed range."""
     arms: dict[str, Any] = {}
     for r in rows:
-        a = arms.setdefault(r["arm"], {"ips": [], "auc": [], "seeds": []})
+        a = arms.setdefault(r["arm"], {"ips": [], "cpu": [], "auc": [], "seeds": []})
         a["ips"] += [e["images_per_s"] for e in r["epochs"]]
+        a["cpu"] += [e["images_per_cpu_s"] for e in r["epochs"] if "images_per_cpu_s" in e]
         a["auc"].append(r["test_auc"])
         a["seeds"].append(r["seed"])
     out: dict[str, Any] = {
-        k: {"images_per_s": float(np.median(v["ips"])), "test_auc": v["auc"], "seeds": v["seeds"]}
+        k: {"images_per_s": float(np.median(v["ips"])),
+            "images_per_cpu_s": float(np.median(v["cpu"])) if v["cpu"] else None,
+            "test_auc": v["auc"], "seeds": v["seeds"]}
         for k, v in arms.items()
-    }
-    if "plain" in out:
-        base = out["plain"]
-        lo, hi = min(base["test_auc"]), max(base["test_auc"])
-        for v in out.values():
-            v["speedup_vs_plain"] = v["images_per_s"] / base["images_per_s"]
-            v["auc_within_plain_spread"] = bool(
-                all(lo - 1e-9 <= a <= hi + 1e-9 for a in v["test_auc"])
-            ) if len(base["test_auc"]) > 1 else None  # fmt: skip
-            v["auc_mean_minus_plain"] = float(np.mean(v["test_auc"]) - np.mean(base["test_auc"]))
+    }  # fmt: skip
+    base = out.get("plain")
+    for v in out.values() if base else ():
+        v["speedup_vs_plain"] = v["images_per_s"] / base["images_per_s"]
+        if v["images_per_cpu_s"] and base["images_per_cpu_s"]:
+            v["cpu_speedup_vs_plain"] = v["images_per_cpu_s"] / base["images_per_cpu_s"]
+        mean, (lo, hi) = (
+            float(np.mean(v["test_auc"])),
+            (min(base["test_auc"]), max(base["test_auc"])),
+        )
+        v["auc_mean_minus_plain"] = mean - float(np.mean(base["test_auc"]))
+        v["auc_mean_within_plain_range"] = lo <= mean <= hi if len(base["test_auc"]) > 1 else None
     return out
 
 
@@ -411,7 +452,7 @@ def scaling_fit(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
     pts = [
         (r["records"], r[key])
         for r in rows
-        if r.get("kind") == "deep" and r.get("cache") == "memory"
+        if r.get("kind") == "deep" and r.get("cache") == "memory" and r.get(key) is not None
     ]
     if len(pts) < 3:
         return None
@@ -425,7 +466,7 @@ def derive(res: dict[str, Any]) -> None:
     rows = res.get("rows", [])
     res["train_summary"] = train_summary([r for r in rows if r["section"] == "train"])
     ptb = [r for r in rows if r["section"] == "ptbxl"]
-    keys = ("read_seconds", "train_seconds", "peak_rss_mb")
+    keys = ("read_seconds", "train_seconds", "peak_rss_mb", "peak_anon_rss_mb")
     res["scaling"] = {k: scaling_fit(ptb, k) for k in keys}
 
 
@@ -443,35 +484,50 @@ def headline(res: dict[str, Any]) -> list[str]:
     fast, plain = s.get("fast"), s.get("plain")
     if fast and plain:
         met = "met" if fast["speedup_vs_plain"] >= TARGET_SPEEDUP else "**not met**"
-        spread = {True: "within", False: "**outside**", None: "not comparable (one plain seed)"}
+        where = {True: "within", False: "**outside**", None: "not comparable (one plain seed)"}
         out.append(
-            f"- Training: medmodal with `train.amp` + `train.channels_last` runs at "
+            f"- Training: medmodal with `train.amp` + `train.channels_last` trains at "
             f"{fast['images_per_s']:.0f} images/s against the plain loop's {plain['images_per_s']:.0f}: "
-            f"**{_x(fast['speedup_vs_plain'])}** (target >= {TARGET_SPEEDUP}x: {met}). Test AUC "
-            f"{', '.join(C.num(a) for a in fast['test_auc'])} against the plain loop's "
-            f"{', '.join(C.num(a) for a in plain['test_auc'])}: {spread[fast['auc_within_plain_spread']]} "
-            f"the plain loop's seed spread (mean difference {C.signed(fast['auc_mean_minus_plain'])})."
-        )
+            f"**{_x(fast['speedup_vs_plain'])}** (target >= {TARGET_SPEEDUP}x: {met}); per CPU-second "
+            f"{_x(fast.get('cpu_speedup_vs_plain'))}. Test AUC {_aucs(fast)} against the plain loop's "
+            f"{_aucs(plain)}: the mean ({C.signed(fast['auc_mean_minus_plain'])}) is "
+            f"{where[fast['auc_mean_within_plain_range']]} the plain loop's seed range."
+        )  # fmt: skip
     for arm in ("medmodal", "compile"):
         if arm in s and plain:
+            v = s[arm]
             out.append(
-                f"- {ARM_LABELS[arm]}: {s[arm]['images_per_s']:.0f} images/s, {_x(s[arm]['speedup_vs_plain'])} the plain loop; test AUC {', '.join(C.num(a) for a in s[arm]['test_auc'])}."
+                f"- {ARM_LABELS[arm]}: {v['images_per_s']:.0f} images/s, "
+                f"{_x(v['speedup_vs_plain'])} the plain loop (per CPU-second "
+                f"{_x(v.get('cpu_speedup_vs_plain'))}); test AUC {_aucs(v)}."
             )
     return out
 
 
+def _aucs(v: dict[str, Any]) -> str:
+    return ", ".join(C.num(a) for a in v["test_auc"])
+
+
 def train_table(res: dict[str, Any]) -> list[str]:
     rows = [r for r in res.get("rows", []) if r["section"] == "train"]
-    s = res.get("train_summary", {})
     body = [
         [r["label"], r["seed"], " / ".join(f"{e['images_per_s']:.0f}" for e in r["epochs"]),
-         _x(s.get(r["arm"], {}).get("speedup_vs_plain")), C.num(r["test_auc"]), C.num(r["val_auc"]),
-         f"{r['best_epoch']} / {len(r['epochs'])}", f"{r['wall_seconds']:.0f} s"]
+         C.num(r.get("images_per_cpu_s"), 1), C.num(r["test_auc"]), C.num(r["val_auc"]),
+         f"{r['best_epoch']} / {len(r['epochs'])}", f"{r['wall_seconds']:.0f} s",
+         " -> ".join(str(x) for x in r.get("load_average_1min", [])) or "n/a"]
         for r in rows
     ]  # fmt: skip
-    head = ["arm", "seed", "training images/s per epoch", "speed-up (median, vs plain)",
-            "test AUC", "val AUC", "best / epochs", "wall"]  # fmt: skip
-    return C.table(head, body)
+    head = ["arm", "seed", "training images/s per epoch", "images per CPU-second (median)",
+            "test AUC", "val AUC", "best / epochs", "wall", "load average (1 min) before -> after"]  # fmt: skip
+    summary = [
+        [ARM_LABELS.get(k, k), len(v["test_auc"]), f"{v['images_per_s']:.0f}", _x(v.get("speedup_vs_plain")),
+         C.num(v.get("images_per_cpu_s"), 1), _x(v.get("cpu_speedup_vs_plain")),
+         f"{np.mean(v['test_auc']):.3f} ({min(v['test_auc']):.3f}-{max(v['test_auc']):.3f})"]
+        for k, v in res.get("train_summary", {}).items()
+    ]  # fmt: skip
+    shead = ["arm", "seeds", "images/s (median)", "speed-up", "images per CPU-s",
+             "speed-up per CPU-s", "test AUC mean (range)"]  # fmt: skip
+    return [*C.table(shead, summary), "", "Per run:", "", *C.table(head, body)]
 
 
 def predict_table(res: dict[str, Any]) -> list[str]:
@@ -496,11 +552,12 @@ def scaling_table(res: dict[str, Any]) -> list[str]:
             f"{r['prepare_seconds']:.1f}", f"{r['read_seconds']:.1f}",
             f"{r['train_seconds']:.1f} ({r['epochs']})", f"{r['fit_and_score_seconds']:.1f}",
             f"{r['rss_after_read_mb'] - r['rss_before_read_mb']:.0f}", f"{r['peak_rss_mb']:.0f}",
+            C.num(r.get("peak_anon_rss_mb"), 0),
             C.num(r["test_macro_auroc"]), C.num(c.get("test_macro_auroc")),
             "" if not c else f"{c['feature_seconds']:.1f} + {c['fit_seconds']:.1f}",
         ])  # fmt: skip
     head = ["records (train/val/test)", "cache", "prepare s", "read s", "train s (epochs)",
-            "fit + score s", "RSS added by reading, MB", "peak RSS MB", "deep macro-AUROC",
+            "fit + score s", "RSS added by reading, MB", "peak RSS MB", "peak anonymous RSS MB", "deep macro-AUROC",
             "classical macro-AUROC", "classical features + fit s"]  # fmt: skip
     return C.table(head, body)
 
@@ -508,7 +565,7 @@ def scaling_table(res: dict[str, Any]) -> list[str]:
 def scaling_lines(res: dict[str, Any]) -> list[str]:
     out = []
     units = {"read_seconds": ("reading", "s"), "train_seconds": ("training", "s"),
-             "peak_rss_mb": ("peak RSS", "MB")}  # fmt: skip
+             "peak_rss_mb": ("peak RSS", "MB"), "peak_anon_rss_mb": ("peak anonymous RSS", "MB")}  # fmt: skip
     for key, fit in (res.get("scaling") or {}).items():
         if fit:
             what, unit = units[key]
@@ -585,11 +642,12 @@ def run_arms(args: argparse.Namespace, res: dict[str, Any], data_dir: Path, out:
         C.write_result(out, res, to_markdown)
 
     ckpt = None
-    for arm in (a for a in TRAIN_ARMS if a in args.arms and a != "compile"):
-        for seed in args.seeds[:1] if arm == "medmodal" else args.seeds:
-            row = train_row(arm, seed, data_dir, work)
-            ckpt = Path(row["checkpoint"]) if arm == "fast" and ckpt is None else ckpt
-            keep([row])
+    for seed in args.seeds:  # arms interleaved, so a change in the machine's load hits them alike
+        for arm in ("plain", "fast", "medmodal"):
+            if arm in args.arms and (arm != "medmodal" or seed == args.seeds[0]):
+                row = train_row(arm, seed, data_dir, work)
+                ckpt = Path(row["checkpoint"]) if arm == "fast" and ckpt is None else ckpt
+                keep([row])
     if "predict" in args.arms:  # a fast run's checkpoint (of this run, else of an earlier one)
         keep(predict_rows(data_dir, work, ckpt or work / "pneumonia" / "fast_seed0" / "best.pt"))
     if "ptbxl" in args.arms:

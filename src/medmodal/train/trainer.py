@@ -192,9 +192,10 @@ class Trainer:
         self._prepare(train_ds)
         with self._bar() as bar:
             for epoch in range(self.state.epoch, self.cfg.epochs):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 record = self._train_epoch(train_ds, epoch, bar)
                 record["train_seconds"] = time.perf_counter() - t0  # the training pass alone
+                record["train_cpu_seconds"] = time.process_time() - c0  # this process, all threads
                 record["samples_per_second"] = record["samples"] / record["train_seconds"]
                 record.update(self.validate(val_ds) if val_ds is not None and len(val_ds) else {})
                 improved = self._end_epoch(record, time.perf_counter() - t0)
