@@ -196,6 +196,16 @@ def test_channels_last_encoder_trains_and_saves_an_ordinary_checkpoint(tmp_path:
     conv = next(p for p in pred.model.parameters() if p.dim() == 4)
     assert conv.is_contiguous()
 
+    # --amp prediction: channels-last encoders under bf16 autocast, probabilities close to fp32
+    fp32 = api.predict(run.checkpoint, tmp_path / "manifest.csv")
+    fast = api.predict(run.checkpoint, tmp_path / "manifest.csv", amp=True)
+    amp_pred = Predictor.load(run.checkpoint, amp=True)
+    conv = next(p for p in amp_pred.model.parameters() if p.dim() == 4)
+    assert amp_pred.amp and conv.is_contiguous(memory_format=torch.channels_last)
+    assert list(fast.columns) == list(fp32.columns) and len(fast) == len(fp32)
+    p32, p16 = fp32["prob_b"].to_numpy(), fast["prob_b"].to_numpy()
+    assert np.abs(p32 - p16).max() < 0.05 and not np.array_equal(p32, p16)
+
 
 def test_two_tuning_workers_share_one_sqlite_study(tmp_path: Path) -> None:
     pytest.importorskip("optuna")

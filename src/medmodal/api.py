@@ -82,16 +82,17 @@ def predict(
     skip_bad: bool = False,
     out: str | Path | None = None,
     device: str = "cpu",
+    amp: bool = False,
 ) -> pd.DataFrame:
     """Probabilities and the predicted class for every sample of a manifest / DataFrame / image
-    folder.
+    folder. ``amp``: bf16 (CPU) / fp16 (CUDA) autocast, faster, probabilities within ~1e-2.
 
     Modalities absent from the input (columns missing or cells empty) are predicted without,
     through the model's missing-modality path. With ``skip_bad`` unreadable samples are left
     out and listed in ``result.attrs["skipped"]`` (and ``out``'s sibling ``*.skipped.json``);
     without it the first bad sample raises DataError.
     """
-    return predict_source(checkpoint, source, root, skip_bad, out, device)
+    return predict_source(checkpoint, source, root, skip_bad, out, device, amp)
 
 
 def evaluate(

@@ -27,9 +27,10 @@ def predict_source(
     skip_bad: bool,
     out: str | Path | None,
     device: str,
+    amp: bool = False,
 ) -> pd.DataFrame:
     """The prediction frame of every readable sample of ``source`` (see ``api.predict``)."""
-    predictor = Predictor.load(checkpoint, device=device)
+    predictor = Predictor.load(checkpoint, device=device, amp=amp)
     frame, base, name = frame_from_source(source, predictor)
     bad = BadSampleLog() if skip_bad else None
     ds = predictor.dataset(frame, Path(root) if root else base, bad, with_labels=False, source=name)

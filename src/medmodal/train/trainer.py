@@ -36,7 +36,7 @@ from medmodal.predictor import predict_logits, to_device, to_probs
 from medmodal.survival import SurvivalModel
 from medmodal.train import distributed as dist_
 from medmodal.train.losses import class_weights, make_loss
-from medmodal.utils.runtime import epoch_seed, resolve_device
+from medmodal.utils.runtime import autocast, epoch_seed, resolve_device, to_channels_last
 
 MONITORED = ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro")
 SURVIVAL_MONITORED = ("c_index",)
@@ -264,10 +264,8 @@ class Trainer:
     def _step(self, batch: dict[str, Any]) -> float:
         """Forward, loss (+ the fusion's auxiliary loss), backward, optimizer and LR step."""
         c, device = self.cfg, self.device
-        amp = c.amp and device.type in ("cuda", "cpu")
         y = batch["label"].to(device)
-        dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
-        with torch.autocast(device.type, enabled=amp, dtype=dtype):
+        with autocast(device, c.amp):
             out = self._run(to_device(batch["inputs"], device), to_device(batch["present"], device))
             assert self.loss_fn is not None
             loss = self.loss_fn(out.logits.float(), y)
@@ -407,10 +405,6 @@ def speed_up(model: MultimodalModel, cfg: TrainConfig) -> None:
     so checkpoints, unchanged)."""
     for encoder in model.encoders.values():
         if cfg.channels_last:
-            dims = {p.dim() for p in encoder.parameters()}
-            if 5 in dims and 4 not in dims:
-                encoder.to(memory_format=torch.channels_last_3d)
-            elif 4 in dims and 5 not in dims:
-                encoder.to(memory_format=torch.channels_last)
+            to_channels_last(encoder)
         if cfg.compile:
             encoder.compile()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -55,3 +56,22 @@ def resolve_device(name: str = "auto") -> torch.device:
 def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(int(n))
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[None]:
+    """Mixed precision for ``train.amp`` and ``--amp`` prediction: bf16 autocast on CPU, fp16
+    on CUDA; a no-op when off or on other devices (MPS)."""
+    if not enabled or device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def to_channels_last(module: torch.nn.Module) -> None:
+    """Convolution weights in channels-last order (2D) or its 3D counterpart; modules that mix
+    2D and 3D weights, or have none, are left as they are."""
+    dims = {p.dim() for p in module.parameters()}
+    if 5 in dims and 4 not in dims:
+        module.to(memory_format=torch.channels_last_3d)
+    elif 4 in dims and 5 not in dims:
+        module.to(memory_format=torch.channels_last)
