@@ -3,6 +3,7 @@ report masking, and a short ECG + demographics training run that beats chance.""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -53,8 +54,13 @@ def test_registered_with_real_pairing() -> None:
     assert "cardiologist" in info.modalities["report"]
 
 
-def test_counts_match_sources(prepared, kept_all) -> None:
+def test_counts_match_sources(prepared, kept_all, data_dir: Path) -> None:
     f = prepared.facts
+    if not f["metadata_verified_by"].startswith("package"):  # a folder with other records
+        db = pd.read_csv(data_dir / "ptbxl" / "ptbxl_database.csv")
+        assert f["records"] == len(db) == kept_all.facts["rows"]
+        assert f["rows"] == len(db) - len(f["no_diagnostic_statement"])
+        return
     assert f["records"] == 1987
     assert f["superclass_counts_all_records"] == TOTALS
     assert len(f["no_diagnostic_statement"]) == 22
@@ -153,6 +159,58 @@ def test_altered_or_missing_files_raise(tmp_path: Path, data_dir: Path) -> None:
     # a missing waveform file -> error naming it
     (folder / dat).unlink()
     with pytest.raises(DatasetError, match=r"01500_lr\.dat is missing.*Wagner et al\. 2020"):
+        ds.prepare(tmp_path / "out", root)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_another_subset_is_checked_against_the_folder_sums_and_full_metadata(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder with other records (here: ecg_id < 1000, the shared CSV standing in for the whole
+    release's metadata) is verified by its SHA256SUMS.txt and row by row; records the package
+    has no checksum for are checked against the folder's list."""
+    src, root = data_dir / "ptbxl", tmp_path / "data"
+    folder = _mirror(src, root / "ptbxl", copy=("ptbxl_database.csv", "SHA256SUMS.txt"))
+    lines = (src / "ptbxl_database.csv").read_bytes().splitlines(keepends=True)
+    small = [lines[0], *[x for x in lines[1:] if int(x.split(b",", 1)[0]) < 1000]]
+    db, full, sums = (
+        folder / n for n in ("ptbxl_database.csv", "ptbxl_database_full.csv", "SHA256SUMS.txt")
+    )
+    shutil.copyfile(src / "ptbxl_database.csv", full)
+
+    def write(rows: list[bytes], list_full: bool = True) -> None:
+        db.write_bytes(b"".join(rows))
+        keep = [
+            x for x in (src / "SHA256SUMS.txt").read_text().splitlines() if not x.endswith(".csv")
+        ]
+        keep += [f"{_sha(db)}  ptbxl_database.csv"] + (
+            [f"{_sha(full)}  ptbxl_database_full.csv"] if list_full else []
+        )
+        sums.write_text("\n".join(keep) + "\n")
+
+    write(small)
+    ds = get_dataset("ptbxl")
+    facts = ds.prepare(tmp_path / "out", root).facts
+    assert (
+        facts["records"] == len(small) - 1 < 1987 and "every row" in facts["metadata_verified_by"]
+    )
+    # a record the package does not know is verified by the folder's list, else refused
+    rec = "records100/00000/00005_lr.dat"
+    known = {k: v for k, v in load_checksums().items() if k != rec}
+    monkeypatch.setattr("medmodal.datasets.ptbxl.load_checksums", lambda: known)
+    assert ds.prepare(tmp_path / "out", root, verify="all").facts["records"] == facts["records"]
+    sums.write_text("".join(x + "\n" for x in sums.read_text().splitlines() if rec not in x))
+    with pytest.raises(DatasetError, match=r"00005_lr\.dat, which has no checksum"):
+        ds.prepare(tmp_path / "out", root)
+    # a row changed (and re-listed) is not a row of the full metadata; the full file must be listed
+    write([*small[:3], small[3].replace(b",", b",9", 1), *small[4:]])
+    with pytest.raises(DatasetError, match=r"1 row\(s\) of .* are not rows of .*ecg_id 3"):
+        ds.prepare(tmp_path / "out", root)
+    write(small, list_full=False)
+    with pytest.raises(DatasetError, match=r"does not list ptbxl_database_full\.csv"):
         ds.prepare(tmp_path / "out", root)
 
 

@@ -25,9 +25,11 @@ contains one of :data:`MASK_STEMS` or equals one of :data:`MASK_WORDS`, plus the
 through the text processor's ``mask_terms``. Masking across three languages is partial: the
 masked report still describes rhythm, axis and findings in the cardiologist's words.
 
-Files are checked against PhysioNet's SHA-256 values (package file ``checksums/ptbxl.sha256``):
-the two CSVs always, every waveform file for presence, and every waveform's digest with
-``verify="all"``.
+Files are checked against PhysioNet's SHA-256 values (package file ``checksums/ptbxl.sha256``,
+the 1,987-record subset): the two CSVs always, every waveform file for presence, and every
+waveform's digest with ``verify="all"``. A folder holding other records (e.g. the 8,976 with
+ecg_id < 9000) is checked against its own ``SHA256SUMS.txt`` for the files the package does not
+know, and its ``ptbxl_database.csv`` row by row against ``ptbxl_database_full.csv``.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ import pandas as pd
 from medmodal.data.schema import Schema
 from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared, require_file
 from medmodal.errors import DatasetError
+from medmodal.utils.io import file_digest
 
 SOURCE = (
     "PhysioNet PTB-XL (Wagner et al. 2020, https://physionet.org/content/ptb-xl/, CC BY 4.0), "
-    "records with ecg_id < 2000 at 100 Hz"
+    "records at 100 Hz"
 )
 CITATION = (
     "Wagner P., Strodthoff N., Bousseljot R.-D., Kreiseler D., Lunze F.I., Samek W., Schaeffter T. "
@@ -61,6 +64,8 @@ SUBGROUPS = {"sex": {"column": "sex"}, "age": {"column": "age", "bins": [40, 60,
 DATABASE = "ptbxl_database.csv"
 STATEMENTS = "scp_statements.csv"
 CHECKSUMS = "ptbxl.sha256"
+FULL_DATABASE = "ptbxl_database_full.csv"  # the whole release's metadata, when the folder has it
+FOLDER_SUMS = "SHA256SUMS.txt"
 DEMO_NUMERIC = ["age", "height", "weight"]
 
 # Diagnostic vocabulary for ``report_mask``: a report word is masked when it contains a stem
@@ -232,8 +237,9 @@ class PTBXL(BuiltinDataset):
             )
         folder = self.locate(data_dir)
         sums = load_checksums()
-        for name in (DATABASE, STATEMENTS):
-            require_file(folder / name, "ptbxl", SOURCE, sums[name], "sha256")
+        require_file(folder / STATEMENTS, "ptbxl", SOURCE, sums[STATEMENTS], "sha256")
+        database_check = verify_database(folder, sums)
+        sums = {**folder_checksums(folder), **sums}  # PhysioNet's values win where both list one
         db = _read_csv(folder / DATABASE)
         classes_of = diagnostic_classes(_read_csv(folder / STATEMENTS, index_col=0))
         verify_waveforms(folder, db, sums, digests=(verify == "all"))
@@ -278,6 +284,7 @@ class PTBXL(BuiltinDataset):
             ),
             "report_mask_terms": len(mask_terms),
             "verified": "csv digests + waveform presence" if verify == "csv" else "all digests",
+            "metadata_verified_by": database_check,
             "source": SOURCE,
             "pairing": self.info.pairing,
         }
@@ -288,6 +295,11 @@ class PTBXL(BuiltinDataset):
 def load_checksums() -> dict[str, str]:
     """PhysioNet's SHA-256 values of the subset's files (relative path -> digest)."""
     text = resources.files("medmodal.datasets").joinpath("checksums", CHECKSUMS).read_text()
+    return _parse_sums(text)
+
+
+def _parse_sums(text: str) -> dict[str, str]:
+    """``sha256sum`` output (``DIGEST  name`` or ``DIGEST *name``) -> {name: digest}."""
     sums: dict[str, str] = {}
     for line in text.splitlines():
         if line.strip():
@@ -296,15 +308,62 @@ def load_checksums() -> dict[str, str]:
     return sums
 
 
+def folder_checksums(folder: Path) -> dict[str, str]:
+    """The folder's own ``SHA256SUMS.txt`` (relative path -> digest; empty when absent): the
+    digests of files the package does not know, e.g. records added to the folder later."""
+    path = folder / FOLDER_SUMS
+    if not path.is_file():
+        return {}
+    return _parse_sums(path.read_text())
+
+
+def verify_database(folder: Path, sums: dict[str, str]) -> str:
+    """Check ``ptbxl_database.csv`` and say how: its digest is the packaged subset's, or (a
+    folder holding other records) the folder's ``SHA256SUMS.txt`` lists it and every line of it
+    is a line of ``ptbxl_database_full.csv`` (PhysioNet's whole v1.0.1 metadata, also listed)
+    with the same header. Anything else is a DatasetError naming the file."""
+    path = require_file(folder / DATABASE, "ptbxl", SOURCE)
+    got = file_digest(path, "sha256")
+    if got == sums[DATABASE]:
+        return "package checksum (the 1,987-record subset)"
+    listed, full = folder_checksums(folder), folder / FULL_DATABASE
+    if listed.get(DATABASE) != got:
+        raise DatasetError(
+            f"ptbxl: file {path} is altered or incomplete (sha256 {got}, expected "
+            f"{sums[DATABASE]} for the packaged subset, or the value in {folder / FOLDER_SUMS} "
+            f"for another one). Fetch it again from {SOURCE}."
+        )
+    if FULL_DATABASE not in listed:
+        raise DatasetError(
+            f"ptbxl: {path} is not the packaged subset, and {folder / FOLDER_SUMS} does not list "
+            f"{FULL_DATABASE}, against whose rows it is checked ({SOURCE})"
+        )
+    require_file(full, "ptbxl", SOURCE, listed[FULL_DATABASE], "sha256")
+    lines, full_lines = path.read_bytes().splitlines(), full.read_bytes().splitlines()
+    known = set(full_lines)
+    if lines[:1] != full_lines[:1]:
+        raise DatasetError(f"ptbxl: {path} does not have the columns of {full}")
+    foreign = [
+        line.split(b",", 1)[0].decode(errors="replace") for line in lines if line not in known
+    ]
+    if foreign:
+        raise DatasetError(
+            f"ptbxl: {len(foreign)} row(s) of {path} are not rows of {full} (ecg_id "
+            f"{', '.join(foreign[:5])}); the rows must be PhysioNet's unchanged ({SOURCE})"
+        )
+    return f"{FOLDER_SUMS} + every row found in {FULL_DATABASE}"
+
+
 def verify_waveforms(folder: Path, db: pd.DataFrame, sums: dict[str, str], digests: bool) -> None:
-    """Every record's ``.hea`` / ``.dat`` exists (and, with ``digests``, matches PhysioNet's)."""
+    """Every record's ``.hea`` / ``.dat`` exists (and, with ``digests``, matches its listed
+    SHA-256: PhysioNet's from the package, else the folder's ``SHA256SUMS.txt``)."""
     for ref in db["filename_lr"]:
         for suffix in (".hea", ".dat"):
             name = f"{ref}{suffix}"
             if name not in sums:
                 raise DatasetError(
-                    f"ptbxl: {folder / DATABASE} lists {name}, which is not part of the known "
-                    f"PTB-XL subset (no checksum); the files come from {SOURCE}"
+                    f"ptbxl: {folder / DATABASE} lists {name}, which has no checksum (neither in "
+                    f"the package nor in {folder / FOLDER_SUMS}); the files come from {SOURCE}"
                 )
             require_file(folder / name, "ptbxl", SOURCE, sums[name] if digests else None, "sha256")
 
