@@ -13,8 +13,8 @@
   through ONNX Runtime (a plain ``torch.onnx.export`` of the bare network) when installed.
 * PTB-XL scaling (arm ``ptbxl``): one subprocess per size (the records with the smallest
   ecg_ids, standard folds 1-8 / 9 / 10) measures preparing, reading (decoding every record),
-  training (ECG ResNet-1D) and scoring, with the peak resident memory (RSS) of the process;
-  the largest size also with ``train.cache: disk``. The classical baseline (per-lead
+  training (ECG ResNet-1D) and scoring, with the peak resident memory (RSS) of the process,
+  with ``train.cache: memory`` and ``disk`` (decoded inputs and tensors memory-mapped). The classical baseline (per-lead
   statistics + gradient boosting, from ``benchmarks/multimodal.py``) runs on the same records.
 
     MEDMODAL_DATA_DIR=../shared/data flock /tmp/medmodal_cpu.lock python benchmarks/speed.py
@@ -378,7 +378,7 @@ def ptbxl_child(n: int, cache: str, data_dir: Path, work: Path, seed: int) -> di
 
 def ptbxl_deep_rows(args: argparse.Namespace, data_dir: Path) -> list[dict[str, Any]]:
     """One fresh process per size (and cache mode), so each peak RSS is that size's own."""
-    jobs = [(n, "memory") for n in PTBXL_SIZES] + [(PTBXL_SIZES[-1], "disk")]
+    jobs = [(n, cache) for n in PTBXL_SIZES for cache in ("memory", "disk")]
     rows = []
     for n, cache in jobs:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--ptbxl-child", str(n),
@@ -455,19 +455,20 @@ def train_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def scaling_fit(rows: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
-    """Least-squares ``value = a + b * records`` over the memory-cache sizes and its R^2."""
+def scaling_fit(rows: list[dict[str, Any]], key: str, cache: str) -> dict[str, Any] | None:
+    """Least-squares ``value = a + b * records`` over one cache mode's sizes and its R^2."""
     pts = [
         (r["records"], r[key])
         for r in rows
-        if r.get("kind") == "deep" and r.get("cache") == "memory" and r.get(key) is not None
+        if r.get("kind") == "deep" and r.get("cache") == cache and r.get(key) is not None
     ]
     if len(pts) < 3:
         return None
     x, y = np.array(pts, dtype=float).T
     b, a = np.polyfit(x, y, 1)
     r2 = 1 - ((y - (a + b * x)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-12)
-    return {"intercept": float(a), "per_1000_records": float(1000 * b), "r2": float(r2)}
+    return {"cache": cache, "intercept": float(a), "per_1000_records": float(1000 * b),
+            "r2": float(r2)}  # fmt: skip
 
 
 def derive(res: dict[str, Any]) -> None:
@@ -475,7 +476,9 @@ def derive(res: dict[str, Any]) -> None:
     res["train_summary"] = train_summary([r for r in rows if r["section"] == "train"])
     ptb = [r for r in rows if r["section"] == "ptbxl"]
     keys = ("read_seconds", "train_seconds", "peak_rss_mb", "peak_anon_rss_mb")
-    res["scaling"] = {k: scaling_fit(ptb, k) for k in keys}
+    res["scaling"] = {
+        f"{k} ({c})": scaling_fit(ptb, k, c) for c in ("memory", "disk") for k in keys
+    }
 
 
 def load_previous(out: Path) -> dict[str, Any]:
@@ -584,11 +587,12 @@ def scaling_lines(res: dict[str, Any]) -> list[str]:
     out = []
     units = {"read_seconds": ("reading", "s"), "train_seconds": ("training", "s"),
              "peak_rss_mb": ("peak RSS", "MB"), "peak_anon_rss_mb": ("peak anonymous RSS", "MB")}  # fmt: skip
-    for key, fit in (res.get("scaling") or {}).items():
+    for name, fit in (res.get("scaling") or {}).items():
         if fit:
-            what, unit = units[key]
+            what, unit = units[name.split(" ")[0]]
             out.append(
-                f"- {what}: {fit['intercept']:.1f} {unit} + {fit['per_1000_records']:.2f} {unit} per 1,000 records (R² {fit['r2']:.3f}, memory-cache sizes)."
+                f"- {what}, `train.cache: {fit['cache']}`: {fit['intercept']:.1f} {unit} + "
+                f"{fit['per_1000_records']:.2f} {unit} per 1,000 records (R² {fit['r2']:.3f})."
             )
     return out
 
@@ -645,8 +649,12 @@ def to_markdown(res: dict[str, Any]) -> str:
               "1-8 / 9 / 10; ECG ResNet-1D as in `benchmarks/multimodal.py`). *prepare*: the "
               "`ptbxl` data set over the whole folder (CSV checksums, every waveform present) plus "
               "the subset's manifest; *read*: decoding every record; *RSS added by reading*: "
-              "resident memory after reading minus before. Classical: per-lead statistics + "
-              "gradient boosting on the same records and folds.", "",
+              "resident memory after reading minus before (with `disk` mostly file-backed pages "
+              "of the mapped files); *peak anonymous RSS*: heap memory, sampled every 20 ms "
+              "(file-backed pages of a memory-mapped file can be dropped by the kernel and read "
+              "back, so this is what must fit in RAM). `memory` holds the decoded records and "
+              "the model-ready tensors in RAM; `disk` memory-maps both. Classical: per-lead "
+              "statistics + gradient boosting on the same records and folds.", "",
               *scaling_table(res), "", blocked, ""]  # fmt: skip
     lines += ["## Caveats", "", *CAVEATS, ""]
     lines += C.reproduce_section(res.get("rows", []), env)

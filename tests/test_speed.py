@@ -22,10 +22,11 @@ from PIL import Image
 
 from medmodal import api
 from medmodal.config import TrainConfig
-from medmodal.data.cache import build_cache
+from medmodal.data.cache import RawSpill, build_cache
 from medmodal.data.dataset import MultimodalDataset
 from medmodal.data.manifest import LabelMap
 from medmodal.data.preprocess import create_processor
+from medmodal.data.preprocess.signal import SignalArray
 from medmodal.data.schema import ModalitySpec
 from medmodal.models.model import create_model
 from medmodal.predictor import Predictor
@@ -62,7 +63,7 @@ def _dataset(dest: Path, cache: str) -> MultimodalDataset:
     ds = MultimodalDataset(
         frame.to_dict("records"), list(frame["sample_id"]), list(frame["patient_id"]),
         np.arange(len(frame)) % 2, {"image": proc}, dest,
-    ).load()  # fmt: skip
+    ).load(spill=dest / "raw" if cache == "disk" else None)  # fmt: skip
     proc.fit(ds.raws_of("image"))
     return ds.finalize(cache, dest / "cache")  # type: ignore[arg-type]
 
@@ -98,6 +99,28 @@ def test_memory_disk_and_no_cache_give_identical_batches(tmp_path: Path) -> None
                 assert torch.equal(a["inputs"]["image"], b["inputs"]["image"])  # augmented too
     for i in (0, 7, 29):  # evaluation mode: the stored tensors
         assert torch.equal(sets["memory"][i]["image"], sets["disk"][i]["image"])
+
+
+def _mapped(x: np.ndarray) -> bool:
+    while isinstance(x, np.ndarray) and not isinstance(x, np.memmap):
+        x = x.base
+    return isinstance(x, np.memmap)
+
+
+def test_disk_mode_memory_maps_the_decoded_inputs(tmp_path: Path) -> None:
+    disk, memory = _dataset(tmp_path / "d", "disk"), _dataset(tmp_path / "m", "memory")
+    assert all(_mapped(r["image"]) for r in disk.raw) and not _mapped(memory.raw[0]["image"])
+    assert all(
+        np.array_equal(a["image"], b["image"]) for a, b in zip(disk.raw, memory.raw, strict=True)
+    )
+    assert not any((tmp_path / "d" / "raw").iterdir())  # unlinked once mapped
+    store = RawSpill(tmp_path / "raw", 3)
+    sig = SignalArray(np.arange(24.0).reshape(2, 12), fs=100.0)
+    out = store.put("ecg", 1, sig)  # a subclass keeps its type and sampling rate
+    assert isinstance(out, SignalArray) and out.fs == 100.0 and np.array_equal(out, sig)
+    assert _mapped(out) and store.maps["ecg"].shape == (3, 2, 12)
+    other = np.zeros((2, 5), dtype=np.float32)  # another shape, or not an array: kept as given
+    assert store.put("ecg", 2, other) is other and store.put("note", 0, "text") == "text"
 
 
 def test_a_loader_worker_reads_the_memory_mapped_cache(tmp_path: Path) -> None:
@@ -256,6 +279,43 @@ def test_two_processes_reach_the_metrics_of_one(tmp_path: Path) -> None:
     assert abs(two["test"]["auroc"] - one["test"]["auroc"]) <= DDP_AUROC_TOLERANCE
     assert abs(two["test"]["brier"] - one["test"]["brier"]) <= DDP_BRIER_TOLERANCE
     assert res.stdout.count("test metrics") == 1  # rank 0 alone reports
+
+
+@pytest.mark.slow
+def test_two_machines_meet_through_the_rendezvous(tmp_path: Path) -> None:
+    """Multi-node as documented: two launchers (one process each, as two machines would run
+    them) meet at a c10d rendezvous on this host and train one model together."""
+    import socket
+
+    cfg = wdbc_config(
+        tmp_path,
+        model={"encoders": {"record": {"name": "mlp", "hidden": [32], "dropout": 0.0}}},
+        train={"epochs": 2, "batch_size": 64, "lr": 0.003, "cache": "disk"},
+    )
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    launch = ["train", "c.yaml", "--nproc", "1", "--nnodes", "2", "--output-dir", "multi",
+              "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "test-run"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "medmodal.cli", *launch],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=900) for p in nodes]
+    for p, (_, err) in zip(nodes, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    metrics = json.loads((tmp_path / "multi" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["test"]["auroc"] > 0.9
+    assert sum(o.count("test metrics") for o, _ in outs) == 1  # one global rank 0 reports
 
 
 @pytest.mark.slow

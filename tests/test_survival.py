@@ -231,6 +231,18 @@ def test_multimodal_survival_with_a_missing_modality(tmp_path: Path, model: dict
     assert again.survival is not None and again.label_map.times == body["label_map"]["times"]
 
 
+def test_the_service_refuses_a_survival_checkpoint(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from medmodal.serve.inference import ModelEntry
+
+    _, schema = survival_frame(tmp_path, n=40)
+    cfg = fast_config(tmp_path, schema)
+    cfg["train"]["epochs"] = 1
+    run = api.fit(cfg, progress=False)
+    with pytest.raises(ConfigError, match=r"survival models are not served \(use predict"):
+        ModelEntry("risk", run.checkpoint)
+
+
 @pytest.mark.parametrize(
     "time, event, reason",
     [(-1.0, 1, "negative"), (None, 0, "missing or not a number"), (3.0, 2, "must be 0 or 1")],

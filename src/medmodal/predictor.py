@@ -74,8 +74,10 @@ def build_dataset(
     bad: BadSampleLog | None,
     source: str,
     progress: bool = False,
+    spill: Path | None = None,
 ) -> MultimodalDataset:
-    """Rows -> loaded dataset (labels encoded when ``label_map`` is given)."""
+    """Rows -> loaded dataset (labels encoded when ``label_map`` is given; decoded arrays
+    memory-mapped under ``spill`` when given)."""
     ids = sample_ids(frame, schema, source)
     pats = patient_ids(frame, schema, ids, source)
     labels = None
@@ -92,7 +94,7 @@ def build_dataset(
         processors,
         root,
     )
-    return ds.load(bad, progress=progress, label=f"reading {source}")
+    return ds.load(bad, progress=progress, label=f"reading {source}", spill=spill)
 
 
 @torch.no_grad()

@@ -6,6 +6,10 @@ memory (``memory``) or in a NumPy ``.npy`` file memory-mapped from disk (``disk`
 system pages rows in and out, so a data set larger than RAM fits). Both give the same tensors, so
 training batches are identical either way. A leaf whose shape varies between rows (rare: every
 processor pads or crops to a fixed size) is kept as a list in memory under both modes.
+
+:class:`RawSpill` does the same for the decoded inputs read before the processors are fitted
+(``train.cache: disk``): each modality's arrays go to one memory-mapped file as they are read,
+so neither the decoded inputs nor the transformed tensors need to fit in RAM.
 """
 
 from __future__ import annotations
@@ -119,3 +123,46 @@ def _allocate(
     dtype = torch.empty(0, dtype=x.dtype).numpy().dtype
     maps[path] = mm = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, *x.shape))
     return torch.from_numpy(mm)
+
+
+class RawSpill:
+    """Decoded inputs of up to ``n`` rows, one memory-mapped ``.npy`` file per modality.
+
+    :meth:`put` writes a NumPy array (or a subclass such as a signal that carries its sampling
+    rate: the view keeps the type and its attributes) into row ``i`` of its modality's file and
+    returns a view of it (file-backed pages, which the kernel can drop and read back); values of
+    another type, or of another shape or dtype than the modality's first array, are returned
+    unchanged (kept in memory). Files are unlinked once mapped, so their space returns when the run ends.
+    """
+
+    def __init__(self, directory: Path, n: int) -> None:
+        self.directory, self.n = Path(directory), n
+        self.maps: dict[str, np.memmap] = {}
+
+    def put(self, modality: str, i: int, value: Any) -> Any:
+        if (
+            not isinstance(value, np.ndarray)
+            or isinstance(value, np.memmap)
+            or value.dtype == object
+        ):
+            return value
+        mm = self.maps.get(modality)
+        if mm is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self.directory / f"{modality}.npy"
+            mm = np.lib.format.open_memmap(
+                path, mode="w+", dtype=value.dtype, shape=(self.n, *value.shape)
+            )
+            self.maps[modality] = mm
+            try:
+                path.unlink()  # the mapping stays valid
+            except OSError:  # e.g. Windows keeps mapped files: they stay in the run folder
+                pass
+        if mm.shape[1:] != value.shape or mm.dtype != value.dtype:
+            return value
+        mm[i] = value
+        view = np.asarray(mm[i])
+        if type(value) is not np.ndarray:  # a subclass: its type and attributes
+            view = view.view(type(value))
+            view.__dict__.update(value.__dict__)
+        return view

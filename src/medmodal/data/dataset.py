@@ -18,7 +18,7 @@ import torch
 from rich.progress import Progress
 from torch.utils.data import Dataset
 
-from medmodal.data.cache import CacheMode, TensorCache, build_cache
+from medmodal.data.cache import CacheMode, RawSpill, TensorCache, build_cache
 from medmodal.data.preprocess.base import ModalityProcessor
 from medmodal.errors import BadSampleLog, DataError
 
@@ -61,11 +61,17 @@ class MultimodalDataset(Dataset):
 
     # -- stage 1 ---------------------------------------------------------------------
     def load(
-        self, bad: BadSampleLog | None = None, progress: bool = False, label: str = "reading"
+        self,
+        bad: BadSampleLog | None = None,
+        progress: bool = False,
+        label: str = "reading",
+        spill: Path | None = None,
     ) -> MultimodalDataset:
         """Read every row once. A bad row raises DataError, or is logged and dropped
         when ``bad`` is given (``--skip-bad``); a modality with ``on_bad: missing``
-        becomes absent and is counted instead."""
+        becomes absent and is counted instead. ``spill``: a folder where decoded arrays are
+        memory-mapped (:class:`~medmodal.data.cache.RawSpill`) instead of held in RAM."""
+        store = RawSpill(spill, len(self.rows)) if spill is not None else None
         keep: list[int] = []
         raws: list[dict[str, Any]] = []
         flags: list[dict[str, str]] = []
@@ -74,6 +80,8 @@ class MultimodalDataset(Dataset):
             for i, row in enumerate(self.rows):
                 try:
                     raw, flag = self._read_row(i, row)
+                    if store is not None:
+                        raw = {m: store.put(m, len(raws), v) for m, v in raw.items()}
                     raws.append(raw)
                     flags.append(flag)
                     keep.append(i)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -98,7 +99,11 @@ def load_data(cfg: ExperimentConfig, run_dir: Path, progress: bool = False) -> L
     check_subgroups(df, schema, source)
     bad = BadSampleLog() if cfg.data.skip_bad else None
     label_map = build_label_map(df, schema, source)
-    ds = build_dataset(df, schema, make_processors(schema), root, label_map, bad, source, progress)
+    spill = None
+    if cfg.train.cache == "disk":  # decoded inputs memory-mapped too, one folder per process
+        spill = run_dir / "cache" / f"raw_rank{os.environ.get('RANK', '0')}"
+    processors = make_processors(schema)
+    ds = build_dataset(df, schema, processors, root, label_map, bad, source, progress, spill)
     if len(ds) == 0:
         raise ManifestError(f"manifest {source}: no usable rows")
     return LoadedData(cfg, manifest, schema, root, label_map, df, ds, bad, file_digest(manifest))
