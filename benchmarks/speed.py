@@ -700,6 +700,9 @@ CAVEATS = [
     "of short training, compared between arms trained alike.",
     "- bf16 autocast uses this CPU's AVX-512 BF16 instructions; without them autocast may be "
     "slower than fp32. `train.compile` stays off by default unless its row shows it pays.",
+    "- `train.compile`: the first epoch includes compilation unless inductor's on-disk cache "
+    "(`/tmp/torchinductor_<user>`) already holds the kernels from an earlier run; its row is one "
+    "seed, and its gain over amp + channels_last is within the noise of the other arms.",
     "- Distributed training (`--nproc`) is not timed here: on 2 cores two processes share the "
     "cores one process already uses. Its tests check that 2 processes reach 1 process's metrics.",
 ]
