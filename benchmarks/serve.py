@@ -369,6 +369,9 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=16, help="concurrent locust users (closed loop)")
     ap.add_argument("--examples", type=int, default=100, help="schemathesis examples per operation")
     args = ap.parse_args()
+    old = common.previous_results(args, args.out, _previous, render)
+    if old is None:  # --render-only
+        return
     data, work = common.data_dir(args), Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0, c0 = time.time(), common.cpu_seconds()
@@ -383,7 +386,8 @@ def main() -> None:
         "breast_resnet18": bparts,
         "covid": covid_parts(models["covid"], 80),
     }
-    result: dict[str, Any] = {
+    result: dict[str, Any] = {  # --merge: the sections of arms not run now are kept
+        **old,
         "environment": common.environment(),
         "provenance": common.provenance(),
     }
@@ -396,7 +400,9 @@ def main() -> None:
             if not ckpt.with_suffix(".onnx").is_file():
                 onnx_parity(ckpt, parts["covid" if "covid" in str(ckpt) else "breast_cnn"][:4])
         torch_runs = serve_and_load(models, parts, args, work, "pytorch")
-        result["schemathesis"] = torch_runs.pop("_schemathesis", None)
+        schema_run = torch_runs.pop("_schemathesis", None)
+        if "schemathesis" in args.arms:
+            result["schemathesis"] = schema_run
         result["load"] = {"pytorch": torch_runs}
         if "load" in args.arms:
             result["load"]["onnx"] = serve_and_load(models, parts, args, work, "onnx")
@@ -404,8 +410,14 @@ def main() -> None:
                 n: model_throughput(models[n], bparts) for n in ("breast_cnn", "breast_resnet18")
             }
     result["invocation"] = common.invocation(args.arms, time.time() - t0, common.cpu_seconds() - c0)
+    earlier = old.get("invocations") or ([old["invocation"]] if "invocation" in old else [])
+    result["invocations"] = [*earlier, result["invocation"]]
     common.write_result(args.out, result, render)
     print(Path(args.out).with_suffix(".md").read_text())
+
+
+def _previous(path: Path) -> dict[str, Any]:
+    return common.read_json(Path(path).with_suffix(".json")) or {}
 
 
 def _test_auroc(ckpt: Path) -> dict[str, Any]:
@@ -513,11 +525,15 @@ def _other_lines(r: dict[str, Any]) -> list[str]:
             ci = f" [{v['ci']['low']:.3f}, {v['ci']['high']:.3f}]" if v.get("ci") else ""
             lines.append(f"- {k}: {v['auroc']:.3f}{ci}")
         lines.append("")
-    prov = r.get("provenance") or {}
+    runs = r.get("invocations") or [r.get("invocation") or {}]
     return lines + [
         "## Reproduce",
         "",
-        f"`{prov.get('command', '')}` (commit {prov.get('commit', '')})",
+        *(
+            f"- `{v.get('command', '')}` (arms {', '.join(v.get('arms') or [])}; commit "
+            f"{v.get('commit', '')}, {v.get('date', '')})"
+            for v in runs
+        ),
         "",
     ]
 
@@ -531,10 +547,11 @@ def render(r: dict[str, Any]) -> str:
     ]
     lines += _load_lines(r) + ["## Against the targets", "", *_verdicts(r), ""]
     lines += [
-        "Caveat: the 2 cores were not idle. The load average (1 min) before each run is in the",
-        "table: other jobs on this machine (some outside the CPU lock) ran during the load tests,",
-        "and locust itself takes one core. The ONNX ResNet-18 ratio is against PyTorch's",
-        "model-only throughput (ONNX Runtime's own was not measured). Numbers on idle cores differ.",
+        "Caveat: server and locust share the 2 cores (locust takes about one). The load average",
+        "(1 min) before each run is in the table; runs follow one another, so it includes the",
+        "previous run's server and locust, and anything else on the machine (a shared VM: a load",
+        "above 2.5 means other jobs). The ONNX ResNet-18 ratio is against PyTorch's model-only",
+        "throughput (ONNX Runtime's own was not measured).",
         "",
     ]
     return "\n".join(lines + _parity_lines(r.get("parity") or {}) + _other_lines(r))
