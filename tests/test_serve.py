@@ -14,6 +14,7 @@ fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from medmodal import api  # noqa: E402
+from medmodal.errors import ConfigError  # noqa: E402
 from medmodal.serve.audit_log import AuditLog, verify  # noqa: E402
 from medmodal.serve.auth import TokenStore, create_token  # noqa: E402
 from medmodal.serve.deid import action_of, deidentify_bytes, profile  # noqa: E402
@@ -361,3 +362,21 @@ def test_onnx_runtime_entry_matches_pytorch(
     for a, b in zip(torch_entry.run_batch(samples), onnx_entry.run_batch(samples), strict=True):
         assert a["prediction"] == b["prediction"]
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+
+
+def test_bf16_runtime_entry_is_close_to_fp32(breast_ckpt: Path, test_images: np.ndarray) -> None:
+    from medmodal.serve.limits import Part
+    from medmodal.serve.server import load_models
+
+    fp32 = ModelEntry("b", breast_ckpt)
+    bf16 = load_models([f"b={breast_ckpt}"], runtime="pytorch-bf16")["b"]
+    assert bf16.predictor.amp and bf16.card["model"]["runtime"] == "pytorch-bf16"
+    samples = [fp32.prepare({"image": Part(png_bytes(a))}).sample for a in test_images]
+    diffs = [
+        abs(a["probabilities"][k] - b["probabilities"][k])
+        for a, b in zip(fp32.run_batch(samples), bf16.run_batch(samples), strict=True)
+        for k in a["probabilities"]
+    ]
+    assert 0 < max(diffs) < 0.05  # bf16 really ran, and stays close
+    with pytest.raises(ConfigError, match="pytorch-bf16"):
+        load_models([f"b={breast_ckpt}"], runtime="tensorrt")

@@ -749,7 +749,11 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     runtime: Annotated[
-        str, typer.Option(help="pytorch, or onnx (CHECKPOINT.onnx from `medmodal export`).")
+        str,
+        typer.Option(
+            help="pytorch, pytorch-bf16 (autocast, as `predict --amp`), or onnx "
+            "(CHECKPOINT.onnx from `medmodal export`)."
+        ),
     ] = "pytorch",
     audit_log: Annotated[Path, typer.Option(help="Append-only, hash-chained audit log.")] = Path(
         "audit.jsonl"

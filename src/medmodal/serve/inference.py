@@ -54,7 +54,7 @@ class ModelEntry:
     ) -> None:
         path = Path(checkpoint)
         self.name = name
-        self.predictor = Predictor.load(path)
+        self.predictor = Predictor.load(path, amp=runtime == "pytorch-bf16")
         if self.predictor.label_map.task == "survival":
             raise ConfigError(f"{path}: survival models are not served (use predict / whatif)")
         self.runtime = runtime

@@ -30,11 +30,15 @@ def model_names(checkpoints: list[str]) -> dict[str, Path]:
     return out
 
 
+# pytorch-bf16: the Predictor under bf16 autocast with channels-last encoders (`predict --amp`)
+RUNTIMES = ("pytorch", "pytorch-bf16", "onnx")
+
+
 def load_models(
     checkpoints: list[str], runtime: str = "pytorch", max_batch: int = 64, max_wait_ms: float = 2.0
 ) -> dict[str, ModelEntry]:
-    if runtime not in ("pytorch", "onnx"):
-        raise ConfigError(f"runtime must be pytorch or onnx, not {runtime!r}")
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
     return {
         name: ModelEntry(name, path, runtime, max_batch=max_batch, max_wait=max_wait_ms / 1000)
         for name, path in model_names(checkpoints).items()
