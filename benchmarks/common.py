@@ -22,6 +22,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,6 +205,23 @@ def invocation(
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         **extra,
     }
+
+
+def finish(
+    out: str | Path,
+    res: dict[str, Any],
+    old: dict[str, Any],
+    arms: Sequence[str],
+    t0: float,
+    render: Callable[[dict[str, Any]], str],
+) -> None:
+    """Log this command after ``old``'s invocations (wall time since ``t0`` from
+    ``time.perf_counter``, CPU seconds) and write ``<out>.json`` / ``.md``."""
+    res["invocations"] = [
+        *old.get("invocations", []),
+        invocation(arms, time.perf_counter() - t0, cpu_seconds()),
+    ]
+    write_result(out, res, render)
 
 
 def cpu_seconds() -> float:

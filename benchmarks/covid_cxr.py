@@ -1175,11 +1175,7 @@ def main() -> None:
                 attach(block, row, f"{NAME} {target} {row['id']}")
             block["baselines"] = C.merge_rows(block.get("baselines", []), rows, lambda r: r["id"])
     derive(result)
-    result["invocations"] = [
-        *old.get("invocations", []),
-        C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds()),
-    ]
-    C.write_result(out, result, to_markdown)
+    C.finish(out, result, old, args.arms, t0, to_markdown)
     print(f"wall time {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
 

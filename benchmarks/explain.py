@@ -244,11 +244,7 @@ def main() -> None:
         new.append(row)
     res = {**old, "benchmark": NAME, "threads": THREADS, "env": C.environment()}
     res["results"] = C.merge_rows(old.get("results", []), new, lambda r: r["arm"])
-    res["invocations"] = [
-        *old.get("invocations", []),
-        C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds()),
-    ]
-    C.write_result(out, res, to_markdown)
+    C.finish(out, res, old, args.arms, t0, to_markdown)
     print(f"wrote {out}.md", flush=True)
 
 

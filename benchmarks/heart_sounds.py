@@ -800,11 +800,7 @@ def main() -> None:
         res["data_checks"] = {**data_checks(data), "provenance": prov}
     for key in ("mcnemar", "oof_sample_ids", "command", "total_wall_seconds", "total_cpu_seconds"):
         res.pop(key, None)  # older layout: now per row / per invocation
-    res["invocations"] = [
-        *old.get("invocations", []),
-        C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds()),
-    ]
-    C.write_result(out, res, to_markdown)
+    C.finish(out, res, old, args.arms, t0, to_markdown)
     print(f"wrote {out}.md", flush=True)
 
 

@@ -480,11 +480,7 @@ def main() -> None:
             )
         )
         C.write_result(out, res, to_markdown)  # after every row: a long run keeps what it finished
-    res["invocations"] = [
-        *old.get("invocations", []),
-        C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds()),
-    ]
-    C.write_result(out, res, to_markdown)
+    C.finish(out, res, old, args.arms, t0, to_markdown)
 
 
 if __name__ == "__main__":

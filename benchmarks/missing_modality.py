@@ -511,11 +511,7 @@ def main() -> None:
         "per_seed": [per_seed[s] for s in sorted(per_seed)],
         "seeds": sorted(per_seed),
     }
-    result["invocations"] = [
-        *old.get("invocations", []),
-        C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds()),
-    ]
-    C.write_result(out, result, to_markdown)
+    C.finish(out, result, old, args.arms, t0, to_markdown)
     print(f"wrote {out}.md in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
 

@@ -749,11 +749,7 @@ def main() -> None:
     res.update(data=data_facts(inter.facts), published=PUBLISHED, targets_sensitivity=TARGETS)
     res.update(results=merged, caveats=CAVEATS, protocol=PROTOCOL)
     derive(res)
-    res["invocations"] = [
-        *old.get("invocations", []),
-        C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds()),
-    ]
-    C.write_result(out, res, to_markdown)
+    C.finish(out, res, old, args.arms, t0, to_markdown)
     print(f"wrote {out}.md in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
 

@@ -1036,11 +1036,7 @@ def main() -> None:
             "encoders": PAIRED_ENCODERS,
         }
     derive(res)
-    res["invocations"] = [
-        *old.get("invocations", []),
-        C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds()),
-    ]
-    C.write_result(out, res, to_markdown)
+    C.finish(out, res, old, args.arms, t0, to_markdown)
     print(f"wrote {out}.md in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
 

@@ -1084,11 +1084,7 @@ def main() -> None:
     res["covid_context"] = covid_context(res.get("index", {}).get("covid_cxr"))
     res["figures"] = {**res.get("figures", {}), **copy_figures(res, out, jobs)}
     derive(res, args.bootstrap)
-    res["invocations"] = [
-        *old.get("invocations", []),
-        C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds()),
-    ]
-    C.write_result(out, res, to_markdown)
+    C.finish(out, res, old, args.arms, t0, to_markdown)
     print(f"wall time {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
 
 

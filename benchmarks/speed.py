@@ -778,9 +778,7 @@ def main() -> None:
     run_arms(args, res, C.data_dir(args), out)
     derive(res)
     res["env_at_end"] = {"load_average": [round(x, 2) for x in os.getloadavg()]}
-    res["invocations"] = [*old.get("invocations", []),
-                          C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds())]  # fmt: skip
-    C.write_result(out, res, to_markdown)
+    C.finish(out, res, old, args.arms, t0, to_markdown)
     print(f"wrote {out.with_suffix('.md')}", flush=True)
 
 

@@ -628,9 +628,7 @@ def main() -> None:
             result[key] = stage()
             result["environment"] = C.environment()
             C.write_result(args.out, result, render)  # after each stage: a later failure keeps it
-    inv = C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds())
-    result["invocations"] = [*old.get("invocations", []), inv]
-    C.write_result(args.out, result, render)
+    C.finish(args.out, result, old, args.arms, t0, render)
 
 
 if __name__ == "__main__":

@@ -869,11 +869,7 @@ def main() -> None:
     res = {**old, "benchmark": NAME, "quick": args.quick, "budget": b, "env": C.environment()}
     res["results"] = C.merge_rows(old.get("results", []), new, lambda r: r["arm"])
     res["targets"] = targets(res)
-    res["invocations"] = [
-        *old.get("invocations", []),
-        C.invocation(args.arms, time.perf_counter() - t0, C.cpu_seconds()),
-    ]
-    C.write_result(out, res, to_markdown)
+    C.finish(out, res, old, args.arms, t0, to_markdown)
     print(f"wrote {out}.md", flush=True)
 
 
