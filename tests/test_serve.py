@@ -49,7 +49,7 @@ def breast_ckpt(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="module")
-def test_images(data_dir: Path) -> np.ndarray:
+def breast_images(data_dir: Path) -> np.ndarray:
     return np.load(data_dir / "medmnist" / "breastmnist.npz")["test_images"][:8]
 
 
@@ -86,10 +86,10 @@ def test_every_endpoint_refuses_no_token_and_a_wrong_token(service: dict[str, An
 
 
 def test_predict_png_named_dcm_reads_by_content_and_audits(
-    service: dict[str, Any], test_images: np.ndarray
+    service: dict[str, Any], breast_images: np.ndarray
 ) -> None:
     c = service["client"]
-    files = {"image": ("scan.dcm", png_bytes(test_images[0]), "application/dicom")}
+    files = {"image": ("scan.dcm", png_bytes(breast_images[0]), "application/dicom")}
     r = c.post("/v1/models/breast/predict", headers=auth(service["token"]), files=files)
     assert r.status_code == 200, r.text
     out = r.json()
@@ -132,7 +132,7 @@ def test_upload_size_limit_is_413(service: dict[str, Any]) -> None:
     assert r.status_code == 413 and "limit" in r.json()["detail"]
 
 
-def test_model_card_and_metrics(service: dict[str, Any], test_images: np.ndarray) -> None:
+def test_model_card_and_metrics(service: dict[str, Any], breast_images: np.ndarray) -> None:
     c, h = service["client"], auth(service["token"])
     card = c.get("/v1/models/breast", headers=h).json()
     assert card["training_data"]["dataset"] == "breastmnist"
@@ -145,19 +145,19 @@ def test_model_card_and_metrics(service: dict[str, Any], test_images: np.ndarray
     assert "medmodal_request_seconds_bucket" in text
 
 
-def test_concurrent_requests_share_batches(breast_ckpt: Path, test_images: np.ndarray) -> None:
+def test_concurrent_requests_share_batches(breast_ckpt: Path, breast_images: np.ndarray) -> None:
     import asyncio
 
     entry = ModelEntry("breast", breast_ckpt, max_wait=0.05)
     from medmodal.serve.limits import Part
 
-    prepared = [entry.prepare({"image": Part(png_bytes(a))}) for a in test_images]
+    prepared = [entry.prepare({"image": Part(png_bytes(a))}) for a in breast_images]
 
     async def all_at_once() -> list[dict[str, Any]]:
         return await asyncio.gather(*(entry.predict(p) for p in prepared))
 
     outs = asyncio.run(all_at_once())
-    assert entry.batcher.batches == 1 and entry.batcher.items == len(test_images)
+    assert entry.batcher.batches == 1 and entry.batcher.items == len(breast_images)
     one = entry.run_batch([prepared[3].sample])[0]
     assert outs[3]["probabilities"] == pytest.approx(one["probabilities"], abs=1e-6)
 
@@ -247,7 +247,7 @@ def test_dicom_upload_is_deidentified_before_the_audit(service: dict[str, Any]) 
 
 
 def test_onnx_parity_every_fusion(
-    breast_ckpt: Path, test_images: np.ndarray, tmp_path: Path
+    breast_ckpt: Path, breast_images: np.ndarray, tmp_path: Path
 ) -> None:
     """Each fusion over image + record (random weights suffice for parity) on real images."""
     pytest.importorskip("onnxruntime")
@@ -287,7 +287,7 @@ def test_onnx_parity_every_fusion(
         pred.model.eval()
         session = onnx_session(export_onnx(pred, tmp_path / f"{fusion}.onnx"))
         samples = []
-        for i, img in enumerate(test_images):
+        for i, img in enumerate(breast_images):
             row: dict[str, Any] = {"image": Blob(png_bytes(img))} if i % 3 else {}
             if i % 4:
                 row.update(rows[i])
@@ -347,7 +347,7 @@ def test_cli_token_audit_and_export(breast_ckpt: Path, tmp_path: Path) -> None:
 
 
 def test_onnx_runtime_entry_matches_pytorch(
-    breast_ckpt: Path, test_images: np.ndarray, tmp_path: Path
+    breast_ckpt: Path, breast_images: np.ndarray, tmp_path: Path
 ) -> None:
     pytest.importorskip("onnxruntime")
     from medmodal.export.onnx import export_onnx
@@ -358,20 +358,20 @@ def test_onnx_runtime_entry_matches_pytorch(
     torch_entry = ModelEntry("b", breast_ckpt)
     onnx_entry = ModelEntry("b", breast_ckpt, runtime="onnx", onnx_path=onnx)
     assert onnx_entry.card["model"]["runtime"] == "onnx"
-    samples = [torch_entry.prepare({"image": Part(png_bytes(a))}).sample for a in test_images]
+    samples = [torch_entry.prepare({"image": Part(png_bytes(a))}).sample for a in breast_images]
     for a, b in zip(torch_entry.run_batch(samples), onnx_entry.run_batch(samples), strict=True):
         assert a["prediction"] == b["prediction"]
         assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
 
 
-def test_bf16_runtime_entry_is_close_to_fp32(breast_ckpt: Path, test_images: np.ndarray) -> None:
+def test_bf16_runtime_entry_is_close_to_fp32(breast_ckpt: Path, breast_images: np.ndarray) -> None:
     from medmodal.serve.limits import Part
     from medmodal.serve.server import load_models
 
     fp32 = ModelEntry("b", breast_ckpt)
     bf16 = load_models([f"b={breast_ckpt}"], runtime="pytorch-bf16")["b"]
     assert bf16.predictor.amp and bf16.card["model"]["runtime"] == "pytorch-bf16"
-    samples = [fp32.prepare({"image": Part(png_bytes(a))}).sample for a in test_images]
+    samples = [fp32.prepare({"image": Part(png_bytes(a))}).sample for a in breast_images]
     diffs = [
         abs(a["probabilities"][k] - b["probabilities"][k])
         for a, b in zip(fp32.run_batch(samples), bf16.run_batch(samples), strict=True)
