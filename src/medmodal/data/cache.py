@@ -97,12 +97,8 @@ def build_cache(
                 leaf.append(x)
             else:
                 leaf[i] = x
-    for path, mm in maps.items():
+    for mm in maps.values():
         mm.flush()
-        try:
-            path.unlink()  # the mapping stays valid; the space is freed once it is closed
-        except OSError:  # e.g. Windows keeps mapped files: they stay in the run folder
-            pass
     return TensorCache(leaves, n, list(maps))
 
 
@@ -118,11 +114,23 @@ def _allocate(
     if mode == "memory" or x.dtype == torch.bfloat16:  # NumPy has no bfloat16
         return torch.empty((n, *x.shape), dtype=x.dtype)
     assert directory is not None
-    directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{'.'.join(key)}.npy"
     dtype = torch.empty(0, dtype=x.dtype).numpy().dtype
-    maps[path] = mm = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n, *x.shape))
+    maps[path] = mm = open_unlinked(path, dtype, (n, *x.shape))
     return torch.from_numpy(mm)
+
+
+def open_unlinked(path: Path, dtype: Any, shape: tuple[int, ...]) -> np.memmap:
+    """A new ``.npy`` file memory-mapped for writing, then unlinked: the mapping stays valid
+    and the space returns when it is closed, also after a crash (Windows keeps mapped files:
+    there it stays in the run folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    try:
+        path.unlink()
+    except OSError:
+        pass
+    return mm
 
 
 class RawSpill:
@@ -148,16 +156,8 @@ class RawSpill:
             return value
         mm = self.maps.get(modality)
         if mm is None:
-            self.directory.mkdir(parents=True, exist_ok=True)
             path = self.directory / f"{modality}.npy"
-            mm = np.lib.format.open_memmap(
-                path, mode="w+", dtype=value.dtype, shape=(self.n, *value.shape)
-            )
-            self.maps[modality] = mm
-            try:
-                path.unlink()  # the mapping stays valid
-            except OSError:  # e.g. Windows keeps mapped files: they stay in the run folder
-                pass
+            mm = self.maps[modality] = open_unlinked(path, value.dtype, (self.n, *value.shape))
         if mm.shape[1:] != value.shape or mm.dtype != value.dtype:
             return value
         mm[i] = value

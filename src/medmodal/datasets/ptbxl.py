@@ -238,8 +238,9 @@ class PTBXL(BuiltinDataset):
         folder = self.locate(data_dir)
         sums = load_checksums()
         require_file(folder / STATEMENTS, "ptbxl", SOURCE, sums[STATEMENTS], "sha256")
-        database_check = verify_database(folder, sums)
-        sums = {**folder_checksums(folder), **sums}  # PhysioNet's values win where both list one
+        listed = folder_checksums(folder)
+        database_check = verify_database(folder, sums, listed)
+        sums = {**listed, **sums}  # PhysioNet's values win where both list one
         db = _read_csv(folder / DATABASE)
         classes_of = diagnostic_classes(_read_csv(folder / STATEMENTS, index_col=0))
         verify_waveforms(folder, db, sums, digests=(verify == "all"))
@@ -317,16 +318,16 @@ def folder_checksums(folder: Path) -> dict[str, str]:
     return _parse_sums(path.read_text())
 
 
-def verify_database(folder: Path, sums: dict[str, str]) -> str:
-    """Check ``ptbxl_database.csv`` and say how: its digest is the packaged subset's, or (a
-    folder holding other records) the folder's ``SHA256SUMS.txt`` lists it and every line of it
-    is a line of ``ptbxl_database_full.csv`` (PhysioNet's whole v1.0.1 metadata, also listed)
-    with the same header. Anything else is a DatasetError naming the file."""
+def verify_database(folder: Path, sums: dict[str, str], listed: dict[str, str]) -> str:
+    """Check ``ptbxl_database.csv`` and say how: its digest is the packaged subset's (``sums``),
+    or (a folder holding other records) the folder's ``SHA256SUMS.txt`` (``listed``) lists it
+    and every line of it is a line of ``ptbxl_database_full.csv`` (PhysioNet's whole v1.0.1
+    metadata, also listed) with the same header. Anything else is a DatasetError naming the file."""
     path = require_file(folder / DATABASE, "ptbxl", SOURCE)
     got = file_digest(path, "sha256")
     if got == sums[DATABASE]:
         return "package checksum (the 1,987-record subset)"
-    listed, full = folder_checksums(folder), folder / FULL_DATABASE
+    full = folder / FULL_DATABASE
     if listed.get(DATABASE) != got:
         raise DatasetError(
             f"ptbxl: file {path} is altered or incomplete (sha256 {got}, expected "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from medmodal.data.schema import Schema
 from medmodal.data.splits import check_no_leakage, patient_kfold, patient_split
 from medmodal.errors import BadSampleLog, ConfigError, ManifestError
 from medmodal.predictor import build_dataset, make_processors
+from medmodal.train.distributed import world
 from medmodal.utils.io import file_digest
 
 
@@ -99,14 +99,19 @@ def load_data(cfg: ExperimentConfig, run_dir: Path, progress: bool = False) -> L
     check_subgroups(df, schema, source)
     bad = BadSampleLog() if cfg.data.skip_bad else None
     label_map = build_label_map(df, schema, source)
-    spill = None
-    if cfg.train.cache == "disk":  # decoded inputs memory-mapped too, one folder per process
-        spill = run_dir / "cache" / f"raw_rank{os.environ.get('RANK', '0')}"
+    spill = cache_dir(run_dir) / "raw" if cfg.train.cache == "disk" else None
     processors = make_processors(schema)
     ds = build_dataset(df, schema, processors, root, label_map, bad, source, progress, spill)
     if len(ds) == 0:
         raise ManifestError(f"manifest {source}: no usable rows")
     return LoadedData(cfg, manifest, schema, root, label_map, df, ds, bad, file_digest(manifest))
+
+
+def cache_dir(run_dir: Path) -> Path:
+    """This process's folder for memory-mapped caches (``train.cache: disk``): one per rank
+    under torchrun, since every process maps its own files."""
+    rank, size = world()
+    return run_dir / "cache" / (f"rank{rank}" if size > 1 else "")
 
 
 def check_subgroups(df: pd.DataFrame, schema: Schema, source: str) -> None:

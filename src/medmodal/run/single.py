@@ -10,7 +10,7 @@ import numpy as np
 
 from medmodal.predictor import Predictor
 from medmodal.run.context import Progress
-from medmodal.run.data import LoadedData
+from medmodal.run.data import LoadedData, cache_dir
 from medmodal.run.pretrained import check_pretrained_inits
 from medmodal.run.report import missing_note, write_run_report
 from medmodal.run.results import RunResult
@@ -49,9 +49,7 @@ def train_and_evaluate(
     cfg = loaded.cfg
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    rank, size = world()  # each process maps its own cache files
-    cache_dir = run_dir / "cache" / (f"rank{rank}" if size > 1 else "")
-    processors, parts = fit_processors(loaded, splits, cache_dir)
+    processors, parts = fit_processors(loaded, splits, cache_dir(run_dir))
     check_trust(cfg, loaded.label_map.task, "val" in parts)
     predictor = new_predictor(loaded, processors)
     prepare_survival(predictor, parts)
