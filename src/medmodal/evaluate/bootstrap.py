@@ -136,7 +136,14 @@ def paired_bootstrap_delta(
         a = Engine(prep_a, w, ref_a, _rank_wanted([name])).value(name)
         b = Engine(prep_b, w, ref_b, _rank_wanted([name])).value(name)
         deltas.append(a - b)
-    d = np.concatenate(deltas)
+    return delta_summary(name, va, vb, np.concatenate(deltas), n_boot, ci)
+
+
+def delta_summary(
+    metric: str, va: float | None, vb: float | None, d: np.ndarray, n_boot: int, ci: float
+) -> dict[str, Any]:
+    """A paired delta's result from the bootstrap differences ``d`` (non-finite ones dropped):
+    percentile CI and a two-sided bootstrap p-value, None where undefined."""
     d = d[np.isfinite(d)]
     delta = None if va is None or vb is None else va - vb
     low = high = p_value = None
@@ -146,7 +153,7 @@ def paired_bootstrap_delta(
         tail = min(np.sum(d <= 0), np.sum(d >= 0))
         p_value = float(min(1.0, 2.0 * (tail + 1) / (d.size + 1)))
     return {
-        "metric": name,
+        "metric": metric,
         "value_a": va,
         "value_b": vb,
         "delta": delta,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from medmodal.evaluate.bootstrap import _check_ci, _group_index, resample_weights
+from medmodal.evaluate.bootstrap import _check_ci, _group_index, delta_summary, resample_weights
 from medmodal.evaluate.survival import (
     SCALARS,
     SLOW_BOOT,
@@ -119,23 +119,6 @@ def survival_paired_delta(
     vb = float(harrell_weighted(time, event, rb, ones)[0])
     w = _weights(len(time), n_boot, seed, groups)
     d = harrell_weighted(time, event, ra, w) - harrell_weighted(time, event, rb, w)
-    d = d[np.isfinite(d)]
-    delta = None if np.isnan(va) or np.isnan(vb) else va - vb
-    low = high = p_value = None
-    if delta is not None and d.size >= 2:
-        alpha = 1.0 - ci
-        low, high = (float(q) for q in np.quantile(d, [alpha / 2, 1 - alpha / 2]))
-        tail = min(np.sum(d <= 0), np.sum(d >= 0))
-        p_value = float(min(1.0, 2.0 * (tail + 1) / (d.size + 1)))
-    return {
-        "metric": "c_index",
-        "value_a": None if np.isnan(va) else va,
-        "value_b": None if np.isnan(vb) else vb,
-        "delta": delta,
-        "low": low,
-        "high": high,
-        "p_value": p_value,
-        "n_boot": int(d.size),
-        "n_requested": n_boot,
-        "ci": ci,
-    }
+    return delta_summary(
+        "c_index", None if np.isnan(va) else va, None if np.isnan(vb) else vb, d, n_boot, ci
+    )
