@@ -9,7 +9,9 @@ paired per record (the same patient, the same visit).
   Records with no diagnostic statement are **excluded** by default, as in Strodthoff et al.
   (``no_diagnostic="exclude"``; they are listed in ``excluded.csv`` and in the facts), or kept
   with all five labels 0 (``no_diagnostic="keep"``).
-* modalities ``ecg`` (signal: the WFDB record, 12 leads at 100 Hz, 1000 samples),
+* modalities ``ecg`` (signal: the WFDB record, 12 leads at 100 Hz, 1000 samples, in format 16
+  or in WFDB's lossless FLAC format 516 with two signal files; the files are those each
+  record's header names),
   ``report`` (text: the cardiologist's free-text report in German, English or Swedish; it
   usually *states the diagnosis*, so a model reading it reads the cardiologist's words; one
   report, ecg_id 443, is a single space and so an absent modality) and
@@ -26,8 +28,8 @@ through the text processor's ``mask_terms``. Masking across three languages is p
 masked report still describes rhythm, axis and findings in the cardiologist's words.
 
 Files are checked against PhysioNet's SHA-256 values (package file ``checksums/ptbxl.sha256``,
-the 1,987-record subset): the two CSVs always, every waveform file for presence, and every
-waveform's digest with ``verify="all"``. A folder holding other records (e.g. the 8,976 with
+the 1,987-record subset): the two CSVs always, every header and the signal files it names for
+presence, and every file's digest with ``verify="all"``. A folder holding other records (e.g. the 8,976 with
 ecg_id < 9000) is checked against its own ``SHA256SUMS.txt`` for the files the package does not
 know, and its ``ptbxl_database.csv`` row by row against ``ptbxl_database_full.csv``.
 """
@@ -45,7 +47,8 @@ import pandas as pd
 
 from medmodal.data.schema import Schema
 from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared, require_file
-from medmodal.errors import DatasetError
+from medmodal.data.readers.signal import wfdb_signal_files
+from medmodal.errors import DataError, DatasetError
 from medmodal.utils.io import file_digest
 
 SOURCE = (
@@ -183,7 +186,7 @@ _WORD = re.compile(r"\w+(?:[-'’]\w+)*")
 class PTBXL(BuiltinDataset):
     info = DatasetInfo(
         name="ptbxl",
-        title="PTB-XL 12-lead ECG + report + demographics (ecg_id < 2000 subset)",
+        title="PTB-XL 12-lead ECG + report + demographics (the records in the folder)",
         task="multilabel",
         modalities={
             "ecg": "signal, 12 leads (I, II, III, aVR, aVL, aVF, V1-V6), 100 Hz, 1000 samples (10 s)",
@@ -191,15 +194,17 @@ class PTBXL(BuiltinDataset):
             "states the diagnosis, so a text model reads the cardiologist's words",
             "demo": "tabular: age (capped at 90), sex, height, weight (missing -> imputed + indicator)",
         },
-        size="1,987 records of 1,850 patients; 1,965 with a diagnostic statement "
-        "(train folds 1-8 / val 9 / test 10)",
+        size="every record of ptbxl_database.csv: 8,976 records of 8,042 patients (ecg_id < 9000; "
+        "8,856 with a diagnostic statement) in the shared folder, 1,987 of 1,850 in the packaged "
+        "subset (ecg_id < 2000; 1,965); train folds 1-8 / val 9 / test 10",
         source=SOURCE,
         citation=CITATION,
         licence="CC BY 4.0",
         pairing="real patient pairing: ECG, report and demographics of the same record",
         notes="Target: diagnostic superclasses NORM/MI/STTC/CD/HYP (multilabel, at any likelihood). "
-        "22 records without a diagnostic statement are excluded by default (Strodthoff et al. "
-        "2021). Full-release benchmark (21,799 records): macro-AUROC ~0.93 (Strodthoff et al. "
+        "Records without a diagnostic statement are excluded by default (Strodthoff et al. "
+        "2021). Signal files are named by each record's header (WFDB format 16, or FLAC format "
+        "516 with two files). Full-release benchmark (21,799 records): macro-AUROC ~0.93 (Strodthoff et al. "
         "2021), not directly comparable with this subset.",
     )
 
@@ -356,17 +361,29 @@ def verify_database(folder: Path, sums: dict[str, str], listed: dict[str, str]) 
 
 
 def verify_waveforms(folder: Path, db: pd.DataFrame, sums: dict[str, str], digests: bool) -> None:
-    """Every record's ``.hea`` / ``.dat`` exists (and, with ``digests``, matches its listed
-    SHA-256: PhysioNet's from the package, else the folder's ``SHA256SUMS.txt``)."""
+    """Every record's header and the signal files it names exist and are listed (with
+    ``digests``, match their SHA-256: PhysioNet's from the package, else the folder's
+    ``SHA256SUMS.txt``). File names come from each header: a record in WFDB's FLAC format 516
+    has two signal files (``NNNNN_lr_1.dat``, ``NNNNN_lr_2.dat``), a format-16 one has one."""
     for ref in db["filename_lr"]:
-        for suffix in (".hea", ".dat"):
-            name = f"{ref}{suffix}"
-            if name not in sums:
-                raise DatasetError(
-                    f"ptbxl: {folder / DATABASE} lists {name}, which has no checksum (neither in "
-                    f"the package nor in {folder / FOLDER_SUMS}); the files come from {SOURCE}"
-                )
-            require_file(folder / name, "ptbxl", SOURCE, sums[name] if digests else None, "sha256")
+        hea = _require_listed(folder, f"{ref}.hea", sums, digests)
+        try:
+            names = wfdb_signal_files(hea)
+        except DataError as exc:
+            raise DatasetError(f"ptbxl: {exc} (the files come from {SOURCE})") from None
+        parent = Path(str(ref)).parent
+        for name in names:
+            _require_listed(folder, (parent / name).as_posix(), sums, digests)
+
+
+def _require_listed(folder: Path, name: str, sums: dict[str, str], digest: bool) -> Path:
+    """``folder / name``, which must have a checksum and exist (and match it with ``digest``)."""
+    if name not in sums:
+        raise DatasetError(
+            f"ptbxl: {folder / DATABASE} lists a record with {name}, which has no checksum "
+            f"(neither in the package nor in {folder / FOLDER_SUMS}); the files come from {SOURCE}"
+        )
+    return require_file(folder / name, "ptbxl", SOURCE, sums[name] if digest else None, "sha256")
 
 
 def check_patient_splits(frame: pd.DataFrame) -> None:

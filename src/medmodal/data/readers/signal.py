@@ -321,6 +321,25 @@ def _load_wfdb(base: Path) -> Record:
     return Record(x, float(rec.fs), names, str(base))
 
 
+def wfdb_signal_files(hea: Path) -> list[str]:
+    """The signal file names a single-segment WFDB header lists, in order, without repeats
+    (e.g. ``["02000_lr_1.dat", "02000_lr_2.dat"]`` for a FLAC record with two files). Reads
+    only the header text (fast for thousands of records); a DataError names a bad header."""
+    try:
+        lines = [x.strip() for x in hea.read_text(errors="strict").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"unreadable WFDB header: {exc}", path=hea) from None
+    lines = [x for x in lines if x and not x.startswith("#")]
+    fields = lines[0].split() if lines else []
+    if len(fields) < 2 or "/" in fields[1] or not fields[1].isdigit():
+        what = "a multi-segment record" if len(fields) > 1 and "/" in fields[1] else "no record line"
+        raise DataError(f"WFDB header: {what} (expected 'name n_signals ...')", path=hea)
+    n_sig = int(fields[1])
+    if len(lines) < 1 + n_sig:
+        raise DataError(f"WFDB header lists {n_sig} signals but has {len(lines) - 1} lines", path=hea)
+    return list(dict.fromkeys(line.split()[0] for line in lines[1 : 1 + n_sig]))
+
+
 def _check_dat_files(header: Any, base: Path) -> None:
     """Every signal file exists and is long enough for the header's ``sig_len``."""
     for fname in dict.fromkeys(header.file_name or []):
