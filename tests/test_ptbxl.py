@@ -313,7 +313,9 @@ def test_checksums_are_physionet_values() -> None:
 def test_short_ecg_plus_demographics_run_beats_chance(prepared, tmp_path: Path) -> None:
     """Train on folds 1-4 (to stay fast), select on fold 9, test on fold 10."""
     frame = pd.read_csv(prepared.manifest)
-    frame = frame[frame["sample_id"] < "ptbxl_02000"]  # the first 1,987 records, whatever the folder
+    frame = frame[
+        frame["sample_id"] < "ptbxl_02000"
+    ]  # the first 1,987 records, whatever the folder
     manifest = tmp_path / "manifest.csv"
     frame[frame["strat_fold"].isin([1, 2, 3, 4, 9, 10])].to_csv(manifest, index=False)
     schema = Schema.load(prepared.schema)

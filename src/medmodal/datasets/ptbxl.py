@@ -45,9 +45,9 @@ from typing import Any
 
 import pandas as pd
 
+from medmodal.data.readers.signal import wfdb_signal_files
 from medmodal.data.schema import Schema
 from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared, require_file
-from medmodal.data.readers.signal import wfdb_signal_files
 from medmodal.errors import DataError, DatasetError
 from medmodal.utils.io import file_digest
 

@@ -332,11 +332,15 @@ def wfdb_signal_files(hea: Path) -> list[str]:
     lines = [x for x in lines if x and not x.startswith("#")]
     fields = lines[0].split() if lines else []
     if len(fields) < 2 or "/" in fields[1] or not fields[1].isdigit():
-        what = "a multi-segment record" if len(fields) > 1 and "/" in fields[1] else "no record line"
+        what = (
+            "a multi-segment record" if len(fields) > 1 and "/" in fields[1] else "no record line"
+        )
         raise DataError(f"WFDB header: {what} (expected 'name n_signals ...')", path=hea)
     n_sig = int(fields[1])
     if len(lines) < 1 + n_sig:
-        raise DataError(f"WFDB header lists {n_sig} signals but has {len(lines) - 1} lines", path=hea)
+        raise DataError(
+            f"WFDB header lists {n_sig} signals but has {len(lines) - 1} lines", path=hea
+        )
     return list(dict.fromkeys(line.split()[0] for line in lines[1 : 1 + n_sig]))
 
 
