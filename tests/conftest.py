@@ -57,6 +57,24 @@ def data_set(data_dir: Path, name: str, probe: str) -> Path:
     return d
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_unchanged() -> Iterator[None]:
+    """Fails the run when any file of the real data folder changed, vanished or appeared during
+    it: SHA-256 of every file before the first test and after the last (both tiers and CI)."""
+    from data_integrity import changes, snapshot
+
+    root = _data_dir()
+    if root is None:
+        yield
+        return
+    before = snapshot(root)
+    yield
+    diff = changes(before, snapshot(root))
+    if diff:
+        shown = "; ".join(diff[:10]) + (f" (+{len(diff) - 10} more)" if len(diff) > 10 else "")
+        pytest.fail(f"the test run altered the real data in {root}: {shown}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real data directory; tests that need it skip with a reason when it is absent."""

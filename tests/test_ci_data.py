@@ -21,8 +21,11 @@ def test_without_data():
 def test_missing_data_skips_or_fails_under_ci(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str
 ) -> None:
-    pytester.makeconftest((Path(__file__).parent / "conftest.py").read_text())
-    pytester.makepyfile(test_data=NEEDS_DATA)
+    here = Path(__file__).parent
+    pytester.makeconftest((here / "conftest.py").read_text())
+    pytester.makepyfile(
+        test_data=NEEDS_DATA, data_integrity=(here / "data_integrity.py").read_text()
+    )
     empty = pytester.mkdir("no_data")
     monkeypatch.setenv("MEDMODAL_DATA_DIR", str(empty))
     monkeypatch.setenv("CI", ci)
