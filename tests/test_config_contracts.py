@@ -250,7 +250,7 @@ def test_reader_table_reads_by_content_and_lists_suffixes(tmp_path: Path) -> Non
     (tmp_path / "notes.xyz").write_text("not an image")
     with pytest.raises(DataError, match="unsupported image format .xyz"):
         read_image(tmp_path / "notes.xyz")
-    assert {"dicom", "nifti", "npy", "pil"} <= set(IMAGE_READERS)
+    assert {"dicom", "nifti", "npy", "pil"} <= set(IMAGE_READERS.names())
 
 
 def test_folder_prediction_uses_the_reader_table(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from pydicom.pixels import (
     pixel_array,
 )
 
-from medmodal.data.readers import read_image
+from medmodal.data.readers import IMAGE_READERS, Blob, find_reader, read_image
 from medmodal.data.readers.dicom import dicom_meta, read_dicom, read_dicom_series
 from medmodal.data.readers.nifti import read_nifti
 from medmodal.errors import ConfigError, DataError
@@ -239,6 +239,32 @@ def test_dicom_palette_colour_to_rgb() -> None:
 def test_dicom_extensionless_file_is_sniffed(tmp_path: Path) -> None:
     shutil.copy(dcm("MR_small.dcm"), tmp_path / "IM0001")
     np.testing.assert_array_equal(read_image(tmp_path / "IM0001"), read_dicom(dcm("MR_small.dcm")))
+
+
+def test_dicom_sniffs_before_a_tiff_header_in_its_preamble(tmp_path: Path) -> None:
+    """A DICOM-TIFF dual file: its preamble starts like a TIFF, its "DICM" marker decides, by
+    the priority the DICOM reader declares (not the order the reader modules are imported in)."""
+    data = bytearray(dcm("MR_small.dcm").read_bytes())
+    data[:8] = b"II*\x00\x08\x00\x00\x00"
+    (tmp_path / "dual.tif").write_bytes(bytes(data))
+    assert IMAGE_READERS.capabilities("pil").sniff(bytes(data))  # the TIFF magic matches too
+    assert find_reader(tmp_path / "dual.tif").name == "dicom"
+    assert find_reader(Blob(bytes(data), "upload")).name == "dicom"
+    expect = read_dicom(dcm("MR_small.dcm"))
+    np.testing.assert_array_equal(read_image(tmp_path / "dual.tif"), expect)
+    order = IMAGE_READERS.ordered()
+    assert order[0] == "dicom" and IMAGE_READERS.entry("dicom").priority > max(
+        IMAGE_READERS.entry(n).priority for n in order[1:]
+    )
+
+
+def test_every_image_reader_declares_its_format() -> None:
+    for name in IMAGE_READERS.names():
+        fmt = IMAGE_READERS.capabilities(name)
+        assert fmt.suffixes and all(s.startswith(".") and s == s.lower() for s in fmt.suffixes)
+        assert callable(fmt.sniff) and not fmt.sniff(b"") and not fmt.sniff(b"plain text" * 60)
+    claimed = [s for n in IMAGE_READERS.names() for s in IMAGE_READERS.capabilities(n).suffixes]
+    assert len(claimed) == len(set(claimed))  # one reader per suffix: the fallback is unambiguous
 
 
 def test_dicom_meta_is_technical_only() -> None:

@@ -12,8 +12,15 @@ from conftest import data_set
 
 import medmodal.data.preprocess.signal as signal_module
 from medmodal.data.preprocess.base import PROCESSORS
-from medmodal.data.preprocess.signal import SignalProcessor
-from medmodal.data.readers.signal import load_record, read_annotations, read_signal
+from medmodal.data.preprocess.signal import SignalArray, SignalProcessor
+from medmodal.data.readers import Blob
+from medmodal.data.readers.signal import (
+    SIGNAL_FORMATS,
+    load_record,
+    locate,
+    read_annotations,
+    read_signal,
+)
 from medmodal.data.schema import ModalitySpec
 from medmodal.errors import CheckpointError, ConfigError, DataError
 from medmodal.models.encoders import DEFAULT_ENCODER, create_encoder
@@ -115,6 +122,56 @@ def test_npy_csv_and_nan(mitdb: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"NaN.*'1'"):
         read_signal(tmp_path / "nan.npy", fs=360)
     assert read_signal(f"{tmp_path / 'nan.npy'}#100:200", fs=360)[0].shape == (2, 100)
+
+
+def test_signal_formats_by_suffix_then_content(mitdb: Path, tmp_path: Path) -> None:
+    assert SIGNAL_FORMATS.ordered() == ["npy", "wfdb", "csv"]  # declared priorities
+    x, _, _ = read_signal(f"{mitdb / '100'}#0:720")
+    np.save(tmp_path / "a.npy", x)
+    (tmp_path / "a.npy").rename(tmp_path / "ecg.bin")  # .npy content, a suffix no format claims
+    (tmp_path / "ecg.txt").write_text("MLII,V5\n" + "\n".join(f"{a},{b}" for a, b in x.T))
+    shutil.copy(mitdb / "100.hea", tmp_path / "header.txt")
+    assert locate(tmp_path / "ecg.bin") == ("npy", tmp_path / "ecg.bin")
+    assert locate(tmp_path / "ecg.txt") == ("csv", tmp_path / "ecg.txt")
+    assert locate(mitdb / "100") == ("wfdb", mitdb / "100.hea")  # no file: a record name
+    assert locate(mitdb / "100.dat") == ("wfdb", mitdb / "100.hea")  # a claimed suffix
+    sniffs = {n: SIGNAL_FORMATS.capabilities(n).sniff for n in SIGNAL_FORMATS.ordered()}
+    hea = (mitdb / "100.hea").read_bytes()
+    assert sniffs["wfdb"](hea) and sniffs["csv"](hea)  # text: the WFDB record line decides
+    assert not sniffs["wfdb"](b"MLII,V5\n1,2\n") and not sniffs["wfdb"](b"# comment only\n")
+    assert np.array_equal(read_signal(tmp_path / "ecg.bin", fs=360)[0], x)
+    assert np.allclose(read_signal(tmp_path / "ecg.txt", fs=360)[0], x, atol=1e-6)
+    with pytest.raises(DataError, match=r"WFDB header \(.hea\) not found"):
+        read_signal(tmp_path / "header.txt")  # a WFDB header is not read as CSV
+    (tmp_path / "noise.bin").write_bytes(b"\x00\x01" * 300)  # nothing sniffs: a record name
+    with pytest.raises(DataError, match=r"WFDB header \(.hea\) not found"):
+        read_signal(tmp_path / "noise.bin")
+
+
+def test_signal_uploads_by_content(mitdb: Path) -> None:
+    hea = (mitdb / "100.hea").read_bytes()
+    with pytest.raises(DataError, match="a WFDB header by its content.*upload the signal as"):
+        load_record(Blob(hea, "ecg"), fs=360)
+    with pytest.raises(DataError, match="not a .npy array or CSV text by its content"):
+        load_record(Blob(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 10, "ecg"), fs=360)
+    rec = load_record(Blob(b"MLII,V5\n1,2\n3,4\n5,6\n", "ecg"), fs=360)
+    assert rec.names == ["MLII", "V5"] and rec.signal.shape == (2, 3)
+
+
+def test_the_processor_takes_the_signal_array_read_returns(mitdb: Path) -> None:
+    import pickle
+
+    p = proc(leads=["MLII"], standardize="fit")
+    raw = p.read(row(f"{mitdb / '100'}#0:720"), None)
+    assert isinstance(raw, SignalArray) and raw.fs == 360.0
+    again = pickle.loads(pickle.dumps(raw))  # worker processes get the rate too
+    assert isinstance(again, SignalArray) and again.fs == 360.0 and np.array_equal(again, raw)
+    p.fit([again, None])
+    assert p.fs_ == 360.0 and torch.equal(p.transform(again), p.transform(raw))
+    with pytest.raises(TypeError, match="SignalArray"):
+        p.transform(np.asarray(raw))
+    with pytest.raises(DataError, match="sampled at 250 Hz"):
+        p.transform(SignalArray(np.asarray(raw), 250.0))
 
 
 def test_annotations(mitdb: Path, tmp_path: Path) -> None:

@@ -3,11 +3,22 @@ label map, fitted preprocessors, versions and a data hash.
 
 Only plain Python values and tensors are stored, so loading uses
 ``torch.load(weights_only=True)`` and never runs pickled code.
+
+Format versions. A change to what a file holds bumps :data:`FORMAT_VERSION` and adds the
+function that turns a file of the previous version into the new one to :data:`MIGRATIONS`
+(``n -> n + 1``); :func:`read_checkpoint` applies them in order, so every reader sees the current
+format. History:
+
+1. weights, config, schema, label map, processors, versions (+ extras such as ``data_hash``);
+   ``calibration`` / ``conformal`` / ``survival`` only in files written after they existed.
+2. ``calibration``, ``conformal`` and ``survival`` are always present in a model checkpoint
+   (None when not fitted).
 """
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +29,24 @@ from medmodal import __version__
 from medmodal.errors import CheckpointError
 
 FORMAT = "medmodal-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+# The parts of a model checkpoint (Predictor.payload) that version 1 files may lack.
+FITTED_AFTER_TRAINING = ("calibration", "conformal", "survival")
+
+
+def _v1_to_v2(body: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 files written before temperature scaling, conformal sets or survival targets
+    lack those keys: a model checkpoint gets them as None (not fitted). Pretraining files
+    (``kind``) hold no model and are left as they are."""
+    if "model_state" in body and "kind" not in body:
+        for key in FITTED_AFTER_TRAINING:
+            body.setdefault(key, None)
+    return body
+
+
+# format version n -> the function that turns a version-n body into a version n + 1 body
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -78,8 +106,23 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise CheckpointError(f"{p} is not a medmodal checkpoint")
-    if int(body.get("format_version", 0)) > FORMAT_VERSION:
+    return migrate(body, p)
+
+
+def migrate(body: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """``body`` brought to :data:`FORMAT_VERSION` through :data:`MIGRATIONS`, in order.
+    CheckpointError naming ``path`` for a version this medmodal does not know."""
+    version = body.get("format_version")
+    if type(version) is not int or version < 1:
+        raise CheckpointError(f"{path}: unknown checkpoint format version {version!r}")
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{p} was written by a newer medmodal (format {body['format_version']}); upgrade medmodal"
+            f"{path} was written by a newer medmodal (format {version}, this one reads up to "
+            f"{FORMAT_VERSION}); upgrade medmodal"
         )
+    for v in range(version, FORMAT_VERSION):
+        if v not in MIGRATIONS:
+            raise CheckpointError(f"{path}: no migration from checkpoint format {v} to {v + 1}")
+        body = MIGRATIONS[v](body)
+        body["format_version"] = v + 1
     return body

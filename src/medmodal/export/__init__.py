@@ -1,1 +1,3 @@
 """Exports of a trained checkpoint to other runtimes (:mod:`.onnx`)."""
+
+__all__ = ["onnx"]

@@ -6,4 +6,21 @@
 * :mod:`.limits` body size, timeout, multipart in memory; :mod:`.card` model cards;
 * :mod:`.inference` one served model (PyTorch or ONNX Runtime); :mod:`.metrics` Prometheus text;
 * ``page/`` the static web page served at ``/``.
+
+Nothing is imported here (FastAPI and uvicorn are optional).
 """
+
+__all__ = [
+    "app",
+    "audit_log",
+    "auth",
+    "batching",
+    "card",
+    "deid",
+    "explain",
+    "inference",
+    "limits",
+    "metrics",
+    "schemas",
+    "server",
+]

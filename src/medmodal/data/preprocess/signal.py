@@ -155,7 +155,7 @@ class SignalProcessor(ModalityProcessor):
         return 1 if self.lead_fallback and flat else len(self.leads)
 
     # -- stage 1 -------------------------------------------------------------------------
-    def read(self, row: Mapping[str, Any], root: Path | None) -> np.ndarray | None:
+    def read(self, row: Mapping[str, Any], root: Path | None) -> SignalArray | None:
         value = row[self.spec.column]
         if is_missing(value):
             return None
@@ -273,7 +273,17 @@ class SignalProcessor(ModalityProcessor):
         return _crop_pad(x, self.length)
 
     # -- stage 2 -------------------------------------------------------------------------
-    def fit(self, raws: Sequence[np.ndarray | None]) -> SignalProcessor:
+    def _rate(self, raw: np.ndarray) -> float:
+        """The sampling rate of a :meth:`read` output: the contract between read and fit /
+        transform is the :class:`SignalArray` it returns, which always carries its rate."""
+        if not isinstance(raw, SignalArray) or raw.fs is None:
+            raise TypeError(
+                f"modality {self.name!r}: the signal processor takes the SignalArray its read() "
+                f"returns (it carries the sampling rate), not {type(raw).__name__}"
+            )
+        return raw.fs
+
+    def fit(self, raws: Sequence[SignalArray | None]) -> SignalProcessor:
         sigs = [r for r in raws if r is not None]
         if not sigs:
             raise ValueError(f"modality {self.name!r}: no training signal to fit on")
@@ -284,14 +294,14 @@ class SignalProcessor(ModalityProcessor):
                 "set preprocess.leads"
             )
         self.n_channels_ = channels.pop()
-        rates = {getattr(r, "fs", None) for r in sigs} - {None}
+        rates = {self._rate(r) for r in sigs}
         if len(rates) > 1:
             raise ConfigError(
                 f"modality {self.name!r}: training records are sampled at {sorted(rates)} Hz; "
                 "set preprocess.fs to resample them to one rate"
             )
-        if self.fs is None and rates:
-            self.fs_ = float(rates.pop())
+        if self.fs is None:
+            self.fs_ = rates.pop()
         if self.length is None:
             self.length_ = Counter(r.shape[1] for r in sigs).most_common(1)[0][0]
         if self.standardize == "fit":
@@ -302,9 +312,9 @@ class SignalProcessor(ModalityProcessor):
         fixed = (_crop_pad(r, self.length_) if self.length_ else r for r in sigs)
         self.mean_, self.std_ = channel_mean_std(list(fixed))
 
-    def transform(self, raw: np.ndarray) -> torch.Tensor:
-        fs = getattr(raw, "fs", None)
-        if fs is not None and self.fs_ is not None and fs != self.fs_:
+    def transform(self, raw: SignalArray) -> torch.Tensor:
+        fs = self._rate(raw)
+        if self.fs_ is not None and fs != self.fs_:
             raise DataError(
                 f"signal sampled at {fs:g} Hz, the model was trained at {self.fs_:g} Hz; "
                 "set preprocess.fs to resample"
@@ -361,18 +371,29 @@ class SignalProcessor(ModalityProcessor):
 
 
 class SignalArray(np.ndarray):
-    """A (C, L) float32 signal that remembers its sampling rate, so ``read`` stays stateless
-    and ``fit`` can learn the rate from the cached reads."""
+    """A decoded (C, L) float32 signal and its sampling rate: what :meth:`SignalProcessor.read`
+    returns and ``fit`` / ``transform`` take, so ``read`` stays stateless and ``fit`` learns the
+    rate from the cached reads. The rate survives slicing, copies, pickling (worker processes)
+    and :class:`~medmodal.data.cache.RawSpill`; a plain array viewed as one has ``fs`` None
+    and is refused by the processor."""
 
     fs: float | None
 
-    def __new__(cls, x: np.ndarray, fs: float | None) -> SignalArray:
+    def __new__(cls, x: np.ndarray, fs: float) -> SignalArray:
         obj = np.ascontiguousarray(x, dtype=np.float32).view(cls)
-        obj.fs = None if fs is None else float(fs)
+        obj.fs = float(fs)
         return obj
 
     def __array_finalize__(self, obj: Any) -> None:
-        self.fs = getattr(obj, "fs", None)
+        self.fs = obj.fs if isinstance(obj, SignalArray) else None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        rebuild, args, state = super().__reduce__()[:3]
+        return rebuild, args, (state, self.fs)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        array_state, self.fs = state
+        super().__setstate__(array_state)
 
 
 @lru_cache(maxsize=64)

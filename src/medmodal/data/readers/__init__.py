@@ -1,4 +1,6 @@
-"""File readers, one module per format, all listed in one table (:mod:`.table`).
+"""File readers, one module per format. Image readers are registered in one registry
+(:data:`IMAGE_READERS`, :mod:`.table`), signal formats in another (:data:`SIGNAL_FORMATS`,
+:mod:`.signal`); each entry declares its suffixes, content sniffer and priority.
 
 Every reader raises :class:`~medmodal.errors.DataError` naming the file for a
 missing, unreadable, truncated or corrupt input, never a bare library error.
@@ -16,15 +18,30 @@ from typing import Any
 
 import numpy as np
 
-# Import order is sniffing order: DICOM's "DICM" marker first (its preamble may hold a TIFF header).
+# Importing registers; the sniffing order is each reader's declared priority, not this order.
 from medmodal.data.readers import dicom, nifti, npz, pil  # noqa: F401  (register readers)
+from medmodal.data.readers.audio import read_audio
 from medmodal.data.readers.blob import Blob
-from medmodal.data.readers.table import IMAGE_READERS, find_reader, image_suffixes
+from medmodal.data.readers.signal import SIGNAL_FORMATS, load_record, read_signal
+from medmodal.data.readers.table import IMAGE_READERS, find_reader, image_reader, image_suffixes
+from medmodal.data.readers.text import read_text
 from medmodal.errors import DataError
 
 NPZ_MEMBER = "#"  # "file.npz#train_images/12": one image of an array in an .npz
 
-__all__ = ["IMAGE_READERS", "Blob", "image_suffixes", "read_image"]
+__all__ = [
+    "IMAGE_READERS",
+    "SIGNAL_FORMATS",
+    "Blob",
+    "find_reader",
+    "image_reader",
+    "image_suffixes",
+    "load_record",
+    "read_audio",
+    "read_image",
+    "read_signal",
+    "read_text",
+]
 
 
 def read_image(

@@ -60,11 +60,14 @@ Frames = int | str | None
 # --------------------------------------------------------------------------- public API
 
 
+# Priority: DICOM's marker sits after a free 128-byte preamble, which may hold another format's
+# header (DICOM-TIFF dual files put a TIFF header there), so "DICM" is checked before any magic.
 @image_reader(
     "dicom",
     suffixes=(".dcm", ".dicom", ".ima"),
     sniff=lambda head: head[128:132] == b"DICM",
     options=("window", "frames", "slice_index"),
+    priority=10,
 )
 def read_dicom(
     path: str | Path | Blob,

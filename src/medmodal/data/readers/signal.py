@@ -11,7 +11,11 @@ keyed by its path (and the header file's size and mtime).
 * ``.npy``: a (C, T) or (T, C) array (the longer axis is time); ``fs`` is required.
 * ``.csv``: one numeric column per lead, the header row names the leads; ``fs`` required.
 
-Every failure is a :class:`~medmodal.errors.DataError` naming the file.
+The formats are entries of :data:`SIGNAL_FORMATS` (a :class:`~medmodal.registry.Registry`), each
+declaring its suffixes, a content sniffer and a priority (:class:`SignalFormat`). A path is read
+by the format that claims its suffix; a file with another suffix by its content; a reference
+that is no file (``mitdb/100``) is a WFDB record name. An upload (:class:`Blob`) is read by
+content only. Every failure is a :class:`~medmodal.errors.DataError` naming the file.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +36,14 @@ import numpy as np
 
 from medmodal.data.readers.blob import Blob, Source
 from medmodal.errors import ConfigError, DataError
+from medmodal.registry import Registry
 
 SEGMENT_RE = re.compile(r"^(\d*):(\d*)$")
 WFDB_SUFFIXES = (".hea", ".dat")
+# The record line of a WFDB header: "name[/n_segments] n_signals [fs ...]"
+WFDB_RECORD_LINE = re.compile(r"^[\w.+-]+(/\d+)?[ \t]+\d+([ \t]|$)")
+HEAD_BYTES = 1024  # what the sniffers see of a file or an upload
+RECORD_NAMES = "wfdb"  # the format of a reference that is no file (``mitdb/100``)
 # Bits per sample of the WFDB storage formats (for the truncated-file check).
 WFDB_BITS: dict[str, float] = {
     "8": 8,
@@ -185,17 +194,12 @@ def load_record(
     """The whole record at ``path`` (no segment), from the LRU cache when possible; an upload
     (:class:`Blob`) is read by content as ``.npy`` or ``.csv`` and never cached."""
     if isinstance(path, Blob):
-        return _load_blob(path, fs, lead_names)
-    kind, file = _locate(Path(path))
+        return SIGNAL_FORMATS.get(upload_format(path))(path, fs, lead_names)
+    name, file = locate(Path(path))
     key = (*record_key(path), fs, tuple(lead_names or ()))
     if cache and (hit := RECORD_CACHE.get(key)) is not None:
         return hit
-    if kind == "wfdb":
-        rec = _load_wfdb(file.with_suffix(""))
-    elif kind == "npy":
-        rec = _load_npy(file, fs, lead_names)
-    else:
-        rec = _load_csv(file, fs)
+    rec = SIGNAL_FORMATS.get(name)(file, fs, lead_names)
     rec.signal.flags.writeable = False
     if cache:
         RECORD_CACHE.put(key, rec, rec.signal.nbytes)
@@ -205,7 +209,7 @@ def load_record(
 def record_key(path: str | Path) -> tuple[str, int, int]:
     """(resolved file, size, mtime) identifying a record's current contents, for caches;
     WFDB records by their header. DataError when the file is missing."""
-    _, file = _locate(Path(path))
+    _, file = locate(Path(path))
     stat = file.stat()
     return os.path.abspath(file), stat.st_size, stat.st_mtime_ns
 
@@ -272,23 +276,120 @@ def read_annotations(
     return ann
 
 
-# -- loaders ----------------------------------------------------------------------------
-def _locate(path: Path) -> tuple[str, Path]:
-    """(kind, file to stat): WFDB records are located by their header."""
+# -- formats ----------------------------------------------------------------------------
+Loader = Callable[[Source, float | None, Sequence[str] | None], Record]
+
+
+@dataclass(frozen=True)
+class SignalFormat:
+    """What a signal format declares where it is registered (its registry capabilities)."""
+
+    suffixes: tuple[str, ...]  # lower case, with the dot
+    sniff: Callable[[bytes], bool]  # recognises the first HEAD_BYTES of a file or an upload
+    locate: Callable[[Path], Path]  # the file a path's record is read from; DataError if missing
+    upload_error: str | None = None  # why an upload of this content cannot be read (None: it can)
+
+
+# ``fn(file_or_blob, fs, lead_names) -> Record``, the file as :func:`locate` found it.
+SIGNAL_FORMATS: Registry[Record] = Registry("signal format")
+
+
+def signal_format(name: str, fmt: SignalFormat, priority: int) -> Callable[[Loader], Loader]:
+    """Register a loader; a higher ``priority`` sniffs first."""
+    return SIGNAL_FORMATS.register(name, priority=priority, capabilities=fmt)
+
+
+def locate(path: Path) -> tuple[str, Path]:
+    """(format, file to read and stat): by a claimed suffix, else an existing file by its
+    content, else a WFDB record name (located by its header)."""
     suffix = path.suffix.lower()
-    if suffix in (".npy", ".csv"):
-        if not path.is_file():
-            raise DataError("signal file not found", path=path)
-        return suffix[1:], path
+    names = SIGNAL_FORMATS.ordered()
+    name = next((n for n in names if suffix in _format(n).suffixes), None)
+    if name is None and path.is_file():
+        head = _head(path)
+        name = next((n for n in names if _format(n).sniff(head)), None)
+    name = name or RECORD_NAMES
+    return name, _format(name).locate(path)
+
+
+def upload_format(blob: Blob) -> str:
+    """The format of an upload, by its content only (a WFDB record is two files)."""
+    head = blob.data[:HEAD_BYTES]
+    for name in SIGNAL_FORMATS.ordered():
+        fmt = _format(name)
+        if fmt.sniff(head):
+            if fmt.upload_error:
+                raise DataError(fmt.upload_error, path=blob)
+            return name
+    raise DataError(
+        "not a .npy array or CSV text by its content (a WFDB record is two files: "
+        "upload the signal as .npy or .csv)",
+        path=blob,
+    )
+
+
+def _format(name: str) -> SignalFormat:
+    return SIGNAL_FORMATS.capabilities(name)
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(HEAD_BYTES)
+    except OSError:
+        return b""
+
+
+def _is_wfdb_header(head: bytes) -> bool:
+    """Text whose first line that is not a comment is a WFDB record line."""
+    if b"\x00" in head:
+        return False
+    lines = (x.strip() for x in head.decode("latin-1").splitlines())
+    first = next((x for x in lines if x and not x.startswith("#")), "")
+    return bool(WFDB_RECORD_LINE.match(first))
+
+
+def _is_text(head: bytes) -> bool:
+    return b"\x00" not in head
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError("signal file not found", path=path)
+    return path
+
+
+def _wfdb_header(path: Path) -> Path:
     hea = _strip_suffix(path, WFDB_SUFFIXES)
     hea = hea.with_name(hea.name + ".hea")
     if not hea.is_file():
         raise DataError("WFDB header (.hea) not found", path=hea)
-    return "wfdb", hea
+    return hea
 
 
 def _strip_suffix(path: Path, suffixes: Sequence[str]) -> Path:
     return path.with_suffix("") if path.suffix.lower() in suffixes else path
+
+
+# Priorities: the .npy magic is exact (never text); a WFDB header is text too, so its record
+# line is checked before CSV, which takes any text without NUL bytes (the last resort).
+NPY = SignalFormat((".npy",), lambda head: head.startswith(b"\x93NUMPY"), _existing_file)
+WFDB = SignalFormat(
+    WFDB_SUFFIXES,
+    _is_wfdb_header,
+    _wfdb_header,
+    upload_error="a WFDB header by its content; a WFDB record is two files: upload the signal "
+    "as .npy or .csv",
+)
+CSV = SignalFormat((".csv",), _is_text, _existing_file)
+
+
+@signal_format("wfdb", WFDB, priority=20)
+def _wfdb_record(hea: Source, fs: float | None, lead_names: Sequence[str] | None) -> Record:
+    """WFDB record (header + signal files), physical units in mV; rate and leads from the header."""
+    if isinstance(hea, Blob):  # upload_format never picks it
+        raise DataError(WFDB.upload_error or "a WFDB record is two files", path=hea)
+    return _load_wfdb(hea.with_suffix(""))
 
 
 def _load_wfdb(base: Path) -> Record:
@@ -374,26 +475,15 @@ def _orient(arr: np.ndarray, path: Source) -> np.ndarray:
     return arr if arr.shape[0] <= arr.shape[1] else arr.T
 
 
-def _load_blob(blob: Blob, fs: float | None, lead_names: Sequence[str] | None) -> Record:
-    """An uploaded signal: ``.npy`` by its magic bytes, else CSV text (WFDB needs two files)."""
-    if blob.data[:6] == b"\x93NUMPY":
-        return _load_npy(blob, fs, lead_names)
-    if b"\x00" in blob.data[:1024]:
-        raise DataError(
-            "not a .npy array or CSV text by its content (a WFDB record is two files: "
-            "upload the signal as .npy or .csv)",
-            path=blob,
-        )
-    return _load_csv(blob, fs)
-
-
 def _need_fs(fs: float | None, path: Source) -> float:
     if fs is None or fs <= 0:
         raise ConfigError(f"{path}: .npy/.csv signals carry no sampling rate; set input_fs")
     return float(fs)
 
 
+@signal_format("npy", NPY, priority=30)
 def _load_npy(path: Source, fs: float | None, lead_names: Sequence[str] | None) -> Record:
+    """A (C, T) or (T, C) numeric array (the longer axis is time); ``fs`` required."""
     rate = _need_fs(fs, path)
     try:
         arr = np.load(path.open() if isinstance(path, Blob) else path, allow_pickle=False)
@@ -408,7 +498,9 @@ def _load_npy(path: Source, fs: float | None, lead_names: Sequence[str] | None) 
     return Record(x, rate, names, str(path))
 
 
-def _load_csv(path: Source, fs: float | None) -> Record:
+@signal_format("csv", CSV, priority=10)
+def _load_csv(path: Source, fs: float | None, lead_names: Sequence[str] | None = None) -> Record:
+    """One numeric column per lead, named by the header row; ``fs`` required."""
     import pandas as pd
 
     rate = _need_fs(fs, path)

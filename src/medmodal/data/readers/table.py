@@ -1,9 +1,12 @@
-"""The one table of image readers: each registers its suffixes and a content sniffer.
+"""The registry of image readers: each declares its suffixes, a content sniffer and its options.
 
-``read_image`` and folder prediction both use it. A file is read by the reader whose sniffer
+``read_image`` and folder prediction both use it. A file is read by the first reader, in
+:meth:`~medmodal.registry.Registry.ordered` order (priority, then registration), whose sniffer
 recognises its first bytes (a PNG named ``.dcm`` is read as PNG); when no sniffer does, by its
-suffix (the reader then says what is wrong with the file). A new format is one module that
-decorates its read function with :func:`image_reader` and is imported by ``readers/__init__``.
+suffix (the reader then says what is wrong with the file). An upload is read by content only.
+
+A new format is one module that decorates its read function with :func:`image_reader` and is
+imported by ``readers/__init__``; import order decides nothing (priority does).
 """
 
 from __future__ import annotations
@@ -18,10 +21,20 @@ import numpy as np
 
 from medmodal.data.readers.blob import Blob, Source
 from medmodal.errors import DataError
+from medmodal.registry import Registry
 
 HEAD_BYTES = 544  # enough for every sniffer below (NIfTI-2 has a 540-byte header)
 Sniffer = Callable[[bytes], bool]
 OPTIONS = ("window", "slice_index", "frames", "spatial_dims")
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """What an image reader declares where it is registered (its registry capabilities)."""
+
+    suffixes: tuple[str, ...]  # lower case, with the dot
+    sniff: Sniffer  # recognises the file's first HEAD_BYTES (decompressed when gzip)
+    options: tuple[str, ...] = ()  # the read_image options it takes (a subset of OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -35,29 +48,35 @@ class ImageReader:
     options: tuple[str, ...]
 
 
-IMAGE_READERS: dict[str, ImageReader] = {}
+IMAGE_READERS: Registry[np.ndarray] = Registry("image reader")
 
 
 def image_reader(
-    name: str, suffixes: tuple[str, ...], sniff: Sniffer, options: tuple[str, ...] = ()
+    name: str,
+    suffixes: tuple[str, ...],
+    sniff: Sniffer,
+    options: tuple[str, ...] = (),
+    priority: int = 0,
 ) -> Callable[[Callable[..., np.ndarray]], Callable[..., np.ndarray]]:
-    """Register ``fn(path, **options)`` for files with these suffixes or this content."""
+    """Register ``fn(path, **options)`` for files with these suffixes or this content.
+    ``priority``: a higher one sniffs first (only formats whose magic can occur inside another
+    format's header need one)."""
     unknown = set(options) - set(OPTIONS)
     if unknown:
         raise ValueError(f"reader {name!r}: unknown options {sorted(unknown)}; known: {OPTIONS}")
+    fmt = ImageFormat(tuple(s.lower() for s in suffixes), sniff, tuple(options))
+    return IMAGE_READERS.register(name, priority=priority, capabilities=fmt)
 
-    def deco(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
-        if name in IMAGE_READERS:
-            raise ValueError(f"image reader {name!r} is registered twice")
-        IMAGE_READERS[name] = ImageReader(name, tuple(suffixes), sniff, fn, tuple(options))
-        return fn
 
-    return deco
+def reader(name: str) -> ImageReader:
+    """The registered reader ``name`` with what it declared."""
+    fmt: ImageFormat = IMAGE_READERS.capabilities(name)
+    return ImageReader(name, fmt.suffixes, fmt.sniff, IMAGE_READERS.get(name), fmt.options)
 
 
 def image_suffixes() -> list[str]:
     """Every suffix some image reader claims (lower case, with the dot)."""
-    return sorted({s for r in IMAGE_READERS.values() for s in r.suffixes})
+    return sorted({s for n in IMAGE_READERS.names() for s in reader(n).suffixes})
 
 
 def suffix_of(path: str | Path | Blob) -> str:
@@ -85,9 +104,10 @@ def find_reader(path: Source) -> ImageReader:
 
     An upload (:class:`Blob`) is read by content only: its name is the client's word."""
     head = head_of(path)
-    for reader in IMAGE_READERS.values():
-        if head and reader.sniff(head):
-            return reader
+    readers = [reader(n) for n in IMAGE_READERS.ordered()]
+    for r in readers:
+        if head and r.sniff(head):
+            return r
     if isinstance(path, Blob):
         raise DataError(
             "not a PNG, JPEG, TIFF, BMP, DICOM or NIfTI image by its content "
@@ -95,9 +115,9 @@ def find_reader(path: Source) -> ImageReader:
             path=path,
         )
     suffix = suffix_of(path)
-    for reader in IMAGE_READERS.values():
-        if suffix in reader.suffixes:
-            return reader
+    for r in readers:
+        if suffix in r.suffixes:
+            return r
     raise DataError(
         f"unsupported image format {suffix or '(no suffix)'} and content; expected "
         f"{', '.join(image_suffixes())}, a DICOM series folder or file.npz#key/index",
