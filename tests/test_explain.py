@@ -357,3 +357,13 @@ def test_gallery_cases_and_report_section(
     assert section.count("<figure") == 3 and "data:image/png;base64," in section
     with pytest.raises(ConfigError, match="evaluate.gallery"):
         load_config({"evaluate": {"gallery": -1}})
+
+
+def test_explain_request_fields_are_checked_before_anything_is_read(tmp_path: Path) -> None:
+    from medmodal.explain import ExplainRequest, explain
+
+    with pytest.raises(ConfigError, match=r"explain: unknown option 'method'; allowed: device"):
+        explain(tmp_path / "none.pt", tmp_path, tmp_path / "out", method=["gradcam"])
+    with pytest.raises(ConfigError, match="a request or its fields, not both"):
+        explain(tmp_path / "none.pt", tmp_path, tmp_path / "out", ExplainRequest(), samples=1)
+    assert ExplainRequest(samples=3).samples == 3

@@ -53,3 +53,48 @@ def test_small_input_stem_keeps_resolution() -> None:
     assert enc.body.conv1.stride == (1, 1) and enc.body.conv1.kernel_size == (3, 3)
     big = create_model("resnet18", size=(224, 224)).encoders["image"]
     assert big.body.conv1.stride == (2, 2)
+
+
+def test_capabilities_declared_at_registration() -> None:
+    """Which built-in encoders offer what, and the exact layer each declares for Grad-CAM (the
+    modules Grad-CAM, rollout, pretraining and export used before they asked the registry)."""
+    from medmodal.models.encoders.base import create_encoder, encoder_capabilities
+    from medmodal.models.encoders.base import encoders_offering as offering
+
+    assert offering(lambda c: c.cam_layer) == [
+        "audio_cnn", "baseline_cnn", "cnn1d", "densenet121", "resnet18", "resnet1d", "resnet50"
+    ]  # fmt: skip
+    assert offering(lambda c: c.attention) == ["vit"]
+    assert offering(lambda c: c.masked_path) == ["resnet18", "resnet50", "swin", "vit"]
+    assert offering(lambda c: c.token_embedding) == ["bigru", "bilstm", "minilm"]
+    assert offering(lambda c: c.gradients) == ["minilm"]
+    assert [n for n in ENCODERS.names() if not encoder_capabilities(n).onnx] == ["bigru", "bilstm"]
+    patched = {n: encoder_capabilities(n).masked_path for n in ("vit", "swin", "resnet18")}
+    assert {n: p.patch_option for n, p in patched.items() if p} == {
+        "vit": "patch_size", "swin": "patch_size", "resnet18": None
+    }  # fmt: skip
+    image = {"in_channels": 1, "spatial_dims": 2, "size": (28, 28)}
+    layers = {
+        "baseline_cnn": lambda e: e.features[1],
+        "resnet18": lambda e: e.body.layer4,
+        "resnet50": lambda e: e.body.layer4,
+        "densenet121": lambda e: e.body.class_layers.relu,
+    }
+    for name, layer in layers.items():
+        enc = create_encoder(name, "image", image)
+        assert encoder_capabilities(name).cam_layer(enc) is layer(enc), name
+    audio = create_encoder("audio_cnn", "audio", {"in_channels": 1})
+    assert encoder_capabilities("audio_cnn").cam_layer(audio) is audio.features[-2]
+    for name, layer in {"cnn1d": lambda e: e.features[-2], "resnet1d": lambda e: e.stages}.items():
+        enc = create_encoder(name, "signal", {"in_channels": 2})
+        assert encoder_capabilities(name).cam_layer(enc) is layer(enc), name
+    assert isinstance(audio.features[-2], torch.nn.ReLU)
+
+
+def test_an_encoder_without_onnx_says_why() -> None:
+    from medmodal.models.encoders.base import EncoderCapabilities
+
+    with pytest.raises(ValueError, match="says why"):
+        EncoderCapabilities(onnx=False)
+    with pytest.raises(ValueError, match=r"notes on unknown capabilities \['cam'\]"):
+        EncoderCapabilities(notes={"cam": "typo"})

@@ -246,7 +246,7 @@ def test_other_encoder_options_name_what_was_pretrained(
 
 def test_resnet_checkpoint_loads_every_weight_and_buffer(tmp_path: Path) -> None:
     """The SparK-style path's encoder (batch-norm statistics included) goes into a classifier."""
-    from medmodal.pretrain.artifacts import save_encoder
+    from medmodal.pretrain.artifacts import PretrainRecord, save_encoder
 
     info = {"in_channels": 1, "spatial_dims": 2, "size": [16, 16]}
     model, masks = build_simmim("resnet18", {}, info, 4, 0.6)
@@ -258,10 +258,7 @@ def test_resnet_checkpoint_loads_every_weight_and_buffer(tmp_path: Path) -> None
         name="resnet18",
         options={},
         info=info,
-        config={},
-        history=[],
-        images={},
-        processor={},
+        record=PretrainRecord(),
     )
     saved = torch.load(path, weights_only=True)["encoder_state"]
     assert int(saved["body.bn1.num_batches_tracked"]) == 1

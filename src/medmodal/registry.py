@@ -58,6 +58,7 @@ class Registry(Generic[T]):
         self.context = tuple(context)
         self._entries: dict[str, Entry[T]] = {}
         self._options: dict[str, type[BaseModel]] = {}
+        self._registered = 0  # registrations so far (an entry's ``order``)
 
     def register(
         self,
@@ -81,11 +82,18 @@ class Registry(Generic[T]):
             doc = inspect.getdoc(fn) or ""
             self._entries[key] = Entry(
                 key, fn, doc.splitlines()[0] if doc else "", options, priority, capabilities,
-                len(self._entries),
+                self._registered,
             )  # fmt: skip
+            self._registered += 1
             return fn
 
         return deco
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a test that registers a component of its own cleans up with it)."""
+        self.entry(name)
+        del self._entries[name]
+        self._options.pop(name, None)
 
     def entry(self, name: str) -> Entry[T]:
         if name not in self._entries:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 
+from medmodal.data.preprocess.signal import SignalProcessor
 from medmodal.predictor import Predictor
 
 DENSE_TYPES = ("image", "audio", "signal")
@@ -34,17 +37,12 @@ def channel_sum(values: np.ndarray, kind: str) -> np.ndarray:
 
 def draw_info(predictor: Predictor, modality: str) -> dict[str, object]:
     """What a drawing needs beyond the values: a signal's lead names and sampling rate."""
-    proc = predictor.processors[modality]
     if predictor.schema.modalities[modality].type != "signal":
         return {}
+    proc = cast(SignalProcessor, predictor.processors[modality])  # a signal modality's processor
     info = proc.info()
     n = int(info.get("in_channels") or 0)
-    return {
-        "leads": lead_labels(
-            getattr(proc, "leads", None), getattr(proc, "lead_fallback", False), n
-        ),
-        "fs": info.get("fs"),
-    }
+    return {"leads": lead_labels(proc.leads, proc.lead_fallback, n), "fs": info.get("fs")}
 
 
 def lead_labels(leads: object, fallback: bool, n: int) -> list[str]:

@@ -20,7 +20,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
-from medmodal.explain.methods import Attribution
+from medmodal.explain.base import Attribution
 
 MAX_BARS = 20
 MAX_LEADS = 12

@@ -2,10 +2,11 @@
 
 The activations ``A`` (B, K, *spatial) of the block are weighted by their spatially averaged
 gradients of the target score; ``ReLU(sum_k w_k A_k)`` is upsampled to the input size (linear,
-bilinear or trilinear) and scaled to [0, 1]. Supported encoders, by the module they build:
-baseline_cnn (its conv + ReLU), resnet18 / resnet50 (``layer4``), densenet121 (the final ReLU of
-the features), audio_cnn, cnn1d (the last conv block's ReLU), resnet1d (the last stage). A ViT has
-no convolutional block: ConfigError (use ``attention_rollout`` or ``integrated_gradients``).
+bilinear or trilinear) and scaled to [0, 1]. The block is the one the encoder's registration
+declares (``EncoderCapabilities.cam_layer``): baseline_cnn (its conv + ReLU), resnet18 / resnet50
+(``layer4``), densenet121 (the final ReLU of the features), audio_cnn, cnn1d (the last conv
+block's ReLU), resnet1d (the last stage). An encoder that declares none (a ViT has no
+convolutional block) is a ConfigError naming those that do.
 """
 
 from __future__ import annotations
@@ -16,35 +17,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.networks import nets
 from torch import nn
 
 from medmodal.errors import ConfigError
+from medmodal.explain.base import (
+    METHODS,
+    Attribution,
+    capabilities,
+    encoder_name,
+    offered_by,
+    require_type,
+)
 from medmodal.explain.dense import dense_kind, draw_info, processed_input
 from medmodal.explain.forward import Item, ModelScore
-from medmodal.explain.methods import METHODS, Attribution, encoder_name, require_type
-from medmodal.models.encoders.audio import AudioCNN
-from medmodal.models.encoders.image import BaselineCNN
-from medmodal.models.encoders.signal import CNN1d, ResNet1d
 from medmodal.predictor import Predictor
-
-SUPPORTED = "baseline_cnn, resnet18, resnet50, densenet121, audio_cnn, cnn1d, resnet1d"
-
-
-def last_conv_block(encoder: nn.Module) -> nn.Module | None:
-    """The module whose output Grad-CAM weighs, or None when the encoder has none we know."""
-    if isinstance(encoder, BaselineCNN):
-        return encoder.features[1]  # conv -> ReLU (before the pooling)
-    if isinstance(encoder, (AudioCNN, CNN1d)):
-        return encoder.features[-2]  # the last block's ReLU (before its pooling)
-    if isinstance(encoder, ResNet1d):
-        return encoder.stages
-    body = getattr(encoder, "body", None)
-    if isinstance(body, nets.ResNet):
-        return body.layer4
-    if isinstance(body, nets.DenseNet):
-        return body.class_layers.relu
-    return None
 
 
 def grad_cam(
@@ -105,11 +91,14 @@ def gradcam(predictor: Predictor, modality: str | None) -> GradCAM:
     """Grad-CAM on the last convolutional block (image 2D/3D, spectrogram, signal)."""
     require_type(predictor, modality, "gradcam", ("image", "audio", "signal"))
     assert modality is not None
-    layer = last_conv_block(predictor.model.encoders[modality])
-    if layer is None:
+    caps = capabilities(predictor, modality)
+    if caps.cam_layer is None:
+        instead = "attention_rollout or " if caps.attention is not None else ""
         raise ConfigError(
             f"method 'gradcam' does not fit encoder {encoder_name(predictor, modality)!r} of "
-            f"modality {modality!r}: it needs a convolutional encoder ({SUPPORTED}); "
-            "use integrated_gradients (or attention_rollout for a vit)"
+            f"modality {modality!r}{caps.why_not('cam_layer')}: it needs an encoder that "
+            "declares the convolutional block to weigh "
+            f"({offered_by(predictor, modality, lambda c: c.cam_layer)}); "
+            f"use {instead}integrated_gradients"
         )
-    return GradCAM(predictor, modality, layer)
+    return GradCAM(predictor, modality, caps.cam_layer(predictor.model.encoders[modality]))

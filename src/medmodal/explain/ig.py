@@ -3,56 +3,23 @@
 The baseline is zero in the processed space: the training mean after normalisation for images,
 spectrograms and standardised signals, an empty sequence for tokens, the scaled mean for tabular
 features. Every other modality of the sample is fixed. Token inputs and tables are handled in
-:mod:`.text` and :mod:`.tabular`; this module holds the dense case and the registered entry.
+:mod:`.text` and :mod:`.tabular` (the path integral itself is :mod:`.integrate`); this module
+holds the dense case and the registered entry.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
 
-import torch
-
-from medmodal.errors import ConfigError
+from medmodal.explain.base import METHODS, Attribution, Explainer, require_type
 from medmodal.explain.dense import DENSE_TYPES, channel_sum, dense_kind, draw_info, processed_input
 from medmodal.explain.forward import Item, ModelScore
-from medmodal.explain.methods import METHODS, Attribution, Explainer, require_type
+from medmodal.explain.integrate import captum_attr, integrate
+from medmodal.explain.tabular import TabularIG
+from medmodal.explain.text import token_ig
 from medmodal.predictor import Predictor
 
 IG_TYPES = (*DENSE_TYPES, "text", "tabular")
-
-
-def captum_attr() -> Any:
-    """``captum.attr``, or a ConfigError saying how to install it."""
-    try:
-        import captum.attr
-    except ImportError:
-        raise ConfigError(
-            "integrated_gradients needs Captum: pip install 'medmodal[explain]'"
-        ) from None
-    return captum.attr
-
-
-def integrate(
-    score: ModelScore,
-    x: torch.Tensor,
-    steps: int,
-    baseline: torch.Tensor | None = None,
-    batch: int = 32,
-) -> tuple[torch.Tensor, float]:
-    """(attributions shaped like ``x``, convergence delta) of ``score`` along the straight
-    path from ``baseline`` (default zeros) to ``x``."""
-    ig = captum_attr().IntegratedGradients(score)
-    base = torch.zeros_like(x) if baseline is None else baseline
-    with torch.enable_grad():
-        attr, delta = ig.attribute(
-            x.detach().float(),
-            baselines=base,
-            n_steps=steps,
-            internal_batch_size=batch,
-            return_convergence_delta=True,
-        )
-    return attr.detach(), float(delta.abs().max())
 
 
 class DenseIG:
@@ -94,11 +61,7 @@ def integrated_gradients(
     captum_attr()
     assert modality is not None
     if mtype == "text":
-        from medmodal.explain.text import token_ig
-
         return token_ig(predictor, modality, steps, batch)
     if mtype == "tabular":
-        from medmodal.explain.tabular import TabularIG
-
         return TabularIG(predictor, modality, steps, batch)
     return DenseIG(predictor, modality, steps, batch)

@@ -3,21 +3,26 @@
 ``METHODS.create(name, options, predictor=..., modality=...)`` builds an *explainer* for one
 modality of a trained :class:`~medmodal.predictor.Predictor` (``modality=None`` for the methods
 that explain the whole sample: ``shapley``). A method that does not fit the modality or its
-encoder is a :class:`~medmodal.errors.ConfigError` naming both, raised before any sample is read.
+encoder is a :class:`~medmodal.errors.ConfigError` naming both, raised before any sample is read;
+what an encoder offers is what its registration declares
+(:class:`~medmodal.models.encoders.base.EncoderCapabilities`).
 
 =======================  =========================================  ================================
 name                     modalities / encoders                      attribution
 =======================  =========================================  ================================
-``gradcam``              image (baseline_cnn, resnet18/50,          Grad-CAM on the last conv block,
-                         densenet121; 2D/3D), audio (audio_cnn),    upsampled to the input
-                         signal (cnn1d, resnet1d)
+``gradcam``              image (2D/3D), audio, signal: encoders     Grad-CAM on the layer the
+                         declaring a ``cam_layer`` (baseline_cnn,   encoder declares (its last conv
+                         resnet18/50, densenet121, audio_cnn,       block), upsampled to the input
+                         cnn1d, resnet1d)
 ``integrated_gradients`` image, audio, signal: the input tensor;    Integrated Gradients (Captum),
-                         text (word / wordpiece): token embeddings  zero baseline (the training
-                         summed per word; tabular: numeric features mean after normalisation)
+                         text (word / wordpiece, encoders declaring zero baseline (the training
+                         a ``token_embedding``): token embeddings   mean after normalisation)
+                         summed per word; tabular: numeric features
                          (categorical: occlusion by "missing")
-``attention_rollout``    image (vit; 2D/3D)                         attention rollout (class-agnostic)
-``occlusion``            text, any tokenizer (frozen sentence        leave-one-word-out: the note is
-                         embeddings: the only one that fits)         re-read without each word
+``attention_rollout``    image encoders declaring ``attention``     attention rollout (class-agnostic)
+                         (vit; 2D/3D)
+``occlusion``            text, any tokenizer (frozen sentence       leave-one-word-out: the note is
+                         embeddings: the only one that fits)        re-read without each word
 ``shapley``              the whole sample, 2 to 6 modalities        exact Shapley values of the
                                                                     modalities (missing-modality
                                                                     path), probability scale
@@ -26,88 +31,33 @@ name                     modalities / encoders                      attribution
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-import numpy as np
+from typing import Any
 
 from medmodal.errors import ConfigError
-from medmodal.explain.forward import Item
-from medmodal.models.encoders.base import DEFAULT_ENCODER
+
+# the method modules register themselves in METHODS when imported
+from medmodal.explain import gradcam, ig, rollout, shapley, text  # noqa: F401
+from medmodal.explain.base import (
+    METHODS,
+    SAMPLE_METHODS,
+    Attribution,
+    Explainer,
+    encoder_name,
+    require_type,
+)
 from medmodal.predictor import Predictor
-from medmodal.registry import Registry
 
-
-@dataclass
-class Attribution:
-    """One explanation of one sample.
-
-    ``kind``: ``image`` (values (H, W)), ``volume`` (D, H, W), ``signal`` (leads, time),
-    ``spectrogram`` (features, frames), ``tokens`` / ``features`` / ``modalities`` (one value
-    per entry of ``labels``). ``background``: what the values are drawn on (the processed input,
-    channels first for images). ``info``: method-specific numbers (e.g. Shapley base values)."""
-
-    modality: str | None
-    method: str
-    kind: str
-    values: np.ndarray
-    labels: list[str] | None = None
-    background: np.ndarray | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def summary(self, top: int = 10) -> dict[str, Any]:
-        """JSON-friendly: per-entry values for labelled kinds, else the map's statistics."""
-        out: dict[str, Any] = {"kind": self.kind, "seconds": round(self.seconds, 4), **self.info}
-        v = np.asarray(self.values, dtype=float)
-        if self.labels is not None:
-            out["values"] = [[lab, float(x)] for lab, x in zip(self.labels, v, strict=True)]
-            order = np.argsort(-np.abs(v))[:top]
-            out["top"] = [self.labels[i] for i in order]
-        else:
-            out["shape"] = list(v.shape)
-            out.update(min=float(v.min()), max=float(v.max()), abs_sum=float(np.abs(v).sum()))
-        return out
-
-
-class Explainer(Protocol):
-    """What a registered method builds: ``explain(item, target)`` for one sample."""
-
-    def explain(self, item: Item, target: int) -> Attribution: ...
-
-
-METHODS: Registry[Explainer] = Registry("explanation method", context=("predictor", "modality"))
-SAMPLE_METHODS = ("shapley",)  # explain the whole sample, not one modality
-
-
-def modality_type(predictor: Predictor, modality: str | None, method: str) -> str:
-    """The modality's type; a ConfigError names an unknown modality and the model's own."""
-    mods = predictor.schema.modalities
-    if modality is None or modality not in mods:
-        raise ConfigError(
-            f"method {method!r}: the model has no modality {modality!r}; it has {', '.join(mods)}"
-        )
-    return mods[modality].type
-
-
-def encoder_name(predictor: Predictor, modality: str) -> str:
-    """The configured encoder name of ``modality`` (or its type's default)."""
-    spec = predictor.config.model.encoders.get(modality)
-    name = spec.name if spec is not None else None
-    return name or DEFAULT_ENCODER.get(predictor.schema.modalities[modality].type, "?")
-
-
-def require_type(
-    predictor: Predictor, modality: str | None, method: str, types: tuple[str, ...]
-) -> str:
-    """``modality``'s type when ``method`` explains that type, else a ConfigError naming both."""
-    mtype = modality_type(predictor, modality, method)
-    if mtype not in types:
-        raise ConfigError(
-            f"method {method!r} does not fit modality {modality!r} ({mtype}); "
-            f"it explains {', '.join(types)} modalities"
-        )
-    return mtype
+__all__ = [
+    "METHODS",
+    "SAMPLE_METHODS",
+    "Attribution",
+    "Explainer",
+    "create_explainer",
+    "default_methods",
+    "encoder_name",
+    "fits",
+    "require_type",
+]
 
 
 def create_explainer(
@@ -141,11 +91,3 @@ def default_methods(predictor: Predictor, modality: str) -> list[str]:
     order = ("gradcam", "attention_rollout", "integrated_gradients")
     names = [n for n in order if fits(n, predictor, modality)]
     return names or ["occlusion"]
-
-
-def _register_all() -> None:
-    """Import the method modules so they register (kept here to avoid import cycles)."""
-    from medmodal.explain import gradcam, ig, rollout, shapley, tabular, text  # noqa: F401
-
-
-_register_all()

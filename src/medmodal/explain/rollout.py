@@ -1,4 +1,5 @@
-"""Attention rollout (Abnar & Zuidema 2020) for the ViT image encoder, 2D or 3D.
+"""Attention rollout (Abnar & Zuidema 2020) for image encoders that record their attention (the
+ViT; ``EncoderCapabilities.attention``), 2D or 3D.
 
 Each block's attention (averaged over heads) is mixed with the identity for the residual path,
 ``A = 0.5 * attention + 0.5 * I`` with rows renormalised, and the blocks are multiplied in order;
@@ -11,17 +12,28 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from medmodal.errors import ConfigError
+from medmodal.explain.base import (
+    METHODS,
+    Attribution,
+    capabilities,
+    encoder_name,
+    offered_by,
+    require_type,
+)
 from medmodal.explain.dense import dense_kind, processed_input
 from medmodal.explain.forward import Item, ModelScore
-from medmodal.explain.methods import METHODS, Attribution, encoder_name, require_type
-from medmodal.models.encoders.image import _ViTFeatures
 from medmodal.predictor import Predictor
+
+Recorder = Callable[[nn.Module], AbstractContextManager[list[torch.Tensor]]]
 
 
 def rollout(attentions: list[torch.Tensor]) -> torch.Tensor:
@@ -36,26 +48,19 @@ def rollout(attentions: list[torch.Tensor]) -> torch.Tensor:
 
 
 class AttentionRollout:
-    """Attention rollout of a ViT image encoder (see the module doc)."""
+    """Attention rollout of an image encoder that records its attention (see the module doc)."""
 
-    def __init__(self, predictor: Predictor, modality: str, encoder: _ViTFeatures) -> None:
-        self.predictor, self.modality, self.encoder = predictor, modality, encoder
+    def __init__(self, predictor: Predictor, modality: str, record: Recorder) -> None:
+        self.predictor, self.modality, self.record = predictor, modality, record
 
     @torch.no_grad()
     def explain(self, item: Item, target: int) -> Attribution:
         t0 = time.perf_counter()
         p, m = self.predictor, self.modality
         score = ModelScore(p.model, item, m, p.label_map.task, target)
-        blocks = [b.attn for b in self.encoder.vit.blocks]
-        for attn in blocks:
-            attn.save_attn = True
-        try:
-            x = item.inputs[m]
+        x = item.inputs[m]
+        with self.record(p.model.encoders[m]) as maps:
             s = score(x)
-            maps = [attn.att_mat for attn in blocks]
-        finally:
-            for attn in blocks:
-                attn.save_attn = False
         values = self._upsample(rollout(maps), tuple(x.shape[2:]))
         return Attribution(
             m, "attention_rollout", dense_kind(p, m), values, background=processed_input(x),
@@ -64,7 +69,7 @@ class AttentionRollout:
         )  # fmt: skip
 
     def _upsample(self, relevance: torch.Tensor, size: tuple[int, ...]) -> np.ndarray:
-        """The (N,) patch relevance on the patch grid (medmodal's ViT: cubic patches),
+        """The (N,) patch relevance on the patch grid (square / cubic patches),
         upsampled to the image and scaled to [0, 1]."""
         n, dims = int(relevance.numel()), len(size)
         patch = round((math.prod(size) / n) ** (1 / dims))
@@ -79,14 +84,15 @@ class AttentionRollout:
 
 @METHODS.register("attention_rollout")
 def attention_rollout(predictor: Predictor, modality: str | None) -> AttentionRollout:
-    """Attention rollout of a ViT image encoder (class-agnostic)."""
+    """Attention rollout of an image encoder that records its attention (class-agnostic)."""
     require_type(predictor, modality, "attention_rollout", ("image",))
     assert modality is not None
-    encoder = predictor.model.encoders[modality]
-    if not isinstance(encoder, _ViTFeatures):
+    caps = capabilities(predictor, modality)
+    if caps.attention is None:
         raise ConfigError(
             f"method 'attention_rollout' does not fit encoder "
-            f"{encoder_name(predictor, modality)!r} of modality {modality!r}: it needs the vit "
-            "encoder"
+            f"{encoder_name(predictor, modality)!r} of modality {modality!r}"
+            f"{caps.why_not('attention')}: it needs an encoder that records its attention "
+            f"({offered_by(predictor, modality, lambda c: c.attention)})"
         )
-    return AttentionRollout(predictor, modality, encoder)
+    return AttentionRollout(predictor, modality, caps.attention)

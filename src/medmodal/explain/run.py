@@ -4,7 +4,7 @@
 The samples are read exactly as ``predict`` reads them (a manifest with any subset of
 modalities, a DataFrame, or an image folder; ``skip_bad``), scored through the Predictor, and
 each one is explained for its predicted class (or ``target``). Which methods run: see
-:func:`plan`.
+:func:`plan`; what to explain, and how, is one :class:`ExplainRequest`.
 """
 
 from __future__ import annotations
@@ -20,22 +20,33 @@ import pandas as pd
 
 from medmodal.data.dataset import MultimodalDataset
 from medmodal.errors import BadSampleLog, ConfigError, ManifestError
+from medmodal.explain.base import METHODS, SAMPLE_METHODS, Attribution, Explainer
 from medmodal.explain.draw import draw, save_png
 from medmodal.explain.forward import item_of, resolve_target
-from medmodal.explain.methods import (
-    METHODS,
-    SAMPLE_METHODS,
-    Attribution,
-    Explainer,
-    create_explainer,
-    default_methods,
-    fits,
-)
+from medmodal.explain.methods import create_explainer, default_methods, fits
 from medmodal.explain.shapley import MAX_MODALITIES
+from medmodal.options import Strict, parse_options
 from medmodal.predictor import Predictor
+from medmodal.run.sources import frame_from_source
 from medmodal.utils.io import dump_json
 
 Plan = list[tuple[str, str | None, Explainer]]
+
+
+class ExplainRequest(Strict):
+    """What :func:`explain` explains and how: ``methods`` / ``modalities`` / ``options`` (see
+    :func:`plan`), ``samples`` (all, the first n, or these ids), ``target`` (a class name; default:
+    the predicted class), ``root`` (of relative file paths), ``skip_bad`` (skip unreadable samples,
+    listed in the result) and ``device``."""
+
+    methods: Sequence[str] | None = None
+    modalities: Sequence[str] | None = None
+    samples: int | Sequence[str] | None = None
+    target: str | None = None
+    options: Mapping[str, Mapping[str, Any]] | None = None
+    root: str | Path | None = None
+    skip_bad: bool = False
+    device: str = "cpu"
 
 
 @dataclass
@@ -140,30 +151,25 @@ def explain(
     checkpoint: str | Path,
     source: str | Path | pd.DataFrame,
     out: str | Path,
-    *,
-    methods: Sequence[str] | None = None,
-    modalities: Sequence[str] | None = None,
-    samples: int | Sequence[str] | None = None,
-    target: str | None = None,
-    options: Mapping[str, Mapping[str, Any]] | None = None,
-    root: str | Path | None = None,
-    skip_bad: bool = False,
-    device: str = "cpu",
+    request: ExplainRequest | None = None,
+    **fields: Any,
 ) -> ExplainResult:
     """Explain every selected sample of ``source`` for its predicted class (or ``target``):
     one PNG per (modality, method) in ``out/<n>_<sample id>/``, ``explanations.json`` (per sample:
     probabilities, label, and each attribution's values or statistics and seconds) and
     ``attributions.npz`` (the raw maps, keyed ``<sample id>/<modality>/<method>``).
-    See :func:`plan` for ``methods`` / ``modalities`` / ``options``."""
-    from medmodal.run.sources import frame_from_source
-
-    predictor = Predictor.load(checkpoint, device=device)
-    steps = plan(predictor, methods, modalities, options)
+    What to explain: ``request``, or its fields as keywords (``methods=["gradcam"]``, ...; an
+    unknown one is a ConfigError naming it)."""
+    if request is not None and fields:
+        raise ConfigError(f"explain: give a request or its fields, not both ({sorted(fields)})")
+    req = request or parse_options(ExplainRequest, fields, "explain")
+    predictor = Predictor.load(checkpoint, device=req.device)
+    steps = plan(predictor, req.methods, req.modalities, req.options)
     frame, base, name = frame_from_source(source, predictor)
-    frame = select_rows(frame, predictor, samples, name)
-    bad = BadSampleLog() if skip_bad else None
+    frame = select_rows(frame, predictor, req.samples, name)
+    bad = BadSampleLog() if req.skip_bad else None
     labelled = _with_labels(frame, predictor)
-    ds = predictor.dataset(frame, Path(root) if root else base, bad, labelled, source=name)
+    ds = predictor.dataset(frame, Path(req.root) if req.root else base, bad, labelled, source=name)
     if len(ds) == 0:
         raise ManifestError(f"no readable sample in {name}")
     result = ExplainResult(Path(out), [], skipped=bad.to_list() if bad is not None else [])
@@ -172,7 +178,7 @@ def explain(
     rows = predictor.prediction_frame(ds, probs).to_dict("records")
     arrays: dict[str, np.ndarray] = {}
     for i, row in enumerate(rows):
-        t = resolve_target(predictor.label_map, probs[i], target)
+        t = resolve_target(predictor.label_map, probs[i], req.target)
         atts = explain_sample(predictor, steps, ds, i, t)
         result.samples.append(_write_sample(result, predictor, i, row, t, atts, arrays))
     np.savez_compressed(result.out_dir / "attributions.npz", **arrays)

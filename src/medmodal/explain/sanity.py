@@ -22,7 +22,8 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from medmodal.data.dataset import MultimodalDataset
-from medmodal.explain.forward import Item, ModelScore
+from medmodal.explain.forward import Item, ModelScore, item_of, resolve_target
+from medmodal.explain.methods import create_explainer
 from medmodal.predictor import Predictor
 
 
@@ -135,9 +136,6 @@ def sanity_checks(
     """Per method, means over the samples of ``ds`` (each explained for its predicted class):
     Spearman correlation with the weight-randomised model's map (of |values| and of the signed
     values), the deletion AUC in attribution order and in random order, and seconds per sample."""
-    from medmodal.explain.forward import item_of, resolve_target
-    from medmodal.explain.methods import create_explainer
-
     probs = predictor.predict_proba(ds)
     rand = randomized_predictor(predictor, seed)
     out: dict[str, dict[str, float]] = {}

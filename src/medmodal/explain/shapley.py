@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from medmodal.errors import ConfigError
+from medmodal.explain.base import METHODS, Attribution
 from medmodal.explain.forward import Item, expand, target_prob
-from medmodal.explain.methods import METHODS, Attribution
 from medmodal.predictor import Predictor
 
 MAX_MODALITIES = 6

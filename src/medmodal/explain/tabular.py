@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from medmodal.data.preprocess.tabular import MISSING_INDEX
+from medmodal.explain.base import Attribution
 from medmodal.explain.forward import Item, ModelScore
-from medmodal.explain.ig import integrate
-from medmodal.explain.methods import Attribution
+from medmodal.explain.integrate import integrate
 from medmodal.predictor import Predictor
 
 

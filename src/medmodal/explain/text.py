@@ -1,7 +1,8 @@
 """Word-level attributions for notes.
 
-* Word / WordPiece encoders (bigru, bilstm, minilm): Integrated Gradients on the token embeddings
-  (Captum's layer IG; baseline: padding tokens, [CLS] / [SEP] kept), summed over the embedding
+* Word / WordPiece encoders that declare their token embedding (bigru, bilstm, minilm;
+  ``EncoderCapabilities.token_embedding``): Integrated Gradients on the token embeddings (Captum's
+  layer IG; baseline: padding tokens, [CLS] / [SEP] kept), summed over the embedding
   width per token; WordPiece pieces (``##...``) are summed into their word.
 * Any text encoder, and the only choice for frozen sentence embeddings (``minilm_embed``):
   leave-one-word-out occlusion. The note is re-encoded through the processor without each word
@@ -12,8 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,9 +23,16 @@ from torch import nn
 
 from medmodal.data.preprocess.text import TextProcessor, load_minilm_tokenizer
 from medmodal.errors import ConfigError
+from medmodal.explain.base import (
+    METHODS,
+    Attribution,
+    capabilities,
+    encoder_name,
+    offered_by,
+    require_type,
+)
 from medmodal.explain.forward import Item, ModelScore
-from medmodal.explain.methods import METHODS, Attribution, encoder_name, require_type
-from medmodal.models.encoders.text import MiniLMEncoder, RNNTextEncoder
+from medmodal.explain.integrate import captum_attr
 from medmodal.predictor import Predictor
 
 
@@ -31,39 +40,22 @@ def _tokens(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def embedding_layer(encoder: nn.Module) -> nn.Module | None:
-    """The token embedding table IG integrates over (None: not a token encoder we know)."""
-    if isinstance(encoder, RNNTextEncoder):
-        return encoder.embedding
-    if isinstance(encoder, MiniLMEncoder):
-        return encoder.bert.embeddings.word_embeddings
-    return None
-
-
-@contextlib.contextmanager
-def gradients_through(encoder: nn.Module) -> Iterator[None]:
-    """A frozen MiniLM turns gradients off inside its forward; let them through (weights stay
-    fixed: nothing is stepped, and the transformer stays in eval mode)."""
-    frozen = getattr(encoder, "freeze", False)
-    if frozen:
-        encoder.freeze = False
-    try:
-        yield
-    finally:
-        if frozen:
-            encoder.freeze = True
-
-
 class TokenIG:
-    """Integrated Gradients over token embeddings, per word."""
+    """Integrated Gradients over token embeddings, per word. ``gradients()``: a context in which
+    gradients flow through the encoder (a frozen MiniLM turns them off in its forward)."""
 
     def __init__(
-        self, predictor: Predictor, modality: str, layer: nn.Module, steps: int, batch: int
+        self,
+        predictor: Predictor,
+        modality: str,
+        layer: nn.Module,
+        gradients: Callable[[], AbstractContextManager[None]],
+        steps: int,
+        batch: int,
     ) -> None:
         self.predictor, self.modality, self.layer = predictor, modality, layer
-        self.steps, self.batch = steps, batch
-        self.proc = predictor.processors[modality]
-        assert isinstance(self.proc, TextProcessor)
+        self.gradients, self.steps, self.batch = gradients, steps, batch
+        self.proc = cast(TextProcessor, predictor.processors[modality])
 
     def _baseline(self, ids: torch.Tensor) -> torch.Tensor:
         keep = torch.zeros_like(ids, dtype=torch.bool)
@@ -72,8 +64,6 @@ class TokenIG:
         return torch.where(keep, ids, torch.full_like(ids, self.proc.pad_id))
 
     def explain(self, item: Item, target: int) -> Attribution:
-        from medmodal.explain.ig import captum_attr
-
         t0 = time.perf_counter()
         p, m = self.predictor, self.modality
         x = item.inputs[m]
@@ -81,7 +71,7 @@ class TokenIG:
         ids, mask = x["input_ids"][:, :n], x["attention_mask"][:, :n]
         score = ModelScore(p.model, item, m, p.label_map.task, target, assemble=_tokens)
         lig = captum_attr().LayerIntegratedGradients(score, self.layer)
-        with gradients_through(p.model.encoders[m]), torch.enable_grad():
+        with self.gradients(), torch.enable_grad():
             attr, delta = lig.attribute(
                 ids,
                 baselines=self._baseline(ids),
@@ -127,17 +117,21 @@ def merge_wordpieces(
 
 
 def token_ig(predictor: Predictor, modality: str, steps: int, batch: int) -> TokenIG:
-    """Token IG for a word / WordPiece encoder; frozen sentence embeddings: ConfigError."""
+    """Token IG for a word / WordPiece encoder declaring its token embedding; frozen sentence
+    embeddings: ConfigError."""
     tokenizer = predictor.processors[modality].info().get("tokenizer")
-    layer = embedding_layer(predictor.model.encoders[modality])
-    if tokenizer not in ("word", "wordpiece") or layer is None:
+    caps = capabilities(predictor, modality)
+    if tokenizer not in ("word", "wordpiece") or caps.token_embedding is None:
         raise ConfigError(
             f"method 'integrated_gradients' does not fit encoder "
             f"{encoder_name(predictor, modality)!r} of modality {modality!r} (tokenizer "
-            f"{tokenizer}): it needs token embeddings (bigru, bilstm, minilm); frozen sentence "
+            f"{tokenizer}): it needs token embeddings "
+            f"({offered_by(predictor, modality, lambda c: c.token_embedding)}); frozen sentence "
             "embeddings are explained by occlusion"
         )
-    return TokenIG(predictor, modality, layer, steps, batch)
+    encoder, opener = predictor.model.encoders[modality], caps.gradients
+    gradients = (lambda: opener(encoder)) if opener is not None else contextlib.nullcontext
+    return TokenIG(predictor, modality, caps.token_embedding(encoder), gradients, steps, batch)
 
 
 def stack_inputs(xs: list[Any]) -> Any:
@@ -153,8 +147,7 @@ class LeaveOneWordOut:
     def __init__(self, predictor: Predictor, modality: str, max_words: int, batch: int) -> None:
         self.predictor, self.modality = predictor, modality
         self.max_words, self.batch = max_words, batch
-        self.proc = predictor.processors[modality]
-        assert isinstance(self.proc, TextProcessor)
+        self.proc = cast(TextProcessor, predictor.processors[modality])
 
     def explain(self, item: Item, target: int) -> Attribution:
         t0 = time.perf_counter()

@@ -8,8 +8,9 @@ processors), so the ONNX model and PyTorch see the same tensors: :func:`parity` 
 
 The exported graph computes every encoder on every row and picks the learned missing token for
 absent rows (``torch.where``), where PyTorch runs encoders on present rows only; in eval mode
-both give the same logits. Text encoders over packed sequences (``bigru`` / ``bilstm``) are not
-exportable here; a ConfigError says so.
+both give the same logits. An encoder whose registration declares no ONNX export
+(``EncoderCapabilities.onnx``: the text encoders over packed sequences, ``bigru`` / ``bilstm``)
+is a ConfigError naming why and the encoders of its inputs that export.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ import torch
 from torch import nn
 
 from medmodal.errors import ConfigError
+from medmodal.models.encoders.base import encoder_capabilities, encoder_name, encoders_offering
 from medmodal.predictor import Predictor
 
 Layout = list[tuple[str, str | None]]
 OPSET = 17
-NOT_EXPORTABLE = ("bigru", "bilstm")
 
 
 def input_layout(predictor: Predictor) -> Layout:
@@ -98,11 +99,16 @@ def example_batch(predictor: Predictor, batch: int = 2) -> dict[str, Any]:
 
 
 def check_exportable(predictor: Predictor) -> None:
-    for m, spec in predictor.config.model.encoders.items():
-        if spec.name in NOT_EXPORTABLE:
+    """ConfigError when the encoder of a modality declares no ONNX export (see the module doc)."""
+    for m, spec in predictor.schema.modalities.items():
+        chosen = predictor.config.model.encoders.get(m)
+        name = encoder_name(chosen.name if chosen is not None else None, spec.type)
+        caps = encoder_capabilities(name)
+        if not caps.onnx:
+            others = ", ".join(encoders_offering(lambda c: c.onnx, spec.type)) or "none"
             raise ConfigError(
-                f"modality {m!r}: the {spec.name} encoder (packed sequences) has no ONNX export; "
-                "use a text encoder over embeddings (tokenizer minilm_embed, encoder mlp)"
+                f"modality {m!r}: the {name} encoder has no ONNX export{caps.why_not('onnx')}; "
+                f"{spec.type} encoders that export: {others}"
             )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,18 @@ from medmodal.run.pretrained import KIND  # a medmodal checkpoint of this kind h
 from medmodal.utils.io import dump_json
 
 
+@dataclass(frozen=True)
+class PretrainRecord:
+    """How pretrained weights were made: the pretraining config and loss history, the images used
+    (counts, splits, content keys: what a run starting from them checks its validation and test
+    images against) and the image normalisation (processor state) fitted on them."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    images: dict[str, Any] = field(default_factory=dict)
+    processor: dict[str, Any] = field(default_factory=dict)
+
+
 def save_encoder(
     path: Path,
     encoder: torch.nn.Module,
@@ -22,16 +35,11 @@ def save_encoder(
     name: str,
     options: dict[str, Any],
     info: dict[str, Any],
-    config: dict[str, Any],
-    history: list[dict[str, Any]],
-    images: dict[str, Any],
-    processor: dict[str, Any],
+    record: PretrainRecord,
 ) -> Path:
-    """The encoder's weights (``encoder_state``, names as in a classifier's encoder) with how they
-    were made: encoder name and options, input info, the pretraining config and loss history, the
-    images used (counts, splits, content keys: what a run starting from it checks its validation
-    and test images against) and the image normalisation fitted on them. ``model.encoders.
-    <modality>.init`` loads it; ``torch.load(weights_only=True)`` reads it."""
+    """The encoder's weights (``encoder_state``, names as in a classifier's encoder) with the
+    encoder's name and options, its input info and how the weights were made (``record``).
+    ``model.encoders.<modality>.init`` loads it; ``torch.load(weights_only=True)`` reads it."""
     return save_checkpoint(
         path,
         {
@@ -39,10 +47,10 @@ def save_encoder(
             "encoder": {"name": name, "options": options},
             "info": info,
             "encoder_state": encoder.state_dict(),
-            "pretrain_config": config,
-            "history": history,
-            "images": images,
-            "processor": processor,
+            "pretrain_config": record.config,
+            "history": record.history,
+            "images": record.images,
+            "processor": record.processor,
         },
     )
 

@@ -15,7 +15,7 @@ from medmodal.config import DataConfig, config_data, resolve_paths
 from medmodal.errors import ConfigError
 from medmodal.models.encoders import ENCODERS
 from medmodal.options import Strict, parse_options
-from medmodal.pretrain.model import PATCHED, check_path
+from medmodal.pretrain.model import check_path
 
 
 class MaskOptions(Strict):
@@ -95,14 +95,14 @@ class PretrainConfig(Strict):
         name = self.encoder.name
         where = f"encoder ({name})"
         opts = parse_options(ENCODERS.options_model(name), self.encoder.options(), where)
-        return {k: getattr(opts, k) for k in type(opts).model_fields}
+        return dict(opts)
 
     def check(self) -> PretrainConfig:
         """Checks that need no data: the encoder exists, has a masked-image path, its options fit,
-        and the mask patch is a multiple of a ViT's or Swin's patch."""
-        check_path(self.encoder.name)
+        and the mask patch is a multiple of the encoder's patch (its path's ``patch_option``)."""
+        path = check_path(self.encoder.name)
         opts = self.encoder_options()
-        patch = opts.get("patch_size", 1) if self.encoder.name in PATCHED else 1
+        patch = opts.get(path.patch_option, 1) if path.patch_option else 1
         if self.mask.patch_size % int(patch):
             raise ConfigError(
                 f"mask.patch_size {self.mask.patch_size} must be a multiple of the encoder's "

@@ -61,11 +61,3 @@ class MaskGenerator:
         for axis in range(1, mask.ndim):
             mask = mask.repeat_interleave(self.scale, dim=axis)
         return mask
-
-
-def to_pixels(mask: torch.Tensor, patch: int) -> torch.Tensor:
-    """A (B, *token_grid) mask as (B, 1, *size) float pixels (1 = hidden), ``patch`` px per token."""
-    out = mask
-    for axis in range(1, mask.ndim):
-        out = out.repeat_interleave(patch, dim=axis)
-    return out.unsqueeze(1).float()

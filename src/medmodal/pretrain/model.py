@@ -1,4 +1,9 @@
-"""Which encoders have a masked-image path, and building one (+ its mask generator)."""
+"""Which encoders have a masked-image path, and building one (+ its mask generator).
+
+An image encoder's path is what its registration declares
+(:class:`~medmodal.models.encoders.base.MaskedPath` in its ``EncoderCapabilities``): this module
+asks the registry, never the encoder's type.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,33 @@ from torch import nn
 
 from medmodal.errors import ConfigError
 from medmodal.models.encoders import create_encoder
-from medmodal.pretrain.conv import ResNetSimMIM
+from medmodal.models.encoders.base import (
+    ENCODERS,
+    MaskedPath,
+    MaskedSpec,
+    encoder_capabilities,
+    encoders_offering,
+)
 from medmodal.pretrain.masks import MaskGenerator
-from medmodal.pretrain.swin import SwinSimMIM
-from medmodal.pretrain.vit import ViTSimMIM, vit_patch
-
-# encoder name -> how it is pretrained
-PATHS = {
-    "vit": "SimMIM: learned mask token on the patch embeddings, linear + pixel-shuffle decoder",
-    "swin": "SimMIM: learned mask token on the patch embeddings, the stages, 1x1 conv + pixel "
-    "shuffle decoder of the last stage",
-    "resnet18": "SparK-style: hidden regions empty at every stage, light U-Net decoder",
-    "resnet50": "SparK-style: hidden regions empty at every stage, light U-Net decoder",
-}
-# encoders whose ``patch_size`` option is the model patch (the mask patch must be a multiple)
-PATCHED = ("vit", "swin")
 
 
-def check_path(name: str) -> None:
-    """ConfigError naming ``encoder.name`` when the encoder has no masked-image path."""
-    if name not in PATHS:
+def masked_paths() -> dict[str, str]:
+    """Encoder name -> how it is pretrained, for every image encoder that declares a path."""
+    names = encoders_offering(lambda c: c.masked_path, "image")
+    return {n: path.about for n in names if (path := encoder_capabilities(n).masked_path)}
+
+
+def check_path(name: str) -> MaskedPath:
+    """The masked-image path of encoder ``name``; ConfigError naming ``encoder.name`` (and the
+    encoders that have one) when it has none."""
+    ENCODERS.entry(name)  # an unknown name: ConfigError listing the known ones
+    caps = encoder_capabilities(name)
+    if caps.masked_path is None:
         raise ConfigError(
-            f"encoder.name: {name!r} has no masked-image pretraining path; use one of "
-            f"{', '.join(sorted(PATHS))} (densenet121 concatenates every layer, and the baseline "
-            "CNN's dense layer sees the whole image, so neither keeps hidden regions empty)"
+            f"encoder.name: {name!r} has no masked-image pretraining path"
+            f"{caps.why_not('masked_path')}; use one of {', '.join(masked_paths()) or '(none)'}"
         )
+    return caps.masked_path
 
 
 def build_simmim(
@@ -45,16 +52,11 @@ def build_simmim(
 ) -> tuple[nn.Module, MaskGenerator]:
     """The encoder ``name`` (its registered constructor, typed ``options``) inside its masked-image
     model, and the mask generator aligned with it."""
-    check_path(name)
+    path = check_path(name)
     encoder = create_encoder(name, "image", info, **options)
-    channels, dims = int(info["in_channels"]), int(info["spatial_dims"])
+    spec = MaskedSpec(int(info["in_channels"]), int(info["spatial_dims"]), decoder_width)
     try:
-        if name == "vit":
-            model: nn.Module = ViTSimMIM(encoder, channels, vit_patch(encoder), dims)
-        elif name == "swin":
-            model = SwinSimMIM(encoder, channels, dims)
-        else:
-            model = ResNetSimMIM(encoder, channels, dims, width=decoder_width)
+        model = path.build(encoder, spec)
     except ValueError as exc:
         raise ConfigError(f"encoder ({name}): {exc}") from None
     masks = MaskGenerator(info["size"], mask_patch, model.model_patch, ratio)

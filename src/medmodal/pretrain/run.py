@@ -23,7 +23,7 @@ from rich.console import Console
 from medmodal.checkpoint import read_checkpoint, save_checkpoint
 from medmodal.errors import ConfigError
 from medmodal.models.init import init_encoder
-from medmodal.pretrain.artifacts import loss_curve, preview_grid, save_encoder
+from medmodal.pretrain.artifacts import PretrainRecord, loss_curve, preview_grid, save_encoder
 from medmodal.pretrain.config import ConfigSource, PretrainConfig, load_pretrain_config
 from medmodal.pretrain.data import ImageSource, ImageView, load_source
 from medmodal.pretrain.loop import PretrainLoop, ProgressMode
@@ -101,10 +101,12 @@ def pretrain(
         name=cfg.encoder.name,
         options=cfg.encoder_options(),
         info=sources[0].info,
-        config=cfg.to_dict(),
-        history=history,
-        images={**_without_ids(images), **content},
-        processor=sources[0].dataset.processors[sources[0].modality].state_dict(),
+        record=PretrainRecord(
+            config=cfg.to_dict(),
+            history=history,
+            images={**_without_ids(images), **content},
+            processor=sources[0].dataset.processors[sources[0].modality].state_dict(),
+        ),
     )
     loss_curve(run_dir, history)
     return PretrainResult(run_dir, ckpt, history, len(view), time.perf_counter() - t0, previews)

@@ -1,6 +1,32 @@
-"""Encoders for every modality, registered by name (see :mod:`.base`)."""
+"""Encoders for every modality, registered by name with what they offer (see :mod:`.base`)."""
 
-from medmodal.models.encoders import audio, image, signal, tabular, text  # noqa: F401  (registers)
-from medmodal.models.encoders.base import DEFAULT_ENCODER, ENCODERS, create_encoder
+from medmodal.models.encoders import (  # noqa: F401  (registers)
+    audio,
+    image,
+    signal,
+    swin,
+    tabular,
+    text,
+    vit,
+)
+from medmodal.models.encoders.base import (
+    DEFAULT_ENCODER,
+    ENCODERS,
+    EncoderCapabilities,
+    MaskedPath,
+    MaskedSpec,
+    create_encoder,
+    encoder_capabilities,
+    register_encoder,
+)
 
-__all__ = ["DEFAULT_ENCODER", "ENCODERS", "create_encoder"]
+__all__ = [
+    "DEFAULT_ENCODER",
+    "ENCODERS",
+    "EncoderCapabilities",
+    "MaskedPath",
+    "MaskedSpec",
+    "create_encoder",
+    "encoder_capabilities",
+    "register_encoder",
+]

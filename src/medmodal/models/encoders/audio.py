@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medmodal.models.encoders.base import register_encoder
+from medmodal.models.encoders.base import EncoderCapabilities, register_encoder
 
 AUDIO = ("audio",)
 
@@ -59,7 +59,11 @@ class AudioCNN(nn.Module):
         return self.proj(self.dropout(pooled))
 
 
-@register_encoder("audio_cnn", AUDIO, default=True)
+# Grad-CAM weighs the last block's ReLU (before its pooling)
+AUDIO_CNN_CAPS = EncoderCapabilities(cam_layer=lambda m: m.features[-2])
+
+
+@register_encoder("audio_cnn", AUDIO, default=True, capabilities=AUDIO_CNN_CAPS)
 def audio_cnn(
     info: dict[str, Any],
     channels: Sequence[int] = (16, 32, 64, 128),

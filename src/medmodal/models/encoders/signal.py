@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medmodal.models.encoders.base import register_encoder
+from medmodal.models.encoders.base import EncoderCapabilities, register_encoder
 
 SIGNAL = ("signal",)
 
@@ -124,7 +124,9 @@ def _in_channels(info: dict[str, Any]) -> int:
     return int(c)
 
 
-@register_encoder("resnet1d", SIGNAL, default=True)
+@register_encoder(
+    "resnet1d", SIGNAL, default=True, capabilities=EncoderCapabilities(cam_layer=lambda m: m.stages)
+)
 def resnet1d(
     info: dict[str, Any],
     widths: Sequence[int] = (32, 64, 128, 256),
@@ -138,7 +140,11 @@ def resnet1d(
     return ResNet1d(_in_channels(info), widths, blocks, kernel_size, stem_kernel, dropout, proj_dim)
 
 
-@register_encoder("cnn1d", SIGNAL)
+# Grad-CAM weighs the last block's ReLU (before its pooling)
+CNN1D_CAPS = EncoderCapabilities(cam_layer=lambda m: m.features[-2])
+
+
+@register_encoder("cnn1d", SIGNAL, capabilities=CNN1D_CAPS)
 def cnn1d(
     info: dict[str, Any],
     channels: Sequence[int] = (32, 64, 128),

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -16,7 +18,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from medmodal.data.preprocess.text import MINILM_DIM, masked_mean, minilm_path
 from medmodal.errors import ConfigError
-from medmodal.models.encoders.base import register_encoder
+from medmodal.models.encoders.base import EncoderCapabilities, register_encoder
 
 TEXT = ("text",)
 TokenBatch = dict[str, torch.Tensor] | torch.Tensor
@@ -110,7 +112,14 @@ def _rnn(info: dict[str, Any], name: str, rnn: str, **kwargs: Any) -> nn.Module:
     return RNNTextEncoder(int(vocab), pad_id=int(info.get("pad_id", 0)), rnn=rnn, **kwargs)
 
 
-@register_encoder("bigru", TEXT, default=True)
+RNN_CAPS = EncoderCapabilities(
+    token_embedding=lambda m: m.embedding,
+    onnx=False,
+    notes={"onnx": "packed sequences; use tokenizer minilm_embed with embedding_mlp"},
+)
+
+
+@register_encoder("bigru", TEXT, default=True, capabilities=RNN_CAPS)
 def bigru(
     info: dict[str, Any],
     embed_dim: int = 128,
@@ -125,7 +134,7 @@ def bigru(
     return _rnn(info, "bigru", rnn, **kw)
 
 
-@register_encoder("bilstm", TEXT)
+@register_encoder("bilstm", TEXT, capabilities=RNN_CAPS)
 def bilstm(
     info: dict[str, Any],
     embed_dim: int = 128,
@@ -165,6 +174,16 @@ class MiniLMEncoder(nn.Module):
             self.bert.eval()
         return self
 
+    @contextmanager
+    def gradients_through(self) -> Iterator[None]:
+        """Within the block, gradients flow through a frozen MiniLM (for attributions; its
+        weights stay fixed: nothing is stepped, and the transformer stays in eval mode)."""
+        frozen, self.freeze = self.freeze, False
+        try:
+            yield
+        finally:
+            self.freeze = frozen
+
     def forward(self, x: TokenBatch) -> torch.Tensor:
         ids, mask = _trim(*_ids_and_mask(x, self.pad_id))
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
@@ -173,7 +192,13 @@ class MiniLMEncoder(nn.Module):
         return nn.functional.normalize(out, dim=-1) if self.normalize else out
 
 
-@register_encoder("minilm", TEXT)
+MINILM_CAPS = EncoderCapabilities(
+    token_embedding=lambda m: m.bert.embeddings.word_embeddings,
+    gradients=MiniLMEncoder.gradients_through,
+)
+
+
+@register_encoder("minilm", TEXT, capabilities=MINILM_CAPS)
 def minilm(
     info: dict[str, Any],
     freeze: bool = True,
@@ -200,7 +225,12 @@ class EmbeddingMLP(nn.Module):
         return self.net(x.float())
 
 
-@register_encoder("embedding_mlp", TEXT)
+EMBEDDING_CAPS = EncoderCapabilities(
+    notes={"token_embedding": "frozen sentence embeddings: explained by occlusion"}
+)
+
+
+@register_encoder("embedding_mlp", TEXT, capabilities=EMBEDDING_CAPS)
 def embedding_mlp(info: dict[str, Any], out_dim: int = 128, dropout: float = 0.1) -> nn.Module:
     """MLP on precomputed MiniLM sentence embeddings (``tokenizer: minilm_embed``)."""
     _require(info, "embedding_mlp", "minilm_embed")

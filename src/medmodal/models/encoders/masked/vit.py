@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medmodal.pretrain.masks import to_pixels
+from medmodal.models.encoders.masked.pixels import to_pixels, unpatchify
 
 
 class ViTSimMIM(nn.Module):
@@ -22,7 +22,7 @@ class ViTSimMIM(nn.Module):
         super().__init__()
         vit = encoder.vit
         embed = vit.patch_embedding
-        if getattr(embed, "proj_type", "conv") != "conv":
+        if embed.proj_type != "conv":
             raise ValueError("SimMIM needs the ViT's convolutional patch embedding")
         hidden = embed.position_embeddings.shape[-1]
         self.encoder = encoder
@@ -53,16 +53,6 @@ class ViTSimMIM(nn.Module):
 
     def hidden_pixels(self, mask: torch.Tensor) -> torch.Tensor:
         return to_pixels(mask, self.patch)
-
-
-def unpatchify(x: torch.Tensor, grid: tuple[int, ...], patch: int, channels: int) -> torch.Tensor:
-    """(B, prod(grid), channels * patch**d) -> (B, channels, *(grid * patch)) (pixel shuffle)."""
-    b, d = x.shape[0], len(grid)
-    x = x.reshape(b, *grid, channels, *([patch] * d))
-    # (B, g1..gd, C, p1..pd) -> (B, C, g1, p1, ..., gd, pd)
-    order = [0, d + 1] + [i for k in range(d) for i in (1 + k, d + 2 + k)]
-    x = x.permute(*order)
-    return x.reshape(b, channels, *(g * patch for g in grid))
 
 
 def vit_patch(encoder: nn.Module) -> int:

@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medmodal.pretrain.masks import to_pixels
-from medmodal.pretrain.vit import unpatchify
+from medmodal.models.encoders.masked.pixels import to_pixels, unpatchify
 
 
 class SwinSimMIM(nn.Module):

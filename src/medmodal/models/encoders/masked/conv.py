@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from medmodal.pretrain.masks import to_pixels
+from medmodal.models.encoders.masked.pixels import to_pixels
 
 
 def visible_at(hidden: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
