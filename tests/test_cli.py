@@ -221,3 +221,39 @@ def test_prepare_passes_dataset_options(tmp_path: Path, data_dir: Path) -> None:
     assert len(frame) != len(pd.read_csv(tmp_path / "f" / "manifest.csv"))
     res = run_cli("datasets", "prepare", "wdbc", "--out", str(tmp_path / "w"), "-o", "novalue")
     assert res.returncode == 2 and "key=value" in res.stderr
+
+
+def test_audit_of_a_built_in_dataset_with_options(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medmodal.cli import app
+
+    runner = CliRunner()
+    base = ["audit", "--dataset", "fusion_probe", "-o", "n=40", "--no-near"]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "a.json")])
+    assert res.exit_code == 0, res.output
+    assert "leakage audit: 40 rows" in res.output and (tmp_path / "a.json").is_file()
+    res = runner.invoke(app, [*base, "--split-column", "nope"])
+    assert res.exit_code == 2 and "has no column 'nope'" in res.output
+    res = runner.invoke(app, [*base, "-o", "colour=1"])
+    assert res.exit_code == 2 and "unknown option 'colour'; allowed:" in res.output
+    res = runner.invoke(app, ["audit"])
+    assert res.exit_code == 2 and "--dataset NAME" in res.output
+
+
+def test_shared_options_are_declared_once() -> None:
+    import typing
+
+    from medmodal import cli
+
+    def alias_of(fn: Callable, param: str) -> object:
+        return typing.get_type_hints(fn, include_extras=True)[param]
+
+    for fn in (cli.evaluate, cli.predict, cli.explain, cli.whatif, cli.export):
+        assert alias_of(fn, "checkpoint") == cli.CheckpointArg
+    for fn in (cli.evaluate, cli.predict, cli.explain, cli.whatif, cli.audit):
+        assert alias_of(fn, "root") == cli.RootOpt
+    for fn in (cli.train, cli.evaluate, cli.predict, cli.explain):
+        assert alias_of(fn, "skip_bad") == cli.SkipBadOpt
+    for fn in (cli.train, cli.tune, cli.pretrain):
+        assert alias_of(fn, "overrides") == cli.SetOpt

@@ -18,6 +18,7 @@ import pandas as pd
 from rich.console import Console
 
 from medmodal.errors import DataError
+from medmodal.options import Strict, parse_options
 from medmodal.predictor import Predictor
 from medmodal.run import CVResult, RunResult, load_data
 from medmodal.run.context import ConfigSource, Progress
@@ -112,40 +113,50 @@ def evaluate(
     )
 
 
+class ExplainSettings(Strict):
+    """The less used settings of :func:`explain`: ``modalities`` (explain only these),
+    ``options`` (per-method settings, e.g. ``{"integrated_gradients": {"steps": 64}}``),
+    ``skip_bad`` (leave unreadable samples out, listed in the JSON) and ``device``."""
+
+    modalities: list[str] | None = None
+    options: dict[str, dict[str, Any]] | None = None
+    skip_bad: bool = False
+    device: str = "cpu"
+
+
 def explain(
     checkpoint: str | Path,
     source: str | Path | pd.DataFrame,
     out: str | Path,
     *,
     methods: list[str] | None = None,
-    modalities: list[str] | None = None,
     samples: int | list[str] | None = None,
     target: str | None = None,
-    options: dict[str, dict[str, Any]] | None = None,
     root: str | Path | None = None,
-    skip_bad: bool = False,
-    device: str = "cpu",
+    **settings: Any,
 ) -> ExplainResult:
     """Attributions for every sample and modality of a manifest / DataFrame / image folder, for
     the predicted class (or ``target``): Grad-CAM and Integrated Gradients on images, signals and
     spectrograms, per word for notes, per feature for records, and exact Shapley values of the
     modalities. Writes PNGs, ``explanations.json`` and ``attributions.npz`` into ``out``; a
-    modality the model lacks or a method that does not fit it is a ConfigError. See
-    :func:`medmodal.explain.explain`."""
+    modality the model lacks or a method that does not fit it is a ConfigError. ``settings``:
+    the fields of :class:`ExplainSettings` (``modalities``, ``options``, ``skip_bad``,
+    ``device``). See :func:`medmodal.explain.explain`."""
     from medmodal.explain import explain as _explain
 
+    s = parse_options(ExplainSettings, settings, "explain")
     return _explain(
         checkpoint,
         source,
         out,
         methods=methods,
-        modalities=modalities,
+        modalities=s.modalities,
         samples=samples,
         target=target,
-        options=options,
+        options=s.options,
         root=root,
-        skip_bad=skip_bad,
-        device=device,
+        skip_bad=s.skip_bad,
+        device=s.device,
     )
 
 
@@ -154,32 +165,23 @@ def whatif(
     source: str | Path | pd.DataFrame,
     treatment: str,
     *,
-    values: list[str] | None = None,
-    reference: str | None = None,
-    horizon: float | None = None,
     out_dir: str | Path | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
     root: str | Path | None = None,
     device: str = "cpu",
+    **options: Any,
 ) -> WhatIfResult:
     """Each patient's predicted survival curve with the input ``treatment`` set to each of its
     values (S-learner), the RMST difference from ``reference`` to ``horizon`` with a
     patient-grouped bootstrap CI, and the propensity overlap; with ``out_dir`` writes
-    whatif.csv / .json / .png. Associations learned from data, not treatment advice
-    (``medmodal.whatif.CAVEAT`` is in every output)."""
+    whatif.csv / .json / .png. ``options``: the fields of
+    :class:`~medmodal.whatif.run.WhatIfOptions` (``values``, ``reference``, ``horizon``,
+    ``n_boot``, ``seed``), checked before the checkpoint is read. Associations learned from
+    data, not treatment advice (``medmodal.whatif.CAVEAT`` is in every output)."""
+    from medmodal.whatif.run import whatif_options
+
+    opts = whatif_options(options)
     return whatif_checkpoint(
-        checkpoint,
-        source,
-        treatment,
-        root,
-        out_dir,
-        device,
-        values=values,
-        reference=reference,
-        horizon=horizon,
-        n_boot=n_boot,
-        seed=seed,
+        checkpoint, source, treatment, root, out_dir, device, **opts.model_dump()
     )
 
 

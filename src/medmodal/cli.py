@@ -89,9 +89,42 @@ def _summary(metrics: dict[str, Any], split: str = "test") -> None:
     out.print(table)
 
 
-Overrides = Annotated[
+# -- options shared by several commands, declared once ------------------------------------------
+SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config field, e.g. --set train.epochs=5"),
+]
+RunDirOpt = Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>).")]
+ResumeOpt = Annotated[
+    bool, typer.Option("--resume", help="Continue from <run dir>/last.pt after an interruption.")
+]
+SeedOpt = Annotated[int | None, typer.Option(help="Random seed (overrides the config).")]
+CheckpointArg = Annotated[Path, typer.Argument(help="best.pt from `medmodal train`.")]
+SourceArg = Annotated[
+    Path, typer.Argument(help="A manifest (any subset of modalities) or a folder of images.")
+]
+RootOpt = Annotated[
+    Path | None,
+    typer.Option(help="Base folder for relative paths (default: the manifest's folder)."),
+]
+SkipBadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad",
+        help="Skip unreadable samples and list them in the output (report, metrics.json, "
+        "<out>.skipped.json or explanations.json).",
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Folder with the datasets' raw files (default $MEDMODAL_DATA_DIR)."),
+]
+DatasetOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", help="Dataset option key=value, e.g. -o target=survival."),
+]
+TokensOpt = Annotated[
+    Path, typer.Option(help="Token file (from `medmodal token create`; only hashes are stored).")
 ]
 
 
@@ -99,19 +132,11 @@ Overrides = Annotated[
 @friendly
 def train(
     config: Annotated[Path, typer.Argument(help="Experiment YAML (data, model, train, evaluate).")],
-    overrides: Overrides = None,
-    output_dir: Annotated[
-        Path | None, typer.Option(help="Run directory (default runs/<name>).")
-    ] = None,
-    skip_bad: Annotated[
-        bool,
-        typer.Option("--skip-bad", help="Skip unreadable samples and list them in the report."),
-    ] = False,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue from <run dir>/last.pt after an interruption."),
-    ] = False,
-    seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+    overrides: SetOpt = None,
+    output_dir: RunDirOpt = None,
+    skip_bad: SkipBadOpt = False,
+    resume: ResumeOpt = False,
+    seed: SeedOpt = None,
     nproc: Annotated[
         int,
         typer.Option(
@@ -178,7 +203,7 @@ def tune(
         typer.Argument(help="Experiment YAML with a `search:` mapping (dotted field -> range)."),
     ],
     trials: Annotated[int, typer.Option(help="Number of trials (of this worker).")] = 20,
-    overrides: Overrides = None,
+    overrides: SetOpt = None,
     storage: Annotated[
         str | None,
         typer.Option(
@@ -239,10 +264,8 @@ def pretrain(
     config: Annotated[
         Path, typer.Argument(help="Pretraining YAML (data, encoder, mask, train, preview).")
     ],
-    overrides: Overrides = None,
-    output_dir: Annotated[
-        Path | None, typer.Option(help="Run directory (default runs/<name>).")
-    ] = None,
+    overrides: SetOpt = None,
+    output_dir: RunDirOpt = None,
     include_test: Annotated[
         bool,
         typer.Option(
@@ -250,11 +273,8 @@ def pretrain(
             help="Also use the validation and test splits' images (off: train only).",
         ),
     ] = False,
-    resume: Annotated[
-        bool,
-        typer.Option("--resume", help="Continue from <run dir>/last.pt after an interruption."),
-    ] = False,
-    seed: Annotated[int | None, typer.Option(help="Random seed (overrides the config).")] = None,
+    resume: ResumeOpt = False,
+    seed: SeedOpt = None,
 ) -> None:
     """Masked-image pretraining of an image encoder (SimMIM / SparK-style) on images only."""
     from medmodal import api
@@ -277,7 +297,7 @@ def pretrain(
 @app.command()
 @friendly
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="best.pt from `medmodal train`.")],
+    checkpoint: CheckpointArg,
     manifest: Annotated[
         Path,
         typer.Argument(help="Labelled manifest (CSV/Parquet) with the training schema's columns."),
@@ -285,20 +305,11 @@ def evaluate(
     split: Annotated[
         str | None, typer.Option(help="Evaluate only this split (train/val/test).")
     ] = None,
-    root: Annotated[
-        Path | None,
-        typer.Option(help="Base folder for relative paths (default: the manifest's folder)."),
-    ] = None,
+    root: RootOpt = None,
     out_dir: Annotated[
         Path | None, typer.Option(help="Write metrics.json, predictions.csv, report.html here.")
     ] = None,
-    skip_bad: Annotated[
-        bool,
-        typer.Option(
-            "--skip-bad",
-            help="Skip unreadable samples and list them in metrics.json (skipped_samples).",
-        ),
-    ] = False,
+    skip_bad: SkipBadOpt = False,
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap resamples for 95% CIs (0 = none).")
     ] = 1000,
@@ -323,20 +334,13 @@ def evaluate(
 @app.command()
 @friendly
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="best.pt from `medmodal train`.")],
-    source: Annotated[
-        Path, typer.Argument(help="A manifest (any subset of modalities) or a folder of images.")
-    ],
+    checkpoint: CheckpointArg,
+    source: SourceArg,
     out_csv: Annotated[Path, typer.Option("--out", help="CSV of probabilities.")] = Path(
         "predictions.csv"
     ),
-    root: Annotated[Path | None, typer.Option(help="Base folder for relative paths.")] = None,
-    skip_bad: Annotated[
-        bool,
-        typer.Option(
-            "--skip-bad", help="Skip unreadable samples and list them in <out>.skipped.json."
-        ),
-    ] = False,
+    root: RootOpt = None,
+    skip_bad: SkipBadOpt = False,
     amp: Annotated[
         bool,
         typer.Option(
@@ -359,10 +363,8 @@ def predict(
 @app.command()
 @friendly
 def explain(
-    checkpoint: Annotated[Path, typer.Argument(help="best.pt from `medmodal train`.")],
-    source: Annotated[
-        Path, typer.Argument(help="A manifest (any subset of modalities) or a folder of images.")
-    ],
+    checkpoint: CheckpointArg,
+    source: SourceArg,
     out_dir: Annotated[
         Path, typer.Option("--out", help="Folder for the PNGs and explanations.json.")
     ] = Path("explanations"),
@@ -385,10 +387,8 @@ def explain(
     steps: Annotated[
         int | None, typer.Option(help="Integrated Gradients steps (default 32).")
     ] = None,
-    root: Annotated[Path | None, typer.Option(help="Base folder for relative paths.")] = None,
-    skip_bad: Annotated[
-        bool, typer.Option("--skip-bad", help="Skip unreadable samples (listed in the JSON).")
-    ] = False,
+    root: RootOpt = None,
+    skip_bad: SkipBadOpt = False,
 ) -> None:
     """Explain predictions: Grad-CAM / Integrated Gradients overlays, word and feature
     attributions, and which modality mattered (Shapley) -> PNGs + explanations.json."""
@@ -419,7 +419,7 @@ def explain(
 @app.command()
 @friendly
 def whatif(
-    checkpoint: Annotated[Path, typer.Argument(help="best.pt of a survival model.")],
+    checkpoint: CheckpointArg,
     source: Annotated[Path, typer.Argument(help="Manifest of the patients to ask about.")],
     treatment: Annotated[
         str, typer.Option(help="The treatment column (an input of the model, e.g. horTh).")
@@ -435,10 +435,11 @@ def whatif(
     ] = None,
     out_dir: Annotated[Path, typer.Option(help="Where whatif.csv/.json/.png go.")] = Path("whatif"),
     bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the CIs.")] = 1000,
-    root: Annotated[Path | None, typer.Option(help="Base folder for relative paths.")] = None,
+    root: RootOpt = None,
 ) -> None:
-    """Predicted survival under each value of a treatment input, RMST differences with CIs,
-    propensity overlap (associations learned from the data, not treatment advice)."""
+    """Predicted survival of a survival model (its best.pt) under each value of a treatment
+    input, RMST differences with CIs, propensity overlap (associations learned from the data,
+    not treatment advice)."""
     from medmodal import api
 
     res = api.whatif(
@@ -477,10 +478,7 @@ def audit(
     schema: Annotated[
         Path | None, typer.Option(help="Schema YAML naming the modalities (needed with MANIFEST).")
     ] = None,
-    root: Annotated[
-        Path | None,
-        typer.Option(help="Base folder for relative paths (default: the manifest's folder)."),
-    ] = None,
+    root: RootOpt = None,
     out_json: Annotated[
         Path | None, typer.Option("--out", help="Write the full report (every group) as JSON.")
     ] = None,
@@ -505,41 +503,22 @@ def audit(
         str | None,
         typer.Option(help="Audit a built-in dataset instead (prepared into a temporary folder)."),
     ] = None,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option(help="With --dataset: its raw files (default $MEDMODAL_DATA_DIR)."),
-    ] = None,
-    option: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--option", "-o", help="With --dataset: option key=value, e.g. -o target=survival."
-        ),
-    ] = None,
+    data_dir: DataDirOpt = None,
+    option: DatasetOptionOpt = None,
 ) -> None:
-    """Leakage audit: duplicated images, signals, audio and notes across patients and splits."""
+    """Leakage audit: duplicated images, signals, audio and notes across patients and splits
+    (of MANIFEST + --schema, or of a built-in --dataset with its --data-dir and --option)."""
     import tempfile
 
-    from medmodal.audit import NEAR_THRESHOLD, audit_manifest
-    from medmodal.data.manifest import read_manifest
+    from medmodal.audit import NEAR_THRESHOLD
 
     near = None if no_near else (NEAR_THRESHOLD if near_threshold is None else near_threshold)
     with tempfile.TemporaryDirectory(prefix="medmodal-audit-") as tmp:
         if dataset is not None:
-            from medmodal.datasets import prepare_dataset
-
-            prepared = prepare_dataset(dataset, tmp, data_dir, _dataset_options(option))
-            manifest, schema = prepared.manifest, prepared.schema
+            manifest, schema = _prepared_dataset(dataset, Path(tmp), data_dir, option)
         if manifest is None or schema is None:
             raise MedmodalError("give MANIFEST and --schema SCHEMA.yaml, or --dataset NAME")
-        splits = None
-        if split_column is not None:
-            frame = read_manifest(manifest)
-            if split_column not in frame.columns:
-                raise MedmodalError(f"manifest {manifest} has no column {split_column!r}")
-            splits = frame[split_column].tolist()
-        report = audit_manifest(
-            manifest, schema, root, splits, near_threshold=near, progress=sys.stderr.isatty()
-        )
+        report = _audit_report(manifest, schema, root, split_column, near)
     _print_audit(report)
     if out_json is not None:
         from medmodal.utils.io import dump_json
@@ -551,6 +530,34 @@ def audit(
             f"splits, {len(report.cross_patient)} across patients"
         )
         raise typer.Exit(1)
+
+
+def _prepared_dataset(
+    name: str, out_dir: Path, data_dir: Path | None, option: list[str] | None
+) -> tuple[Path, Path]:
+    """Manifest and schema of built-in dataset ``name`` written into ``out_dir``."""
+    from medmodal.datasets import prepare_dataset
+
+    prepared = prepare_dataset(name, out_dir, data_dir, _dataset_options(option))
+    return prepared.manifest, prepared.schema
+
+
+def _audit_report(
+    manifest: Path, schema: Path, root: Path | None, split_column: str | None, near: int | None
+) -> Any:
+    """The audit of ``manifest`` (splits from ``split_column`` when given)."""
+    from medmodal.audit import audit_manifest
+    from medmodal.data.manifest import read_manifest
+
+    splits = None
+    if split_column is not None:
+        frame = read_manifest(manifest)
+        if split_column not in frame.columns:
+            raise MedmodalError(f"manifest {manifest} has no column {split_column!r}")
+        splits = frame[split_column].tolist()
+    return audit_manifest(
+        manifest, schema, root, splits, near_threshold=near, progress=sys.stderr.isatty()
+    )
 
 
 def _print_audit(report: Any, limit: int = 20) -> None:
@@ -616,9 +623,7 @@ def _dataset_options(items: list[str] | None) -> dict[str, Any]:
 @app.command()
 @friendly
 def demo(
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Folder with medmnist/ (default $MEDMODAL_DATA_DIR).")
-    ] = None,
+    data_dir: DataDirOpt = None,
     output_dir: Annotated[Path, typer.Option(help="Where the run goes.")] = Path("runs/demo"),
     epochs: Annotated[int | None, typer.Option(help="Override the demo's epoch count.")] = None,
 ) -> None:
@@ -679,9 +684,7 @@ def datasets_prepare(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Folder for manifest.csv + schema.yaml (+ files).")
     ],
-    data_dir: Annotated[
-        Path | None, typer.Option(help="Folder with the raw files (default $MEDMODAL_DATA_DIR).")
-    ] = None,
+    data_dir: DataDirOpt = None,
     image_format: Annotated[
         str | None, typer.Option(help="MedMNIST: npz (references) or png (writes image files).")
     ] = None,
@@ -691,10 +694,7 @@ def datasets_prepare(
     limit: Annotated[
         int | None, typer.Option(help="Keep only the first N samples per split.")
     ] = None,
-    option: Annotated[
-        list[str] | None,
-        typer.Option("--option", "-o", help="Dataset option key=value, e.g. -o target=survival."),
-    ] = None,
+    option: DatasetOptionOpt = None,
     audit: Annotated[
         bool, typer.Option(help="Run the leakage audit after preparing (writes audit.json).")
     ] = True,
@@ -743,9 +743,7 @@ def serve(
     checkpoints: Annotated[
         list[str], typer.Argument(help="Checkpoints to serve: PATH or NAME=PATH.")
     ],
-    tokens: Annotated[Path, typer.Option(help="Token file (from `medmodal token create`).")] = Path(
-        "tokens.json"
-    ),
+    tokens: TokensOpt = Path("tokens.json"),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     runtime: Annotated[
@@ -787,9 +785,7 @@ def serve(
 @friendly
 def token_create(
     name: Annotated[str, typer.Argument(help="Who the token is for (written to the audit log).")],
-    tokens: Annotated[Path, typer.Option(help="Token file (only hashes are stored).")] = Path(
-        "tokens.json"
-    ),
+    tokens: TokensOpt = Path("tokens.json"),
 ) -> None:
     """Add a token; it is printed once and only its SHA-256 is kept."""
     from medmodal.serve.auth import create_token
@@ -822,7 +818,7 @@ def audit_log_verify(
 @app.command()
 @friendly
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="A medmodal checkpoint (best.pt).")],
+    checkpoint: CheckpointArg,
     format: Annotated[str, typer.Option("--format", help="Export format.")] = "onnx",
     out_path: Annotated[Path | None, typer.Option("--out", help="Default: CHECKPOINT.onnx")] = None,
 ) -> None:

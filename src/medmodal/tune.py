@@ -33,6 +33,7 @@ from rich.console import Console
 from medmodal.config import ExperimentConfig, load_config
 from medmodal.errors import ConfigError
 from medmodal.evaluate._core import scalar_metric_names
+from medmodal.options import Strict, parse_options
 from medmodal.run import (
     LoadedData,
     RunResult,
@@ -71,33 +72,43 @@ def _overrides(params: dict[str, Any]) -> list[str]:
     ]
 
 
+class TuneOptions(Strict):
+    """The less used options of :func:`tune`: ``metric`` (default: the config's monitor),
+    ``storage`` / ``study_name`` (an Optuna RDB study shared with other workers, created by the
+    first, joined by the others; default name: the config's ``name``) and ``retrain``
+    (``False``: run the trials only, a worker of a shared study, and return ``None`` for the
+    run)."""
+
+    metric: str | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    retrain: bool = True
+
+
 def tune(
     config: str | Path | dict[str, Any] | ExperimentConfig,
     space: dict[str, dict[str, Any]],
     *,
     n_trials: int = 20,
-    metric: str | None = None,
     overrides: list[str] | None = None,
     progress: bool | Literal["lines"] = False,
     console: Console | None = None,
-    storage: str | None = None,
-    study_name: str | None = None,
-    retrain: bool = True,
+    **options: Any,
 ) -> tuple[RunResult | None, list[dict[str, Any]]]:
     """Search ``space`` for ``n_trials`` (TPE, seeded), then retrain the best and evaluate on test.
 
-    ``storage`` / ``study_name``: an Optuna RDB study shared with other workers (created by the
-    first, joined by the others; default name: the config's ``name``). ``retrain=False``: run
-    the trials only (a worker of a shared study) and return ``None`` for the run.
+    ``options``: the fields of :class:`TuneOptions` (``metric``, ``storage``, ``study_name``,
+    ``retrain``); a misspelled one is a ConfigError naming the allowed ones.
 
     Returns the final run and the list of this worker's trials (params, validation score,
     seconds); ``tuning.json`` in the run folder also lists every trial of the study.
     """
+    o = parse_options(TuneOptions, options, "tune")
     optuna = _optuna()
     _check_space(space)
     ctx = start_run(config, overrides)
     loaded = load_data(ctx.cfg, ctx.run_dir)
-    metric = metric or monitor_for(loaded.label_map.task, ctx.cfg.train)
+    metric = o.metric or monitor_for(loaded.label_map.task, ctx.cfg.train)
     if metric not in scalar_metric_names(loaded.label_map.task):
         raise ConfigError(f"tuning metric {metric!r} is not a validation metric of this task")
     splits = assign_splits(loaded)
@@ -110,15 +121,15 @@ def tune(
         loaded, splits, ctx.run_dir / "trials", space, metric, trials, progress, console
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = _study(optuna, ctx.cfg, metric, storage, study_name)
+    study = _study(optuna, ctx.cfg, metric, o.storage, o.study_name)
     study.optimize(objective, n_trials=n_trials)
     best = study.best_trial.params
     result = None
-    if retrain:
+    if o.retrain:
         final = loaded.with_config(load_config(ctx.cfg, _overrides(best)))
         result = train_and_evaluate(final, splits, ctx.run_dir, progress=progress, console=console)
     summary = {"metric": metric, "direction": study.direction.name.lower(), "best_params": best}
-    summary.update(best_val=study.best_value, trials=trials, study=_study_record(study, storage))
+    summary.update(best_val=study.best_value, trials=trials, study=_study_record(study, o.storage))
     dump_json(ctx.run_dir / "tuning.json", summary)
     return result, trials
 

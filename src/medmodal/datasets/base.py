@@ -1,5 +1,12 @@
 """Built-in datasets: each knows its files (with checksums), where they come from, and
-how to write the standard manifest + schema, so they travel the same path as user data."""
+how to write the standard manifest + schema, so they travel the same path as user data.
+
+A dataset is one file: a :class:`BuiltinDataset` subclass (``info``, ``locate`` and ``write``,
+the latter a few named steps) and a strict options model (a :class:`~medmodal.options.Strict`
+subclass) declared where it is registered: ``DATASETS.register("name", options=Options)(Cls)``.
+Options reach ``write`` validated, from ``medmodal datasets prepare NAME -o key=value``, a
+config's ``data.dataset_options`` or ``prepare(out_dir, data_dir, key=value)``; a misspelled or
+mistyped one is a ConfigError naming it and the allowed ones."""
 
 from __future__ import annotations
 
@@ -10,9 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from medmodal.errors import DatasetError
-from medmodal.options import parse_options
-from medmodal.registry import Registry, signature_options
+from medmodal.options import Strict, parse_options
+from medmodal.registry import Registry
 from medmodal.utils.io import file_digest
 
 ENV_DATA_DIR = "MEDMODAL_DATA_DIR"
@@ -44,12 +53,40 @@ class Prepared:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
+class NoOptions(Strict):
+    """The options model of a dataset that takes none."""
+
+
 class BuiltinDataset:
-    """Subclasses set ``info`` and implement ``prepare``."""
+    """Subclasses set ``info`` (``info.name`` is the registered name) and implement ``locate``
+    and ``write``; the options model is declared at registration."""
 
     info: DatasetInfo
 
-    def prepare(self, out_dir: Path, data_dir: Path | None = None, **options: Any) -> Prepared:
+    def __init__(self, options: BaseModel | None = None) -> None:
+        self._options = options
+
+    @property
+    def options(self) -> BaseModel:
+        """The options it was created with (the registered model's defaults when none)."""
+        if self._options is None:
+            self._options = dataset_options(self.info.name, None)
+        return self._options
+
+    def prepare(
+        self, out_dir: str | Path, data_dir: str | Path | None = None, **options: Any
+    ) -> Prepared:
+        """Write the manifest + schema into ``out_dir``; keyword ``options`` override the ones
+        it was created with and are validated first (a ConfigError names a bad one)."""
+        opts = self.options
+        if options:
+            given = {**opts.model_dump(exclude_unset=True), **options}
+            opts = dataset_options(self.info.name, given)
+        return self.write(Path(out_dir), None if data_dir is None else Path(data_dir), opts)
+
+    def write(self, out_dir: Path, data_dir: Path | None, options: Any) -> Prepared:
+        """Read and verify the files, label, build the manifest frame, write it with its schema
+        and return the facts; ``options`` is an instance of the registered options model."""
         raise NotImplementedError
 
     def locate(self, data_dir: Path | None) -> Path:
@@ -108,10 +145,18 @@ def download(url: str, dest: Path, digest: str | None = None, algo: str = "md5")
     return dest
 
 
-def get_dataset(name: str) -> BuiltinDataset:
+def dataset_options(name: str, options: Mapping[str, Any] | BaseModel | None) -> BaseModel:
+    """``options`` validated against the model dataset ``name`` registered: a misspelled or
+    mistyped option is a ConfigError naming it (and the allowed ones)."""
+    model = DATASETS.options_model(name)
+    return parse_options(model, options, f"dataset {name!r} options")
+
+
+def get_dataset(name: str, options: Mapping[str, Any] | BaseModel | None = None) -> BuiltinDataset:
+    """Built-in dataset ``name``, created with ``options`` (validated)."""
     from medmodal import datasets as _  # noqa: F401  (registers built-ins)
 
-    return DATASETS.create(name)
+    return DATASETS.get(name)(options=dataset_options(name, options))
 
 
 def prepare_dataset(
@@ -120,12 +165,7 @@ def prepare_dataset(
     data_dir: str | Path | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> Prepared:
-    """Write built-in dataset ``name`` as manifest + schema into ``out_dir``.
-
-    ``options`` are checked against the dataset's ``prepare`` keyword parameters first: a
-    misspelled or mistyped option is a ConfigError naming it and the allowed ones."""
-    ds = get_dataset(name)
-    model = signature_options(ds.prepare, ("out_dir", "data_dir"), f"{name}_options")
-    opts = parse_options(model, options, f"dataset {name!r} options")
-    kwargs = {k: getattr(opts, k) for k in type(opts).model_fields}
-    return ds.prepare(Path(out_dir), resolve_data_dir(data_dir), **kwargs)
+    """Write built-in dataset ``name`` as manifest + schema into ``out_dir``; ``options`` are
+    validated first (no file is read for a bad one); ``data_dir`` defaults as in
+    :func:`resolve_data_dir`."""
+    return get_dataset(name, options).prepare(out_dir, resolve_data_dir(data_dir))

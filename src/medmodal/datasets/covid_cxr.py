@@ -37,6 +37,7 @@ from medmodal.data.preprocess.tabular import DEFAULT_NA_VALUES
 from medmodal.data.schema import Schema
 from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared, require_file
 from medmodal.errors import DatasetError
+from medmodal.options import Strict
 
 NAME = "covid_cxr"
 FOLDER = "covid_cxr"
@@ -291,6 +292,62 @@ def _year(date: Any) -> float:
     return float(m.group(0)) if m else float("nan")
 
 
+class CovidOptions(Strict):
+    """Options of ``covid_cxr``. ``target``: ``finding`` or ``survival``. ``image_size``: square
+    input side (the PNGs are resized to it when read). ``image_augment``: the image processor's
+    ``augment``. ``text_tokenizer``: the text processor's tokenizer (``minilm_embed``, ``word``,
+    ``wordpiece``). ``mask_notes``: hide :data:`MASK_TERMS` (+ ``extra_mask_terms``) in the
+    notes; ``mask_numbers``: hide numbers too. ``on_bad``: ``error`` (a corrupt image stops the
+    run, naming the file) or ``missing`` (it becomes an absent, counted image). ``verify``: check
+    every image exists, decodes and matches the recorded digest. ``limit``: keep the first N rows
+    of the target (quick demos; all files are still verified). ``download`` / ``image_format``
+    are the CLI's generic options: there is no download (the files are converted from the
+    upstream repository, see SOURCES), images are PNG references."""
+
+    target: str = "finding"
+    image_size: int = 64
+    image_augment: dict[str, float] | None = None
+    text_tokenizer: str = "minilm_embed"
+    mask_notes: bool = False
+    extra_mask_terms: list[str] | None = None
+    mask_numbers: bool = False
+    on_bad: str = "error"
+    verify: bool = True
+    limit: int | None = None
+    download: bool = False
+    image_format: str | None = None
+
+
+def check_options(o: CovidOptions) -> None:
+    """DatasetError for values the options model cannot refuse on its own."""
+    if o.download:
+        raise DatasetError(
+            f"{NAME}: no download: the PNGs are converted from {SOURCE}; put metadata.csv and "
+            f"images/ in <data dir>/{FOLDER}"
+        )
+    if o.image_format not in (None, "npz", "png"):
+        raise DatasetError(
+            f"{NAME}: images are PNG files; image_format {o.image_format!r} is not available"
+        )
+    if o.target not in TARGETS:
+        raise DatasetError(f"{NAME}: target must be one of {list(TARGETS)}, not {o.target!r}")
+    if o.on_bad not in ("error", "missing"):
+        raise DatasetError(f"{NAME}: on_bad must be 'error' or 'missing', not {o.on_bad!r}")
+
+
+def read_verified(folder: Path, verify: bool) -> pd.DataFrame:
+    """metadata.csv (checked against its digest and row count) with the merged ``patient_id``;
+    with ``verify`` every listed image is checked too (see :func:`verify_images`)."""
+    meta_path = require_file(folder / "metadata.csv", NAME, SOURCE, METADATA_SHA256, "sha256")
+    df = read_metadata(meta_path)
+    if len(df) != N_ROWS:
+        raise DatasetError(f"{NAME}: {meta_path} has {len(df)} rows, expected {N_ROWS}")
+    images = folder / "images"
+    digests = verify_images(images, df["png"]) if verify else image_digests(images)
+    df["patient_id"] = merged_patients(df, digests)
+    return df
+
+
 class CovidCXR(BuiltinDataset):
     info = DatasetInfo(
         name=NAME,
@@ -328,80 +385,29 @@ class CovidCXR(BuiltinDataset):
         data_dir = Path(data_dir)
         return data_dir if (data_dir / "metadata.csv").is_file() else data_dir / FOLDER
 
-    def prepare(
-        self,
-        out_dir: Path,
-        data_dir: Path | None = None,
-        target: str = "finding",
-        image_size: int = 64,
-        image_augment: dict[str, float] | None = None,
-        text_tokenizer: str = "minilm_embed",
-        mask_notes: bool = False,
-        extra_mask_terms: list[str] | None = None,
-        mask_numbers: bool = False,
-        on_bad: str = "error",
-        verify: bool = True,
-        limit: int | None = None,
-        download: bool = False,
-        image_format: str | None = None,
-    ) -> Prepared:
-        """Verify the files and write ``manifest.csv`` + ``schema.yaml`` into ``out_dir``.
-
-        ``target``: ``finding`` or ``survival``. ``image_size``: square input side (the PNGs
-        are resized to it when read). ``image_augment``: the image processor's ``augment``.
-        ``text_tokenizer``: the text processor's tokenizer (``minilm_embed``, ``word``,
-        ``wordpiece``). ``mask_notes``: hide :data:`MASK_TERMS` (+ ``extra_mask_terms``) in
-        the notes; ``mask_numbers``: hide numbers too. ``on_bad``: ``error`` (a corrupt image
-        stops the run, naming the file) or ``missing`` (it becomes an absent, counted image).
-        ``verify``: check every image exists, decodes and matches the recorded digest.
-        ``limit``: keep the first N rows of the target (quick demos; all files are still verified).
-        ``download`` / ``image_format`` are the CLI's generic options: there is no download (the
-        files are converted from the upstream repository, see SOURCES), images are PNG references.
-        """
-        if download:
-            raise DatasetError(
-                f"{NAME}: no download: the PNGs are converted from {SOURCE}; put metadata.csv and "
-                f"images/ in <data dir>/{FOLDER}"
-            )
-        if image_format not in (None, "npz", "png"):
-            raise DatasetError(
-                f"{NAME}: images are PNG files; image_format {image_format!r} is not available"
-            )
-        if target not in TARGETS:
-            raise DatasetError(f"{NAME}: target must be one of {list(TARGETS)}, not {target!r}")
-        if on_bad not in ("error", "missing"):
-            raise DatasetError(f"{NAME}: on_bad must be 'error' or 'missing', not {on_bad!r}")
+    def write(self, out_dir: Path, data_dir: Path | None, options: CovidOptions) -> Prepared:
+        """Verify the files and write ``manifest.csv`` + ``schema.yaml`` into ``out_dir``
+        (see :class:`CovidOptions`)."""
+        o = options
+        check_options(o)
         folder = self.locate(data_dir)
-        meta_path = require_file(folder / "metadata.csv", NAME, SOURCE, METADATA_SHA256, "sha256")
-        df = read_metadata(meta_path)
-        if len(df) != N_ROWS:
-            raise DatasetError(f"{NAME}: {meta_path} has {len(df)} rows, expected {N_ROWS}")
-        images = folder / "images"
-        digests = verify_images(images, df["png"]) if verify else image_digests(images)
-        df["patient_id"] = merged_patients(df, digests)
-        frame, excluded = select_target(df, target)
-        if limit is not None:
-            frame = frame.head(int(limit))
-        out = manifest_frame(frame, images)
-        out_dir = Path(out_dir)
+        df = read_verified(folder, o.verify)
+        frame, excluded = select_target(df, o.target)
+        if o.limit is not None:
+            frame = frame.head(int(o.limit))
+        out = manifest_frame(frame, folder / "images")
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest = out_dir / "manifest.csv"
         out.to_csv(manifest, index=False)
         schema = Schema.load(
             self.schema_dict(
-                target,
-                image_size,
-                image_augment,
-                text_tokenizer,
-                mask_notes,
-                extra_mask_terms,
-                mask_numbers,
-                on_bad,
+                o.target, o.image_size, o.image_augment, o.text_tokenizer, o.mask_notes,
+                o.extra_mask_terms, o.mask_numbers, o.on_bad,
             )
-        )
+        )  # fmt: skip
         schema_path = out_dir / "schema.yaml"
         schema.save(schema_path)
-        facts = {**prepared_facts(out, target, excluded), "folder": str(folder)}
+        facts = {**prepared_facts(out, o.target, excluded), "folder": str(folder)}
         return Prepared(manifest, schema_path, facts)
 
     @staticmethod
@@ -560,4 +566,4 @@ def verify_images(folder: Path, names: pd.Series) -> dict[str, str]:
     return digests
 
 
-DATASETS.register(NAME)(CovidCXR)
+DATASETS.register(NAME, options=CovidOptions)(CovidCXR)

@@ -31,6 +31,7 @@ from medmodal.datasets.base import (
     require_file,
 )
 from medmodal.errors import DatasetError
+from medmodal.options import Strict
 
 NAME = "heart_sounds"
 CLASSES = ["N", "AS", "MR", "MS", "MVP"]
@@ -67,7 +68,7 @@ SOURCE = (
     f"{AUTHORS_REPO} (one RAR per class) or the WAV copy at https://github.com/{FORK} "
     f"(commit {FORK_COMMIT[:7]}, folder Data/)"
 )
-# Defaults for the audio modality (the schema's ``preprocess``); override via prepare(preprocess=...).
+# Defaults for the audio modality (the schema's ``preprocess``); override with the option preprocess.
 PREPROCESS: dict[str, Any] = {
     "sample_rate": 8000,
     "duration": 3.0,  # clips are 1.2-4.0 s: longer ones are centre-cropped
@@ -129,6 +130,19 @@ def checksum_list(folder: Path) -> bytes:
     return buf.getvalue().encode()
 
 
+class HeartSoundsOptions(Strict):
+    """Options of ``heart_sounds``: ``download`` fetches missing WAVs from ``mirror``
+    (commit-pinned raw GitHub URLs) into ``data_dir/heart_sounds`` (default
+    ``~/.cache/medmodal/data``); ``per_class`` keeps the first N clips of each class (quick demos
+    and tests; all files are still verified); ``preprocess`` overrides entries of the audio
+    defaults (:data:`PREPROCESS`)."""
+
+    download: bool = False
+    mirror: str = RAW_URL
+    per_class: int | None = None
+    preprocess: dict[str, Any] | None = None
+
+
 class HeartSounds(BuiltinDataset):
     info = DatasetInfo(
         name=NAME,
@@ -172,51 +186,16 @@ class HeartSounds(BuiltinDataset):
             return data_dir
         return data_dir / NAME
 
-    def prepare(
-        self,
-        out_dir: Path,
-        data_dir: Path | None = None,
-        download: bool = False,
-        mirror: str = RAW_URL,
-        per_class: int | None = None,
-        preprocess: dict[str, Any] | None = None,
-    ) -> Prepared:
-        """Verify the files and write ``manifest.csv`` + ``schema.yaml`` into ``out_dir``.
-
-        ``download`` fetches missing WAVs from ``mirror`` (commit-pinned raw GitHub URLs)
-        into ``data_dir/heart_sounds`` (default ``~/.cache/medmodal/data``); ``per_class``
-        keeps the first N clips of each class (quick demos and tests; all files are still
-        verified); ``preprocess`` overrides entries of the audio defaults.
-        """
-        if data_dir is None and download:
+    def write(self, out_dir: Path, data_dir: Path | None, options: HeartSoundsOptions) -> Prepared:
+        """Verify the files and write ``manifest.csv`` + ``schema.yaml`` into ``out_dir``
+        (see :class:`HeartSoundsOptions`)."""
+        o = options
+        if data_dir is None and o.download:
             data_dir = Path.home() / ".cache" / "medmodal" / "data"
         folder = self.locate(data_dir)
-        labels_path = folder / "labels.csv"
-        if labels_path.is_file():
-            table = labels_path.read_bytes()
-            got = hashlib.sha256(table).hexdigest()
-            if got != LABELS_SHA256:
-                raise DatasetError(
-                    f"{NAME}: file {labels_path} is altered or incomplete (sha256 {got}, expected "
-                    f"{LABELS_SHA256}). Delete it to rebuild it from the WAV files (from {SOURCE})."
-                )
-        else:  # the WAVs alone (e.g. from the source repo): rebuild the list, download what is missing
-            missing = [rel for rel, _ in file_names() if not (folder / rel).is_file()]
-            if missing and not download:
-                raise DatasetError(
-                    f"{NAME}: {folder} has no labels.csv and {len(missing)} of {len(file_names())} WAV files "
-                    f"are missing (first: {folder / missing[0]}). They come from {SOURCE}: put the class "
-                    "folders AS/ MR/ MS/ MVP/ N/ (New_AS_001.wav, ...) there, or use --download when online."
-                )
-            table = fetch(folder, mirror)
-        labels = pd.read_csv(io.BytesIO(table), dtype={"file": str, "label": str, "sha256": str})
-        for rel, digest in zip(labels["file"], labels["sha256"], strict=True):
-            require_file(folder / rel, NAME, SOURCE, digest, "sha256")
-
+        labels = verified_labels(folder, o.download, o.mirror)
         rows = (
-            labels
-            if per_class is None
-            else labels.groupby("label", sort=False).head(int(per_class))
+            labels if o.per_class is None else labels.groupby("label", sort=False).head(o.per_class)
         )
         frame = pd.DataFrame(
             {
@@ -227,31 +206,60 @@ class HeartSounds(BuiltinDataset):
             }
         )
         frame.insert(1, "patient_id", frame["sample_id"])
-        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest = out_dir / "manifest.csv"
         frame.to_csv(manifest, index=False)
-        schema = Schema.load(
-            {
-                "id_column": "sample_id",
-                "patient_column": "patient_id",
-                "target": {"task": "multiclass", "column": "label", "classes": CLASSES},
-                "modalities": {
-                    "audio": {
-                        "type": "audio",
-                        "column": "audio",
-                        "allow_missing": False,
-                        "preprocess": {**PREPROCESS, **(preprocess or {})},
-                    }
-                },
-            }
-        )
         schema_path = out_dir / "schema.yaml"
-        schema.save(schema_path)
+        build_schema(o.preprocess).save(schema_path)
         counts = frame["label"].value_counts().reindex(CLASSES).astype(int).to_dict()
-        return Prepared(
-            manifest, schema_path, {"rows": len(frame), "per_class": counts, "folder": str(folder)}
-        )
+        facts = {"rows": len(frame), "per_class": counts, "folder": str(folder)}
+        return Prepared(manifest, schema_path, facts)
+
+
+def verified_labels(folder: Path, download: bool, mirror: str) -> pd.DataFrame:
+    """labels.csv (checked against the published digest; rebuilt from the WAVs, downloading
+    the missing ones with ``download``, when absent) with every WAV checked against its row."""
+    labels_path = folder / "labels.csv"
+    if labels_path.is_file():
+        table = labels_path.read_bytes()
+        got = hashlib.sha256(table).hexdigest()
+        if got != LABELS_SHA256:
+            raise DatasetError(
+                f"{NAME}: file {labels_path} is altered or incomplete (sha256 {got}, expected "
+                f"{LABELS_SHA256}). Delete it to rebuild it from the WAV files (from {SOURCE})."
+            )
+    else:  # the WAVs alone (e.g. from the source repo): rebuild the list, download what is missing
+        missing = [rel for rel, _ in file_names() if not (folder / rel).is_file()]
+        if missing and not download:
+            raise DatasetError(
+                f"{NAME}: {folder} has no labels.csv and {len(missing)} of {len(file_names())} WAV files "
+                f"are missing (first: {folder / missing[0]}). They come from {SOURCE}: put the class "
+                "folders AS/ MR/ MS/ MVP/ N/ (New_AS_001.wav, ...) there, or use --download when online."
+            )
+        table = fetch(folder, mirror)
+    labels = pd.read_csv(io.BytesIO(table), dtype={"file": str, "label": str, "sha256": str})
+    for rel, digest in zip(labels["file"], labels["sha256"], strict=True):
+        require_file(folder / rel, NAME, SOURCE, digest, "sha256")
+    return labels
+
+
+def build_schema(preprocess: dict[str, Any] | None = None) -> Schema:
+    """The schema: the audio modality with :data:`PREPROCESS` updated by ``preprocess``."""
+    return Schema.load(
+        {
+            "id_column": "sample_id",
+            "patient_column": "patient_id",
+            "target": {"task": "multiclass", "column": "label", "classes": CLASSES},
+            "modalities": {
+                "audio": {
+                    "type": "audio",
+                    "column": "audio",
+                    "allow_missing": False,
+                    "preprocess": {**PREPROCESS, **(preprocess or {})},
+                }
+            },
+        }
+    )
 
 
 def fetch(folder: Path, mirror: str = RAW_URL) -> bytes:
@@ -276,4 +284,4 @@ def fetch(folder: Path, mirror: str = RAW_URL) -> bytes:
     return table
 
 
-DATASETS.register(NAME)(HeartSounds)
+DATASETS.register(NAME, options=HeartSoundsOptions)(HeartSounds)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 from medmodal.data.readers.npz import load_npz
 from medmodal.data.schema import Schema
@@ -26,6 +27,7 @@ from medmodal.datasets.base import (
     require_file,
 )
 from medmodal.errors import DatasetError
+from medmodal.options import Strict
 
 ZENODO = "https://zenodo.org/records/10519652/files/{file}?download=1"
 CITATION = (
@@ -132,8 +134,20 @@ def file_name(name: str, size: int) -> str:
     return f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
 
 
+class MedMNISTOptions(Strict):
+    """Options of a MedMNIST set: ``size`` (28, or a MedMNIST+ size where known),
+    ``image_format`` (``npz`` references or ``png`` files, 2D only), ``download`` (from Zenodo),
+    ``limit`` (the first N images of each split, for quick demos and tests)."""
+
+    size: int = 28
+    image_format: str = "npz"
+    download: bool = False
+    limit: int | None = None
+
+
 class MedMNIST(BuiltinDataset):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, options: BaseModel | None = None) -> None:
+        super().__init__(options)
         self.name = name
         self.spec = SPECS[name]
         dims = self.spec.get("dims", 2)
@@ -169,53 +183,51 @@ class MedMNIST(BuiltinDataset):
             return download(ZENODO.format(file=fname), candidates[0], md5, "md5")
         return require_file(candidates[0], self.name, ZENODO.format(file=fname), md5, "md5")
 
-    def prepare(
-        self,
-        out_dir: Path,
-        data_dir: Path | None = None,
-        size: int = 28,
-        image_format: str = "npz",
-        download: bool = False,
-        limit: int | None = None,
-    ) -> Prepared:
-        """Write ``manifest.csv`` + ``schema.yaml`` into ``out_dir``.
-
-        ``limit`` keeps the first N images of each split (for quick demos and tests).
-        """
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = self.locate(data_dir, size, download)
-        arrays = load_npz(str(path))
+    def write(self, out_dir: Path, data_dir: Path | None, options: MedMNISTOptions) -> Prepared:
+        """Write ``manifest.csv`` + ``schema.yaml`` into ``out_dir`` (the official splits)."""
+        o = options
         dims = self.spec.get("dims", 2)
+        if o.image_format not in ("npz", "png"):
+            raise DatasetError(f"unknown image_format {o.image_format!r}; use npz or png")
+        if o.image_format == "png" and dims != 2:
+            raise DatasetError(
+                f"{self.name} is 3D; PNG export is for 2D sets (use image_format=npz)"
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.locate(data_dir, o.size, o.download)
+        rows = self.rows(load_npz(str(path)), path, out_dir, o)
+        manifest = out_dir / "manifest.csv"
+        pd.DataFrame(rows).to_csv(manifest, index=False)
+        schema_path = out_dir / "schema.yaml"
+        self.schema(o.size).save(schema_path)
+        return Prepared(manifest, schema_path, {"rows": len(rows), "source_file": str(path)})
+
+    def rows(
+        self, arrays: Any, path: Path, out_dir: Path, o: MedMNISTOptions
+    ) -> list[dict[str, Any]]:
+        """One manifest row per image of each official split (the first ``limit`` of each); the
+        image is a reference into the archive, or a PNG written under ``out_dir/images``."""
         rows = []
         for split in ("train", "val", "test"):
             imgs, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"].reshape(-1)
-            n = len(imgs) if limit is None else min(limit, len(imgs))
+            n = len(imgs) if o.limit is None else min(o.limit, len(imgs))
             for i in range(n):
                 sid = f"{split}_{i:05d}"
-                if image_format == "png":
-                    if dims != 2:
-                        raise DatasetError(
-                            f"{self.name} is 3D; PNG export is for 2D sets (use image_format=npz)"
-                        )
+                if o.image_format == "png":
                     ref = _write_png(out_dir / "images" / split / f"{i:05d}.png", imgs[i])
                     ref = str(ref.relative_to(out_dir))
-                elif image_format == "npz":
-                    ref = f"{path}#{split}_images/{i}"
                 else:
-                    raise DatasetError(f"unknown image_format {image_format!r}; use npz or png")
+                    ref = f"{path}#{split}_images/{i}"
+                label = self.spec["labels"][int(labels[i])]
                 rows.append(
-                    {
-                        "sample_id": sid,
-                        "patient_id": sid,
-                        "split": split,
-                        "label": self.spec["labels"][int(labels[i])],
-                        "image": ref,
-                    }
-                )
-        manifest = out_dir / "manifest.csv"
-        pd.DataFrame(rows).to_csv(manifest, index=False)
-        schema = Schema.load(
+                    {"sample_id": sid, "patient_id": sid, "split": split, "label": label,
+                     "image": ref}
+                )  # fmt: skip
+        return rows
+
+    def schema(self, size: int) -> Schema:
+        channels = self.spec["channels"]
+        return Schema.load(
             {
                 "id_column": "sample_id",
                 "patient_column": "patient_id",
@@ -232,20 +244,14 @@ class MedMNIST(BuiltinDataset):
                         "column": "image",
                         "allow_missing": False,
                         "preprocess": {
-                            "size": [size] * dims,
-                            "channels": self.spec["channels"],
-                            "normalize": {
-                                "mean": [0.5] * self.spec["channels"],
-                                "std": [0.5] * self.spec["channels"],
-                            },
+                            "size": [size] * self.spec.get("dims", 2),
+                            "channels": channels,
+                            "normalize": {"mean": [0.5] * channels, "std": [0.5] * channels},
                         },
                     }
                 },
             }
         )
-        schema_path = out_dir / "schema.yaml"
-        schema.save(schema_path)
-        return Prepared(manifest, schema_path, {"rows": len(rows), "source_file": str(path)})
 
 
 def _write_png(path: Path, img: np.ndarray) -> Path:
@@ -257,4 +263,6 @@ def _write_png(path: Path, img: np.ndarray) -> Path:
 
 
 for _name in SPECS:
-    DATASETS.register(_name)(lambda _n=_name: MedMNIST(_n))
+    DATASETS.register(_name, options=MedMNISTOptions)(
+        lambda options=None, _n=_name: MedMNIST(_n, options)
+    )

@@ -56,6 +56,7 @@ import pandas as pd
 from medmodal.data.schema import Schema
 from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared
 from medmodal.errors import DataError, DatasetError
+from medmodal.options import Strict
 from medmodal.utils.io import file_digest
 
 SOURCE = (
@@ -298,6 +299,108 @@ def _record_length(folder: Path, record: str) -> int:
     return int(wfdb.rdheader(str(folder / record)).sig_len)
 
 
+class MITDBOptions(Strict):
+    """Options of ``medmodal datasets prepare mitdb`` (see the module doc): ``records``
+    restricts to a subset (tests), ``limit`` keeps the first N beats of each split (demos);
+    ``download`` is not offered: the files come from PhysioNet."""
+
+    split: str = "inter_patient"
+    records: Sequence[str | int] | None = None
+    include_q: bool = False
+    exclude_paced: bool = True
+    subject_201_202: str = "drop_201"
+    window: Sequence[float] = (0.25, 0.45)
+    fs: float | None = 180.0
+    standardize: str = "record"
+    demographics: bool = False
+    rr_columns: str = "normalised"
+    val_records: Sequence[str | int] | None = None
+    seed: int = 0
+    verify: bool = True
+    limit: int | None = None
+    download: bool = False
+
+
+def check_options(o: MITDBOptions) -> None:
+    """DatasetError for values the options model cannot refuse on its own."""
+    if o.download:
+        raise _dataset_error(
+            "medmodal does not download mitdb; fetch the 1.0.0 release (e.g. "
+            "`wget -r -np https://physionet.org/files/mitdb/1.0.0/`) into <data_dir>/mitdb"
+        )
+    if o.split not in SPLITS:
+        raise DatasetError(f"mitdb: split must be one of {SPLITS}, got {o.split!r}")
+    if o.rr_columns not in ("normalised", "all"):
+        raise DatasetError(f"mitdb: rr_columns must be 'normalised' or 'all', got {o.rr_columns!r}")
+    if o.subject_201_202 not in ("drop_201", "drop_202"):
+        raise DatasetError("mitdb: subject_201_202 must be 'drop_201' or 'drop_202'")
+    if o.split == "inter_patient" and not o.exclude_paced:
+        raise DatasetError(
+            "mitdb: the paced records 102, 104, 107, 217 are in neither DS1 nor DS2; "
+            "use exclude_paced=True or split='random' / 'none'"
+        )
+    window = o.window
+    if len(window) != 2 or min(window) < 0 or sum(window) <= 0:
+        raise DatasetError(f"mitdb: window must be [seconds before, seconds after], got {window}")
+
+
+def select_records(o: MITDBOptions) -> tuple[list[str], dict[str, str], tuple[str, ...]]:
+    """The records to read, those left out (record -> why) and the validation records."""
+    wanted = list(RECORDS) if o.records is None else [str(r) for r in o.records]
+    unknown_recs = sorted(set(wanted) - set(RECORDS))
+    if unknown_recs:
+        raise DatasetError(f"mitdb: {unknown_recs} are not MIT-BIH Arrhythmia records")
+    val = tuple(str(r) for r in (VAL_RECORDS if o.val_records is None else o.val_records))
+    if o.split == "inter_patient" and set(val) - set(DS1):
+        raise DatasetError(
+            f"mitdb: val_records must be DS1 records, got {sorted(set(val) - set(DS1))}"
+        )
+    dropped: dict[str, str] = {}
+    if o.exclude_paced:
+        dropped.update({r: "paced" for r in PACED if r in wanted})
+    if o.split == "inter_patient":
+        gone = "201" if o.subject_201_202 == "drop_201" else "202"
+        if gone in wanted:
+            dropped[gone] = "same subject as 20" + ("2 (DS2)" if gone == "201" else "1 (DS1)")
+    used = [r for r in wanted if r not in dropped]
+    if not used:
+        raise DatasetError(f"mitdb: no record left to prepare (asked for {wanted})")
+    return used, dropped, val
+
+
+def read_beats(
+    folder: Path, records: list[str], window: Sequence[float], verify: bool
+) -> pd.DataFrame:
+    """Every AAMI beat of ``records``, each record's files checked first."""
+    frames = []
+    for r in records:
+        check_record_files(folder, r, verify)
+        win = (float(window[0]), float(window[1]))
+        frames.append(record_beats(folder, r, win, _record_length(folder, r)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def label_beats(
+    frame: pd.DataFrame, o: MITDBOptions, val: tuple[str, ...]
+) -> tuple[pd.DataFrame, str]:
+    """Q beats left out (unless ``include_q``), the split column, ``limit``; returns the frame
+    and the schema's patient column."""
+    if not o.include_q:
+        frame = frame[frame["label"] != "Q"].reset_index(drop=True)
+    patient_column = "patient_id"
+    if o.split == "inter_patient":
+        frame["split"] = [
+            "test" if r in DS2 else ("val" if r in val else "train") for r in frame["record"]
+        ]
+    elif o.split == "random":
+        frame["split"] = _random_split(frame["label"].to_numpy(), o.seed)
+        patient_column = "sample_id"  # leaky on purpose: beats treated as independent
+    if o.limit is not None:
+        keys = frame["split"] if "split" in frame else pd.Series("all", index=frame.index)
+        frame = frame[frame.groupby(keys).cumcount() < int(o.limit)].reset_index(drop=True)
+    return frame, patient_column
+
+
 class MITBIH(BuiltinDataset):
     info = DatasetInfo(
         name="mitdb",
@@ -330,117 +433,30 @@ class MITBIH(BuiltinDataset):
                 return c
         raise _dataset_error(f"no MIT-BIH records in {data_dir / 'mitdb'} (nor in {data_dir})")
 
-    def prepare(
-        self,
-        out_dir: Path,
-        data_dir: Path | None = None,
-        *,
-        split: str = "inter_patient",
-        records: Sequence[str | int] | None = None,
-        include_q: bool = False,
-        exclude_paced: bool = True,
-        subject_201_202: str = "drop_201",
-        window: Sequence[float] = (0.25, 0.45),
-        fs: float | None = 180.0,
-        standardize: str = "record",
-        demographics: bool = False,
-        rr_columns: str = "normalised",
-        val_records: Sequence[str | int] | None = None,
-        seed: int = 0,
-        verify: bool = True,
-        limit: int | None = None,
-        download: bool = False,
-    ) -> Prepared:
-        """Write ``manifest.csv`` + ``schema.yaml``; ``records`` restricts to a subset (tests),
-        ``limit`` keeps the first N beats of each split (demos); ``download`` is not offered:
-        the files come from PhysioNet."""
-        if download:
-            raise _dataset_error(
-                "medmodal does not download mitdb; fetch the 1.0.0 release (e.g. "
-                "`wget -r -np https://physionet.org/files/mitdb/1.0.0/`) into <data_dir>/mitdb"
-            )
-        if split not in SPLITS:
-            raise DatasetError(f"mitdb: split must be one of {SPLITS}, got {split!r}")
-        if rr_columns not in ("normalised", "all"):
-            raise DatasetError(
-                f"mitdb: rr_columns must be 'normalised' or 'all', got {rr_columns!r}"
-            )
-        if subject_201_202 not in ("drop_201", "drop_202"):
-            raise DatasetError("mitdb: subject_201_202 must be 'drop_201' or 'drop_202'")
-        if split == "inter_patient" and not exclude_paced:
-            raise DatasetError(
-                "mitdb: the paced records 102, 104, 107, 217 are in neither DS1 nor DS2; "
-                "use exclude_paced=True or split='random' / 'none'"
-            )
-        if len(window) != 2 or min(window) < 0 or sum(window) <= 0:
-            raise DatasetError(
-                f"mitdb: window must be [seconds before, seconds after], got {window}"
-            )
+    def write(self, out_dir: Path, data_dir: Path | None, options: MITDBOptions) -> Prepared:
+        """Write ``manifest.csv`` + ``schema.yaml``: check the options, select the records,
+        read and verify their beats, label and split them, write (see :class:`MITDBOptions`)."""
+        o = options
+        check_options(o)
         folder = self.locate(data_dir)
-        wanted = list(RECORDS) if records is None else [str(r) for r in records]
-        unknown_recs = sorted(set(wanted) - set(RECORDS))
-        if unknown_recs:
-            raise DatasetError(f"mitdb: {unknown_recs} are not MIT-BIH Arrhythmia records")
-        val = tuple(str(r) for r in (VAL_RECORDS if val_records is None else val_records))
-        if split == "inter_patient" and set(val) - set(DS1):
-            raise DatasetError(
-                f"mitdb: val_records must be DS1 records, got {sorted(set(val) - set(DS1))}"
-            )
-        dropped: dict[str, str] = {}
-        if exclude_paced:
-            dropped.update({r: "paced" for r in PACED if r in wanted})
-        if split == "inter_patient":
-            gone = "201" if subject_201_202 == "drop_201" else "202"
-            if gone in wanted:
-                dropped[gone] = "same subject as 20" + ("2 (DS2)" if gone == "201" else "1 (DS1)")
-        used = [r for r in wanted if r not in dropped]
-        if not used:
-            raise DatasetError(f"mitdb: no record left to prepare (asked for {wanted})")
-
-        frames = []
-        for r in used:
-            check_record_files(folder, r, verify)
-            frames.append(
-                record_beats(
-                    folder, r, (float(window[0]), float(window[1])), _record_length(folder, r)
-                )
-            )
-        frame = pd.concat(frames, ignore_index=True)
+        used, dropped, val = select_records(o)
+        frame = read_beats(folder, used, o.window, o.verify)
         n_q = int((frame["label"] == "Q").sum())
-        if not include_q:
-            frame = frame[frame["label"] != "Q"].reset_index(drop=True)
-        classes = ["N", "S", "V", "F"] + (["Q"] if include_q else [])
-
-        patient_column = "patient_id"
-        if split == "inter_patient":
-            frame["split"] = [
-                "test" if r in DS2 else ("val" if r in val else "train") for r in frame["record"]
-            ]
-        elif split == "random":
-            frame["split"] = _random_split(frame["label"].to_numpy(), seed)
-            patient_column = "sample_id"  # leaky on purpose: beats treated as independent
-        if limit is not None:
-            keys = frame["split"] if "split" in frame else pd.Series("all", index=frame.index)
-            frame = frame[frame.groupby(keys).cumcount() < int(limit)].reset_index(drop=True)
-        out_dir = Path(out_dir)
+        frame, patient_column = label_beats(frame, o, val)
         out_dir.mkdir(parents=True, exist_ok=True)
         manifest = out_dir / "manifest.csv"
         frame.to_csv(manifest, index=False)
+        classes = ["N", "S", "V", "F"] + (["Q"] if o.include_q else [])
+        rr = RR_NORMALISED if o.rr_columns == "normalised" else RR_COLUMNS
+        seconds = float(o.window[0]) + float(o.window[1])
         schema = self.schema(
-            classes,
-            split != "none",
-            patient_column,
-            fs,
-            standardize,
-            demographics,
-            float(window[0]) + float(window[1]),
-            RR_NORMALISED if rr_columns == "normalised" else RR_COLUMNS,
-        )
+            classes, o.split != "none", patient_column, o.fs, o.standardize, o.demographics,
+            seconds, rr,
+        )  # fmt: skip
         schema_path = out_dir / "schema.yaml"
         schema.save(schema_path)
-        return Prepared(
-            manifest, schema_path, self._facts(frame, used, dropped, n_q, include_q, split)
-        )
+        facts = self._facts(frame, used, dropped, n_q, o.include_q, o.split)
+        return Prepared(manifest, schema_path, facts)
 
     @staticmethod
     def schema(
@@ -529,4 +545,4 @@ def _random_split(labels: np.ndarray, seed: int, val: float = 0.1, test: float =
     return out.tolist()
 
 
-DATASETS.register("mitdb")(MITBIH)
+DATASETS.register("mitdb", options=MITDBOptions)(MITBIH)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ import pandas as pd
 from medmodal.data.schema import Schema
 from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared
 from medmodal.errors import DatasetError
+from medmodal.options import Strict
 
 MODALITIES = ("image", "text", "audio", "tabular")
 CLASSES = ["negative", "positive"]
@@ -64,23 +66,28 @@ DISTRACTORS = (
 )
 SITES = ("north", "south", "east")
 
-DEFAULTS: dict[str, Any] = {
-    "n": 1000,
-    "seed": 0,
-    "noise": 0.3,
-    "missing": 0.1,
-    "image_size": 28,
-    "sample_rate": 4000,
-    "duration": 0.5,
-    "text_source": "file",
-    "split": [0.6, 0.15, 0.25],
-    "augment": True,
-    "limit": None,
-}
-IGNORED = {
-    "download",
-    "image_format",
-}  # CLI options that do not apply: nothing is downloaded, images are PNG
+
+class ProbeOptions(Strict):
+    """Options of ``fusion_probe`` (see the module doc): ``n`` cases, ``seed``, ``noise``,
+    ``missing`` (fraction of cases lacking one modality), ``image_size``, ``sample_rate``,
+    ``duration``, ``text_source`` (``file`` | ``inline``), ``split`` (train/val/test fractions,
+    stratified), ``augment`` (schema augmentations of nuisance factors), ``limit`` (first N
+    cases per split)."""
+
+    n: int = 1000
+    seed: int = 0
+    noise: float = 0.3
+    missing: float = 0.1
+    image_size: int = 28
+    sample_rate: int = 4000
+    duration: float = 0.5
+    text_source: Literal["file", "inline"] = "file"
+    split: list[float] = [0.6, 0.15, 0.25]
+    augment: bool = True
+    limit: int | None = None
+
+
+DEFAULTS: dict[str, Any] = ProbeOptions().model_dump()
 
 # Small encoders that train in seconds on the probe (for tests and the missing-modality benchmark).
 SMALL_ENCODERS: dict[str, dict[str, Any]] = {
@@ -161,65 +168,30 @@ class FusionProbe(BuiltinDataset):
     def locate(self, data_dir: Path | None) -> Path:
         return Path("synthetic")
 
-    def prepare(
-        self,
-        out_dir: Path,
-        data_dir: Path | None = None,
-        *,
-        n: int = DEFAULTS["n"],
-        seed: int = DEFAULTS["seed"],
-        noise: float = DEFAULTS["noise"],
-        missing: float = DEFAULTS["missing"],
-        image_size: int = DEFAULTS["image_size"],
-        sample_rate: int = DEFAULTS["sample_rate"],
-        duration: float = DEFAULTS["duration"],
-        text_source: Literal["file", "inline"] = DEFAULTS["text_source"],
-        split: list[float] = DEFAULTS["split"],  # noqa: B006  (never mutated)
-        augment: bool = DEFAULTS["augment"],
-        limit: int | None = DEFAULTS["limit"],
-    ) -> Prepared:
-        """Write PNG / WAV / .txt files, ``manifest.csv``, ``schema.yaml`` and ``latents.csv``.
-
-        Options (see the module doc): ``n``, ``seed``, ``noise``, ``missing``, ``image_size``,
-        ``sample_rate``, ``duration``, ``text_source`` (``file`` | ``inline``), ``split``
-        (train/val/test fractions, stratified), ``augment`` (schema augmentations of nuisance
-        factors, default true), ``limit`` (first N cases per split).
-        A folder already holding the same probe (same options) is reused as is.
-        """
-        given = dict(n=n, seed=seed, noise=noise, missing=missing, image_size=image_size)
-        given.update(sample_rate=sample_rate, duration=duration, text_source=text_source)
-        opts = _options({**given, "split": split, "augment": augment, "limit": limit})
-        out = Path(out_dir)
-        stamp = out / "probe.json"
-        if stamp.is_file() and (out / "manifest.csv").is_file() and (out / "schema.yaml").is_file():
+    def write(self, out_dir: Path, data_dir: Path | None, options: ProbeOptions) -> Prepared:
+        """Write PNG / WAV / .txt files, ``manifest.csv``, ``schema.yaml`` and ``latents.csv``
+        (see :class:`ProbeOptions`). A folder already holding the same probe (same options) is
+        reused as is."""
+        opts = _checked(options)
+        stamp = out_dir / "probe.json"
+        done = all((out_dir / f).is_file() for f in ("probe.json", "manifest.csv", "schema.yaml"))
+        if done:
             try:
                 previous = json.loads(stamp.read_text())
             except (OSError, ValueError):
                 previous = None
             if previous and previous.get("options") == opts and previous.get("version") == VERSION:
-                return Prepared(out / "manifest.csv", out / "schema.yaml", previous["facts"])
+                return Prepared(
+                    out_dir / "manifest.csv", out_dir / "schema.yaml", previous["facts"]
+                )
         stamp.unlink(missing_ok=True)
-        return _generate(out, opts)
+        return _generate(out_dir, opts)
 
 
-def _options(options: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(DEFAULTS) - IGNORED)
-    if unknown:
-        raise DatasetError(f"fusion_probe: unknown option(s) {unknown}; known: {sorted(DEFAULTS)}")
-    o = {**DEFAULTS, **{k: v for k, v in options.items() if k in DEFAULTS}}
-    try:
-        o["n"], o["seed"], o["image_size"] = int(o["n"]), int(o["seed"]), int(o["image_size"])
-        o["sample_rate"] = int(o["sample_rate"])
-        o["noise"], o["missing"], o["duration"] = (
-            float(o["noise"]),
-            float(o["missing"]),
-            float(o["duration"]),
-        )
-        o["split"] = [float(f) for f in o["split"]]
-        o["limit"] = None if o["limit"] is None else int(o["limit"])
-        o["augment"] = bool(o["augment"])
-    except (TypeError, ValueError) as exc:
-        raise DatasetError(f"fusion_probe: bad option value: {exc}") from None
+def _checked(options: ProbeOptions) -> dict[str, Any]:
+    """The options as a dict (stored in ``probe.json``); a DatasetError for a value out of range."""
+    o = options.model_dump()
+    split = o["split"]
     checks = [
         (o["n"] >= 20, "n must be at least 20"),
         (o["noise"] >= 0, "noise must be >= 0"),
@@ -227,12 +199,8 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
         (o["image_size"] >= 16, "image_size must be at least 16"),
         (o["sample_rate"] >= 2000, "sample_rate must be at least 2000 Hz (carriers up to 480 Hz)"),
         (o["duration"] >= 0.25, "duration must be at least 0.25 s"),
-        (o["text_source"] in ("file", "inline"), "text_source must be 'file' or 'inline'"),
         (
-            len(o["split"]) == 3
-            and min(o["split"]) >= 0
-            and o["split"][0] > 0
-            and abs(sum(o["split"]) - 1) < 1e-6,
+            len(split) == 3 and min(split) >= 0 and split[0] > 0 and abs(sum(split) - 1) < 1e-6,
             "split must be three fractions (train, val, test) summing to 1, train > 0",
         ),
         (o["limit"] is None or o["limit"] >= 1, "limit must be >= 1"),
@@ -243,7 +211,23 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     return o
 
 
-def _generate(out: Path, o: dict[str, Any]) -> Prepared:
+@dataclass
+class Draw:
+    """The generated cases before rendering: latents ``z``, observations ``obs``, labels ``y``,
+    the absent modalities, splits, ids, which cases are kept (``limit``) and the random streams."""
+
+    z: np.ndarray
+    obs: np.ndarray
+    y: np.ndarray
+    absent: np.ndarray
+    split: np.ndarray
+    ids: list[str]
+    keep: np.ndarray
+    rng: dict[str, np.random.Generator]
+
+
+def _draw(o: dict[str, Any]) -> Draw:
+    """Latents, observations, labels, absent modalities and splits (seeded)."""
     n = o["n"]
     streams = np.random.SeedSequence([o["seed"], 20250613]).spawn(7)
     rng = {
@@ -258,61 +242,67 @@ def _generate(out: Path, o: dict[str, Any]) -> Prepared:
     absent[np.flatnonzero(hit), rng["missing"].integers(0, 4, n)[hit]] = True
     split = _stratified_split(y, o["split"], rng["split"])
     ids = [f"probe_{i:05d}" for i in range(n)]
-    keep = _limit(split, o["limit"])
+    return Draw(z, obs, y, absent, split, ids, _limit(split, o["limit"]), rng)
 
+
+def _render(out: Path, o: dict[str, Any], d: Draw) -> pd.DataFrame:
+    """Write every kept case's files; its manifest row (an absent modality is an empty cell)."""
     for sub in ("images", "audio", "notes"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     rows = []
-    for i in range(n):
-        row: dict[str, Any] = {
-            "sample_id": ids[i],
-            "patient_id": f"patient_{i:05d}",
-            "split": split[i],
-            "label": CLASSES[y[i]],
-        }
+    for i, sid in enumerate(d.ids):
         # Every modality's randomness is drawn for every case (kept or not) so a case's files do
         # not depend on which other cases are missing or limited away.
-        img = _image(obs[i, 0], o["image_size"], rng["image"])
-        note = _note(obs[i, 1], rng["text"])
-        wave = _audio(obs[i, 2], o["sample_rate"], o["duration"], rng["audio"])
-        tab = _tabular(obs[i, 3], rng["tabular"])
-        if not keep[i]:
+        img = _image(d.obs[i, 0], o["image_size"], d.rng["image"])
+        note = _note(d.obs[i, 1], d.rng["text"])
+        wave = _audio(d.obs[i, 2], o["sample_rate"], o["duration"], d.rng["audio"])
+        tab = _tabular(d.obs[i, 3], d.rng["tabular"])
+        if not d.keep[i]:
             continue
-        row["image"] = "" if absent[i, 0] else _write_png(out / "images" / f"{ids[i]}.png", img)
-        if absent[i, 1]:
+        absent = d.absent[i]
+        row: dict[str, Any] = {
+            "sample_id": sid,
+            "patient_id": f"patient_{i:05d}",
+            "split": d.split[i],
+            "label": CLASSES[d.y[i]],
+        }
+        row["image"] = "" if absent[0] else _write_png(out / "images" / f"{sid}.png", img)
+        if absent[1]:
             row["note"] = ""
         elif o["text_source"] == "inline":
             row["note"] = note
         else:
-            (out / "notes" / f"{ids[i]}.txt").write_text(note + "\n", encoding="utf-8")
-            row["note"] = f"notes/{ids[i]}.txt"
-        row["audio"] = (
-            ""
-            if absent[i, 2]
-            else _write_wav(out / "audio" / f"{ids[i]}.wav", wave, o["sample_rate"])
-        )
-        row.update({k: (np.nan if absent[i, 3] else v) for k, v in tab.items()})
+            (out / "notes" / f"{sid}.txt").write_text(note + "\n", encoding="utf-8")
+            row["note"] = f"notes/{sid}.txt"
+        wav = out / "audio" / f"{sid}.wav"
+        row["audio"] = "" if absent[2] else _write_wav(wav, wave, o["sample_rate"])
+        row.update({k: (np.nan if absent[3] else v) for k, v in tab.items()})
         rows.append(row)
-    frame = pd.DataFrame(rows)
-    frame.to_csv(out / "manifest.csv", index=False)
+    return pd.DataFrame(rows)
+
+
+def _generate(out: Path, o: dict[str, Any]) -> Prepared:
+    """Draw the cases, render their files, write the manifest, latents, schema and stamp."""
+    d = _draw(o)
+    _render(out, o, d).to_csv(out / "manifest.csv", index=False)
     lat = pd.DataFrame(
         {
-            "sample_id": ids,
-            **{f"z_{m}": z[:, j] for j, m in enumerate(MODALITIES)},
-            **{f"o_{m}": obs[:, j] for j, m in enumerate(MODALITIES)},
-            "label": y,
+            "sample_id": d.ids,
+            **{f"z_{m}": d.z[:, j] for j, m in enumerate(MODALITIES)},
+            **{f"o_{m}": d.obs[:, j] for j, m in enumerate(MODALITIES)},
+            "label": d.y,
         }
     )
-    lat[keep].to_csv(out / "latents.csv", index=False)
-    schema = _schema(o)
-    Schema.load(schema).save(out / "schema.yaml")
+    lat[d.keep].to_csv(out / "latents.csv", index=False)
+    Schema.load(_schema(o)).save(out / "schema.yaml")
+    keep, y = d.keep, d.y
     facts = {
         "rows": int(keep.sum()),
         "synthetic": SYNTHETIC_NOTE,
         "positives": int(y[keep].sum()),
-        "split": {s: int(((split == s) & keep).sum()) for s in ("train", "val", "test")},
-        "absent": {m: int((absent[:, j] & keep).sum()) for j, m in enumerate(MODALITIES)},
-        "reference_auroc": reference_auroc(obs[keep], y[keep]),
+        "split": {s: int(((d.split == s) & keep).sum()) for s in ("train", "val", "test")},
+        "absent": {m: int((d.absent[:, j] & keep).sum()) for j, m in enumerate(MODALITIES)},
+        "reference_auroc": reference_auroc(d.obs[keep], y[keep]),
     }
     (out / "probe.json").write_text(
         json.dumps({"version": VERSION, "options": o, "facts": facts}, indent=1)
@@ -488,4 +478,4 @@ def _write_wav(path: Path, wave_: np.ndarray, sr: int) -> str:
     return f"audio/{path.name}"
 
 
-DATASETS.register("fusion_probe")(FusionProbe)
+DATASETS.register("fusion_probe", options=ProbeOptions)(FusionProbe)

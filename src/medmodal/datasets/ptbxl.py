@@ -49,6 +49,7 @@ from medmodal.data.readers.signal import wfdb_signal_files
 from medmodal.data.schema import Schema
 from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared, require_file
 from medmodal.errors import DataError, DatasetError
+from medmodal.options import Strict
 from medmodal.utils.io import file_digest
 
 SOURCE = (
@@ -183,6 +184,17 @@ MASK_WORDS: tuple[str, ...] = (
 _WORD = re.compile(r"\w+(?:[-'’]\w+)*")
 
 
+class PTBXLOptions(Strict):
+    """Options of ``ptbxl``: ``verify``: ``"csv"`` (default: SHA-256 of both CSVs, every
+    waveform file present) or ``"all"`` (SHA-256 of every waveform file too);
+    ``no_diagnostic``: ``"exclude"`` or ``"keep"`` (all-zero labels); ``report_mask``: mask the
+    report's diagnostic words."""
+
+    verify: str = "csv"
+    no_diagnostic: str = "exclude"
+    report_mask: bool = False
+
+
 class PTBXL(BuiltinDataset):
     info = DatasetInfo(
         name="ptbxl",
@@ -220,81 +232,97 @@ class PTBXL(BuiltinDataset):
                 return folder
         return data_dir / "ptbxl"
 
-    def prepare(
-        self,
-        out_dir: Path,
-        data_dir: Path | None = None,
-        verify: str = "csv",
-        no_diagnostic: str = "exclude",
-        report_mask: bool = False,
-    ) -> Prepared:
-        """Write ``manifest.csv`` + ``schema.yaml`` (+ ``excluded.csv``) into ``out_dir``.
-
-        ``verify``: ``"csv"`` (default: SHA-256 of both CSVs, every waveform file present) or
-        ``"all"`` (SHA-256 of every waveform file too). ``no_diagnostic``: ``"exclude"`` or
-        ``"keep"`` (all-zero labels). ``report_mask``: mask the report's diagnostic words.
-        """
-        if verify not in ("csv", "all"):
-            raise DatasetError(f"ptbxl: verify must be 'csv' or 'all', not {verify!r}")
-        if no_diagnostic not in ("exclude", "keep"):
+    def write(self, out_dir: Path, data_dir: Path | None, options: PTBXLOptions) -> Prepared:
+        """Write ``manifest.csv`` + ``schema.yaml`` (+ ``excluded.csv``) into ``out_dir``: check
+        the options, read and verify the files, label, write (see :class:`PTBXLOptions`)."""
+        o = options
+        if o.verify not in ("csv", "all"):
+            raise DatasetError(f"ptbxl: verify must be 'csv' or 'all', not {o.verify!r}")
+        if o.no_diagnostic not in ("exclude", "keep"):
             raise DatasetError(
-                f"ptbxl: no_diagnostic must be 'exclude' or 'keep', not {no_diagnostic!r}"
+                f"ptbxl: no_diagnostic must be 'exclude' or 'keep', not {o.no_diagnostic!r}"
             )
         folder = self.locate(data_dir)
-        sums = load_checksums()
-        require_file(folder / STATEMENTS, "ptbxl", SOURCE, sums[STATEMENTS], "sha256")
-        listed = folder_checksums(folder)
-        database_check = verify_database(folder, sums, listed)
-        sums = {**listed, **sums}  # PhysioNet's values win where both list one
-        db = _read_csv(folder / DATABASE)
-        classes_of = diagnostic_classes(_read_csv(folder / STATEMENTS, index_col=0))
-        verify_waveforms(folder, db, sums, digests=(verify == "all"))
+        db, classes_of, database_check = read_verified(folder, o.verify == "all")
         labels = superclass_labels(db, classes_of, folder / DATABASE)
         frame = _manifest(db, labels, folder)
-        counts_all = {c: int(frame[c].sum()) for c in SUPERCLASSES}
-        no_diag = frame[frame[list(SUPERCLASSES)].sum(axis=1) == 0]
         check_patient_splits(frame)
-
-        out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        excluded = pd.DataFrame(
-            {
-                "sample_id": no_diag["sample_id"],
-                "reason": "no diagnostic SCP statement (diagnostic == 1)",
-            }
-        )
-        excluded.to_csv(out_dir / "excluded.csv", index=False)
-        if no_diagnostic == "exclude":
-            frame = frame.drop(index=no_diag.index).reset_index(drop=True)
-        else:
-            excluded = excluded.iloc[0:0]
+        kept, excluded, no_diag = split_no_diagnostic(frame, o.no_diagnostic, out_dir)
         manifest = out_dir / "manifest.csv"
-        frame.to_csv(manifest, index=False)
-        mask_terms = report_mask_terms(db["report"], classes_of) if report_mask else []
+        kept.to_csv(manifest, index=False)
+        mask_terms = report_mask_terms(db["report"], classes_of) if o.report_mask else []
         schema_path = out_dir / "schema.yaml"
         build_schema(mask_terms).save(schema_path)
         facts = {
-            "rows": len(frame),
-            "records": len(db),
-            "patients": int(frame["patient_id"].nunique()),
-            "superclass_counts_all_records": counts_all,
-            "superclass_counts": {c: int(frame[c].sum()) for c in SUPERCLASSES},
-            "no_diagnostic_statement": list(no_diag["sample_id"]),
-            "no_diagnostic": no_diagnostic,
-            "excluded": list(excluded["sample_id"]),
-            "split_counts": {k: int(v) for k, v in frame["split"].value_counts().items()},
-            "ages_capped": int((db["age"] > AGE_CAP - 1).sum()),
-            # e.g. ecg_id 443's report is a single space: the report modality is absent there
-            "reports_without_words": list(
-                frame.loc[~frame["report"].fillna("").str.contains(r"\w"), "sample_id"]
-            ),
+            **prepared_facts(db, frame, kept, no_diag, excluded, o.no_diagnostic),
             "report_mask_terms": len(mask_terms),
-            "verified": "csv digests + waveform presence" if verify == "csv" else "all digests",
+            "verified": "csv digests + waveform presence" if o.verify == "csv" else "all digests",
             "metadata_verified_by": database_check,
             "source": SOURCE,
             "pairing": self.info.pairing,
         }
         return Prepared(manifest, schema_path, facts)
+
+
+def read_verified(folder: Path, digests: bool) -> tuple[pd.DataFrame, dict[str, str], str]:
+    """The database (verified: see :func:`verify_database`), SCP code -> superclass, and how the
+    database was verified; every record's header and signal files checked (``digests``: their
+    SHA-256 too)."""
+    sums = load_checksums()
+    require_file(folder / STATEMENTS, "ptbxl", SOURCE, sums[STATEMENTS], "sha256")
+    listed = folder_checksums(folder)
+    database_check = verify_database(folder, sums, listed)
+    sums = {**listed, **sums}  # PhysioNet's values win where both list one
+    db = _read_csv(folder / DATABASE)
+    classes_of = diagnostic_classes(_read_csv(folder / STATEMENTS, index_col=0))
+    verify_waveforms(folder, db, sums, digests=digests)
+    return db, classes_of, database_check
+
+
+def split_no_diagnostic(
+    frame: pd.DataFrame, no_diagnostic: str, out_dir: Path
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The rows kept (without the records with no diagnostic statement unless ``"keep"``), the
+    rows excluded (also written to ``excluded.csv``) and the records with no diagnostic one."""
+    no_diag = frame[frame[list(SUPERCLASSES)].sum(axis=1) == 0]
+    excluded = pd.DataFrame(
+        {
+            "sample_id": no_diag["sample_id"],
+            "reason": "no diagnostic SCP statement (diagnostic == 1)",
+        }
+    )
+    excluded.to_csv(out_dir / "excluded.csv", index=False)
+    if no_diagnostic == "exclude":
+        return frame.drop(index=no_diag.index).reset_index(drop=True), excluded, no_diag
+    return frame, excluded.iloc[0:0], no_diag
+
+
+def prepared_facts(
+    db: pd.DataFrame,
+    frame: pd.DataFrame,
+    kept: pd.DataFrame,
+    no_diag: pd.DataFrame,
+    excluded: pd.DataFrame,
+    no_diagnostic: str,
+) -> dict[str, Any]:
+    """Rows, records, patients, superclass and split counts, exclusions, capped ages."""
+    return {
+        "rows": len(kept),
+        "records": len(db),
+        "patients": int(kept["patient_id"].nunique()),
+        "superclass_counts_all_records": {c: int(frame[c].sum()) for c in SUPERCLASSES},
+        "superclass_counts": {c: int(kept[c].sum()) for c in SUPERCLASSES},
+        "no_diagnostic_statement": list(no_diag["sample_id"]),
+        "no_diagnostic": no_diagnostic,
+        "excluded": list(excluded["sample_id"]),
+        "split_counts": {k: int(v) for k, v in kept["split"].value_counts().items()},
+        "ages_capped": int((db["age"] > AGE_CAP - 1).sum()),
+        # e.g. ecg_id 443's report is a single space: the report modality is absent there
+        "reports_without_words": list(
+            kept.loc[~kept["report"].fillna("").str.contains(r"\w"), "sample_id"]
+        ),
+    }
 
 
 # -- checks ---------------------------------------------------------------------------------
@@ -510,4 +538,4 @@ def report_mask_terms(reports: pd.Series, classes_of: dict[str, str]) -> list[st
     return sorted(w for w in vocab if w in exact or any(s in w for s in MASK_STEMS))
 
 
-DATASETS.register("ptbxl")(PTBXL)
+DATASETS.register("ptbxl", options=PTBXLOptions)(PTBXL)

@@ -8,9 +8,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 from medmodal.data.schema import Schema
-from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared
+from medmodal.datasets.base import (
+    DATASETS,
+    BuiltinDataset,
+    DatasetInfo,
+    NoOptions,
+    Prepared,
+)
 from medmodal.errors import DatasetError
 
 
@@ -39,7 +46,7 @@ class WDBC(BuiltinDataset):
     def locate(self, data_dir: Path | None) -> Path:
         return Path("sklearn")
 
-    def prepare(self, out_dir: Path, data_dir: Path | None = None) -> Prepared:
+    def write(self, out_dir: Path, data_dir: Path | None, options: NoOptions) -> Prepared:
         from sklearn.datasets import load_breast_cancer
 
         bunch = load_breast_cancer(as_frame=True)
@@ -102,7 +109,8 @@ NOT_INPUTS: dict[str, list[str]] = {"flchain": ["chapter"]}
 class SurvivalTable(BuiltinDataset):
     """A scikit-survival table as a manifest with ``time`` / ``event`` columns."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, options: BaseModel | None = None) -> None:
+        super().__init__(options)
         self.name = name
         spec = SURVIVAL_TABLES[name]
         self.info = DatasetInfo(
@@ -126,7 +134,7 @@ class SurvivalTable(BuiltinDataset):
     def locate(self, data_dir: Path | None) -> Path:
         return Path("sksurv")
 
-    def prepare(self, out_dir: Path, data_dir: Path | None = None) -> Prepared:
+    def write(self, out_dir: Path, data_dir: Path | None, options: NoOptions) -> Prepared:
         try:
             from sksurv import datasets as skd
         except ImportError:
@@ -158,6 +166,8 @@ class SurvivalTable(BuiltinDataset):
         return _write(out_dir, frame, schema)
 
 
-DATASETS.register("wdbc")(WDBC)
+DATASETS.register("wdbc", options=NoOptions)(WDBC)
 for _name in SURVIVAL_TABLES:
-    DATASETS.register(_name)(lambda _n=_name: SurvivalTable(_n))
+    DATASETS.register(_name, options=NoOptions)(
+        lambda options=None, _n=_name: SurvivalTable(_n, options)
+    )

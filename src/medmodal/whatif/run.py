@@ -3,7 +3,7 @@ propensity overlap, and the CSV / JSON / PNG outputs (each with the caveat)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from medmodal.errors import ConfigError
+from medmodal.options import Strict, parse_options
 from medmodal.predictor import Predictor
 from medmodal.utils.io import dump_json
 from medmodal.whatif.core import (
@@ -26,29 +27,44 @@ from medmodal.whatif.effects import effect_summary, log_hazard_ratio
 from medmodal.whatif.propensity import propensity
 
 
+class WhatIfOptions(Strict):
+    """What ``run_whatif`` compares and how: ``values`` of the treatment (default: all seen),
+    the ``reference`` value (default: the first), the RMST ``horizon`` (default: the 80th
+    percentile of the times), ``n_boot`` bootstrap resamples for the CIs and their ``seed``."""
+
+    values: Sequence[str | int | float] | None = None
+    reference: str | None = None
+    horizon: float | None = None
+    n_boot: int = 1000
+    seed: int = 0
+
+
+def whatif_options(options: Mapping[str, Any] | WhatIfOptions | None) -> WhatIfOptions:
+    """``options`` validated (a misspelled one is a ConfigError naming the allowed ones)."""
+    return parse_options(WhatIfOptions, options, "whatif options")
+
+
 def run_whatif(
     predictor: Predictor,
     frame: pd.DataFrame,
     root: Path | None,
     treatment: str,
-    *,
-    values: Sequence[str] | None = None,
-    reference: str | None = None,
-    horizon: float | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
+    **options: Any,
 ) -> WhatIfResult:
     """Every row's survival curve with ``treatment`` set to each value; RMST to ``horizon``
     and its difference from ``reference`` (default: the first value), averaged with a
-    patient-grouped bootstrap CI; the propensity overlap of a binary treatment."""
-    vals = treatment_values(predictor, frame, treatment, values)
+    patient-grouped bootstrap CI; the propensity overlap of a binary treatment. ``options``:
+    the fields of :class:`WhatIfOptions`."""
+    o = whatif_options(options)
+    n_boot, seed = o.n_boot, o.seed
+    vals = treatment_values(predictor, frame, treatment, o.values)
     if len(vals) < 2:
         raise ConfigError(f"treatment {treatment!r} needs at least two values, got {vals}")
-    ref = reference if reference is not None else vals[0]
+    ref = o.reference if o.reference is not None else vals[0]
     if ref not in vals:
         raise ConfigError(f"reference {ref!r} is not one of the values {vals}")
     times = np.asarray(predictor.label_map.times, dtype=float)
-    h = float(horizon) if horizon is not None else default_horizon(predictor, times)
+    h = float(o.horizon) if o.horizon is not None else default_horizon(predictor, times)
     curves: dict[str, np.ndarray] = {}
     for v in vals:
         ids, patients, curves[v] = curves_under(predictor, frame, root, treatment, v)
