@@ -12,12 +12,12 @@ config model's defaults with named fields changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medmodal.config import ExperimentConfig
+from medmodal.data.manifest import LabelMap
 from medmodal.errors import ConfigError
 from medmodal.evaluate._validate import TASKS, check_class_names, check_threshold
 from medmodal.evaluate.calibration import DEFAULT_BINS, check_bins
@@ -25,8 +25,6 @@ from medmodal.options import parse_options
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
-
-    from medmodal.data.manifest import LabelMap
 
 CALIBRATIONS = ("none", "temperature")
 CONFORMALS = ("none", "lac", "aps")
@@ -77,12 +75,9 @@ class EvalSpec:
         for name, value in (("ci", self.ci), ("coverage", self.coverage)):
             if not 0.0 < float(value) < 1.0:
                 raise ValueError(f"{name} must be in (0, 1), e.g. 0.95; got {value!r}")
-        for name in ("n_boot", "gallery", "seed"):
-            set_(
-                self,
-                name,
-                _integer(name, getattr(self, name), minimum=None if name == "seed" else 0),
-            )
+        set_(self, "n_boot", _integer("n_boot", self.n_boot, minimum=0))
+        set_(self, "gallery", _integer("gallery", self.gallery, minimum=0))
+        set_(self, "seed", _integer("seed", self.seed, minimum=None))
 
     @property
     def positive(self) -> str | None:
@@ -104,7 +99,7 @@ class EvalSpec:
             ci=ev.ci,
             n_boot=ev.bootstrap,
             seed=cfg.seed,
-            times=_floats(getattr(label_map, "times", None)),
+            times=_floats(label_map.times),
             eval_times=_floats(ev.times),
             ablation=ev.ablation,
             gallery=ev.gallery,
@@ -123,8 +118,8 @@ class EvalSpec:
                 f"unknown evaluation option(s) {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(allowed)}"
             )
-        labels = SimpleNamespace(task=task, classes=list(classes), times=None)
-        return replace(cls.from_config(ExperimentConfig(), labels), **options)  # type: ignore[arg-type]
+        base = cls.from_config(ExperimentConfig(), LabelMap(task, [str(c) for c in classes]))
+        return replace(base, **options)
 
 
 def with_evaluate_options(cfg: ExperimentConfig, options: dict[str, Any]) -> ExperimentConfig:
