@@ -248,6 +248,13 @@ def test_no_module_of_evaluate_or_run_imports_itself_through_others() -> None:
             assert mod not in seen, f"{mod} imports itself through {sorted(seen)}"
 
 
+def test_the_gallery_reaches_the_run_report_by_registration() -> None:
+    from medmodal.run.report import REPORT_SECTIONS
+
+    assert "gallery" in REPORT_SECTIONS  # medmodal.api imported medmodal.explain.gallery
+    assert not any("medmodal.explain" in m for m in _imports(SRC / "run" / "report.py"))
+
+
 def test_small_functions_in_evaluate_run_and_the_predictor() -> None:
     files = [*(SRC / "evaluate").glob("*.py"), *(SRC / "run").glob("*.py"), SRC / "predictor.py"]
     bad = []

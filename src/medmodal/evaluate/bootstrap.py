@@ -40,8 +40,7 @@ from medmodal.evaluate.survival_bootstrap import survival_bootstrap_ci, survival
 
 __all__ = ["bootstrap_ci", "paired_bootstrap_delta", "resample_weights"]
 
-# what benchmarks and the what-if imported from here before medmodal.evaluate.resample
-_group_index, _check_ci = group_index, check_ci
+_group_index = group_index  # benchmarks/survival.py imported it from here
 
 DEFAULT_METRICS = ("auroc", "auprc", "accuracy", "f1_macro")
 _CHUNK_CELLS = 2_000_000  # weights per chunk (B x N x K): bounds memory to ~100 MB

@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from medmodal import __version__
 from medmodal.evaluate import survival_report as sr
 from medmodal.evaluate._core import Prepared, prepare, scalar_metric_names
 from medmodal.evaluate.calibration import reliability_from_validated
@@ -556,8 +557,6 @@ def _confusion_html(prep: Prepared, metrics: Mapping[str, Any]) -> str:
 
 
 def _document(title: str, prep: Prepared, sections: list[tuple[str, str, str]]) -> str:
-    from medmodal import __version__
-
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{_esc(a)}">{_esc(t)}</a>' for a, t, _ in sections)
     meta = (

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from medmodal.errors import BadSampleLog, ManifestError
+from medmodal.errors import BadSampleLog, ConfigError, ManifestError
 from medmodal.predictor import Predictor
 from medmodal.run.report import ReportContent, write_run_report
 from medmodal.run.sources import frame_from_source, one_split
@@ -104,7 +104,6 @@ def whatif_checkpoint(
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None, fmt: str) -> Path:
     """The checkpoint's model as ONNX at ``out`` (default: beside it, ``.onnx``)."""
-    from medmodal.errors import ConfigError
     from medmodal.export.onnx import export_onnx
 
     if fmt != "onnx":
