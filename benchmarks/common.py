@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from medmodal.evaluate import bootstrap_ci, compute_metrics, paired_bootstrap_delta
+from medmodal.evaluate import EvalSpec, bootstrap_ci, compute_metrics, paired_bootstrap_delta
 from medmodal.utils.io import dump_json
 
 HERE = Path(__file__).resolve().parent
@@ -380,9 +380,8 @@ def scores(
     bootstrap when ``groups`` is given)."""
     out: dict[str, Any] = {}
     if n_boot:
-        ci = bootstrap_ci(
-            y, prob, task, classes, metrics=metrics, n_boot=n_boot, seed=seed, groups=groups
-        )
+        spec = EvalSpec.for_task(task, classes, n_boot=n_boot, seed=seed)
+        ci = bootstrap_ci(y, prob, spec, metrics=metrics, groups=groups)
         for m in metrics:
             out[m], out[f"{m}_ci"] = ci[m]["value"], [ci[m]["low"], ci[m]["high"]]
     else:
@@ -404,9 +403,8 @@ def delta(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Paired bootstrap of ``metric(a) - metric(b)``: ``{delta, low, high, p_value}``."""
-    d = paired_bootstrap_delta(
-        y, prob_a, prob_b, task, classes, metric=metric, n_boot=n_boot, seed=seed, groups=groups
-    )
+    spec = EvalSpec.for_task(task, classes, n_boot=n_boot, seed=seed)
+    d = paired_bootstrap_delta(y, prob_a, prob_b, spec, metric=metric, groups=groups)
     return {k: d[k] for k in ("delta", "low", "high", "p_value")}
 
 

@@ -36,7 +36,7 @@ import torch
 
 from medmodal import api
 from medmodal.datasets import get_dataset
-from medmodal.evaluate import bootstrap_ci
+from medmodal.evaluate import EvalSpec, bootstrap_ci
 
 NAME = "mitdb"
 CLASSES = ["N", "S", "V", "F"]
@@ -123,16 +123,8 @@ def per_class(pred: pd.DataFrame, n_boot: int, seed: int) -> dict[str, Any]:
     if n_boot:
         probs = pred[[f"prob_{c}" for c in CLASSES]].to_numpy()
         names = [f"{m}[{c}]" for c in CLASSES for m in ("recall", "ppv")] + ["accuracy"]
-        ci = bootstrap_ci(
-            y,
-            probs,
-            "multiclass",
-            CLASSES,
-            metrics=names,
-            n_boot=n_boot,
-            seed=seed,
-            groups=pred["patient_id"].to_numpy(),
-        )
+        spec = EvalSpec.for_task("multiclass", CLASSES, n_boot=n_boot, seed=seed)
+        ci = bootstrap_ci(y, probs, spec, metrics=names, groups=pred["patient_id"].to_numpy())
         out["ci95"] = {k: [_pct(v["low"]), _pct(v["high"])] for k, v in ci.items()}
     return out
 

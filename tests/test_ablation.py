@@ -12,7 +12,7 @@ import pytest
 from conftest import synthetic_table, table_config
 
 from medmodal import api
-from medmodal.evaluate import paired_bootstrap_delta
+from medmodal.evaluate import EvalSpec, paired_bootstrap_delta
 
 N_BOOT = 200
 
@@ -38,10 +38,10 @@ def test_ablation_delta_is_present_consistent_and_recomputable(tmp_path: Path) -
         assert all(isinstance(row[k], float) and math.isfinite(row[k]) for k in keys), row
         assert row["delta_low"] <= row["delta_auroc"] <= row["delta_high"], row
         assert row["delta_auroc"] == pytest.approx(row["auroc"] - test["auroc"], abs=1e-12)
+        spec = EvalSpec.for_task("binary", ["neg", "pos"], n_boot=N_BOOT, seed=cfg["seed"])
         again = paired_bootstrap_delta(
-            y, run.ablation_probs[m], run.test_probs, "binary", ["neg", "pos"],
-            metric="auroc", n_boot=N_BOOT, seed=cfg["seed"], groups=groups,
-        )  # fmt: skip
+            y, run.ablation_probs[m], run.test_probs, spec, metric="auroc", groups=groups
+        )
         recomputed = [again[k] for k in ("delta", "low", "high", "p_value")]
         assert recomputed == pytest.approx([row[k] for k in keys], abs=1e-12)
     # removing the modality that decides the label costs AUROC beyond doubt

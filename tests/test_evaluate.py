@@ -11,6 +11,9 @@ from sklearn import metrics as skm
 
 from medmodal.errors import DataError
 from medmodal.evaluate import (
+    EvalSpec,
+    ReportData,
+    ReportParts,
     bootstrap_ci,
     compute_metrics,
     expected_calibration_error,
@@ -25,6 +28,7 @@ from medmodal.evaluate.bootstrap import resample_weights
 from medmodal.utils.io import dump_json
 
 BIN = ["benign", "malignant"]
+spec_of = EvalSpec.for_task  # the config's defaults with named fields changed
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -323,9 +327,9 @@ def test_multiclass_ece_uses_top_label():
 
 def test_bootstrap_contains_estimate_and_is_reproducible():
     y, p, names = _data("binary", n=500)
-    a = bootstrap_ci(y, p, "binary", names, n_boot=300, seed=7)
-    b = bootstrap_ci(y, p, "binary", names, n_boot=300, seed=7)
-    c = bootstrap_ci(y, p, "binary", names, n_boot=300, seed=8)
+    a = bootstrap_ci(y, p, spec_of("binary", names, n_boot=300, seed=7))
+    b = bootstrap_ci(y, p, spec_of("binary", names, n_boot=300, seed=7))
+    c = bootstrap_ci(y, p, spec_of("binary", names, n_boot=300, seed=8))
     assert a == b
     assert a["auroc"]["low"] != c["auroc"]["low"]
     point = compute_metrics(y, p, "binary", names)
@@ -339,7 +343,7 @@ def test_ci_width_shrinks_with_n():
     widths = []
     for n in (200, 5000):
         y, p, names = _data("binary", n=n, seed=n)
-        r = bootstrap_ci(y, p, "binary", names, metrics=["auroc"], n_boot=300)["auroc"]
+        r = bootstrap_ci(y, p, spec_of("binary", names, n_boot=300), metrics=["auroc"])["auroc"]
         widths.append(r["high"] - r["low"])
     assert widths[1] < widths[0] / 3  # ~ 1 / sqrt(25) = 1/5
 
@@ -348,9 +352,10 @@ def test_grouped_bootstrap_resamples_whole_groups():
     y, p, names = _data("binary", n=200, seed=4)
     rep = 5  # every patient contributes 5 identical rows
     y5, p5, g5 = np.repeat(y, rep), np.repeat(p, rep), np.repeat(np.arange(200), rep)
-    naive = bootstrap_ci(y5, p5, "binary", names, metrics=["auroc"], n_boot=400)["auroc"]
-    grouped = bootstrap_ci(y5, p5, "binary", names, metrics=["auroc"], n_boot=400, groups=g5)
-    single = bootstrap_ci(y, p, "binary", names, metrics=["auroc"], n_boot=400)["auroc"]
+    spec = spec_of("binary", names, n_boot=400)
+    naive = bootstrap_ci(y5, p5, spec, metrics=["auroc"])["auroc"]
+    grouped = bootstrap_ci(y5, p5, spec, metrics=["auroc"], groups=g5)
+    single = bootstrap_ci(y, p, spec, metrics=["auroc"])["auroc"]
     w_naive = naive["high"] - naive["low"]
     w_grouped = grouped["auroc"]["high"] - grouped["auroc"]["low"]
     w_single = single["high"] - single["low"]
@@ -365,10 +370,11 @@ def test_bootstrap_skips_undefined_resamples():
     y = np.zeros(30, dtype=int)
     y[0] = 1  # a single positive: absent from ~37% of resamples
     p = np.linspace(0.01, 0.99, 30)
-    r = bootstrap_ci(y, p, "binary", BIN, metrics=["auroc", "accuracy"], n_boot=500)
+    r = bootstrap_ci(y, p, spec_of("binary", BIN, n_boot=500), metrics=["auroc", "accuracy"])
     assert 200 < r["auroc"]["n_boot"] < 450
     assert r["accuracy"]["n_boot"] == 500
-    none = bootstrap_ci(np.zeros(10, int), p[:10], "binary", BIN, metrics=["auroc"], n_boot=50)
+    spec = spec_of("binary", BIN, n_boot=50)
+    none = bootstrap_ci(np.zeros(10, int), p[:10], spec, metrics=["auroc"])
     assert none["auroc"] == {
         "value": None, "low": None, "high": None, "n_boot": 0, "n_requested": 50, "ci": 0.95
     }  # fmt: skip
@@ -395,37 +401,39 @@ def test_vectorised_resamples_equal_compute_metrics_on_resampled_rows(task: str)
 def test_bootstrap_auroc_on_many_rows():
     """1000 x 5000 resamples (the vectorised path); its speed is a benchmark's job, not a test's."""
     y, p, names = _data("binary", n=5000, seed=9)
-    r = bootstrap_ci(y, p, "binary", names, metrics=["auroc"], n_boot=1000)["auroc"]
+    r = bootstrap_ci(y, p, spec_of("binary", names, n_boot=1000), metrics=["auroc"])["auroc"]
     assert r["n_boot"] == 1000 and r["value"] == pytest.approx(skm.roc_auc_score(y, p))
     assert r["low"] < r["value"] < r["high"] and r["high"] - r["low"] < 0.05
 
 
 def test_bootstrap_per_class_and_unknown_metric():
     y, p, names = _data("multiclass", n=300, k=3)
-    r = bootstrap_ci(y, p, "multiclass", names, metrics=["auroc[c1]", "recall[c0]"], n_boot=100)
+    spec = spec_of("multiclass", names, n_boot=100)
+    r = bootstrap_ci(y, p, spec, metrics=["auroc[c1]", "recall[c0]"])
     point = compute_metrics(y, p, "multiclass", names)["per_class"]
     assert r["auroc[c1]"]["value"] == pytest.approx(point["c1"]["auroc"])
     assert r["recall[c0]"]["low"] <= point["c0"]["recall"] <= r["recall[c0]"]["high"]
     with pytest.raises(ValueError, match="unknown metric"):
-        bootstrap_ci(y, p, "multiclass", names, metrics=["auroc[nope]"])
+        bootstrap_ci(y, p, spec, metrics=["auroc[nope]"])
     with pytest.raises(ValueError, match="unknown metric"):
-        bootstrap_ci(y, p, "multiclass", names, metrics=["precision"])  # binary-only
+        bootstrap_ci(y, p, spec, metrics=["precision"])  # binary-only
     with pytest.raises(ValueError, match="groups"):
-        bootstrap_ci(y, p, "multiclass", names, groups=[1, 2, 3])
+        bootstrap_ci(y, p, spec, groups=[1, 2, 3])
 
 
 def test_paired_bootstrap_delta():
     y, strong, names = _data("binary", n=600, seed=11, signal=2.0)
     rng = np.random.default_rng(0)
     weak = np.clip(strong + rng.normal(0, 0.35, size=strong.shape), 0, 1)
-    same = paired_bootstrap_delta(y, strong, strong, "binary", names, n_boot=200)
+    same = paired_bootstrap_delta(y, strong, strong, spec_of("binary", names, n_boot=200))
     assert same["delta"] == 0.0 and same["p_value"] == 1.0
     assert same["low"] == same["high"] == 0.0
-    r = paired_bootstrap_delta(y, strong, weak, "binary", names, n_boot=500)
+    spec = spec_of("binary", names, n_boot=500)
+    r = paired_bootstrap_delta(y, strong, weak, spec)
     va, vb = (compute_metrics(y, q, "binary", names)["auroc"] for q in (strong, weak))
     assert r["delta"] == pytest.approx(va - vb)  # a minus b
     assert r["delta"] > 0 and r["low"] > 0 and r["p_value"] < 0.01
-    flipped = paired_bootstrap_delta(y, weak, strong, "binary", names, n_boot=500)
+    flipped = paired_bootstrap_delta(y, weak, strong, spec)
     assert flipped["delta"] == pytest.approx(-r["delta"]) and flipped["high"] < 0
 
 
@@ -441,7 +449,8 @@ def test_report_is_self_contained_and_escaped(tmp_path, task: str):
     y, p, names = _data(task, n=200, k=3)
     names = [*names[:-1], "a&b"]  # class names are user data too
     m = compute_metrics(y, p, task, names)
-    ci = bootstrap_ci(y, p, task, names, metrics=["auroc", "accuracy", "auroc[a&b]"], n_boot=50)
+    spec = spec_of(task, names, n_boot=50)
+    ci = bootstrap_ci(y, p, spec, metrics=["auroc", "accuracy", "auroc[a&b]"])
     bad = [
         {"sample_id": "<script>alert(1)</script>", "modality": "image", "path": "/d/x.png",
          "reason": "truncated <PNG>"},
@@ -449,17 +458,15 @@ def test_report_is_self_contained_and_escaped(tmp_path, task: str):
     ]  # fmt: skip
     out = write_report(
         tmp_path / "sub" / "report.html",
+        ReportData(y, p, metrics=m, ci=ci),
+        spec,
         title="Fusion <v1>",
-        metrics=m,
-        y_true=y,
-        y_prob=p,
-        task=task,
-        class_names=names,
-        ci=ci,
-        config={"model": {"fusion": "concat", "lr": np.float32(0.001)}, "note": "<b>x</b>"},
-        bad_samples=bad,
-        notes=["first note", "line & more"],
-        extra_tables={"Fusion vs single": [{"model": "image", "delta_auroc": 0.01}]},
+        parts=ReportParts(
+            notes=["first note", "line & more"],
+            tables={"Fusion vs single": [{"model": "image", "delta_auroc": 0.01}]},
+            bad_samples=bad,
+            config={"model": {"fusion": "concat", "lr": np.float32(0.001)}, "note": "<b>x</b>"},
+        ),
     )
     doc = out.read_text(encoding="utf-8")
     text = _strip_images(doc)
@@ -483,18 +490,16 @@ def test_report_is_self_contained_and_escaped(tmp_path, task: str):
 
 def test_report_without_optional_parts(tmp_path):
     y, p, names = _data("binary", n=50)
-    out = write_report(
-        tmp_path / "r.html", title="t", metrics=None, y_true=y, y_prob=p, task="binary",
-        class_names=names,
-    )  # fmt: skip
+    spec = spec_of("binary", names)
+    out = write_report(tmp_path / "r.html", ReportData(y, p), spec, title="t")
     text = _strip_images(out.read_text())
     assert "Skipped samples" not in text and "Configuration" not in text
     assert f"{compute_metrics(y, p, 'binary', names)['auroc']:.4f}" in text
     with pytest.raises(ValueError, match="samples"):
-        write_report(
-            tmp_path / "x.html", title="t", metrics={"n": 3}, y_true=y, y_prob=p,
-            task="binary", class_names=names,
-        )  # fmt: skip
+        write_report(tmp_path / "x.html", ReportData(y, p, metrics={"n": 3}), spec, title="t")
+    m = compute_metrics(y, p, "binary", names, threshold=0.3)
+    with pytest.raises(ValueError, match="threshold 0.3, the spec's is 0.5"):
+        write_report(tmp_path / "y.html", ReportData(y, p, metrics=m), spec, title="t")
 
 
 def test_dump_json_converts_numpy_and_nan_and_refuses_unknown_objects(tmp_path):

@@ -24,10 +24,10 @@ from medmodal import api
 from medmodal.config import TrainConfig
 from medmodal.data.cache import RawSpill, build_cache
 from medmodal.data.dataset import MultimodalDataset
-from medmodal.data.manifest import LabelMap
 from medmodal.data.preprocess import create_processor
 from medmodal.data.preprocess.signal import SignalArray
 from medmodal.data.schema import ModalitySpec
+from medmodal.evaluate import EvalSpec
 from medmodal.models.model import create_model
 from medmodal.predictor import Predictor
 from medmodal.train import distributed
@@ -71,7 +71,7 @@ def _dataset(dest: Path, cache: str) -> MultimodalDataset:
 def _trainer(ds: MultimodalDataset, rank: int = 0, world: int = 1, **train: Any) -> Trainer:
     model = create_model("baseline_cnn", task="binary", size=(12, 12), hidden=8)
     cfg = TrainConfig(batch_size=8, epochs=1, **train)
-    trainer = Trainer(model, LabelMap("binary", ["a", "b"]), cfg, progress=False)
+    trainer = Trainer(model, EvalSpec.for_task("binary", ["a", "b"]), cfg, progress=False)
     trainer.rank, trainer.world_size = rank, world
     return trainer
 

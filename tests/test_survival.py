@@ -14,7 +14,7 @@ from medmodal import api
 from medmodal.checkpoint import read_checkpoint
 from medmodal.config import SurvivalOptions
 from medmodal.errors import ConfigError, DataError
-from medmodal.evaluate import bootstrap_ci, compute_metrics
+from medmodal.evaluate import EvalSpec, bootstrap_ci, compute_metrics
 from medmodal.evaluate.survival import harrell_weighted
 from medmodal.predictor import Predictor
 from medmodal.survival import (
@@ -160,7 +160,8 @@ def test_survival_metrics_with_curves_and_grouped_bootstrap() -> None:
     assert m["c_index"] > 0.7 and m["mean_auc"] > 0.7 and 0 < m["ibs"] < 0.25
     assert len(m["eval_times"]) == 3 and set(m["calibration"]) == set(m["auc"])
     groups = np.repeat(np.arange(n // 2), 2)
-    ci = bootstrap_ci(y, probs, "survival", ["event"], n_boot=30, groups=groups, times=grid)
+    spec = EvalSpec.for_task("survival", ["event"], n_boot=30, times=grid)
+    ci = bootstrap_ci(y, probs, spec, groups=groups)
     for k in ("c_index", "c_index_uno", "mean_auc", "ibs"):
         assert ci[k]["low"] <= ci[k]["value"] <= ci[k]["high"]
     assert ci["c_index"]["n_boot"] == 30

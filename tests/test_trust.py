@@ -15,7 +15,9 @@ from scipy.special import expit, softmax
 from medmodal import api
 from medmodal.checkpoint import read_checkpoint, save_checkpoint
 from medmodal.config import load_config
+from medmodal.data.manifest import LabelMap
 from medmodal.errors import ConfigError
+from medmodal.evaluate import EvalSpec
 from medmodal.evaluate.conformal import (
     ConformalFit,
     conformal_quantile,
@@ -124,12 +126,10 @@ def test_subgroup_bands_unknowns_and_cis() -> None:
     out = subgroup_metrics(
         y,
         p,
-        "binary",
-        ["neg", "pos"],
+        EvalSpec.for_task("binary", ["neg", "pos"], n_boot=50),
         {"sex": sex},
         patients=[str(i) for i in range(200)],
         metrics=("auroc", "recall"),
-        n_boot=50,
     )
     assert set(out["sex"]) == {"F", "M"} and out["sex"]["F"]["n"] == 100
     ci = out["sex"]["F"]["ci"]["auroc"]
@@ -177,9 +177,10 @@ def test_survival_refuses_temperature_and_conformal(option: str) -> None:
 
     method = "temperature" if option == "calibrate" else "lac"
     cfg = load_config({"evaluate": {option: {"method": method}}})
+    survival = LabelMap("survival", ["event"], [1.0, 2.0])
     with pytest.raises(ConfigError, match=rf"evaluate\.{option}\.method: a survival target"):
-        check_trust(cfg, "survival", has_val=True)
-    check_trust(load_config({}), "survival", has_val=True)
+        check_trust(EvalSpec.from_config(cfg, survival), has_val=True)
+    check_trust(EvalSpec.from_config(load_config({}), survival), has_val=True)
 
 
 # -- one run: fitted on validation, stored, applied by predict and evaluate ---------------------

@@ -18,6 +18,7 @@ import pandas as pd
 from rich.console import Console
 
 from medmodal.errors import DataError
+from medmodal.explain import gallery as _gallery  # noqa: F401  (the report's gallery section)
 from medmodal.options import Strict, parse_options
 from medmodal.predictor import Predictor
 from medmodal.run import CVResult, RunResult, load_data

@@ -9,7 +9,7 @@ checkpoint holds: :meth:`Predictor.save` writes it, :meth:`Predictor.load` reads
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +25,10 @@ from medmodal.data.manifest import LabelMap, check_columns, encode_labels, patie
 from medmodal.data.preprocess import ModalityProcessor, create_processor
 from medmodal.data.schema import Schema
 from medmodal.errors import BadSampleLog, CheckpointError, DataError, MedmodalError
-from medmodal.evaluate.conformal import ConformalFit
+from medmodal.evaluate.conformal import ConformalFit, fit_conformal
 from medmodal.evaluate.decision import decide
-from medmodal.evaluate.temperature import apply_temperature
+from medmodal.evaluate.spec import EvalSpec, with_evaluate_options
+from medmodal.evaluate.temperature import apply_temperature, fit_temperature, nll
 from medmodal.models import MultimodalModel, build_model
 from medmodal.models.heads import n_outputs_for
 from medmodal.options import parse_options
@@ -74,10 +75,25 @@ def build_dataset(
     bad: BadSampleLog | None,
     source: str,
     progress: bool = False,
-    spill: Path | None = None,
 ) -> MultimodalDataset:
-    """Rows -> loaded dataset (labels encoded when ``label_map`` is given; decoded arrays
-    memory-mapped under ``spill`` when given)."""
+    """Rows -> loaded dataset (labels encoded when ``label_map`` is given); see
+    :func:`dataset_rows` to load with other options (a spill folder)."""
+    ds = dataset_rows(frame, schema, processors, root, label_map, bad, source)
+    return ds.load(bad, progress=progress, label=f"reading {source}")
+
+
+def dataset_rows(
+    frame: pd.DataFrame,
+    schema: Schema,
+    processors: dict[str, ModalityProcessor],
+    root: Path | None,
+    label_map: LabelMap | None,
+    bad: BadSampleLog | None,
+    source: str,
+) -> MultimodalDataset:
+    """Rows -> dataset not read yet (its ``load`` decodes the samples): ids, patients and, when
+    ``label_map`` is given, encoded labels (rows with a bad label logged in ``bad`` and left
+    out, or a DataError without it)."""
     ids = sample_ids(frame, schema, source)
     pats = patient_ids(frame, schema, ids, source)
     labels = None
@@ -86,7 +102,7 @@ def build_dataset(
         labels, keep = encode_labels(frame, schema, label_map, ids, bad)
     rows = frame.to_dict("records")
     idx = np.flatnonzero(keep)
-    ds = MultimodalDataset(
+    return MultimodalDataset(
         [rows[i] for i in idx],
         [ids[i] for i in idx],
         [pats[i] for i in idx],
@@ -94,7 +110,6 @@ def build_dataset(
         processors,
         root,
     )
-    return ds.load(bad, progress=progress, label=f"reading {source}", spill=spill)
 
 
 @torch.no_grad()
@@ -164,9 +179,12 @@ def to_device(x: Any, device: torch.device) -> Any:
 class Predictor:
     """A trained model with everything needed to predict from raw inputs.
 
-    ``temperature`` (fitted on validation; one value, or one per label) divides the logits
-    before the probabilities; ``conformal`` turns probabilities into prediction sets. Both are
-    None until fitted (:func:`medmodal.run.steps.calibrate_predictor`) and in older checkpoints.
+    ``eval_spec``: how its predictions are decided and scored, derived from ``config`` and
+    ``label_map`` when the Predictor is made (so also for any checkpoint, old ones included);
+    :meth:`with_evaluation` gives a copy with other ``evaluate`` options. ``temperature``
+    (fitted on validation; one value, or one per label) divides the logits before the
+    probabilities; ``conformal`` turns probabilities into prediction sets. Both are None until
+    :meth:`fit_trust` fits them and in older checkpoints; nothing else sets them.
     """
 
     schema: Schema
@@ -178,6 +196,41 @@ class Predictor:
     conformal: ConformalFit | None = None
     survival: SurvivalModel | None = None  # survival targets: cuts / Breslow baseline
     amp: bool = False  # forward passes under autocast (see :meth:`load`); not saved
+    eval_spec: EvalSpec = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.eval_spec = EvalSpec.from_config(self.config, self.label_map)
+
+    def with_evaluation(self, **options: Any) -> Predictor:
+        """A copy that evaluates with these ``evaluate`` options changed (e.g. ``bootstrap=0``;
+        a bad one is a ConfigError naming it); model, processors and fitted state are shared,
+        this Predictor is unchanged."""
+        return replace(self, config=with_evaluate_options(self.config, options))
+
+    def fit_trust(self, val: MultimodalDataset) -> dict[str, Any]:
+        """Fit the spec's calibration (temperature), then its conformal predictor (of the
+        calibrated probabilities), on the validation split ``val`` into this Predictor (saved
+        with it, applied by every prediction). Returns what was fitted: temperature with the
+        validation NLL before / after, and the conformal fit (``{}`` when none is configured)."""
+        spec, out = self.eval_spec, {}
+        if spec.calibrate == "none" and spec.conformal == "none":
+            return out
+        logits, y = self.logits(val), np.asarray(val.labels)
+        if spec.calibrate == "temperature":
+            z = logits.numpy().astype(np.float64)
+            self.temperature = t = fit_temperature(z, y, spec.task)
+            out["calibration"] = {
+                "method": "temperature",
+                "temperature": t.tolist(),
+                "val_nll_before": nll(z, y, spec.task),
+                "val_nll_after": nll(apply_temperature(z, t), y, spec.task),
+            }
+        if spec.conformal != "none":
+            probs = self.probs_from_logits(logits)
+            fit = fit_conformal(probs, y, spec.task, spec.conformal, spec.coverage, val.ids)
+            self.conformal = fit
+            out["conformal"] = fit.to_dict()
+        return out
 
     # -- checkpoint ----------------------------------------------------------------------
     def payload(self) -> dict[str, Any]:
@@ -318,8 +371,8 @@ class Predictor:
         return self.probs_from_logits(self.logits(ds, absent))
 
     def decide(self, probs: np.ndarray) -> np.ndarray:
-        """Predicted classes by the configured threshold (``evaluate.threshold``)."""
-        return decide(probs, self.label_map.task, self.config.evaluate.threshold)
+        """Predicted classes by the spec's threshold (``evaluate.threshold``)."""
+        return decide(probs, self.eval_spec.task, self.eval_spec.threshold)
 
     def prediction_sets(self, ids: list[str], probs: np.ndarray) -> np.ndarray | None:
         """Conformal prediction sets for these samples (None when none was fitted)."""
@@ -331,7 +384,7 @@ class Predictor:
         """One row per sample: ids, presence flags, a probability per class, the prediction
         and, with a fitted conformal predictor, the prediction set."""
         sets = self.prediction_sets(ds.ids, probs)
-        return prediction_frame(ds, probs, self.label_map, self.config.evaluate.threshold, sets)
+        return prediction_frame(ds, probs, self.eval_spec, sets)
 
 
 def _trust_from(body: dict[str, Any]) -> tuple[np.ndarray | None, ConformalFit | None]:
@@ -346,30 +399,26 @@ def _trust_from(body: dict[str, Any]) -> tuple[np.ndarray | None, ConformalFit |
 
 
 def prediction_frame(
-    ds: MultimodalDataset,
-    probs: np.ndarray,
-    label_map: LabelMap,
-    threshold: float,
-    sets: np.ndarray | None = None,
+    ds: MultimodalDataset, probs: np.ndarray, spec: EvalSpec, sets: np.ndarray | None = None
 ) -> pd.DataFrame:
     """One row per sample: ids, presence flags, a probability per class, the predicted class
-    (by :func:`~medmodal.evaluate.decide` at ``threshold``), the label when known and, given
+    (by :func:`~medmodal.evaluate.decide` at ``spec.threshold``), the label when known and, given
     conformal ``sets``, ``prediction_set`` (class names in class order joined by '|'; empty
     for an empty set) or, multilabel, ``set_<label>`` per label (``absent|present``, ...)."""
-    classes, task = label_map.classes, label_map.task
+    classes, task = list(spec.classes), spec.task
     out = pd.DataFrame({"sample_id": ds.ids, "patient_id": ds.patients})
     pres = ds.present_matrix()
     for j, m in enumerate(ds.processors):
         out[f"present_{m}"] = pres[:, j]
     if task == "survival":
-        return survival_frame(out, ds, probs, label_map)
+        return survival_frame(out, ds, probs, spec.times)
     if task == "binary":
         out[f"prob_{classes[0]}"] = 1 - probs
         out[f"prob_{classes[1]}"] = probs
     else:
         for k, c in enumerate(classes):
             out[f"prob_{c}"] = probs[:, k]
-    out["predicted"] = _names(decide(probs, task, threshold), classes, task)
+    out["predicted"] = _names(decide(probs, task, spec.threshold), classes, task)
     if ds.labels is not None:
         out["label"] = _names(np.asarray(ds.labels).astype(int), classes, task)
     if sets is not None and task == "multilabel":
@@ -386,11 +435,11 @@ def _joined(sets: np.ndarray, names: list[str]) -> list[str]:
 
 
 def survival_frame(
-    out: pd.DataFrame, ds: MultimodalDataset, probs: np.ndarray, label_map: LabelMap
+    out: pd.DataFrame, ds: MultimodalDataset, probs: np.ndarray, times: Sequence[float] | None
 ) -> pd.DataFrame:
     """Survival rows: the risk score, S(t) at each grid time (``surv_<t>``), time and event."""
     curves = pd.DataFrame(
-        probs[:, 1:], columns=[f"surv_{t:.10g}" for t in label_map.times or []], index=out.index
+        probs[:, 1:], columns=[f"surv_{t:.10g}" for t in times or []], index=out.index
     )
     out = pd.concat([out.assign(risk=probs[:, 0]), curves], axis=1)
     if ds.labels is not None:

@@ -25,7 +25,7 @@ from medmodal.evaluate.calibration import (
     ece_matrix,
     weighted_ece,
 )
-from medmodal.evaluate.decision import decide
+from medmodal.evaluate.decision import DEFAULT_THRESHOLD, decide
 
 PER_CLASS_METRICS = ("precision", "recall", "specificity", "npv", "f1", "auroc", "auprc")
 ALIASES = {"ppv": "precision", "sensitivity": "recall"}
@@ -196,7 +196,7 @@ def prepare(
     y_prob: Any,
     task: str,
     class_names: Sequence[Any],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     n_bins: int = DEFAULT_BINS,
 ) -> Prepared:
     """Validate inputs and build the matrices every metric is computed from."""

@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from medmodal.config import EvaluateConfig
 
-def decide(probs: np.ndarray, task: str, threshold: float = 0.5) -> np.ndarray:
+#: ``evaluate.threshold``'s default, as the config model declares it (the one place it is written)
+DEFAULT_THRESHOLD: float = EvaluateConfig.model_fields["threshold"].default
+
+
+def decide(probs: np.ndarray, task: str, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Predicted classes: binary (N,) 0/1, positive when ``p > threshold`` (strictly, as
     MedMNIST and scikit-learn's ``predict``); multiclass (N,) argmax; multilabel (N, K) 0/1,
     each label positive when ``p > threshold``."""

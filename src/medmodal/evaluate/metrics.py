@@ -33,9 +33,17 @@ from medmodal.evaluate._core import (
     to_optional,
 )
 from medmodal.evaluate.calibration import DEFAULT_BINS
+from medmodal.evaluate.decision import DEFAULT_THRESHOLD
+from medmodal.evaluate.spec import EvalSpec
 from medmodal.evaluate.survival import survival_metrics
 
-__all__ = ["compute_metrics", "confusion_matrix", "fast_auroc", "fast_average_precision"]
+__all__ = [
+    "compute_metrics",
+    "confusion_matrix",
+    "fast_auroc",
+    "fast_average_precision",
+    "metrics_for",
+]
 
 PER_CLASS_KEYS = (
     ("precision", "precision"),
@@ -55,7 +63,7 @@ def compute_metrics(
     y_prob: Any,
     task: str,
     class_names: Sequence[Any],
-    threshold: float = 0.5,
+    threshold: float = DEFAULT_THRESHOLD,
     *,
     n_bins: int = DEFAULT_BINS,
     times: Sequence[float] | None = None,
@@ -107,6 +115,21 @@ def compute_metrics(
     out["per_class"] = _per_class(eng)
     out["warnings"] = _warnings(eng, out)
     return out
+
+
+def metrics_for(y_true: Any, y_prob: Any, spec: EvalSpec) -> dict[str, Any]:
+    """:func:`compute_metrics` with the spec's task, classes, threshold, ECE bins and (survival)
+    curve grid and evaluation times: how a run scores its predictions."""
+    return compute_metrics(
+        y_true,
+        y_prob,
+        spec.task,
+        spec.classes,
+        spec.threshold,
+        n_bins=spec.ece_bins,
+        times=spec.times,
+        eval_times=spec.eval_times,
+    )
 
 
 def confusion_matrix(prep: Prepared) -> list[Any]:

@@ -14,6 +14,7 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +24,15 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from medmodal import __version__
+from medmodal.evaluate import survival_report as sr
 from medmodal.evaluate._core import Prepared, prepare, scalar_metric_names
 from medmodal.evaluate.calibration import reliability_from_validated
-from medmodal.evaluate.metrics import compute_metrics
+from medmodal.evaluate.metrics import metrics_for
+from medmodal.evaluate.spec import EvalSpec
 from medmodal.utils.io import to_jsonable
 
-__all__ = ["write_report"]
+__all__ = ["ReportData", "ReportParts", "write_report"]
 
 MAX_CURVES = 20  # per-class curves drawn individually up to this many classes
 MAX_CM_ANNOTATED = 20  # confusion-matrix cells annotated up to this many classes
@@ -359,70 +363,90 @@ def _notes_html(notes: str | Sequence[str]) -> str:
 
 # ---------------------------------------------------------------- the report
 
+Section = tuple[str, str, str]  # (anchor, title, html body)
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """The predictions a report is about and what was measured on them.
+
+    ``y_true`` / ``y_prob`` as :func:`compute_metrics` takes them (survival: (N, 2) time, event
+    and (N, 1 + T) risk and S(t) at ``spec.times``); ``metrics``: its output for them (computed
+    when None); ``ci``: :func:`bootstrap_ci` output (also ``"auroc[class]"`` entries);
+    ``y_prob_before``: the same predictions before recalibration (a second reliability diagram);
+    ``sample_ids``: survival, the names of the example curves."""
+
+    y_true: Any
+    y_prob: Any
+    metrics: Mapping[str, Any] | None = None
+    ci: Mapping[str, Mapping[str, Any]] | None = None
+    y_prob_before: Any = None
+    sample_ids: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class ReportParts:
+    """What a report shows beside the predictions.
+
+    ``notes``: free text (one string or several paragraphs); ``tables``: ``{title: [row dict,
+    ...]}`` appended as tables; ``sections``: ``(anchor, title, html body)`` placed before the
+    configuration, the body inserted as is (its writer escapes it, e.g. the explanation
+    gallery); ``bad_samples``: skipped samples, dicts with sample_id, modality, path, reason (or
+    :class:`~medmodal.errors.DataError` objects / a ``BadSampleLog``); ``config``: the
+    experiment config (dict, dataclass or pydantic model), shown as YAML."""
+
+    notes: str | Sequence[str] | None = None
+    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+    sections: Sequence[Section] = ()
+    bad_samples: Any = None
+    config: Any = None
+
 
 def write_report(
     path: str | Path,
+    data: ReportData,
+    spec: EvalSpec,
     *,
     title: str,
-    metrics: Mapping[str, Any] | None,
-    y_true: Any,
-    y_prob: Any,
-    task: str,
-    class_names: Sequence[Any],
-    ci: Mapping[str, Mapping[str, Any]] | None = None,
-    config: Any = None,
-    bad_samples: Any = None,
-    notes: str | Sequence[str] | None = None,
-    extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-    y_prob_before: Any = None,
-    extra_sections: Sequence[tuple[str, str, str]] | None = None,
-    times: Sequence[float] | None = None,
-    sample_ids: Sequence[str] | None = None,
+    parts: ReportParts | None = None,
 ) -> Path:
-    """Write one self-contained HTML report and return its path.
-
-    Survival (``task="survival"``): ``y_true`` (N, 2) time, event; ``y_prob`` (N, 1 + T) risk
-    and S(t) at the grid ``times``; ``sample_ids`` name the example curves.
-
-    Args:
-        metrics: output of :func:`compute_metrics` for these predictions (computed when None).
-        ci: output of :func:`bootstrap_ci` (also ``"auroc[class]"`` entries for per-class CIs).
-        config: experiment config (dict, dataclass or pydantic model), shown as YAML.
-        bad_samples: skipped samples, dicts with sample_id, modality, path, reason (or
-            :class:`~medmodal.errors.DataError` objects / a ``BadSampleLog``).
-        notes: free text (one string or several paragraphs).
-        extra_tables: ``{title: [row dict, ...]}`` appended as tables.
-        y_prob_before: the same predictions before recalibration (e.g. temperature scaling):
-            a second reliability diagram beside the one of ``y_prob``.
-        extra_sections: ``(anchor, title, html body)`` sections placed before the configuration;
-            the body is inserted as is (its writer escapes it), e.g. the explanation gallery.
-        times: survival targets, the grid of ``y_prob[:, 1:]``; ``sample_ids``: survival rows.
-    """
-    if task == "survival":
-        sections = _survival_sections(
-            y_true, y_prob, metrics, ci or {}, times, sample_ids, notes, extra_tables
+    """Write one self-contained HTML report of ``data`` scored as ``spec`` says (task, classes,
+    threshold, ECE bins, survival grid) and return its path."""
+    parts = parts or ReportParts()
+    if spec.task == "survival":
+        sections = _survival_sections(data, spec, parts)
+        sections += [*parts.sections, *_tail(parts.config, _bad_rows(parts.bad_samples))]
+        return _write(path, _document(title, _SurvivalMeta(len(data.y_true)), sections))
+    prep = prepare(data.y_true, data.y_prob, spec.task, spec.classes, spec.threshold, spec.ece_bins)
+    metrics = _checked_metrics(data, spec, prep)
+    out = _sections(prep, metrics, data.ci or {}, parts)
+    if data.y_prob_before is not None:
+        before = prepare(
+            data.y_true, data.y_prob_before, spec.task, spec.classes, spec.threshold, prep.n_bins
         )
-        sections += [*(extra_sections or []), *_tail(config, _bad_rows(bad_samples))]
-        return _write(path, _document(title, _SurvivalMeta(len(y_true)), sections))
-    threshold = metrics.get("threshold", 0.5) if metrics else 0.5
-    n_bins = metrics.get("ece_bins", 15) if metrics else 15
-    prep = prepare(y_true, y_prob, task, class_names, threshold, n_bins)
-    if metrics is None:
-        metrics = compute_metrics(y_true, y_prob, task, class_names, threshold, n_bins=n_bins)
-    elif metrics.get("n", prep.n) != prep.n:
-        raise ValueError(f"metrics were computed on {metrics['n']} samples, y_true has {prep.n}")
-    ci = ci or {}
-    parts = _sections(prep, metrics, ci, config, _bad_rows(bad_samples), notes, extra_tables)
-    if y_prob_before is not None:
-        before = prepare(y_true, y_prob_before, task, class_names, threshold, n_bins)
-        parts = [
-            (a, t, _calibration_html(prep, before) if a == "calibration" else b)
-            for a, t, b in parts
+        out = [
+            (a, t, _calibration_html(prep, before) if a == "calibration" else b) for a, t, b in out
         ]
-    if extra_sections:
-        at = len(parts) - 1 if parts[-1][0] == "config" else len(parts)
-        parts[at:at] = list(extra_sections)
-    return _write(path, _document(title, prep, parts))
+    if parts.sections:
+        at = len(out) - 1 if out[-1][0] == "config" else len(out)
+        out[at:at] = list(parts.sections)
+    return _write(path, _document(title, prep, out))
+
+
+def _checked_metrics(data: ReportData, spec: EvalSpec, prep: Prepared) -> Mapping[str, Any]:
+    """The metrics of ``data`` (computed when not given); ValueError when the given ones were
+    computed on other samples or at another threshold than the spec's."""
+    metrics = data.metrics
+    if metrics is None:
+        return metrics_for(data.y_true, data.y_prob, spec)
+    if metrics.get("n", prep.n) != prep.n:
+        raise ValueError(f"metrics were computed on {metrics['n']} samples, y_true has {prep.n}")
+    for key, value in (("threshold", prep.threshold), ("ece_bins", prep.n_bins)):
+        if metrics.get(key, value) != value:
+            raise ValueError(
+                f"metrics were computed with {key} {metrics[key]}, the spec's is {value}"
+            )
+    return metrics
 
 
 def _write(path: str | Path, doc: str) -> Path:
@@ -442,21 +466,10 @@ class _SurvivalMeta:
         self.n = n
 
 
-def _survival_sections(
-    y_true: Any,
-    y_prob: Any,
-    metrics: Mapping[str, Any] | None,
-    ci: Mapping[str, Any],
-    times: Sequence[float] | None,
-    ids: Sequence[str] | None,
-    notes: str | Sequence[str] | None,
-    extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None,
-) -> list[tuple[str, str, str]]:
+def _survival_sections(data: ReportData, spec: EvalSpec, parts: ReportParts) -> list[Section]:
     """Headline, warnings, KM by risk group, calibration, example curves, notes, tables."""
-    from medmodal.evaluate import survival_report as sr
-
-    if metrics is None:
-        metrics = compute_metrics(y_true, y_prob, "survival", ["event"], times=times)
+    y_true, y_prob, ci, times = data.y_true, data.y_prob, data.ci or {}, spec.times
+    metrics = data.metrics if data.metrics is not None else metrics_for(y_true, y_prob, spec)
     level = f"{next(iter(ci.values()))['ci']:.0%} CI" if ci else "CI"
     heads = ["Metric", "Value", level, "Resamples"]
     out = [("summary", "Headline metrics", _table(heads, sr.headline_rows(metrics, ci)))]
@@ -469,12 +482,16 @@ def _survival_sections(
         cal = _img(_png(sr.calibration_figure(metrics["calibration"])), "Calibration")
         out.append(("calibration", "Calibration at the evaluation times", cal))
     if times is not None and np.asarray(y_prob).ndim == 2 and len(y_true) >= 5:
+        ids = data.sample_ids
         ids = list(ids) if ids is not None else [str(i) for i in range(len(y_true))]
         fig = sr.examples_figure(y_prob, y_true, times, ids)
         out.append(("examples", "Predicted survival curves", _img(_png(fig), "Example curves")))
-    if notes:
-        out.append(("notes", "Notes", _notes_html(notes)))
-    for i, (name, rows) in enumerate((extra_tables or {}).items()):
+    return out + _notes_and_tables(parts)
+
+
+def _notes_and_tables(parts: ReportParts) -> list[Section]:
+    out = [("notes", "Notes", _notes_html(parts.notes))] if parts.notes else []
+    for i, (name, rows) in enumerate((parts.tables or {}).items()):
         out.append((f"extra-{i}", str(name), _rows_table(rows) if rows else "<p>(empty)</p>"))
     return out
 
@@ -491,15 +508,10 @@ def _tail(config: Any, bad: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
 
 
 def _sections(
-    prep: Prepared,
-    metrics: Mapping[str, Any],
-    ci: Mapping[str, Any],
-    config: Any,
-    bad: list[dict[str, Any]],
-    notes: str | Sequence[str] | None,
-    extra_tables: Mapping[str, Sequence[Mapping[str, Any]]] | None,
-) -> list[tuple[str, str, str]]:
+    prep: Prepared, metrics: Mapping[str, Any], ci: Mapping[str, Any], parts: ReportParts
+) -> list[Section]:
     """(anchor, title, html body) of each section, in order."""
+    bad = _bad_rows(parts.bad_samples)
     out = [("summary", "Headline metrics", _headline(metrics, ci, prep.task))]
     if metrics.get("warnings"):
         items = "".join(f"<li>{_esc(w)}</li>" for w in metrics["warnings"])
@@ -513,13 +525,9 @@ def _sections(
     out.append(("confusion", "Confusion matrix", _confusion_html(prep, metrics)))
     rel = reliability_from_validated(prep.y_true, prep.y_prob, prep.task, prep.n_bins)
     out.append(("calibration", "Calibration", _img(_reliability_figure(rel), "Reliability")))
-    if notes:
-        out.append(("notes", "Notes", _notes_html(notes)))
-    for i, (name, rows) in enumerate((extra_tables or {}).items()):
-        body = _rows_table(rows) if rows else "<p>(empty)</p>"
-        out.append((f"extra-{i}", str(name), body))
-    if config is not None:
-        out.append(("config", "Configuration", f"<pre>{_esc(_config_text(config))}</pre>"))
+    out += _notes_and_tables(parts)
+    if parts.config is not None:
+        out.append(("config", "Configuration", f"<pre>{_esc(_config_text(parts.config))}</pre>"))
     return out
 
 
@@ -549,8 +557,6 @@ def _confusion_html(prep: Prepared, metrics: Mapping[str, Any]) -> str:
 
 
 def _document(title: str, prep: Prepared, sections: list[tuple[str, str, str]]) -> str:
-    from medmodal import __version__
-
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{_esc(a)}">{_esc(t)}</a>' for a, t, _ in sections)
     meta = (

@@ -16,7 +16,8 @@ import pandas as pd
 
 from medmodal.evaluate.bootstrap import bootstrap_ci
 from medmodal.evaluate.conformal import set_summary
-from medmodal.evaluate.metrics import compute_metrics
+from medmodal.evaluate.metrics import metrics_for
+from medmodal.evaluate.spec import EvalSpec
 
 UNKNOWN = "unknown"
 MIN_GROUP = 2  # fewer samples: the group is listed with its size only
@@ -41,21 +42,17 @@ def group_labels(values: Sequence[Any], bins: Sequence[float] | None = None) -> 
 def subgroup_metrics(
     y: np.ndarray,
     probs: np.ndarray,
-    task: str,
-    names: Sequence[str],
+    spec: EvalSpec,
     groups: Mapping[str, Sequence[str]],
     *,
     patients: Sequence[Any],
     metrics: Sequence[str],
     sets: np.ndarray | None = None,
-    threshold: float = 0.5,
-    n_boot: int = 1000,
-    ci: float = 0.95,
-    seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """``{variable: {group: {n, patients, values: {metric: v}, ci: {metric: {...}},
     conformal: {...}}}}`` for each variable's groups (``groups[variable]``: a name per sample).
-    Values come from :func:`compute_metrics`, CIs from :func:`bootstrap_ci` over ``patients``."""
+    Values come from :func:`metrics_for`, CIs (when ``spec.n_boot``) from :func:`bootstrap_ci`
+    over ``patients``."""
     y, probs, pats = np.asarray(y), np.asarray(probs), np.asarray(patients, dtype=object)
     out: dict[str, dict[str, Any]] = {}
     for var, labels in groups.items():
@@ -63,28 +60,31 @@ def subgroup_metrics(
         out[var] = {}
         for g in sorted(set(lab), key=lambda v: (v == UNKNOWN, _order(v))):
             idx = np.flatnonzero(lab == g)
-            row: dict[str, Any] = {"n": len(idx), "patients": len(set(pats[idx]))}
-            if len(idx) >= MIN_GROUP:
-                m = compute_metrics(y[idx], probs[idx], task, names, threshold)
-                row["values"] = {k: m.get(k) for k in metrics}
-                if n_boot:
-                    row["ci"] = bootstrap_ci(
-                        y[idx],
-                        probs[idx],
-                        task,
-                        names,
-                        metrics=metrics,
-                        n_boot=n_boot,
-                        ci=ci,
-                        seed=seed,
-                        groups=pats[idx],
-                        threshold=threshold,
-                    )
-                if sets is not None:
-                    summary = set_summary(y[idx], sets[idx], task, names)
-                    row["conformal"] = {k: summary[k] for k in ("coverage", "mean_set_size")}
-            out[var][str(g)] = row
+            out[var][str(g)] = _group_row(y[idx], probs[idx], spec, pats[idx], metrics, sets, idx)
     return out
+
+
+def _group_row(
+    y: np.ndarray,
+    probs: np.ndarray,
+    spec: EvalSpec,
+    pats: np.ndarray,
+    metrics: Sequence[str],
+    sets: np.ndarray | None,
+    idx: np.ndarray,
+) -> dict[str, Any]:
+    """One group's size, metric values, CIs and conformal coverage."""
+    row: dict[str, Any] = {"n": len(idx), "patients": len(set(pats))}
+    if len(idx) < MIN_GROUP:
+        return row
+    m = metrics_for(y, probs, spec)
+    row["values"] = {k: m.get(k) for k in metrics}
+    if spec.n_boot:
+        row["ci"] = bootstrap_ci(y, probs, spec, metrics=metrics, groups=pats)
+    if sets is not None:
+        summary = set_summary(y, sets[idx], spec.task, list(spec.classes))
+        row["conformal"] = {k: summary[k] for k in ("coverage", "mean_set_size")}
+    return row
 
 
 def _order(label: str) -> tuple[float, str]:

@@ -6,7 +6,9 @@ Each case is explained for its predicted class with the first default method of 
 (Grad-CAM where it fits, else Integrated Gradients, else occlusion) and, with 2 to 6 modalities,
 the modalities' Shapley values. Confidence is the probability of the predicted class (multilabel:
 the mean over labels of max(p, 1 - p)); uncertainty is closeness to the decision threshold
-(multiclass: the gap between the two most probable classes).
+(multiclass: the gap between the two most probable classes). Decisions and the threshold are the
+evaluation spec's. The gallery is registered as a section of the run report
+(:data:`medmodal.run.report.REPORT_SECTIONS`): the run report never imports this module.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import html
 import numpy as np
 
 from medmodal.data.dataset import MultimodalDataset
+from medmodal.evaluate.decision import decide
+from medmodal.evaluate.spec import EvalSpec
 from medmodal.explain.draw import draw, png_base64
 from medmodal.explain.forward import resolve_target
 from medmodal.explain.methods import create_explainer, default_methods
 from medmodal.explain.run import Plan, explain_sample, title_of
 from medmodal.explain.shapley import MAX_MODALITIES
-from medmodal.predictor import Predictor
+from medmodal.predictor import Predictor, prediction_frame
+from medmodal.run.report import REPORT_SECTIONS, Section
 
 KINDS = ("Most confident correct", "Most confident wrong", "Most uncertain")
 
@@ -73,15 +78,30 @@ def gallery_plan(predictor: Predictor) -> Plan:
     return steps
 
 
-def gallery_html(predictor: Predictor, ds: MultimodalDataset, probs: np.ndarray, k: int) -> str:
-    """The gallery section's HTML body (figures as base64 PNG; every text escaped)."""
+@REPORT_SECTIONS.register("gallery")
+def gallery_sections(
+    predictor: Predictor, ds: MultimodalDataset, probs: np.ndarray, spec: EvalSpec
+) -> list[Section]:
+    """The report's explanation gallery section (none when ``spec.gallery`` is 0 or for a
+    survival target)."""
+    if spec.gallery <= 0 or spec.task == "survival":
+        return []
+    return [("gallery", "Explanation gallery", gallery_html(predictor, ds, probs, spec))]
+
+
+def gallery_html(
+    predictor: Predictor, ds: MultimodalDataset, probs: np.ndarray, spec: EvalSpec
+) -> str:
+    """The gallery section's HTML body: ``spec.gallery`` cases of each kind (figures as base64
+    PNG; every text escaped)."""
+    k = spec.gallery
     if ds.labels is None or k <= 0:
         return "<p>No gallery: the samples have no labels.</p>"
     steps = gallery_plan(predictor)
-    predicted = predictor.decide(probs)
-    frame = predictor.prediction_frame(ds, probs).to_dict("records")
-    task, threshold = predictor.label_map.task, predictor.config.evaluate.threshold
-    cases = pick_cases(probs, np.asarray(ds.labels), predicted, task, threshold, k)
+    predicted = decide(probs, spec.task, spec.threshold)
+    sets = predictor.prediction_sets(ds.ids, probs)
+    frame = prediction_frame(ds, probs, spec, sets).to_dict("records")
+    cases = pick_cases(probs, np.asarray(ds.labels), predicted, spec.task, spec.threshold, k)
     methods = ", ".join(dict.fromkeys(f"{n} ({m})" if m else n for n, m, _ in steps))
     parts = [
         "<style>figure.case{margin:1em 0}figure.case img{max-width:49%;vertical-align:top}</style>",

@@ -10,7 +10,7 @@ import numpy as np
 from medmodal.predictor import prediction_frame
 from medmodal.run.context import RunContext
 from medmodal.run.data import LoadedData, fold_splits
-from medmodal.run.report import write_run_report
+from medmodal.run.report import ReportContent, write_run_report
 from medmodal.run.results import CVResult, RunResult
 from medmodal.run.single import train_and_evaluate
 from medmodal.run.steps import Scored, ablation_table, evaluate_predictions, trust_metrics
@@ -32,16 +32,16 @@ def cross_validate_loaded(ctx: RunContext, loaded: LoadedData, k: int) -> CVResu
             loaded, splits, ctx.run_dir / f"fold_{f}", progress=ctx.progress, console=ctx.console
         )
         results.append(run)
+    spec = loaded.spec
     oof, oof_ablation = _pool(results, folds)
-    pooled = evaluate_predictions(ds, oof, loaded.label_map, loaded.cfg)
+    pooled = evaluate_predictions(ds, oof, spec)
     if oof_ablation:
-        pooled["ablation"] = ablation_table(ds, oof, oof_ablation, loaded.label_map, loaded.cfg)
+        pooled["ablation"] = ablation_table(ds, oof, oof_ablation, spec)
     scored = Scored(oof, pooled, raw_probs=_pool_one(results, folds, "test_raw_probs"))
     scored.sets = _pool_one(results, folds, "test_sets")
-    pooled.update(trust_metrics(ds, scored, loaded.label_map, loaded.cfg, loaded.schema))
+    pooled.update(trust_metrics(ds, scored, spec, loaded.schema))
     per_fold = per_fold_summary(results)
-    threshold = loaded.cfg.evaluate.threshold
-    predictions = prediction_frame(ds, oof, loaded.label_map, threshold, scored.sets)
+    predictions = prediction_frame(ds, oof, spec, scored.sets)
     predictions.insert(2, "fold", folds)
     predictions.to_csv(ctx.run_dir / "oof_predictions.csv", index=False)
     summary = {
@@ -59,7 +59,7 @@ def cross_validate_loaded(ctx: RunContext, loaded: LoadedData, k: int) -> CVResu
         summary["encoder_init"] = [r.metrics["encoder_init"] for r in results]
     dump_json(ctx.run_dir / "cv_metrics.json", summary)
     report = None
-    if loaded.cfg.evaluate.report:
+    if spec.report:
         report = _report(ctx, loaded, scored, per_fold, k)
     return CVResult(ctx.run_dir, results, pooled, per_fold, predictions, report)
 
@@ -120,15 +120,6 @@ def _report(ctx: RunContext, loaded: LoadedData, scored: Scored, per_fold: dict,
         f"out-of-fold predictions of {len(loaded.dataset)} samples, each predicted by the model "
         "of the fold that held it out; the table below gives each fold's own metrics."
     ]
-    return write_run_report(
-        ctx.run_dir / "report.html",
-        loaded.cfg,
-        loaded.dataset,
-        scored.probs,
-        scored.metrics,
-        loaded.label_map,
-        loaded.bad_list,
-        notes,
-        tables={"Per-fold test metrics": rows},
-        raw_probs=scored.raw_probs,
-    )
+    content = ReportContent(notes, loaded.bad_list, {"Per-fold test metrics": rows})
+    path = ctx.run_dir / "report.html"
+    return write_run_report(path, loaded.cfg, loaded.spec, loaded.dataset, scored, content)

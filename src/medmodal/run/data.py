@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,8 @@ from medmodal.data.manifest import (
 from medmodal.data.schema import Schema
 from medmodal.data.splits import check_no_leakage, patient_kfold, patient_split
 from medmodal.errors import BadSampleLog, ConfigError, ManifestError
-from medmodal.predictor import build_dataset, make_processors
+from medmodal.evaluate.spec import EvalSpec
+from medmodal.predictor import dataset_rows, make_processors
 from medmodal.train.distributed import world
 from medmodal.utils.io import file_digest
 
@@ -39,6 +41,11 @@ class LoadedData:
     dataset: MultimodalDataset
     bad: BadSampleLog | None
     data_hash: str
+
+    @cached_property
+    def spec(self) -> EvalSpec:
+        """How this run scores its predictions (built once from ``cfg`` and the label map)."""
+        return EvalSpec.from_config(self.cfg, self.label_map)
 
     def with_config(self, cfg: ExperimentConfig) -> LoadedData:
         """The same data under another config (model / train / evaluate fields and the modality
@@ -101,7 +108,8 @@ def load_data(cfg: ExperimentConfig, run_dir: Path, progress: bool = False) -> L
     label_map = build_label_map(df, schema, source)
     spill = cache_dir(run_dir) / "raw" if cfg.train.cache == "disk" else None
     processors = make_processors(schema)
-    ds = build_dataset(df, schema, processors, root, label_map, bad, source, progress, spill)
+    ds = dataset_rows(df, schema, processors, root, label_map, bad, source)
+    ds = ds.load(bad, progress=progress, label=f"reading {source}", spill=spill)
     if len(ds) == 0:
         raise ManifestError(f"manifest {source}: no usable rows")
     return LoadedData(cfg, manifest, schema, root, label_map, df, ds, bad, file_digest(manifest))

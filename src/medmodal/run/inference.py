@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from medmodal.errors import BadSampleLog, ManifestError
+from medmodal.errors import BadSampleLog, ConfigError, ManifestError
 from medmodal.predictor import Predictor
-from medmodal.run.report import write_run_report
+from medmodal.run.report import ReportContent, write_run_report
 from medmodal.run.sources import frame_from_source, one_split
 from medmodal.run.steps import score_split
 from medmodal.utils.io import dump_json
@@ -59,37 +59,24 @@ def evaluate_checkpoint(
     device: str,
 ) -> dict[str, Any]:
     """Metrics of a checkpoint on a labelled source, with predictions and report in ``out_dir``
-    (see ``api.evaluate``)."""
-    predictor = Predictor.load(checkpoint, device=device)
-    cfg = predictor.config.model_copy(
-        update={"evaluate": predictor.config.evaluate.model_copy(update={"bootstrap": bootstrap})}
-    )
+    (see ``api.evaluate``); ``bootstrap`` resamples instead of the checkpoint's own."""
+    predictor = Predictor.load(checkpoint, device=device).with_evaluation(bootstrap=bootstrap)
     frame, base, name = frame_from_source(manifest, predictor)
     frame = one_split(frame, predictor, split, name)
     bad = BadSampleLog() if skip_bad else None
     ds = predictor.dataset(frame, Path(root) if root else base, bad, with_labels=True, source=name)
-    predictor.config = cfg
     scored = score_split(predictor, ds)
-    metrics, probs = scored.metrics, scored.probs
+    metrics = scored.metrics
     metrics["skipped_samples"] = bad.to_list() if bad is not None else []
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        predictor.prediction_frame(ds, probs).to_csv(out / "predictions.csv", index=False)
+        predictor.prediction_frame(ds, scored.probs).to_csv(out / "predictions.csv", index=False)
         dump_json(out / "metrics.json", metrics)
         note = f"Evaluation of {checkpoint} on {name} ({len(ds)} samples)."
-        write_run_report(
-            out / "report.html",
-            cfg,
-            ds,
-            probs,
-            metrics,
-            predictor.label_map,
-            metrics["skipped_samples"],
-            [note],
-            raw_probs=scored.raw_probs,
-            predictor=predictor,
-        )
+        content = ReportContent([note], metrics["skipped_samples"], predictor=predictor)
+        spec = predictor.eval_spec
+        write_run_report(out / "report.html", predictor.config, spec, ds, scored, content)
     return metrics
 
 
@@ -117,7 +104,6 @@ def whatif_checkpoint(
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None, fmt: str) -> Path:
     """The checkpoint's model as ONNX at ``out`` (default: beside it, ``.onnx``)."""
-    from medmodal.errors import ConfigError
     from medmodal.export.onnx import export_onnx
 
     if fmt != "onnx":

@@ -1,10 +1,16 @@
 """The HTML report of a run, a cross-validation or an evaluation: notes as sentences, tables as
-tables (never a Python dict pasted into the page)."""
+tables (never a Python dict pasted into the page).
+
+Sections drawn by packages above :mod:`medmodal.run` (the explanation gallery of
+:mod:`medmodal.explain.gallery`) are registered in :data:`REPORT_SECTIONS` by those packages; this
+module never imports them.
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +18,40 @@ import numpy as np
 
 from medmodal.config import ExperimentConfig
 from medmodal.data.dataset import MultimodalDataset
-from medmodal.data.manifest import LabelMap
 from medmodal.errors import ConfigError
-from medmodal.evaluate import write_report
+from medmodal.evaluate import ReportData, ReportParts, write_report
+from medmodal.evaluate.report import Section
+from medmodal.evaluate.spec import EvalSpec
 from medmodal.predictor import Predictor
+from medmodal.registry import Registry
+from medmodal.run.steps import Scored
+
+#: report sections by name: ``fn(predictor, ds, probs, spec) -> [(anchor, title, html body)]``
+REPORT_SECTIONS: Registry[list[Section]] = Registry(
+    "report section", context=("predictor", "ds", "probs", "spec")
+)
 
 
-def positive_note(label_map: LabelMap, threshold: float) -> str | None:
-    if label_map.task != "binary":
+@dataclass(frozen=True)
+class ReportContent:
+    """What a run report adds to the predictions: ``notes`` (sentences; None entries are
+    dropped), skipped samples ``bad``, ``tables`` ``{title: [row dict, ...]}`` and the
+    ``predictor`` the registered sections (the explanation gallery) draw from (None: none)."""
+
+    notes: Sequence[str | None] = ()
+    bad: Sequence[Mapping[str, Any]] = ()
+    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
+    predictor: Predictor | None = None
+
+
+def positive_note(spec: EvalSpec) -> str | None:
+    if spec.task != "binary":
         return None
-    neg, pos = label_map.classes
+    neg, pos = spec.classes
     return (
         f"The positive class is {pos!r} (the other class is {neg!r}): sensitivity, PPV, "
         f"specificity, NPV and the ROC / PR curves are of {pos!r}, and a sample is called "
-        f"{pos!r} when its probability is above {threshold:g}."
+        f"{pos!r} when its probability is above {spec.threshold:g}."
     )
 
 
@@ -161,57 +187,48 @@ def trust_note(metrics: Mapping[str, Any]) -> str | None:
 def write_run_report(
     path: Path,
     cfg: ExperimentConfig,
+    spec: EvalSpec,
     ds: MultimodalDataset,
-    probs: np.ndarray,
-    metrics: Mapping[str, Any],
-    label_map: LabelMap,
-    bad: Sequence[Mapping[str, Any]],
-    notes: Sequence[str | None],
-    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-    raw_probs: np.ndarray | None = None,
-    predictor: Predictor | None = None,
+    scored: Scored,
+    content: ReportContent,
 ) -> Path:
-    """One self-contained report for these predictions (with the ablation table if present,
-    calibration before / after, conformal sets and subgroups when the metrics hold them and,
-    given the ``predictor`` and ``evaluate.gallery`` > 0, the explanation gallery).
-    ``raw_probs``: the probabilities before temperature scaling, for a second diagram."""
-    extra = dict(tables or {})
+    """One self-contained report of ``scored`` (probabilities, metrics and, when temperature-
+    scaled, the probabilities before it for a second diagram) on ``ds``: the ablation table if
+    present, calibration before / after, conformal sets and subgroups when the metrics hold
+    them, and the registered sections (the explanation gallery when ``spec.gallery`` > 0)."""
+    metrics = scored.metrics
+    extra = dict(content.tables or {})
     if metrics.get("ablation"):
-        what = "Harrell's C" if label_map.task == "survival" else "AUROC"
+        what = "Harrell's C" if spec.task == "survival" else "AUROC"
         extra[f"{what} with one modality removed at test time"] = ablation_rows(metrics["ablation"])
     extra.update(trust_tables(metrics))
-    notes = [positive_note(label_map, cfg.evaluate.threshold), *notes, trust_note(metrics)]
-    return write_report(
-        path,
-        title=f"medmodal: {cfg.name}",
-        metrics=metrics,
-        y_true=np.asarray(ds.labels),
-        y_prob=probs,
-        task=label_map.task,
-        class_names=label_map.classes,
-        ci=metrics.get("ci"),
-        config=cfg.to_dict(),
-        bad_samples=list(bad),
+    notes = [positive_note(spec), *content.notes, trust_note(metrics)]
+    labels, ci = np.asarray(ds.labels), metrics.get("ci")
+    data = ReportData(labels, scored.probs, metrics, ci, scored.raw_probs, ds.ids)
+    parts = ReportParts(
         notes=[n for n in notes if n],
-        extra_tables=extra or None,
-        y_prob_before=raw_probs,
-        extra_sections=gallery_sections(cfg, ds, probs, predictor),
-        times=label_map.times,
-        sample_ids=ds.ids,
+        tables=extra or None,
+        sections=report_sections(content.predictor, ds, scored.probs, spec),
+        bad_samples=list(content.bad),
+        config=cfg.to_dict(),
     )
+    return write_report(path, data, spec, title=f"medmodal: {cfg.name}", parts=parts)
 
 
-# -- explanation gallery (medmodal.explain) ---------------------------------------------------
-def gallery_sections(
-    cfg: ExperimentConfig,
-    ds: MultimodalDataset,
-    probs: np.ndarray,
-    predictor: Predictor | None,
-) -> list[tuple[str, str, str]]:
-    """The report's explanation gallery section (none when ``evaluate.gallery`` is 0)."""
-    k = cfg.evaluate.gallery
-    if predictor is None or k <= 0 or predictor.label_map.task == "survival":
+def report_sections(
+    predictor: Predictor | None, ds: MultimodalDataset, probs: np.ndarray, spec: EvalSpec
+) -> list[Section]:
+    """The sections of every entry of :data:`REPORT_SECTIONS` (none without a predictor); a
+    gallery asked for while :mod:`medmodal.explain.gallery` is not loaded says so."""
+    if predictor is None:
         return []
-    from medmodal.explain.gallery import gallery_html
-
-    return [("gallery", "Explanation gallery", gallery_html(predictor, ds, probs, k))]
+    out: list[Section] = []
+    for name in REPORT_SECTIONS.ordered():
+        out += REPORT_SECTIONS.get(name)(predictor=predictor, ds=ds, probs=probs, spec=spec)
+    if spec.gallery > 0 and spec.task != "survival" and "gallery" not in REPORT_SECTIONS:
+        body = (
+            f"<p>evaluate.gallery is {spec.gallery}, but medmodal.explain.gallery was not "
+            "imported (medmodal.api imports it), so no gallery was drawn.</p>"
+        )
+        out.append(("gallery", "Explanation gallery", body))
+    return out

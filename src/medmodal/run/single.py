@@ -12,9 +12,10 @@ from medmodal.predictor import Predictor
 from medmodal.run.context import Progress
 from medmodal.run.data import LoadedData, cache_dir
 from medmodal.run.pretrained import check_pretrained_inits
-from medmodal.run.report import missing_note, write_run_report
+from medmodal.run.report import ReportContent, missing_note, write_run_report
 from medmodal.run.results import RunResult
 from medmodal.run.steps import (
+    Scored,
     calibrate_predictor,
     check_trust,
     fit_processors,
@@ -50,7 +51,7 @@ def train_and_evaluate(
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     processors, parts = fit_processors(loaded, splits, cache_dir(run_dir))
-    check_trust(cfg, loaded.label_map.task, "val" in parts)
+    check_trust(loaded.spec, "val" in parts)
     predictor = new_predictor(loaded, processors)
     prepare_survival(predictor, parts)
     init_check = check_pretrained_inits(loaded, splits, console)
@@ -112,29 +113,23 @@ def _report(
     result: RunResult, predictor: Predictor, loaded: LoadedData, parts: dict, state: TrainState
 ) -> Path | None:
     """report.html on the test split (else validation)."""
-    cfg, m = loaded.cfg, result.metrics
+    spec, m = predictor.eval_spec, result.metrics
     split = "test" if "test" in parts else ("val" if "val" in parts else None)
-    if not cfg.evaluate.report or split is None:
+    if not spec.report or split is None:
         return None
-    probs = result.test_probs if split == "test" else predictor.predict_proba(parts[split])
-    raw = result.test_raw_probs if split == "test" else None
+    if split == "test":
+        assert result.test_probs is not None
+        scored = Scored(result.test_probs, m[split], raw_probs=result.test_raw_probs)
+    else:
+        scored = Scored(predictor.predict_proba(parts[split]), m[split])
     notes = [
         f"Evaluated on the {split} split ({len(parts[split])} samples). The best epoch, "
         f"{state.best_epoch} of the {state.epoch} run, was chosen on validation "
-        f"{monitor_for(predictor.label_map.task, cfg.train)}. Training took "
+        f"{monitor_for(spec.task, loaded.cfg.train)}. Training took "
         f"{m['train_seconds']:.1f} s.",
         missing_note(m["missing_modalities"]),
         *(f"Encoder init ({k}): {v['summary']}." for k, v in m.get("encoder_init", {}).items()),
     ]
-    return write_run_report(
-        result.run_dir / "report.html",
-        cfg,
-        parts[split],
-        probs,
-        m[split],
-        predictor.label_map,
-        result.bad_samples,
-        notes,
-        raw_probs=raw,
-        predictor=predictor,
-    )
+    content = ReportContent(notes, result.bad_samples, predictor=predictor)
+    path = result.run_dir / "report.html"
+    return write_run_report(path, loaded.cfg, spec, parts[split], scored, content)

@@ -12,16 +12,15 @@ from typing import Any
 
 import numpy as np
 
-from medmodal.config import ExperimentConfig
+from medmodal.checkpoint import read_checkpoint
 from medmodal.data.dataset import MultimodalDataset
-from medmodal.data.manifest import LabelMap
 from medmodal.data.preprocess import ModalityProcessor
 from medmodal.data.schema import Schema
 from medmodal.errors import ConfigError, ManifestError
-from medmodal.evaluate import bootstrap_ci, compute_metrics, paired_bootstrap_delta
-from medmodal.evaluate.conformal import ConformalFit, fit_conformal, set_summary
+from medmodal.evaluate import bootstrap_ci, metrics_for, paired_bootstrap_delta
+from medmodal.evaluate.conformal import ConformalFit, set_summary
+from medmodal.evaluate.spec import EvalSpec
 from medmodal.evaluate.subgroups import group_labels, subgroup_metrics
-from medmodal.evaluate.temperature import apply_temperature, fit_temperature, nll
 from medmodal.predictor import Predictor, make_processors, model_for, survival_for
 from medmodal.run.context import Progress
 from medmodal.run.data import LoadedData
@@ -107,18 +106,15 @@ def train_model(
 
     trainer = Trainer(
         predictor.model,
-        loaded.label_map,
+        predictor.eval_spec,
         cfg.train,
         seed=cfg.seed,
-        threshold=cfg.evaluate.threshold,
         progress=progress,
         on_epoch_end=save_last,
         console=console,
         survival=predictor.survival,
     )
     if resume and last.is_file():
-        from medmodal.checkpoint import read_checkpoint
-
         body = read_checkpoint(last)
         if body.get("data_hash") != loaded.data_hash:
             raise ConfigError(
@@ -129,15 +125,14 @@ def train_model(
     return trainer.fit(parts["train"], parts.get("val"))
 
 
-def check_trust(cfg: ExperimentConfig, task: str, has_val: bool) -> None:
+def check_trust(spec: EvalSpec, has_val: bool) -> None:
     """Refuse, before training, calibration or conformal options this run cannot fit."""
-    ev = cfg.evaluate
     wanted = [
         name
-        for name, method in (("calibrate", ev.calibrate.method), ("conformal", ev.conformal.method))
+        for name, method in (("calibrate", spec.calibrate), ("conformal", spec.conformal))
         if method != "none"
     ]
-    if wanted and task == "survival":
+    if wanted and spec.task == "survival":
         raise ConfigError(
             f"evaluate.{wanted[0]}.method: a survival target has no temperature scaling or "
             "conformal sets; set it to none"
@@ -147,7 +142,7 @@ def check_trust(cfg: ExperimentConfig, task: str, has_val: bool) -> None:
             f"evaluate.{wanted[0]}.method is fitted on the validation split and this run has "
             "no validation rows (data.val_fraction = 0 or no 'val' in the split column)"
         )
-    if task == "multilabel" and ev.conformal.method == "aps":
+    if spec.task == "multilabel" and spec.conformal == "aps":
         raise ConfigError(
             "evaluate.conformal.method: aps needs one class per sample; a multilabel target "
             "takes lac (per-label sets)"
@@ -155,29 +150,10 @@ def check_trust(cfg: ExperimentConfig, task: str, has_val: bool) -> None:
 
 
 def calibrate_predictor(predictor: Predictor, val: MultimodalDataset | None) -> dict[str, Any]:
-    """Fit the configured temperature and conformal predictor on ``val`` (in that order: the
-    conformal scores are of the calibrated probabilities) into ``predictor``; returns what was
-    fitted (temperature, validation NLL before / after, conformal ``qhat``)."""
-    ev, task = predictor.config.evaluate, predictor.label_map.task
-    out: dict[str, Any] = {}
-    if val is None or (ev.calibrate.method == "none" and ev.conformal.method == "none"):
-        return out
-    logits, y = predictor.logits(val), np.asarray(val.labels)
-    if ev.calibrate.method == "temperature":
-        z = logits.numpy().astype(np.float64)
-        predictor.temperature = t = fit_temperature(z, y, task)
-        out["calibration"] = {
-            "method": "temperature",
-            "temperature": t.tolist(),
-            "val_nll_before": nll(z, y, task),
-            "val_nll_after": nll(apply_temperature(z, t), y, task),
-        }
-    if ev.conformal.method != "none":
-        probs = predictor.probs_from_logits(logits)
-        c = ev.conformal
-        predictor.conformal = fit_conformal(probs, y, task, c.method, c.coverage, val.ids)
-        out["conformal"] = predictor.conformal.to_dict()
-    return out
+    """Fit the configured temperature and conformal predictor on ``val`` into ``predictor``
+    (:meth:`~medmodal.predictor.Predictor.fit_trust`); returns what was fitted (temperature,
+    validation NLL before / after, conformal ``qhat``), ``{}`` without a validation split."""
+    return {} if val is None else predictor.fit_trust(val)
 
 
 @dataclass
@@ -195,85 +171,53 @@ class Scored:
 def score_split(predictor: Predictor, ds: MultimodalDataset, ablation: bool = False) -> Scored:
     """Probabilities through the prediction path, metrics with patient-grouped CIs, calibration
     before / after, conformal coverage, subgroup metrics, and with ``ablation`` (several
-    modalities) the metrics with each modality removed at test time."""
-    cfg, label_map = predictor.config, predictor.label_map
+    modalities) the metrics with each modality removed at test time; all as the Predictor's
+    ``eval_spec`` says."""
+    spec = predictor.eval_spec
     logits = predictor.logits(ds)
     probs = predictor.probs_from_logits(logits)
-    scored = Scored(probs, evaluate_predictions(ds, probs, label_map, cfg))
+    scored = Scored(probs, evaluate_predictions(ds, probs, spec))
     if predictor.temperature is not None:
         scored.raw_probs = predictor.probs_from_logits(logits, calibrated=False)
     scored.sets = predictor.prediction_sets(ds.ids, probs)
     fits = (predictor.temperature, predictor.conformal)
-    scored.metrics.update(trust_metrics(ds, scored, label_map, cfg, predictor.schema, *fits))
-    if ablation and cfg.evaluate.ablation and len(predictor.processors) > 1:
+    scored.metrics.update(trust_metrics(ds, scored, spec, predictor.schema, *fits))
+    if ablation and spec.ablation and len(predictor.processors) > 1:
         scored.ablation_probs = {
             m: predictor.predict_proba(ds, absent=(m,)) for m in predictor.processors
         }
-        scored.metrics["ablation"] = ablation_table(
-            ds, probs, scored.ablation_probs, label_map, cfg
-        )
+        scored.metrics["ablation"] = ablation_table(ds, probs, scored.ablation_probs, spec)
     return scored
 
 
 def evaluate_predictions(
-    ds: MultimodalDataset, probs: np.ndarray, label_map: LabelMap, cfg: ExperimentConfig
+    ds: MultimodalDataset, probs: np.ndarray, spec: EvalSpec
 ) -> dict[str, Any]:
-    """Full metrics + bootstrap CIs (patient-grouped) for one set of predictions."""
+    """Full metrics + bootstrap CIs (patient-grouped, when ``spec.n_boot``) for one set of
+    predictions."""
     y = np.asarray(ds.labels)
-    ev = cfg.evaluate
-    times = (
-        {"times": label_map.times, "eval_times": ev.times} if label_map.task == "survival" else {}
-    )
-    m = compute_metrics(
-        y, probs, label_map.task, label_map.classes, threshold=ev.threshold, **times
-    )
-    if ev.bootstrap:
-        m["ci"] = bootstrap_ci(
-            y,
-            probs,
-            label_map.task,
-            label_map.classes,
-            metrics=CI_METRICS[label_map.task],
-            threshold=ev.threshold,
-            n_boot=ev.bootstrap,
-            ci=ev.ci,
-            seed=cfg.seed,
-            groups=np.asarray(ds.patients),
-            **times,
-        )
+    m = metrics_for(y, probs, spec)
+    if spec.n_boot:
+        groups = np.asarray(ds.patients)
+        m["ci"] = bootstrap_ci(y, probs, spec, metrics=CI_METRICS[spec.task], groups=groups)
     return m
 
 
 def ablation_table(
-    ds: MultimodalDataset,
-    probs: np.ndarray,
-    removed: dict[str, np.ndarray],
-    label_map: LabelMap,
-    cfg: ExperimentConfig,
+    ds: MultimodalDataset, probs: np.ndarray, removed: dict[str, np.ndarray], spec: EvalSpec
 ) -> dict[str, dict[str, Any]]:
     """AUROC (survival: Harrell's C) with each modality removed at test time, and its
     paired-bootstrap change vs all."""
-    y, ev = np.asarray(ds.labels), cfg.evaluate
+    y, groups = np.asarray(ds.labels), np.asarray(ds.patients)
     out: dict[str, dict[str, Any]] = {}
-    survival = label_map.task == "survival"
+    survival = spec.task == "survival"
     keys = ("c_index",) if survival else ("auroc", "auprc", "accuracy")
     for m, p in removed.items():
         scores = p[:, 0] if survival else p  # survival: the risk score (Harrell's C)
-        met = compute_metrics(y, scores, label_map.task, label_map.classes, threshold=ev.threshold)
+        met = metrics_for(y, scores, spec)
         row: dict[str, Any] = {k: met[k] for k in keys}
-        if met[keys[0]] is not None and ev.bootstrap:
-            d = paired_bootstrap_delta(
-                y,
-                p,
-                probs,
-                label_map.task,
-                label_map.classes,
-                metric="auroc",
-                threshold=ev.threshold,
-                n_boot=ev.bootstrap,
-                seed=cfg.seed,
-                groups=np.asarray(ds.patients),
-            )
+        if met[keys[0]] is not None and spec.n_boot:
+            d = paired_bootstrap_delta(y, p, probs, spec, metric="auroc", groups=groups)
             row.update(
                 **{f"delta_{keys[0]}": d["delta"]},
                 delta_low=d["low"],
@@ -287,8 +231,7 @@ def ablation_table(
 def trust_metrics(
     ds: MultimodalDataset,
     scored: Scored,
-    label_map: LabelMap,
-    cfg: ExperimentConfig,
+    spec: EvalSpec,
     schema: Schema,
     temperature: np.ndarray | None = None,
     conformal: ConformalFit | None = None,
@@ -298,10 +241,9 @@ def trust_metrics(
     class: when ``scored.sets`` is given) and ``subgroups`` (when the schema names subgroups and
     the rows hold their columns) entries of a split's metrics. ``temperature`` / ``conformal``:
     the fitted values to record (None for pooled cross-validation folds)."""
-    lm, ev = label_map, cfg.evaluate
     y, out = np.asarray(ds.labels), {}
     if scored.raw_probs is not None:
-        before = compute_metrics(y, scored.raw_probs, lm.task, lm.classes, ev.threshold)
+        before = metrics_for(y, scored.raw_probs, spec)
         out["calibration"] = {
             "method": "temperature",
             "temperature": None if temperature is None else temperature.tolist(),
@@ -312,27 +254,22 @@ def trust_metrics(
         }
     if scored.sets is not None:
         out["conformal"] = {
-            "method": conformal.method if conformal else ev.conformal.method,
-            "nominal": conformal.coverage if conformal else ev.conformal.coverage,
+            "method": conformal.method if conformal else spec.conformal,
+            "nominal": conformal.coverage if conformal else spec.coverage,
             "qhat": conformal.qhat if conformal else None,
             "n_calibration": conformal.n if conformal else None,
-            **set_summary(y, scored.sets, lm.task, lm.classes),
+            **set_summary(y, scored.sets, spec.task, list(spec.classes)),
         }
-    groups = subgroup_columns(schema, ds) if lm.task in SUBGROUP_METRICS else {}
+    groups = subgroup_columns(schema, ds) if spec.task in SUBGROUP_METRICS else {}
     if groups:
         out["subgroups"] = subgroup_metrics(
             y,
             scored.probs,
-            lm.task,
-            lm.classes,
+            spec,
             groups,
             patients=ds.patients,
-            metrics=SUBGROUP_METRICS[lm.task],
+            metrics=SUBGROUP_METRICS[spec.task],
             sets=scored.sets,
-            threshold=ev.threshold,
-            n_boot=ev.bootstrap,
-            ci=ev.ci,
-            seed=cfg.seed,
         )
     return out
 

@@ -176,7 +176,7 @@ def _result(entry: ModelEntry, present: dict[str, bool], out: dict[str, Any]) ->
         "task": lm.task,
         "classes": lm.classes,
         "positive_class": lm.classes[1] if lm.task == "binary" else None,
-        "threshold": entry.predictor.config.evaluate.threshold,
+        "threshold": entry.predictor.eval_spec.threshold,
         **out,
         "calibration": "temperature"
         if out["calibrated_probabilities"] is not None

@@ -1,7 +1,8 @@
 """A model card from what a checkpoint holds: data and its hash, metrics with CIs, limits, versions.
 
 Nothing is invented: every field comes from the checkpoint (config, schema, label map, metrics,
-``data_hash``, versions) or says that the checkpoint does not record it.
+``data_hash``, versions; task, classes, positive class and threshold from the evaluation spec
+derived from them) or says that the checkpoint does not record it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from medmodal import __version__
+from medmodal.evaluate.spec import EvalSpec
 
 CARD_METRICS = ("auroc", "auprc", "accuracy", "balanced_accuracy", "recall", "precision", "ece")
 INTENDED_USE = (
@@ -27,19 +29,20 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_card(name: str, body: dict[str, Any], path: Path, runtime: str) -> dict[str, Any]:
-    """The card of one served model (JSON-ready)."""
-    cfg, schema, labels = body.get("config", {}), body.get("schema", {}), body.get("label_map", {})
+def model_card(
+    name: str, body: dict[str, Any], path: Path, runtime: str, spec: EvalSpec
+) -> dict[str, Any]:
+    """The card of one served model (JSON-ready); ``spec``: the loaded Predictor's
+    ``eval_spec`` (derived from the checkpoint's config and label map)."""
+    cfg, schema = body.get("config", {}), body.get("schema", {})
     target = schema.get("target", {})
     metrics = body.get("metrics") or {}
     return {
         "name": name,
-        "task": labels.get("task"),
-        "classes": labels.get("classes"),
-        "positive_class": labels.get("classes", [None])[-1]
-        if labels.get("task") == "binary"
-        else None,
-        "threshold": (cfg.get("evaluate") or {}).get("threshold", 0.5),
+        "task": spec.task,
+        "classes": list(spec.classes),
+        "positive_class": spec.positive,
+        "threshold": spec.threshold,
         "inputs": _inputs(schema),
         "target_column": target.get("column"),
         "training_data": _data(cfg, body, metrics),

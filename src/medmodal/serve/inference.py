@@ -63,7 +63,7 @@ class ModelEntry:
             from medmodal.export.onnx import onnx_session
 
             self.session = onnx_session(onnx_path or path.with_suffix(".onnx"))
-        self.card = model_card(name, read_checkpoint(path), path, runtime)
+        self.card = model_card(name, read_checkpoint(path), path, runtime, self.predictor.eval_spec)
         types = [s.type for s in self.predictor.schema.modalities.values()]
         self.heavy = any(t in HEAVY for t in types)
         self.batcher = MicroBatcher(self.run_batch, max_batch=max_batch, max_wait=max_wait)

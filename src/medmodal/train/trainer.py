@@ -2,7 +2,7 @@
 a real copy of the best weights, resumable per-epoch state, progress bars or one line per epoch.
 
 Validation is scored by the same path as prediction and evaluation: :func:`predict_logits`
-and :func:`~medmodal.evaluate.compute_metrics` with the configured decision threshold.
+and :func:`~medmodal.evaluate.metrics_for` with the run's evaluation spec (its threshold).
 
 Speed options (``train.amp``, ``channels_last``, ``compile``) change how the steps run, not what
 they compute; under torchrun the model is wrapped in DistributedDataParallel and every rank
@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader
 
 from medmodal.config import TrainConfig
 from medmodal.data.dataset import MultimodalDataset, collate
-from medmodal.data.manifest import LabelMap
 from medmodal.errors import ConfigError
-from medmodal.evaluate.metrics import compute_metrics
+from medmodal.evaluate.metrics import metrics_for
+from medmodal.evaluate.spec import EvalSpec
 from medmodal.models.model import MultimodalModel
 from medmodal.predictor import predict_logits, to_device, to_probs
 from medmodal.survival import SurvivalModel
@@ -61,11 +61,10 @@ class Trainer:
     def __init__(
         self,
         model: MultimodalModel,
-        label_map: LabelMap,
+        spec: EvalSpec,
         cfg: TrainConfig,
         *,
         seed: int = 0,
-        threshold: float = 0.5,
         progress: Progressish = True,
         on_epoch_end: Callable[[TrainState, Trainer], None] | None = None,
         console: Console | None = None,
@@ -73,11 +72,10 @@ class Trainer:
     ) -> None:
         self.model = model
         self.survival = survival
-        self.label_map = label_map
-        self.task = label_map.task
+        self.spec = spec  # task, classes and the threshold of the validation metrics
+        self.task = spec.task
         self.cfg = cfg
         self.seed = seed
-        self.threshold = threshold
         self.progress = progress
         self.on_epoch_end = on_epoch_end
         self.console = console or Console(stderr=True)
@@ -222,7 +220,7 @@ class Trainer:
         else:
             if self.cfg.class_weights == "balanced":
                 y = np.asarray(train_ds.labels)
-                weights = class_weights(y, self.task, len(self.label_map.classes))
+                weights = class_weights(y, self.task, len(self.spec.classes))
             self.loss_fn = make_loss(self.task, weights, self.cfg.label_smoothing).to(self.device)
         self.scheduler = self._make_scheduler(len(self.loader(train_ds, 0)))
         cuda_amp = self.cfg.amp and self.device.type == "cuda"
@@ -365,10 +363,10 @@ class Trainer:
         loss_fn = copy.deepcopy(self.loss_fn).cpu()
         loss = float(loss_fn(logits, torch.as_tensor(y)))
         if self.survival is not None:
-            m = compute_metrics(y, self.survival.risk(logits), self.task, self.label_map.classes)
+            m = metrics_for(y, self.survival.risk(logits), self.spec)
             return {"val_loss": loss, **{f"val_{k}": m[k] for k in SURVIVAL_MONITORED}}
         probs = to_probs(logits, self.task).numpy()
-        m = compute_metrics(y, probs, self.task, self.label_map.classes, self.threshold)
+        m = metrics_for(y, probs, self.spec)
         return {"val_loss": loss, **{f"val_{k}": m[k] for k in MONITORED}}
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from medmodal.evaluate.bootstrap import _group_index, resample_weights
+from medmodal.evaluate.resample import group_index, resample_weights
 
 _EPS = 1e-12
 
@@ -43,7 +43,7 @@ def effect_summary(
     if not n_boot:
         return out
     rng = np.random.default_rng(seed)
-    w = resample_weights(rng, len(delta_rmst), n_boot, _group_index(list(groups), len(groups)))
+    w = resample_weights(rng, len(delta_rmst), n_boot, group_index(list(groups), len(groups)))
     total = w.sum(1)
     q = [(1 - ci) / 2, 1 - (1 - ci) / 2]
     out["mean_delta_rmst_ci"] = np.quantile(w @ delta_rmst / total, q).tolist()
