@@ -40,24 +40,9 @@ LAYERS: list[tuple[str, ...]] = [
 # Upward imports that are deliberate: (importer, imported) -> why.
 ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
 
-# Removed in other branches of "Foundation III"; tolerated here until they are merged, then this
-# set is emptied (a stale entry only warns). (importer, imported) edges left out of the graph.
-KNOWN_PENDING: set[tuple[str, str]] = {
-    # evaluate/bootstrap <-> evaluate/survival_bootstrap
-    ("medmodal.evaluate.bootstrap", "medmodal.evaluate.survival_bootstrap"),
-    ("medmodal.evaluate.survival_bootstrap", "medmodal.evaluate.bootstrap"),
-    # explain/methods imports its method modules to register them; they import it back
-    *(
-        ("medmodal.explain.methods", f"medmodal.explain.{m}")
-        for m in ("gradcam", "ig", "rollout", "shapley", "tabular", "text")
-    ),
-    ("medmodal.explain.ig", "medmodal.explain.tabular"),  # ig <-> tabular / text
-    ("medmodal.explain.ig", "medmodal.explain.text"),
-    # datasets/base imports the package to register the built-ins (datasets' branch)
-    ("medmodal.datasets.base", "medmodal.datasets"),
-    # upward: run/report (the run's report) -> explain/gallery
-    ("medmodal.run.report", "medmodal.explain.gallery"),
-}
+# Import-graph problems being removed in a branch, tolerated until it is merged (a stale entry only
+# warns, so the set gets emptied). (importer, imported) edges left out of the graph. Empty now.
+KNOWN_PENDING: set[tuple[str, str]] = set()
 
 
 @cache

@@ -153,9 +153,8 @@ def dataset_options(name: str, options: Mapping[str, Any] | BaseModel | None) ->
 
 
 def get_dataset(name: str, options: Mapping[str, Any] | BaseModel | None = None) -> BuiltinDataset:
-    """Built-in dataset ``name``, created with ``options`` (validated)."""
-    from medmodal import datasets as _  # noqa: F401  (registers built-ins)
-
+    """Built-in dataset ``name``, created with ``options`` (validated). The built-ins are
+    registered already: importing this module runs ``medmodal.datasets``' ``__init__`` first."""
     return DATASETS.get(name)(options=dataset_options(name, options))
 
 

@@ -12,12 +12,11 @@ config model's defaults with named fields changed.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from medmodal.config import ExperimentConfig
-from medmodal.data.manifest import LabelMap
 from medmodal.errors import ConfigError
 from medmodal.evaluate._validate import TASKS, check_class_names, check_threshold
 from medmodal.evaluate.calibration import DEFAULT_BINS, check_bins
@@ -25,6 +24,23 @@ from medmodal.options import parse_options
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+
+class Labels(Protocol):
+    """What the spec reads of a label map (:class:`medmodal.data.manifest.LabelMap`, which sits
+    above evaluate/ in the layers): the task, the class names and the survival time grid."""
+
+    task: str
+    classes: Sequence[Any]
+    times: Sequence[float] | None
+
+
+@dataclass(frozen=True)
+class _Labels:
+    task: str
+    classes: Sequence[Any]
+    times: Sequence[float] | None = None
+
 
 CALIBRATIONS = ("none", "temperature")
 CONFORMALS = ("none", "lac", "aps")
@@ -85,7 +101,7 @@ class EvalSpec:
         return self.classes[1] if self.task == "binary" else None
 
     @classmethod
-    def from_config(cls, cfg: ExperimentConfig, label_map: LabelMap) -> EvalSpec:
+    def from_config(cls, cfg: ExperimentConfig, label_map: Labels) -> EvalSpec:
         """The spec of a run: ``cfg.evaluate`` and ``cfg.seed`` with the label map's task,
         classes and (survival) time grid. The only place the ``evaluate`` section is read."""
         ev = cfg.evaluate
@@ -118,7 +134,7 @@ class EvalSpec:
                 f"unknown evaluation option(s) {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(allowed)}"
             )
-        base = cls.from_config(ExperimentConfig(), LabelMap(task, [str(c) for c in classes]))
+        base = cls.from_config(ExperimentConfig(), _Labels(task, [str(c) for c in classes]))
         return replace(base, **options)
 
 

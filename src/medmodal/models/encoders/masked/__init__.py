@@ -6,3 +6,5 @@ their :class:`~medmodal.models.encoders.base.MaskedPath` (:mod:`medmodal.pretrai
 * ``conv.py``   SparK-style (ResNets): hidden regions empty at every stage, light U-Net decoder
 * ``pixels.py`` masks and patches as pixels
 """
+
+__all__ = ["conv", "pixels", "swin", "vit"]
