@@ -271,7 +271,10 @@ def test_onnx_parity_every_fusion(
     procs["image"].load_state_dict(base.processors["image"].state_dict())
     rows = [{"age": 40 + i, "size": 1.5 * i, "side": "lr"[i % 2]} for i in range(8)]
     procs["record"].fit([procs["record"].read(r, None) for r in rows])
-    for fusion in ("concat", "mean", "sum", "late", "attention", "gated"):
+    from medmodal.fusion import FUSIONS
+
+    assert {"concat", "mean", "sum", "late", "attention", "gated"} <= set(FUSIONS.names())
+    for fusion in FUSIONS.names():  # a new fusion is covered as soon as it is registered
         cfg = base.config.to_dict()
         cfg["model"] = {
             "encoders": {
