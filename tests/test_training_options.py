@@ -93,6 +93,64 @@ def test_cosine_lr_decays_towards_zero(tmp_path: Path) -> None:
     assert 0 <= lrs[-1] < 0.001  # the last epoch trains at (or ends with) under a tenth
 
 
+def test_onecycle_lr_rises_to_lr_then_anneals_and_cycles_beta1(tmp_path: Path) -> None:
+    """The lr each epoch starts with follows torch's OneCycleLR over every step (warm-up over
+    ``pct_start``, from lr / div_factor to lr, then cosine down); Adam's beta1 moves the other
+    way and is back at max_momentum at the end."""
+    onecycle = {"pct_start": 0.5, "div_factor": 10.0, "final_div_factor": 100.0}
+    train = {"epochs": 6, "lr": 0.01, "optimizer": "adamw", "scheduler": "onecycle",
+             "onecycle": onecycle}  # fmt: skip
+    run = _fit(table_config(synthetic_table(240, split=SPLIT), tmp_path / "oc", train=train))
+    steps = math.ceil(run.metrics["n"]["train"] / 32)
+    ref = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        ref, max_lr=0.01, total_steps=6 * steps, pct_start=0.5, div_factor=10.0,
+        final_div_factor=100.0, base_momentum=0.85, max_momentum=0.95,
+    )  # fmt: skip
+    want = []
+    for _ in range(6):
+        want.append(ref.param_groups[0]["lr"])
+        for _ in range(steps):
+            ref.step()
+            sched.step()
+    lrs = [h["lr"] for h in run.history]
+    assert lrs == pytest.approx(want) and lrs[0] == pytest.approx(0.001)
+    assert max(lrs) > 0.008 and lrs.index(max(lrs)) == 3 and lrs[-1] < lrs[2]
+    (group,) = _optimizer_state(run)["param_groups"]
+    final = ref.param_groups[0]
+    assert group["lr"] == pytest.approx(final["lr"]) and final["lr"] < lrs[0] / 5
+    assert group["betas"][0] == pytest.approx(final["betas"][0]) and final["betas"][0] > 0.94
+
+
+def test_onecycle_resumed_run_matches_uninterrupted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted mid-cycle and resumed: the same losses (lr and beta1 restored)."""
+    from medmodal.train.trainer import Trainer
+
+    train = {"epochs": 4, "lr": 0.01, "optimizer": "adamw", "scheduler": "onecycle"}
+    frame = synthetic_table(240, split=SPLIT)
+    full = _fit(table_config(frame, tmp_path / "full", train=train))
+    original, calls = Trainer.validate, {"n": 0}
+
+    def interrupt_in_third_epoch(self: Trainer, ds):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, ds)
+
+    monkeypatch.setattr(Trainer, "validate", interrupt_in_third_epoch)
+    cfg = table_config(frame, tmp_path / "cut", train=train)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(cfg)
+    monkeypatch.setattr(Trainer, "validate", original)
+    resumed = api.fit(cfg, progress=False, resume=True)
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx(
+        [h["train_loss"] for h in full.history], rel=1e-6
+    )
+    assert [h["lr"] for h in resumed.history] == pytest.approx([h["lr"] for h in full.history])
+
+
 # -- optimizers --------------------------------------------------------------------------------
 def test_sgd_keeps_nesterov_momentum_and_adam_its_moments(tmp_path: Path) -> None:
     frame = synthetic_table(120)

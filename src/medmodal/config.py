@@ -83,6 +83,22 @@ class ModelConfig(Strict):
     survival: SurvivalOptions = Field(default_factory=SurvivalOptions)
 
 
+class OneCycleOptions(Strict):
+    """``train.scheduler: onecycle`` (Smith 2018, fastai's ``fit_one_cycle``, as in the PTB-XL
+    reference): the lr rises from ``lr / div_factor`` to ``train.lr`` over the first
+    ``pct_start`` of the steps, then anneals to ``lr / (div_factor * final_div_factor)``;
+    with ``cycle_momentum`` the momentum (Adam's beta1) moves the other way between
+    ``max_momentum`` and ``base_momentum``."""
+
+    pct_start: float = Field(default=0.3, gt=0, lt=1, description="fraction of steps rising")
+    div_factor: float = Field(default=25.0, ge=1, description="initial lr = lr / div_factor")
+    final_div_factor: float = Field(default=1e4, ge=1, description="final lr = initial / this")
+    anneal: Literal["cos", "linear"] = "cos"
+    cycle_momentum: bool = True
+    base_momentum: float = Field(default=0.85, ge=0, lt=1)
+    max_momentum: float = Field(default=0.95, ge=0, lt=1)
+
+
 class TrainConfig(Strict):
     epochs: int = Field(default=20, ge=1)
     batch_size: int = Field(default=64, ge=1)
@@ -91,7 +107,8 @@ class TrainConfig(Strict):
     weight_decay: float = Field(default=0.0, ge=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     momentum: float = Field(default=0.9, ge=0, lt=1, description="SGD (Nesterov) momentum")
-    scheduler: Literal["none", "cosine", "multistep", "plateau"] = "cosine"
+    scheduler: Literal["none", "cosine", "multistep", "plateau", "onecycle"] = "cosine"
+    onecycle: OneCycleOptions = Field(default_factory=OneCycleOptions)
     milestones: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
         default_factory=lambda: [0.5, 0.75], description="multistep: fractions of the epochs"
     )

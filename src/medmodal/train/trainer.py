@@ -126,7 +126,26 @@ class Trainer:
             return torch.optim.lr_scheduler.ReduceLROnPlateau(
                 self.optimizer, mode="max", factor=c.gamma, patience=c.plateau_patience
             )
+        if c.scheduler == "onecycle":
+            return self._one_cycle(total)
         return None
+
+    def _one_cycle(self, total: int) -> torch.optim.lr_scheduler.OneCycleLR:
+        """One cycle over every step of ``train.epochs`` (``train.onecycle``); momentum cycles
+        only for optimizers that have one (Adam / AdamW: beta1; SGD: momentum)."""
+        o = self.cfg.onecycle
+        return torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer,
+            max_lr=self.cfg.lr,
+            total_steps=max(1, total),
+            pct_start=o.pct_start,
+            anneal_strategy=o.anneal,
+            cycle_momentum=o.cycle_momentum,
+            base_momentum=o.base_momentum,
+            max_momentum=o.max_momentum,
+            div_factor=o.div_factor,
+            final_div_factor=o.final_div_factor,
+        )
 
     def loader(self, ds: MultimodalDataset, epoch: int) -> DataLoader:
         """This rank's training batches of ``epoch``: one seeded order of the whole data set
@@ -222,6 +241,10 @@ class Trainer:
                 y = np.asarray(train_ds.labels)
                 weights = class_weights(y, self.task, len(self.spec.classes))
             self.loss_fn = make_loss(self.task, weights, self.cfg.label_smoothing).to(self.device)
+        # a fresh one-cycle schedule also resets the momentum: keep the interrupted step's
+        momenta = [
+            {k: g[k] for k in ("betas", "momentum") if k in g} for g in self.optimizer.param_groups
+        ]
         self.scheduler = self._make_scheduler(len(self.loader(train_ds, 0)))
         cuda_amp = self.cfg.amp and self.device.type == "cuda"
         self._scaler = torch.amp.GradScaler(enabled=cuda_amp)  # fp16 on CUDA; bf16 needs none
@@ -229,8 +252,9 @@ class Trainer:
             self.scheduler.load_state_dict(self._pending_scheduler)
             # A fresh scheduler resets the optimizer's lr; put back the lr of the interrupted step.
             lrs = self.scheduler.get_last_lr()
-            for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            for group, lr, kept in zip(self.optimizer.param_groups, lrs, momenta, strict=True):
                 group["lr"] = lr
+                group.update(kept)
 
     def _train_epoch(self, ds: MultimodalDataset, epoch: int, bar: Progress) -> dict[str, Any]:
         """One pass over the training batches; returns the epoch's record so far."""
