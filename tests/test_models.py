@@ -62,7 +62,8 @@ def test_capabilities_declared_at_registration() -> None:
     from medmodal.models.encoders.base import encoders_offering as offering
 
     assert offering(lambda c: c.cam_layer) == [
-        "audio_cnn", "baseline_cnn", "cnn1d", "densenet121", "resnet18", "resnet1d", "resnet50"
+        "audio_cnn", "baseline_cnn", "cnn1d", "densenet121", "inception1d", "resnet18",
+        "resnet1d", "resnet50", "xresnet1d",
     ]  # fmt: skip
     assert offering(lambda c: c.attention) == ["vit"]
     assert offering(lambda c: c.masked_path) == ["resnet18", "resnet50", "swin", "vit"]
@@ -85,7 +86,13 @@ def test_capabilities_declared_at_registration() -> None:
         assert encoder_capabilities(name).cam_layer(enc) is layer(enc), name
     audio = create_encoder("audio_cnn", "audio", {"in_channels": 1})
     assert encoder_capabilities("audio_cnn").cam_layer(audio) is audio.features[-2]
-    for name, layer in {"cnn1d": lambda e: e.features[-2], "resnet1d": lambda e: e.stages}.items():
+    signal_layers = {
+        "cnn1d": lambda e: e.features[-2],
+        "resnet1d": lambda e: e.stages,
+        "xresnet1d": lambda e: e.stages,
+        "inception1d": lambda e: e.features,
+    }
+    for name, layer in signal_layers.items():
         enc = create_encoder(name, "signal", {"in_channels": 2})
         assert encoder_capabilities(name).cam_layer(enc) is layer(enc), name
     assert isinstance(audio.features[-2], torch.nn.ReLU)

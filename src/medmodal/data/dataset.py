@@ -190,8 +190,8 @@ class MultimodalDataset(Dataset):
             "present": present,
         }
         for m, x in tensors.items():
-            if self.train and present[m]:
-                x = self.processors[m].augment(x, self.generator)
+            if self.train:
+                x = self.processors[m].train_input(x, present[m], self.generator)
             sample[m] = x
         if self.labels is not None:
             sample["label"] = self.labels[i]

@@ -128,7 +128,7 @@ class ModelScore:
     def __call__(self, x: torch.Tensor, *extra: Any) -> torch.Tensor:
         b = int(x.shape[0])
         embs = {m: e.expand(b, -1) for m, e in self.fixed.items() if m != self.modality}
-        embs[self.modality] = self.model.encoders[self.modality](self.assemble(x, *extra))
+        embs[self.modality] = self.model.encode(self.modality, self.assemble(x, *extra))
         present = {m: v.expand(b) for m, v in self.item.present.items()}
         logits = self.model.fuse(embs, present).logits
         if self.probability:

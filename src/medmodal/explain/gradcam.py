@@ -30,13 +30,16 @@ from medmodal.explain.base import (
 )
 from medmodal.explain.dense import dense_kind, draw_info, processed_input
 from medmodal.explain.forward import Item, ModelScore
+from medmodal.models.windows import WindowSpec, stitch
 from medmodal.predictor import Predictor
 
 
 def grad_cam(
-    score: ModelScore, x: torch.Tensor, layer: nn.Module
+    score: ModelScore, x: torch.Tensor, layer: nn.Module, windows: WindowSpec | None = None
 ) -> tuple[np.ndarray, torch.Tensor]:
-    """(cam in [0, 1] of the input's spatial shape, target score) for a batch-of-one ``x``."""
+    """(cam in [0, 1] of the input's spatial shape, target score) for a batch-of-one ``x``;
+    ``windows``: the encoder ran on sliding windows, each window's map is placed where it came
+    from (the mean where windows overlap)."""
     store: dict[str, torch.Tensor] = {}
 
     def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
@@ -55,7 +58,14 @@ def grad_cam(
     weights = grads.mean(dim=dims, keepdim=True)
     cam = F.relu((weights * acts).sum(dim=1, keepdim=True)).detach()
     mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(dims)]
-    cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode=mode, align_corners=False)[0, 0]
+    if windows is not None and cam.shape[0] != x.shape[0]:  # (W, 1, ...) per window
+        size = (*x.shape[2:-1], windows.length)
+        cam = F.interpolate(cam, size=size, mode=mode, align_corners=False)
+        cam = stitch(cam.flatten(1, -2) if cam.dim() > 3 else cam, int(x.shape[-1]), windows)
+        cam = cam.reshape(1, 1, *x.shape[2:])
+    else:
+        cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode=mode, align_corners=False)
+    cam = cam[0, 0]
     top = float(cam.max())
     cam = cam / top if top > 0 else cam
     return cam.cpu().numpy(), s.detach()
@@ -72,7 +82,7 @@ class GradCAM:
         p = self.predictor
         score = ModelScore(p.model, item, self.modality, p.label_map.task, target)
         x = item.inputs[self.modality]
-        cam, s = grad_cam(score, x, self.layer)
+        cam, s = grad_cam(score, x, self.layer, p.model.windows.get(self.modality))
         kind = dense_kind(p, self.modality)
         values = cam if kind != "signal" else np.broadcast_to(cam, x.shape[1:]).copy()
         return Attribution(

@@ -79,8 +79,8 @@ class ExportModel(nn.Module):
         present = dict(zip(self.modalities, args[n:], strict=True))
         model = self.model
         embs = {}
-        for m, enc in model.encoders.items():
-            out = enc(inputs[m])
+        for m in model.encoders:
+            out = model.encode(m, inputs[m])  # sliding windows too, when the modality has them
             token = model.missing_tokens[m].to(out.dtype).unsqueeze(0).expand_as(out)
             embs[m] = torch.where(present[m].unsqueeze(1), out, token)
         fused = model.fusion(embs, present)

@@ -15,6 +15,7 @@ from medmodal.fusion import FUSIONS, Fusion, FusionOutput
 from medmodal.models.encoders.base import DEFAULT_ENCODER, create_encoder
 from medmodal.models.heads import HEADS, n_outputs_for
 from medmodal.models.init import init_encoder
+from medmodal.models.windows import WindowSpec, encode_windows
 from medmodal.options import parse_options
 
 
@@ -34,6 +35,8 @@ class MultimodalModel(nn.Module):
     * ``modality_dropout``: during training each present modality of a sample is
       hidden with this probability (never all of a sample's modalities), which
       teaches the model to predict from any subset.
+    * ``windows``: {modality: WindowSpec}: that modality's encoder runs on sliding windows of
+      an input longer than a window and their embeddings are aggregated (:meth:`encode`).
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class MultimodalModel(nn.Module):
         fusion: Fusion,
         head: nn.Module | None,
         modality_dropout: float = 0.0,
+        windows: Mapping[str, WindowSpec | None] | None = None,
     ) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
@@ -51,6 +55,7 @@ class MultimodalModel(nn.Module):
         self.missing_tokens = nn.ParameterDict(
             {m: nn.Parameter(torch.zeros(enc.out_dim)) for m, enc in encoders.items()}
         )
+        self.windows = {m: w for m, w in (windows or {}).items() if w is not None}
 
     @property
     def modalities(self) -> list[str]:
@@ -73,23 +78,28 @@ class MultimodalModel(nn.Module):
             dropped = torch.where(empty[:, None], mask & restore, dropped)
         return {m: dropped[:, i] for i, m in enumerate(mods)}
 
+    def encode(self, modality: str, x: Any) -> torch.Tensor:
+        """(B, D) embedding of one modality's batch: its encoder, over sliding windows when the
+        modality has them (every caller of an encoder goes through here)."""
+        return encode_windows(self.encoders[modality], x, self.windows.get(modality))
+
     def embed(
         self, inputs: dict[str, Any], present: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """Per-modality (B, D) embeddings; absent rows hold the missing token."""
         embs: dict[str, torch.Tensor] = {}
-        for m, enc in self.encoders.items():
+        for m in self.encoders:
             mask = present[m]
             token = self.missing_tokens[m]
             batch = mask.shape[0]
             if bool(mask.all()):
-                embs[m] = enc(inputs[m])
+                embs[m] = self.encode(m, inputs[m])
                 continue
             out = token.unsqueeze(0).expand(batch, -1).clone()
             if bool(mask.any()):
                 idx = mask.nonzero(as_tuple=True)[0]
                 sub = _index(inputs[m], idx)
-                out = out.index_copy(0, idx, enc(sub).to(out.dtype))
+                out = out.index_copy(0, idx, self.encode(m, sub).to(out.dtype))
             embs[m] = out
         return embs
 
@@ -176,7 +186,10 @@ def build_model(
         head = HEADS.create(
             cfg.head.name, cfg.head.options(), in_dim=fusion.out_dim, n_outputs=n_outputs
         )
-    return MultimodalModel(encoders, fusion, head, modality_dropout=cfg.modality_dropout)
+    windows = {m: WindowSpec.from_info(infos.get(m, {})) for m in modality_types}
+    return MultimodalModel(
+        encoders, fusion, head, modality_dropout=cfg.modality_dropout, windows=windows
+    )
 
 
 def _encoder(

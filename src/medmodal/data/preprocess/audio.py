@@ -6,10 +6,14 @@ Stage 2 (``transform``): per-frequency-bin standardisation fitted on the trainin
 split. ``augment`` (training only) applies SpecAugment-style masks, a random
 gain and a random circular time shift to the fixed-size tensor.
 
-Random cropping: the dataset caches the transformed tensor and ``augment`` only sees
-that fixed-size window, so the random position is realised by ``augment.shift``
-(a circular roll along time; heart and lung sounds are quasi-periodic, so a roll
-is a plausible re-cut). No longer window is cached.
+Random cropping: the dataset caches the transformed tensor of ``duration`` seconds; with
+``crop: <frames>`` each training sample is a random window of that many frames of it, and
+``windows: {length, hop, aggregate}`` makes the model encode sliding windows of the whole
+tensor at test time and aggregate them (:mod:`medmodal.data.preprocess.windows`), e.g.
+``duration: 10, crop: 188, windows: {}`` trains on 3 s windows (188 frames of the default
+128-sample hop at 8 kHz) and averages half-overlapping 3 s windows of the 10 s at test. Without ``crop`` the random
+position is realised by ``augment.shift`` (a circular roll along time; heart and lung sounds
+are quasi-periodic, so a roll is a plausible re-cut).
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ from medmodal.data.preprocess.base import (
     is_missing,
     resolve_path,
     uniform,
+)
+from medmodal.data.preprocess.windows import (
+    CropWindowOptions,
+    encoder_steps,
+    head_crop,
+    random_crop,
+    window_info,
 )
 from medmodal.data.readers.audio import (
     CLIP_FRACTION,
@@ -55,7 +66,7 @@ class AudioAugment(Strict):
     shift: int = Field(default=0, ge=0, description="max circular time shift, frames")
 
 
-class AudioOptions(ProcessorOptions):
+class AudioOptions(ProcessorOptions, CropWindowOptions):
     sample_rate: int = Field(default=8000, gt=0)
     duration: float = Field(default=3.0, gt=0)
     pad: Literal["zero", "repeat"] = "zero"
@@ -93,6 +104,9 @@ class AudioProcessor(ModalityProcessor):
       (training only): ``n_masks`` masks of up to ``time_mask`` frames and of up to
       ``freq_mask`` bins set to the mean (0 after standardisation); a uniform gain in
       ``[-gain_db, gain_db]`` dB; a circular time roll of up to ``shift`` frames.
+    * ``crop`` (frames): training on a random window of the features;
+      ``windows: {length, hop, aggregate}``: the model encodes sliding windows at test time
+      and aggregates their embeddings (mean / max); see :mod:`.windows`.
 
     Output: FloatTensor ``(1, n_features, n_frames)``, ``n_frames = 1 + samples // hop_length``.
     """
@@ -227,12 +241,21 @@ class AudioProcessor(ModalityProcessor):
     def missing(self) -> torch.Tensor:
         return torch.zeros((1, self.n_features, self.n_frames))
 
+    def train_input(
+        self, x: torch.Tensor, present: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A present row augmented (and cropped); an absent row's placeholder cut to ``crop``."""
+        return self.augment(x, generator) if present else head_crop(x, self.opts.crop)
+
     def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """SpecAugment masks, random gain and time roll on a copy of ``x`` (1, F, T)."""
+        """A random crop (``crop``), then SpecAugment masks, random gain and time roll on a
+        copy of ``x`` (1, F, T)."""
         a = self.opts.augment
+        g = generator
+        if self.opts.crop:
+            x = random_crop(x, self.opts.crop, g)
         if not (a.gain_db or a.shift or a.time_mask or a.freq_mask):
             return x
-        g = generator
         x = x.clone()
         if a.gain_db:
             db = (uniform(g) * 2 - 1) * a.gain_db
@@ -251,13 +274,17 @@ class AudioProcessor(ModalityProcessor):
         return gain / torch.tensor(self.std_) if self.std_ is not None else gain
 
     def info(self) -> dict[str, Any]:
-        return {
+        """``n_frames``: the frames the encoder sees (a window or crop when set);
+        ``windows``: the test-time window geometry when set."""
+        out = {
             "in_channels": 1,
             "n_features": self.n_features,
-            "n_frames": self.n_frames,
+            "n_frames": encoder_steps(self.opts, self.n_frames),
             "features": self.features,
             "sample_rate": self.sample_rate,
         }
+        windows = window_info(self.opts)
+        return out if windows is None else {**out, "windows": windows}
 
     @property
     def is_fitted(self) -> bool:

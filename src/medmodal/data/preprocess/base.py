@@ -78,6 +78,7 @@ def uniform(generator: torch.Generator | None) -> float:
 
 
 FITTED_WITH = "fitted_with"
+UNFITTED_OPTIONS = {"augment", "crop", "windows"}
 
 
 class ProcessorOptions(Strict):
@@ -122,6 +123,14 @@ class ModalityProcessor:
     def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return x
 
+    def train_input(
+        self, x: torch.Tensor, present: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """What a training batch holds for this sample: ``augment(x)`` when the modality is
+        present, else the placeholder ``x`` (shaped like an augmented sample: a processor whose
+        augmentation changes the shape, e.g. a random crop, cuts it alike)."""
+        return self.augment(x, generator) if present else x
+
     def info(self) -> dict[str, Any]:
         """What the encoder needs to know about the inputs (shape, vocab, ...)."""
         return {}
@@ -164,8 +173,9 @@ class ModalityProcessor:
         return {
             "type": self.modality_type,
             "columns": self.spec.input_columns(),
-            # training-time augmentation does not shape the fitted state
-            "options": self.opts.model_dump(mode="json", exclude={"augment"}),
+            # training-time augmentation, crops and test-time windows do not shape the
+            # fitted state (and checkpoints from before those options keep loading)
+            "options": self.opts.model_dump(mode="json", exclude=UNFITTED_OPTIONS),
         }
 
     def _restore(self) -> None:

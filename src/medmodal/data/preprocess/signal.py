@@ -2,9 +2,11 @@
 
 Stage 1 (``read``, cached): pick the leads, band-pass (zero-phase Butterworth),
 resample (``resample_poly``), z-score per record if asked, crop/pad to ``length``.
-Stage 2 (``transform``): per-lead standardisation fitted on the training split.
-``augment`` (training only): amplitude scale, Gaussian noise, baseline wander and a
-small time shift.
+Stage 2 (``transform``): standardisation fitted on the training split (per lead, or one
+scaler over every lead as in Strodthoff et al. 2021).
+``augment`` (training only): a random crop (``crop``), amplitude scale, Gaussian noise,
+baseline wander and a small time shift. ``windows``: the model encodes sliding windows of the
+whole input at test time and aggregates them (:mod:`medmodal.data.preprocess.windows`).
 
 Segment references (``record#start:stop``, native sample indices) are cut from the
 *processed whole record*: it is filtered and resampled once per process and kept in
@@ -36,6 +38,12 @@ from medmodal.data.preprocess.base import (
     is_missing,
     resolve_path,
     uniform,
+)
+from medmodal.data.preprocess.windows import (
+    CropWindowOptions,
+    head_crop,
+    random_crop,
+    window_info,
 )
 from medmodal.data.readers.blob import Blob
 from medmodal.data.readers.signal import (
@@ -73,7 +81,7 @@ class SignalAugment(Strict):
     wander: float = Field(default=0.0, ge=0, description="max baseline-wander amplitude")
 
 
-class SignalOptions(ProcessorOptions):
+class SignalOptions(ProcessorOptions, CropWindowOptions):
     leads: Lead | list[Lead | list[Lead]] | None = None
     lead_fallback: bool = False
     fs: float | None = Field(default=None, gt=0)
@@ -83,7 +91,7 @@ class SignalOptions(ProcessorOptions):
     filter_order: int = Field(default=3, ge=1)
     length: int | None = Field(default=None, ge=1)
     length_policy: Literal["crop_pad", "error"] = "crop_pad"
-    standardize: Literal["record", "fit", "none"] = "record"
+    standardize: Literal["record", "fit", "global", "none"] = "record"
     augment: SignalAugment = Field(default_factory=SignalAugment)
 
     @model_validator(mode="after")
@@ -113,12 +121,18 @@ class SignalProcessor(ModalityProcessor):
       length. ``length_policy``: ``crop_pad`` (default: centre crop / symmetric zero pad)
       or ``error`` (a DataError naming the file and both lengths; needs ``length``).
     * ``standardize``: ``record`` (default: per-sample per-lead z-score), ``fit``
-      (per-lead mean/std of the training split) or ``none``.
+      (per-lead mean/std of the training split), ``global`` (one mean/std over every lead
+      and sample of the training split: the reference PTB-XL recipe's single scaler) or
+      ``none``.
     * ``augment``: ``{scale: 0.1, noise: 0.05, shift: 20, wander: 0.1}`` (training only):
       amplitude x U(1-s, 1+s); Gaussian noise of that std; a shift of up to ``shift``
       samples (edges repeated); a 0.05-0.5 Hz sine of up to that amplitude.
+    * ``crop``: training on a random window of that many samples (after resampling);
+      ``windows: {length, hop, aggregate}``: at test time the model encodes every window and
+      takes the mean (or max) of their embeddings (see :mod:`.windows`), e.g. ``crop: 250,
+      windows: {}`` = 2.5 s crops and half-overlapping 2.5 s windows at 100 Hz.
 
-    Output: FloatTensor ``(C, length)``.
+    Output: FloatTensor ``(C, length)`` (training with ``crop``: ``(C, crop)``).
     """
 
     modality_type = "signal"
@@ -304,13 +318,19 @@ class SignalProcessor(ModalityProcessor):
             self.fs_ = rates.pop()
         if self.length is None:
             self.length_ = Counter(r.shape[1] for r in sigs).most_common(1)[0][0]
-        if self.standardize == "fit":
+        if self.standardize in ("fit", "global"):
             self._fit_scaling(sigs)
         return self
 
     def _fit_scaling(self, sigs: Sequence[np.ndarray]) -> None:
-        fixed = (_crop_pad(r, self.length_) if self.length_ else r for r in sigs)
-        self.mean_, self.std_ = channel_mean_std(list(fixed))
+        fixed = [_crop_pad(r, self.length_) if self.length_ else r for r in sigs]
+        if self.standardize == "global":  # one scaler: every lead pooled, one value per lead
+            pooled = [r.reshape(1, -1) for r in fixed]
+            (mean,), (std,) = channel_mean_std(pooled)
+            c = fixed[0].shape[0]
+            self.mean_, self.std_ = [mean] * c, [std] * c
+            return
+        self.mean_, self.std_ = channel_mean_std(fixed)
 
     def transform(self, raw: SignalArray) -> torch.Tensor:
         fs = self._rate(raw)
@@ -336,10 +356,19 @@ class SignalProcessor(ModalityProcessor):
             )
         return torch.zeros((self.n_channels_, self.length_))
 
+    def train_input(
+        self, x: torch.Tensor, present: bool, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """A present row augmented (and cropped); an absent row's placeholder cut to ``crop``."""
+        return self.augment(x, generator) if present else head_crop(x, self.opts.crop)
+
     def augment(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Random amplitude scale, baseline wander, noise and shift on a copy of ``x`` (C, L)."""
+        """A random crop (``crop``), then random amplitude scale, baseline wander, noise and
+        shift on a copy of ``x`` (C, L)."""
         a = self.opts.augment
         g = generator
+        if self.opts.crop:
+            x = random_crop(x, self.opts.crop, g)
 
         def u() -> float:
             return uniform(g)
@@ -358,13 +387,17 @@ class SignalProcessor(ModalityProcessor):
         return x
 
     def info(self) -> dict[str, Any]:
-        return {"in_channels": self.n_channels_, "length": self.length_, "fs": self.fs_}
+        """``length``: samples per input; with ``windows``, their geometry (the model encodes
+        windows of ``windows["length"]`` samples)."""
+        out = {"in_channels": self.n_channels_, "length": self.length_, "fs": self.fs_}
+        windows = window_info(self.opts)
+        return out if windows is None else {**out, "windows": windows}
 
     @property
     def is_fitted(self) -> bool:
         if self.n_channels_ is None or self.length_ is None:
             return False
-        return self.standardize != "fit" or self.mean_ is not None
+        return self.standardize not in ("fit", "global") or self.mean_ is not None
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -3,11 +3,13 @@
 from medmodal.models.encoders import (  # noqa: F401  (registers)
     audio,
     image,
+    inception1d,
     signal,
     swin,
     tabular,
     text,
     vit,
+    xresnet1d,
 )
 from medmodal.models.encoders.base import (
     DEFAULT_ENCODER,
