@@ -13,7 +13,8 @@
   through ONNX Runtime (a plain ``torch.onnx.export`` of the bare network) when installed.
 * PTB-XL scaling (arm ``ptbxl``): one subprocess per size (the records with the smallest
   ecg_ids, standard folds 1-8 / 9 / 10) measures preparing, reading (decoding every record),
-  training (ECG ResNet-1D) and scoring, with the peak resident memory (RSS) of the process,
+  training (the reference recipe and ECG ResNet-1D of ``benchmarks/ptbxl.py``, for
+  ``--ptbxl-epochs`` epochs) and scoring, with the peak resident memory (RSS) of the process,
   with ``train.cache: memory`` and ``disk`` (decoded inputs and tensors memory-mapped). The classical baseline (per-lead
   statistics + gradient boosting, from ``benchmarks/multimodal.py``) runs on the same records.
 
@@ -51,7 +52,8 @@ ARM_LABELS = {
     "fast": "medmodal, amp (bf16 autocast) + channels_last",
     "compile": "medmodal, amp + channels_last + compile",
 }
-PTBXL_SIZES = [250, 500, 1000, 0]  # 0: every record present
+PTBXL_SIZES = [1000, 2000, 4500, 0]  # 0: every record present (8,976 in the shared folder)
+PTBXL_EPOCHS = {"n": 5}  # --ptbxl-epochs: the time per epoch is what scales
 # --limit: the first N images of each split (smoke runs only)
 LIMIT: dict[str, int | None] = {"images": None}
 REPEAT = {"on": False}  # --ptbxl-repeat: sizes above the records present repeat them
@@ -296,7 +298,9 @@ def ptbxl_subset(data_dir: Path, work: Path, n: int) -> tuple[Path, Any, float]:
     from medmodal.datasets import get_dataset
 
     t0 = time.perf_counter()
-    prep = get_dataset("ptbxl").prepare(work / "ptbxl" / "data", data_dir, verify="csv")
+    prep = get_dataset("ptbxl").prepare(
+        work / "ptbxl" / "data", data_dir, verify="csv", ecg_recipe="reference"
+    )
     frame = pd.read_csv(prep.manifest).sort_values("sample_id")
     if REPEAT["on"] and n > len(frame):
         copies = [frame.assign(sample_id=frame["sample_id"].astype(str) + f"~{k}")
@@ -349,8 +353,8 @@ class MemoryWatch:
 def ptbxl_child(n: int, cache: str, data_dir: Path, work: Path, seed: int) -> dict[str, Any]:
     """One size in this (fresh) process: prepare, read, train + score the ECG model; seconds
     of each stage, resident memory after reading and the process's peak RSS."""
-    import multimodal as MM
     import psutil
+    import ptbxl as PX
 
     from medmodal.config import load_config
     from medmodal.run import assign_splits, load_data, train_and_evaluate
@@ -361,8 +365,9 @@ def ptbxl_child(n: int, cache: str, data_dir: Path, work: Path, seed: int) -> di
     cfg = load_config({
         "name": f"ptbxl_n{n}_{cache}", "seed": seed,
         "data": {"manifest": str(manifest), "schema": str(schema), "modalities": ["ecg"], "audit": False},
-        "model": {"encoders": {"ecg": MM.PTBXL_ENCODERS["ecg"]}},
-        "train": {**MM.PTBXL_TRAIN, "cache": cache, "threads": torch.get_num_threads()},
+        "model": {"encoders": {"ecg": PX.ENCODERS["ecg"]}},
+        "train": {**PX.TRAIN, "epochs": PTBXL_EPOCHS["n"], "cache": cache,
+                  "threads": torch.get_num_threads()},
         "evaluate": {"bootstrap": 0, "report": False},
     })  # fmt: skip
     run_dir = manifest.parent / f"run_{cache}"
@@ -391,7 +396,8 @@ def ptbxl_deep_rows(args: argparse.Namespace, data_dir: Path) -> list[dict[str, 
     for n, cache in jobs:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--ptbxl-child", str(n),
                "--cache", cache, "--data-dir", str(data_dir), "--work", args.work, "--seed", str(args.seed),
-               "--threads", str(args.threads)] + (["--ptbxl-repeat"] if args.ptbxl_repeat else [])  # fmt: skip
+               "--threads", str(args.threads), "--ptbxl-epochs", str(args.ptbxl_epochs)] + (
+               ["--ptbxl-repeat"] if args.ptbxl_repeat else [])  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         line = [s for s in out.stdout.splitlines() if s.startswith("RESULT ")]
         if out.returncode != 0 or not line:
@@ -658,6 +664,11 @@ def blocked_text(res: dict[str, Any]) -> str:
     return text
 
 
+def _epochs(res: dict[str, Any]) -> str:
+    deep = [r for r in res.get("rows", []) if r["section"] == "ptbxl" and r.get("kind") == "deep"]
+    return "/".join(sorted({str(r["epochs"]) for r in deep})) or "?"
+
+
 def to_markdown(res: dict[str, Any]) -> str:
     env = res.get("env", {})
     lines = ["# Speed and scale", "", f"Produced by `benchmarks/speed.py` on {env.get('cpu_count')} "
@@ -677,7 +688,10 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines += ["## Prediction throughput (624 test images, batch 256)", "", *predict_table(res), ""]
     lines += ["## PTB-XL: time and memory against the number of records", "",
               "One fresh process per row (the records with the smallest ecg_ids, standard folds "
-              "1-8 / 9 / 10; ECG ResNet-1D as in `benchmarks/multimodal.py`). *prepare*: the "
+              "1-8 / 9 / 10; the reference recipe and ECG ResNet-1D of `benchmarks/ptbxl.py`: "
+              "random 2.5 s crops, one-cycle, bf16, the mean over half-overlapping windows at "
+              f"validation and test, {_epochs(res)} epochs, so the deep AUROC is that of short "
+              "training; `benchmarks/results/ptbxl.md` has the 20-epoch figures). *prepare*: the "
               "`ptbxl` data set over the whole folder (CSV checksums, every waveform present) plus "
               "the subset's manifest; *read*: decoding every record; *RSS added by reading*: "
               "resident memory after reading minus before (with `disk` mostly file-backed pages "
@@ -734,7 +748,8 @@ def run_arms(args: argparse.Namespace, res: dict[str, Any], data_dir: Path, out:
                 keep([row])
     if "predict" in args.arms:  # a fast run's checkpoint (of this run, else of an earlier one)
         keep(predict_rows(data_dir, work, ckpt or work / "pneumonia" / "fast_seed0" / "best.pt"))
-    if "ptbxl" in args.arms:
+    if "ptbxl" in args.arms:  # the PTB-XL rows are replaced as a whole (folder and recipe)
+        res["rows"] = [r for r in res.get("rows", []) if r["section"] != "ptbxl"]
         res["ptbxl_folder"] = ptbxl_inventory(data_dir)
         keep(ptbxl_deep_rows(args, data_dir))
         keep(ptbxl_classical_rows(data_dir, work, args.seed))
@@ -756,12 +771,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=RECIPE["epochs"], help="training epochs")
     ap.add_argument("--limit", type=int, default=None, help="smoke runs: N images per split")
     ap.add_argument("--ptbxl-sizes", type=int, nargs="+", default=PTBXL_SIZES, help="0: all")
+    ap.add_argument("--ptbxl-epochs", type=int, default=PTBXL_EPOCHS["n"],
+                    help="training epochs of each PTB-XL size")  # fmt: skip
     ap.add_argument("--ptbxl-repeat", action="store_true",
                     help="sizes above the records present repeat them (time and memory only)")  # fmt: skip
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     RECIPE["epochs"], LIMIT["images"] = args.epochs, args.limit
     PTBXL_SIZES[:] = args.ptbxl_sizes
+    PTBXL_EPOCHS["n"] = args.ptbxl_epochs
     REPEAT["on"] = args.ptbxl_repeat
     if args.ptbxl_child is not None:
         row = ptbxl_child(

@@ -285,3 +285,21 @@ def test_short_training_beats_chance_on_held_out_records(mitdb: Path, tmp_path: 
     recall = {k: test["per_class"][k]["recall"] for k in ("N", "S", "V")}
     assert test["balanced_accuracy"] > 0.7, recall  # chance: 1/3 over the classes present
     assert recall["V"] > 0.8 and recall["S"] > 0.4 and recall["N"] > 0.8, recall
+
+
+def test_running_reference_rr_is_causal_and_matches_by_hand() -> None:
+    """rr_reference="running": each beat's reference is the mean of the RR intervals ending in
+    the last ``window`` seconds; beats after a change of rhythm see only the past."""
+    from medmodal.datasets.mitdb import rr_features, running_mean_rr
+
+    t = np.concatenate([np.arange(0, 10, 1.0), 9 + np.arange(1, 11) * 0.5])  # 1 s, then 0.5 s
+    ref = running_mean_rr(t, window=3.0)
+    assert np.isnan(ref[0]) and ref[1] == 1.0 and ref[9] == 1.0
+    i = 12  # t = 10.5: intervals ending in (7.5, 10.5] end at 8, 9, 9.5, 10, 10.5
+    assert ref[i] == pytest.approx(np.mean([1.0, 1.0, 0.5, 0.5, 0.5]))
+    cut = running_mean_rr(t[: i + 1], window=3.0)
+    assert np.allclose(cut, ref[: i + 1], equal_nan=True)  # future beats change nothing
+    feats = rr_features(t, reference="running", window=3.0)
+    assert feats["pre_rr_norm"][i] == pytest.approx(0.5 / ref[i])
+    assert feats["record_rr"][i] == pytest.approx(ref[i])
+    assert rr_features(t)["record_rr"][i] == pytest.approx(np.diff(t).mean())

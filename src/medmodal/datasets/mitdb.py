@@ -18,6 +18,8 @@ Each row is one beat of the 15 AAMI beat symbols, labelled with its AAMI class
   ratios only by default (``rr_columns="normalised"``): the raw intervals, and above all
   the record-average RR (constant per record), identify training patients, and on the DS1
   validation records they lowered V sensitivity; ``rr_columns="all"`` uses every column.
+  The ratios divide by the record's mean RR (``rr_reference="record"``, offline) or by a
+  causal running mean over the last ``rr_window`` seconds (``"running"``, 300 s).
 
 Splits (``split=``):
 
@@ -48,10 +50,11 @@ from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from medmodal.data.schema import Schema
 from medmodal.datasets.base import DATASETS, BuiltinDataset, DatasetInfo, Prepared
@@ -121,18 +124,28 @@ RR_NORMALISED = [
     "pre_local_ratio",
 ]
 LOCAL_INTERVALS = 10
+RUNNING_SECONDS = 300.0  # a running reference RR: the mean over the last 5 minutes
 SPLITS = ("inter_patient", "random", "none")
 
 
-def rr_features(times: np.ndarray, local: int = LOCAL_INTERVALS) -> dict[str, np.ndarray]:
+def rr_features(
+    times: np.ndarray,
+    local: int = LOCAL_INTERVALS,
+    reference: str = "record",
+    window: float = RUNNING_SECONDS,
+) -> dict[str, np.ndarray]:
     """RR features (seconds / ratios) of every beat given all beat times of one record.
 
     ``pre_rr[i] = t[i] - t[i-1]`` (NaN for the first beat), ``post_rr[i] = t[i+1] - t[i]``
     (NaN for the last), ``local_rr[i]`` = mean of the ``local`` RR intervals around beat i
     (``local // 2`` ending at or before it, the rest after it; fewer at the record ends),
-    ``record_rr`` = mean of all RR intervals of the record (offline: it uses future beats),
-    and the ratios ``pre/record``, ``post/record``, ``pre/post``, ``local/record`` and
-    ``pre/local`` (prematurity against the local rhythm).
+    ``record_rr`` = the patient's reference RR: with ``reference="record"`` the mean of all RR
+    intervals of the record (offline: it uses future beats), with ``"running"`` the mean of the
+    intervals ending in the ``window`` seconds up to and including beat i (causal; the first
+    beat has none: NaN), and the ratios ``pre/record``, ``post/record``, ``pre/post``,
+    ``local/record`` and ``pre/local`` (prematurity against the local rhythm). Dividing by the
+    patient's own RR level is the standard inter-patient device (de Chazal et al. 2004;
+    Mondéjar-Guerra et al. 2019 divide each RR feature by the record's average).
     """
     t = np.asarray(times, dtype=np.float64)
     n = len(t)
@@ -149,8 +162,10 @@ def rr_features(times: np.ndarray, local: int = LOCAL_INTERVALS) -> dict[str, np
         hi = np.clip(np.arange(n) + (local - half), 0, len(rr))
         cnt = hi - lo
         loc = np.where(cnt > 0, (csum[hi] - csum[lo]) / np.maximum(cnt, 1), np.nan)
-    avg = float(rr.mean()) if len(rr) else math.nan
-    rec = np.full(n, avg)
+    avg: float | np.ndarray = float(rr.mean()) if len(rr) else math.nan
+    if reference == "running":
+        avg = running_mean_rr(t, window)
+    rec = np.broadcast_to(np.asarray(avg, dtype=np.float64), (n,)).copy()
     with np.errstate(invalid="ignore", divide="ignore"):
         return {
             "pre_rr": pre,
@@ -163,6 +178,22 @@ def rr_features(times: np.ndarray, local: int = LOCAL_INTERVALS) -> dict[str, np
             "local_rr_norm": loc / avg,
             "pre_local_ratio": pre / loc,
         }
+
+
+def running_mean_rr(t: np.ndarray, window: float) -> np.ndarray:
+    """Per beat i: the mean of the RR intervals ending in ``(t[i] - window, t[i]]`` (at least
+    the interval ending at beat i; NaN for the first beat)."""
+    n = len(t)
+    out = np.full(n, np.nan)
+    if n < 2:
+        return out
+    rr = np.diff(t)  # rr[k] ends at beat k + 1
+    csum = np.concatenate([[0.0], np.cumsum(rr)])
+    ends = np.arange(1, n)
+    first = np.searchsorted(t, t[ends] - window, side="right")  # first beat inside the window
+    lo = np.minimum(np.maximum(first, 1) - 1, ends - 1)  # first interval index
+    out[1:] = (csum[ends] - csum[lo]) / (ends - lo)
+    return out
 
 
 @lru_cache(maxsize=4)
@@ -252,8 +283,10 @@ def record_beats(
     record: str,
     window: tuple[float, float] = (0.25, 0.45),
     n_samples: int = 650000,
+    rr_reference: tuple[str, float] = ("record", RUNNING_SECONDS),
 ) -> pd.DataFrame:
-    """Every AAMI-labelled beat of one record with its segment, RR features and header facts."""
+    """Every AAMI-labelled beat of one record with its segment, RR features (``rr_reference``:
+    the reference RR, ``record`` or ``running`` over that many seconds) and header facts."""
     from medmodal.data.readers.signal import read_annotations
 
     try:
@@ -264,7 +297,7 @@ def record_beats(
     samples = np.asarray(ann.sample, dtype=np.int64)
     symbols = list(ann.symbol)
     beat_idx = np.array([i for i, s in enumerate(symbols) if s in RR_SYMBOLS], dtype=np.int64)
-    rr = rr_features(samples[beat_idx] / fs)
+    rr = rr_features(samples[beat_idx] / fs, reference=rr_reference[0], window=rr_reference[1])
     keep = np.array([symbols[i] in AAMI for i in beat_idx], dtype=bool)
     idx = beat_idx[keep]
     before, after = round(window[0] * fs), round(window[1] * fs)
@@ -314,6 +347,8 @@ class MITDBOptions(Strict):
     standardize: str = "record"
     demographics: bool = False
     rr_columns: str = "normalised"
+    rr_reference: Literal["record", "running"] = "record"
+    rr_window: float = Field(default=RUNNING_SECONDS, gt=0)
     val_records: Sequence[str | int] | None = None
     seed: int = 0
     verify: bool = True
@@ -368,15 +403,14 @@ def select_records(o: MITDBOptions) -> tuple[list[str], dict[str, str], tuple[st
     return used, dropped, val
 
 
-def read_beats(
-    folder: Path, records: list[str], window: Sequence[float], verify: bool
-) -> pd.DataFrame:
+def read_beats(folder: Path, records: list[str], o: MITDBOptions) -> pd.DataFrame:
     """Every AAMI beat of ``records``, each record's files checked first."""
     frames = []
+    win = (float(o.window[0]), float(o.window[1]))
+    reference = (o.rr_reference, float(o.rr_window))
     for r in records:
-        check_record_files(folder, r, verify)
-        win = (float(window[0]), float(window[1]))
-        frames.append(record_beats(folder, r, win, _record_length(folder, r)))
+        check_record_files(folder, r, o.verify)
+        frames.append(record_beats(folder, r, win, _record_length(folder, r), reference))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -440,7 +474,7 @@ class MITBIH(BuiltinDataset):
         check_options(o)
         folder = self.locate(data_dir)
         used, dropped, val = select_records(o)
-        frame = read_beats(folder, used, o.window, o.verify)
+        frame = read_beats(folder, used, o)
         n_q = int((frame["label"] == "Q").sum())
         frame, patient_column = label_beats(frame, o, val)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ import re
 import unicodedata
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -71,6 +71,15 @@ CHECKSUMS = "ptbxl.sha256"
 FULL_DATABASE = "ptbxl_database_full.csv"  # the whole release's metadata, when the folder has it
 FOLDER_SUMS = "SHA256SUMS.txt"
 DEMO_NUMERIC = ["age", "height", "weight"]
+FULL_ECG: dict[str, Any] = {"standardize": "fit"}
+# Strodthoff et al. 2021's recipe at 100 Hz: 250-sample (2.5 s) random crops for training,
+# windows of 250 every 125 samples averaged at test, one standard scaler fitted on train.
+REFERENCE_ECG: dict[str, Any] = {
+    "standardize": "global",
+    "crop": 250,
+    "windows": {"length": 250, "hop": 125, "aggregate": "mean"},
+}
+ECG_RECIPES = {"full": FULL_ECG, "reference": REFERENCE_ECG}
 
 # Diagnostic vocabulary for ``report_mask``: a report word is masked when it contains a stem
 # (German / English / Swedish) or equals a word below. Chosen from the five superclasses'
@@ -188,11 +197,16 @@ class PTBXLOptions(Strict):
     """Options of ``ptbxl``: ``verify``: ``"csv"`` (default: SHA-256 of both CSVs, every
     waveform file present) or ``"all"`` (SHA-256 of every waveform file too);
     ``no_diagnostic``: ``"exclude"`` or ``"keep"`` (all-zero labels); ``report_mask``: mask the
-    report's diagnostic words."""
+    report's diagnostic words; ``ecg_recipe``: the ECG preprocessing the schema asks for,
+    ``"full"`` (default: the whole 10 s, per-lead standardisation fitted on train) or
+    ``"reference"`` (Strodthoff et al. 2021: random 2.5 s training crops, the mean over
+    half-overlapping 2.5 s windows at test, one scaler over every lead fitted on train; see
+    :data:`REFERENCE_ECG`)."""
 
     verify: str = "csv"
     no_diagnostic: str = "exclude"
     report_mask: bool = False
+    ecg_recipe: Literal["full", "reference"] = "full"
 
 
 class PTBXL(BuiltinDataset):
@@ -253,12 +267,13 @@ class PTBXL(BuiltinDataset):
         kept.to_csv(manifest, index=False)
         mask_terms = report_mask_terms(db["report"], classes_of) if o.report_mask else []
         schema_path = out_dir / "schema.yaml"
-        build_schema(mask_terms).save(schema_path)
+        build_schema(mask_terms, ECG_RECIPES[o.ecg_recipe]).save(schema_path)
         facts = {
             **prepared_facts(db, frame, kept, no_diag, excluded, o.no_diagnostic),
             "report_mask_terms": len(mask_terms),
             "verified": "csv digests + waveform presence" if o.verify == "csv" else "all digests",
             "metadata_verified_by": database_check,
+            "ecg_recipe": o.ecg_recipe,
             "source": SOURCE,
             "pairing": self.info.pairing,
         }
@@ -487,7 +502,9 @@ def _manifest(db: pd.DataFrame, labels: pd.DataFrame, folder: Path) -> pd.DataFr
     return frame
 
 
-def build_schema(mask_terms: list[str] | None = None) -> Schema:
+def build_schema(mask_terms: list[str] | None = None, ecg: dict[str, Any] | None = None) -> Schema:
+    """The schema: ``ecg`` holds the ECG's preprocessing beyond rate and length (default:
+    :data:`FULL_ECG`)."""
     report_pre: dict[str, Any] = {
         "tokenizer": "word",
         "source": "inline",
@@ -511,7 +528,7 @@ def build_schema(mask_terms: list[str] | None = None) -> Schema:
                         "fs": 100,
                         "length": 1000,
                         "length_policy": "error",
-                        "standardize": "fit",
+                        **(FULL_ECG if ecg is None else ecg),
                     },
                 },
                 "report": {"type": "text", "column": "report", "preprocess": report_pre},
