@@ -281,6 +281,22 @@ def test_standardisation_fit_and_state_roundtrip(mitdb: Path, tmp_path: Path) ->
         proc(leads=["MLII", "V5"]).load_state_dict(p.state_dict())
 
 
+def test_source_standardisation_keeps_a_patients_relative_amplitudes(mitdb: Path) -> None:
+    """standardize: source scales a segment by its whole record's per-lead mean / std: the
+    segments of one record keep their amplitudes relative to each other (a per-segment z-score
+    makes each std 1); a whole record is z-scored as with ``record``."""
+    opts = {"leads": ["MLII"], "bandpass": [0.5, 40]}
+    whole = proc(**opts, standardize="none").read(row("100"), mitdb)[0].astype(np.float64)
+    mean, std = whole.mean(), whole.std()
+    p = proc(**opts, standardize="source")
+    for ref, (s, e) in (("100#1000:1252", (1000, 1252)), ("100#90000:90252", (90000, 90252))):
+        win = p.read(row(ref), mitdb)[0]
+        np.testing.assert_allclose(win, (whole[s:e] - mean) / std, atol=1e-4)
+        assert abs(win.std() - 1) > 0.05  # not a per-segment z-score
+    z = p.read(row("100"), mitdb)[0]
+    assert abs(z.mean()) < 1e-5 and abs(z.std() - 1) < 1e-3
+
+
 def test_augment_reproducible_and_not_in_place(mitdb: Path) -> None:
     p = proc(augment={"scale": 0.2, "noise": 0.05, "shift": 20, "wander": 0.2})
     raw = p.read(row("100#0:720"), mitdb)

@@ -69,6 +69,8 @@ class _Processed:
     names: list[str]
     fs_in: float
     n_in: int
+    mean: np.ndarray  # (C, 1) per-lead mean and std of the processed record
+    std: np.ndarray
 
 
 Lead = str | int
@@ -91,7 +93,7 @@ class SignalOptions(ProcessorOptions, CropWindowOptions):
     filter_order: int = Field(default=3, ge=1)
     length: int | None = Field(default=None, ge=1)
     length_policy: Literal["crop_pad", "error"] = "crop_pad"
-    standardize: Literal["record", "fit", "global", "none"] = "record"
+    standardize: Literal["record", "source", "fit", "global", "none"] = "record"
     augment: SignalAugment = Field(default_factory=SignalAugment)
 
     @model_validator(mode="after")
@@ -120,7 +122,9 @@ class SignalProcessor(ModalityProcessor):
     * ``length``: output samples (after resampling); default: the most common training
       length. ``length_policy``: ``crop_pad`` (default: centre crop / symmetric zero pad)
       or ``error`` (a DataError naming the file and both lengths; needs ``length``).
-    * ``standardize``: ``record`` (default: per-sample per-lead z-score), ``fit``
+    * ``standardize``: ``record`` (default: per-sample per-lead z-score), ``source`` (a
+      segment is scaled by the mean / std of each lead over its whole source record, so beats
+      of one patient keep their relative amplitude; a whole record: as ``record``), ``fit``
       (per-lead mean/std of the training split), ``global`` (one mean/std over every lead
       and sample of the training split: the reference PTB-XL recipe's single scaler) or
       ``none``.
@@ -182,7 +186,12 @@ class SignalProcessor(ModalityProcessor):
             x, fs_in = self._read_whole(path)
         else:
             x, fs_in = self._read_window(path, start, stop)
-        if self.standardize == "record":
+            if self.standardize == "source":  # the whole record's per-lead mean / std
+                p = self._processed(path)
+                x = ((x - p.mean) / p.std).astype(np.float32)
+        if self.standardize == "record" or (
+            self.standardize == "source" and start is None and stop is None
+        ):
             x = _zscore(x)
         return SignalArray(self._fix_length(x, str(path)), self.fs or fs_in)
 
@@ -237,7 +246,12 @@ class SignalProcessor(ModalityProcessor):
         y = self._filter_resample(x, rec.fs, rec.path)
         y.flags.writeable = False
         names = [rec.names[i] for i in idx]
-        return _Processed(y, bad if bad.any() else None, names, rec.fs, rec.n_samples)
+        y64 = y.astype(np.float64)
+        mean, std = (
+            y64.mean(axis=1, keepdims=True),
+            np.maximum(y64.std(axis=1, keepdims=True), 1e-6),
+        )
+        return _Processed(y, bad if bad.any() else None, names, rec.fs, rec.n_samples, mean, std)
 
     def _params(self) -> tuple[Any, ...]:
         leads = None if self.leads is None else repr(self.leads)
