@@ -141,6 +141,22 @@ def s_without_232(pred: pd.DataFrame) -> dict[str, Any]:
     return {"n": int(m.sum()), "sensitivity": 100 * hit / max(int(m.sum()), 1)}
 
 
+def f_analysis(pred: pd.DataFrame) -> dict[str, Any]:
+    """Where the F beats are and what became of them, per record: the F beats, what they were
+    predicted as, and the beats of other classes predicted F."""
+    rec = pred["sample_id"].str.split("_").str[0]
+    is_f, said_f = pred["label"] == "F", pred["predicted"] == "F"
+    return {
+        "f_beats_by_record": {str(k): int(v) for k, v in rec[is_f].value_counts().items()},
+        "f_predicted_as": {str(k): int(v) for k, v in pred.loc[is_f, "predicted"].value_counts().items()},
+        "predicted_f_by_record_and_class": {
+            f"{r} {c}": int(n)
+            for (r, c), n in pred[said_f & ~is_f].groupby([rec[said_f & ~is_f], "label"]).size().items()
+            if n >= 20
+        },
+    }  # fmt: skip
+
+
 def run_arm(
     name: str,
     prepared: Any,
@@ -189,6 +205,7 @@ def run_arm(
     }
     if "random" not in name:
         row["test"]["S_without_record_232"] = s_without_232(pred)
+        row["test"]["f_analysis"] = f_analysis(pred)
     if run.metrics["test"].get("ablation"):
         row["modality_removed_at_test_auroc"] = run.metrics["test"]["ablation"]
     print(

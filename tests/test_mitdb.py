@@ -26,7 +26,7 @@ from medmodal.datasets.mitdb import (
     VAL_RECORDS,
     load_checksums,
 )
-from medmodal.errors import ConfigError, DatasetError
+from medmodal.errors import ConfigError, DataError, DatasetError
 
 
 @pytest.fixture(scope="module")
@@ -303,3 +303,29 @@ def test_running_reference_rr_is_causal_and_matches_by_hand() -> None:
     assert feats["pre_rr_norm"][i] == pytest.approx(0.5 / ref[i])
     assert feats["record_rr"][i] == pytest.approx(ref[i])
     assert rr_features(t)["record_rr"][i] == pytest.approx(np.diff(t).mean())
+
+
+def test_templates_give_each_beat_its_records_median_beat(mitdb: Path, tmp_path: Path) -> None:
+    """templates=True: per record the median of every beat window (labels unused) on the beats'
+    scale, stacked by the processor as a second channel; a PVC is far from it, a normal beat
+    close."""
+    from medmodal.data.preprocess import create_processor
+
+    prep = get_dataset("mitdb").prepare(
+        tmp_path, mitdb, records=["100"], split="none", standardize="source", templates=True
+    )
+    frame = pd.read_csv(prep.manifest)
+    schema = Schema.load(prep.schema)
+    assert schema.modalities["signal"].preprocess["reference_column"] == "template"
+    assert frame["template"].nunique() == 1 and Path(frame["template"][0]).is_file()
+    proc = create_processor("signal", schema.modalities["signal"])
+    x = {k: np.stack([proc.read(r, None) for r in g.to_dict("records")])
+         for k, g in frame.groupby("label")}  # fmt: skip
+    assert x["N"].shape[1:] == (2, 126)
+    assert np.allclose(x["N"][:, 1], x["N"][0, 1])  # one template for the record
+    gap = {k: float(np.abs(v[:, 0] - v[:, 1]).mean()) for k, v in x.items()}
+    assert gap["V"] > 3 * gap["N"], gap
+    row = frame.iloc[0].to_dict()
+    row["template"] = None
+    with pytest.raises(DataError, match="reference"):
+        proc.read(row, None)

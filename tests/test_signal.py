@@ -297,6 +297,24 @@ def test_source_standardisation_keeps_a_patients_relative_amplitudes(mitdb: Path
     assert abs(z.mean()) < 1e-5 and abs(z.std() - 1) < 1e-3
 
 
+def test_reference_column_is_stacked_as_extra_channels(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "sig.npy", rng.normal(size=(2, 300)).astype(np.float32))
+    np.save(tmp_path / "ref.npy", np.arange(280, dtype=np.float32))  # 1-D, 20 short: padded
+    spec = ModalitySpec(type="signal", column="ref_sig", preprocess={
+        "input_fs": 100, "length": 300, "reference_column": "tmpl", "standardize": "none"})  # fmt: skip
+    p = SignalProcessor("ecg", spec)
+    x = p.read({"ref_sig": "sig.npy", "tmpl": "ref.npy"}, tmp_path)
+    assert x.shape == (3, 300) and x.fs == 100
+    assert np.array_equal(x[2, 10:290], np.arange(280)) and x[2, :10].sum() == 0
+    p.fit([x])
+    assert p.n_channels_ == 3 and p.info()["in_channels"] == 3
+    np.save(tmp_path / "bad.npy", np.array([1.0, np.nan]))
+    for bad in ({"tmpl": "bad.npy"}, {"tmpl": "nope.npy"}, {}):
+        with pytest.raises(DataError):
+            p.read({"ref_sig": "sig.npy", **bad}, tmp_path)
+
+
 def test_augment_reproducible_and_not_in_place(mitdb: Path) -> None:
     p = proc(augment={"scale": 0.2, "noise": 0.05, "shift": 20, "wander": 0.2})
     raw = p.read(row("100#0:720"), mitdb)

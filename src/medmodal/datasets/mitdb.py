@@ -348,6 +348,7 @@ class MITDBOptions(Strict):
     demographics: bool = False
     rr_columns: str = "normalised"
     rr_reference: Literal["record", "running"] = "record"
+    templates: bool = False
     rr_window: float = Field(default=RUNNING_SECONDS, gt=0)
     val_records: Sequence[str | int] | None = None
     seed: int = 0
@@ -435,6 +436,51 @@ def label_beats(
     return frame, patient_column
 
 
+def signal_preprocess(o: MITDBOptions) -> dict[str, Any]:
+    """The beat window's processing: MLII (V5 where absent), 0.5-40 Hz, ``fs``, its length."""
+    seconds = float(o.window[0]) + float(o.window[1])
+    pp: dict[str, Any] = {
+        "leads": ["MLII", "V5"], "lead_fallback": True, "bandpass": [0.5, 40],
+        "length": round(seconds * (o.fs or FS)),
+    }  # fmt: skip
+    if o.fs:
+        pp["fs"] = float(o.fs)
+    return pp
+
+
+def write_templates(frame: pd.DataFrame, folder: Path, o: MITDBOptions) -> list[str]:
+    """Per record, its median beat (``templates/<record>.npy``): the median over every annotated
+    beat's window of the processed lead, labels unused, on the scale ``standardize`` gives the
+    beats (``source``: the record's mean / std; ``record``: its own z-score). Offline, like the
+    record-average RR: it uses the whole record. Returns each beat's template path."""
+    from medmodal.data.preprocess.signal import SignalProcessor
+    from medmodal.data.schema import ModalitySpec
+
+    pp = {**signal_preprocess(o), "standardize": "none"}
+
+    def processor(**drop: Any) -> SignalProcessor:
+        opts = {k: v for k, v in pp.items() if k not in drop}
+        return SignalProcessor("signal", ModalitySpec(type="signal", column="ref", preprocess=opts))
+
+    beat, record_proc = processor(), processor(length=None)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, str] = {}
+    for record, refs in frame.groupby("record")["signal"]:
+        beats = np.stack([beat.read({"ref": r}, None) for r in refs])  # (n, 1, L)
+        template = np.median(beats, axis=0)
+        if o.standardize == "source":
+            whole_ref = {"ref": str(refs.iloc[0]).split("#")[0]}
+            whole = record_proc.read(whole_ref, None).astype(np.float64)
+            template = (template - whole.mean(axis=1, keepdims=True)) / whole.std(
+                axis=1, keepdims=True
+            )
+        elif o.standardize == "record":
+            template = (template - template.mean()) / max(float(template.std()), 1e-6)
+        np.save(folder / f"{record}.npy", template.astype(np.float32))
+        paths[str(record)] = str((folder / f"{record}.npy").resolve())
+    return [paths[str(r)] for r in frame["record"]]
+
+
 class MITBIH(BuiltinDataset):
     info = DatasetInfo(
         name="mitdb",
@@ -476,17 +522,14 @@ class MITBIH(BuiltinDataset):
         used, dropped, val = select_records(o)
         frame = read_beats(folder, used, o)
         n_q = int((frame["label"] == "Q").sum())
-        frame, patient_column = label_beats(frame, o, val)
         out_dir.mkdir(parents=True, exist_ok=True)
+        if o.templates:
+            frame["template"] = write_templates(frame, out_dir / "templates", o)
+        frame, patient_column = label_beats(frame, o, val)
         manifest = out_dir / "manifest.csv"
         frame.to_csv(manifest, index=False)
         classes = ["N", "S", "V", "F"] + (["Q"] if o.include_q else [])
-        rr = RR_NORMALISED if o.rr_columns == "normalised" else RR_COLUMNS
-        seconds = float(o.window[0]) + float(o.window[1])
-        schema = self.schema(
-            classes, o.split != "none", patient_column, o.fs, o.standardize, o.demographics,
-            seconds, rr,
-        )  # fmt: skip
+        schema = self.schema(classes, o.split != "none", patient_column, o)
         schema_path = out_dir / "schema.yaml"
         schema.save(schema_path)
         facts = self._facts(frame, used, dropped, n_q, o.include_q, o.split)
@@ -494,22 +537,13 @@ class MITBIH(BuiltinDataset):
 
     @staticmethod
     def schema(
-        classes: list[str],
-        with_split: bool,
-        patient_column: str,
-        fs: float | None,
-        standardize: str,
-        demographics: bool,
-        seconds: float,
-        rr_columns: list[str] = RR_NORMALISED,
+        classes: list[str], with_split: bool, patient_column: str, o: MITDBOptions
     ) -> Schema:
-        length = round(seconds * (fs or FS))
-        signal_pp: dict[str, Any] = {
-            "leads": ["MLII", "V5"], "lead_fallback": True, "bandpass": [0.5, 40],
-            "length": length, "standardize": standardize,
-        }  # fmt: skip
-        if fs:
-            signal_pp["fs"] = float(fs)
+        signal_pp = {**signal_preprocess(o), "standardize": o.standardize}
+        if o.templates:
+            signal_pp["reference_column"] = "template"
+        rr_columns = RR_NORMALISED if o.rr_columns == "normalised" else RR_COLUMNS
+        demographics = o.demographics
         modalities: dict[str, Any] = {
             "signal": {"type": "signal", "column": "signal", "allow_missing": False,
                        "preprocess": signal_pp},

@@ -94,6 +94,9 @@ class SignalOptions(ProcessorOptions, CropWindowOptions):
     length: int | None = Field(default=None, ge=1)
     length_policy: Literal["crop_pad", "error"] = "crop_pad"
     standardize: Literal["record", "source", "fit", "global", "none"] = "record"
+    reference_column: str | None = Field(
+        default=None, description="a column of .npy references stacked as extra channels"
+    )
     augment: SignalAugment = Field(default_factory=SignalAugment)
 
     @model_validator(mode="after")
@@ -131,6 +134,10 @@ class SignalProcessor(ModalityProcessor):
     * ``augment``: ``{scale: 0.1, noise: 0.05, shift: 20, wander: 0.1}`` (training only):
       amplitude x U(1-s, 1+s); Gaussian noise of that std; a shift of up to ``shift``
       samples (edges repeated); a 0.05-0.5 Hz sine of up to that amplitude.
+    * ``reference_column``: a manifest column naming, per row, a ``.npy`` array ``(C_ref, n)``
+      (or ``(n,)``) already on the processed signal's rate and scale (e.g. the patient's median
+      beat beside each beat: patient-relative morphology), cut or padded to ``length`` and
+      appended after the leads as extra channels (a missing reference is a DataError).
     * ``crop``: training on a random window of that many samples (after resampling);
       ``windows: {length, hop, aggregate}``: at test time the model encodes every window and
       takes the mean (or max) of their embeddings (see :mod:`.windows`), e.g. ``crop: 250,
@@ -160,7 +167,7 @@ class SignalProcessor(ModalityProcessor):
             raise ConfigError(f"modality {name!r}: length_policy: error needs `length`")
         self.fs_: float | None = self.fs
         self.length_: int | None = self.length
-        self.n_channels_: int | None = self._n_groups()
+        self.n_channels_: int | None = None if o.reference_column else self._n_groups()
         self.mean_: list[float] | None = None
         self.std_: list[float] | None = None
 
@@ -193,7 +200,28 @@ class SignalProcessor(ModalityProcessor):
             self.standardize == "source" and start is None and stop is None
         ):
             x = _zscore(x)
-        return SignalArray(self._fix_length(x, str(path)), self.fs or fs_in)
+        x = self._fix_length(x, str(path))
+        if self.opts.reference_column is not None:
+            x = np.concatenate([x, self._reference(row, root, x.shape[1])])
+        return SignalArray(x, self.fs or fs_in)
+
+    def _reference(self, row: Mapping[str, Any], root: Path | None, n: int) -> np.ndarray:
+        """The row's reference array (``reference_column``), cut or padded to ``n`` samples."""
+        col = str(self.opts.reference_column)
+        value = row.get(col)
+        if is_missing(value):
+            raise DataError(f"no reference signal in column {col!r} (reference_column)")
+        path = resolve_path(str(value), root)
+        try:
+            ref = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read the reference signal ({exc})", path=path) from None
+        ref = np.atleast_2d(np.asarray(ref, dtype=np.float32))
+        if ref.ndim != 2 or not np.isfinite(ref).all():
+            raise DataError(
+                f"a reference must be a finite (C, n) array, got {ref.shape}", path=path
+            )
+        return ref if ref.shape[1] == n else _crop_pad(ref, n)
 
     def _read_whole(self, path: Path) -> tuple[np.ndarray, float]:
         rec = load_record(path, fs=self.input_fs, lead_names=self.lead_names, cache=False)
