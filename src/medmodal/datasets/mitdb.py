@@ -142,7 +142,7 @@ def rr_features(
     ``record_rr`` = the patient's reference RR: with ``reference="record"`` the mean of all RR
     intervals of the record (offline: it uses future beats), with ``"running"`` the mean of the
     intervals ending in the ``window`` seconds up to and including beat i (causal; the first
-    beat has none: NaN), and the ratios ``pre/record``, ``post/record``, ``pre/post``,
+    beat takes the first interval), and the ratios ``pre/record``, ``post/record``, ``pre/post``,
     ``local/record`` and ``pre/local`` (prematurity against the local rhythm). Dividing by the
     patient's own RR level is the standard inter-patient device (de Chazal et al. 2004;
     Mondéjar-Guerra et al. 2019 divide each RR feature by the record's average).
@@ -182,7 +182,8 @@ def rr_features(
 
 def running_mean_rr(t: np.ndarray, window: float) -> np.ndarray:
     """Per beat i: the mean of the RR intervals ending in ``(t[i] - window, t[i]]`` (at least
-    the interval ending at beat i; NaN for the first beat)."""
+    the interval ending at beat i); the first beat, which has none yet, takes the first
+    interval (so its post-RR ratio exists)."""
     n = len(t)
     out = np.full(n, np.nan)
     if n < 2:
@@ -193,6 +194,7 @@ def running_mean_rr(t: np.ndarray, window: float) -> np.ndarray:
     first = np.searchsorted(t, t[ends] - window, side="right")  # first beat inside the window
     lo = np.minimum(np.maximum(first, 1) - 1, ends - 1)  # first interval index
     out[1:] = (csum[ends] - csum[lo]) / (ends - lo)
+    out[0] = rr[0]
     return out
 
 
