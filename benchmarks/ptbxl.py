@@ -48,13 +48,21 @@ REFERENCE_AUROC = 0.930  # Strodthoff et al. 2021, superclasses, whole release (
 PLAIN_SCRIPT_AUROC = 0.926  # issue #28: a plain 60-line script, fold 10 of these 8,976, one seed
 TARGET = 0.93
 CURVE_SIZES = [1000, 2000, 4500]
+# Chosen on the validation fold (9) only, never on fold 10, from dev runs of 20 epochs, seed 0
+# (validation macro-AUROC): resnet1d 0.925, resnet1d wide 0.927, xresnet1d layers 1-1-1-1 0.932
+# (lr 1e-2) / 0.933 (lr 3e-3), xresnet1d-18 0.932 (2x the time), xresnet1d-50 0.932 (8x),
+# an MLP head 0.926. The smallest of the best: xresnet1d 1-1-1-1, lr 3e-3.
+DEV_SELECTION = {
+    "resnet1d": 0.925, "resnet1d_wide": 0.927, "xresnet1d_1111_lr1e-2": 0.932,
+    "xresnet1d_1111_lr3e-3": 0.933, "xresnet1d_18": 0.932, "xresnet1d_50": 0.932,
+    "xresnet1d_1111_mlp_head": 0.926,
+}  # fmt: skip
 ENCODERS: dict[str, dict[str, Any]] = {
-    "ecg": {"name": "resnet1d", "widths": [64, 128, 128, 256], "blocks": [2, 2, 2, 2],
-            "kernel_size": 5, "stem_kernel": 7, "dropout": 0.0},
+    "ecg": {"name": "xresnet1d", "layers": [1, 1, 1, 1]},
     "demo": {"name": "mlp"},
 }  # fmt: skip
 TRAIN: dict[str, Any] = {
-    "epochs": 20, "batch_size": 128, "lr": 0.01, "weight_decay": 0.01, "optimizer": "adamw",
+    "epochs": 20, "batch_size": 128, "lr": 0.003, "weight_decay": 0.01, "optimizer": "adamw",
     "scheduler": "onecycle", "amp": True, "monitor": "auroc", "eval_batch_size": 512,
 }  # fmt: skip
 LABELS = {
@@ -357,6 +365,8 @@ def to_markdown(res: dict[str, Any]) -> str:
         f"Model: encoder {json.dumps(ENCODERS['ecg'])}; demographics `mlp` (age, sex, height, "
         f"weight; median imputation + missing indicators), concat fusion, linear head. Training: "
         f"{json.dumps(res.get('train', TRAIN))}.", "",
+        "Dev selection (validation fold 9 macro-AUROC, seed 0, 20 epochs; fold 10 never seen): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in DEV_SELECTION.items()) + ".", "",
         *headline(res),
         "## All rows (every record)", "", *main_table(res), "",
         "## Learning curve", "",
