@@ -45,13 +45,18 @@ class Pacs:
     """One DICOMweb service, e.g. ``http://127.0.0.1:8042/dicom-web`` (Orthanc)."""
 
     def __init__(self, url: str, timeout: float = 60.0) -> None:
+        import requests
         from dicomweb_client.api import DICOMwebClient
 
         if not url.startswith(("http://", "https://")):
             raise PacsError(f"DICOMweb URL must start with http:// or https://, not {url!r}")
         self.url = url.rstrip("/")
-        self.client = DICOMwebClient(url=self.url)
-        self.client._session.request = _with_timeout(self.client._session.request, timeout)
+        session = requests.Session()  # no connection retries: an unreachable PACS fails at once
+        session.request = _with_timeout(session.request, timeout)  # type: ignore[method-assign]
+        self.client = DICOMwebClient(url=self.url, session=session)
+        # its default retries every exception 5 times with exponential back-off (30 s for a
+        # refused connection); a clinician or a router should hear at once
+        self.client.set_http_retry_params(retry=False)
 
     def search(
         self, accession: str | None = None, date: str | None = None, limit: int = 50
@@ -107,8 +112,10 @@ class Pacs:
             if status == 404:
                 raise PacsError(f"{self.url}: {what}: not found (404)") from None
             raise PacsError(f"{self.url}: {what}: HTTP {status}") from None
+        except requests.ConnectionError:
+            raise PacsError(f"{self.url}: {what}: cannot connect (is the PACS running?)") from None
         except requests.RequestException as exc:
-            raise PacsError(f"{self.url}: {what}: {type(exc).__name__}: {exc}") from None
+            raise PacsError(f"{self.url}: {what}: {type(exc).__name__}") from None
 
 
 def _with_timeout(request: Any, timeout: float) -> Any:
