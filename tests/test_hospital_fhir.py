@@ -69,7 +69,12 @@ def note_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "seed": 0,
         "output_dir": str(out / "run"),
         "data": {"manifest": str(out / "manifest.csv"), "schema": schema},
-        "model": {"encoders": {"note": {"name": "bigru", "hidden": 8, "embed_dim": 8}, "record": {"name": "mlp", "hidden": [8]}}},
+        "model": {
+            "encoders": {
+                "note": {"name": "bigru", "hidden": 8, "embed_dim": 8},
+                "record": {"name": "mlp", "hidden": [8]},
+            }
+        },
         "train": {"epochs": 2, "batch_size": 32, "threads": 1},
         "evaluate": {"bootstrap": 0, "report": False},
     }
@@ -83,7 +88,14 @@ def patient_bundle(note: str = "fever and cough a", crp: float = 55.0) -> dict[s
         "type": "collection",
         "timestamp": "2024-06-01T10:00:00Z",
         "entry": [
-            {"fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111", "resource": {"resourceType": "Patient", "gender": "female", "birthDate": "1950-03-20"}},
+            {
+                "fullUrl": "urn:uuid:11111111-1111-1111-1111-111111111111",
+                "resource": {
+                    "resourceType": "Patient",
+                    "gender": "female",
+                    "birthDate": "1950-03-20",
+                },
+            },
             {
                 "fullUrl": "urn:uuid:22222222-2222-2222-2222-222222222222",
                 "resource": {
@@ -112,7 +124,10 @@ def test_bundle_maps_onto_the_inputs_like_an_upload(note_ckpt: Path) -> None:
     assert json.loads(parts["record"].data) == {"age": 74, "sex": "F", "crp": 55.0}
     from medmodal.serve.limits import Part
 
-    upload = {"note": Part(b"fever and cough a", None), "record": Part(b'{"age": 74, "sex": "F", "crp": 55.0}', None)}
+    upload = {
+        "note": Part(b"fever and cough a", None),
+        "record": Part(b'{"age": 74, "sex": "F", "crp": 55.0}', None),
+    }
     a = entry.run_batch([entry.prepare(parts).sample])[0]
     b = entry.run_batch([entry.prepare(upload).sample])[0]
     assert a == b
@@ -126,7 +141,9 @@ def test_mapping_typos_and_bad_bundles_name_the_problem(note_ckpt: Path) -> None
     with pytest.raises(ConfigError, match="'image' is not an input"):
         read_mapping({"image": {"resource": "Media"}}, entry.predictor)
     with pytest.raises(ConfigError, match="record.crpp is not a column"):
-        read_mapping({"record": {"crpp": {"resource": "Observation", "code": "1"}}}, entry.predictor)
+        read_mapping(
+            {"record": {"crpp": {"resource": "Observation", "code": "1"}}}, entry.predictor
+        )
     with pytest.raises(ConfigError, match="resourse"):
         read_mapping({"note": {"resourse": "DocumentReference"}}, entry.predictor)
     with pytest.raises(ConfigError, match="needs its code"):
@@ -174,23 +191,48 @@ def test_service_answers_fhir_when_asked(note_ckpt: Path, tmp_path: Path) -> Non
     app = create_app(models, TokenStore.load(tmp_path / "tokens.json"))
     (tmp_path / "map.yaml").write_text(yaml.safe_dump(MAPPING))
     configure_hospital(app, models, None, [f"notes={tmp_path / 'map.yaml'}"])
-    files = {"note": (None, "fever and cough b"), "record": (None, '{"age": 60, "sex": "M", "crp": 50}')}
+    files = {
+        "note": (None, "fever and cough b"),
+        "record": (None, '{"age": 60, "sex": "M", "crp": 50}'),
+    }
     h = {"Authorization": f"Bearer {token}"}
     with TestClient(app) as c:
         plain = c.post("/v1/models/notes/predict", files=files, headers=h)
         assert plain.headers["content-type"].startswith("application/json")
-        fhir = c.post("/v1/models/notes/predict", files=files, headers={**h, "Accept": "application/fhir+json"})
+        fhir = c.post(
+            "/v1/models/notes/predict",
+            files=files,
+            headers={**h, "Accept": "application/fhir+json"},
+        )
         assert fhir.status_code == 200 and fhir.headers["content-type"] == "application/fhir+json"
         bundle = fhir.json()
         validate(bundle)
-        risk = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "RiskAssessment")
-        p_pos = next(p["probabilityDecimal"] for p in risk["prediction"] if p["outcome"]["coding"][0]["code"] == "pos")
+        risk = next(
+            e["resource"]
+            for e in bundle["entry"]
+            if e["resource"]["resourceType"] == "RiskAssessment"
+        )
+        p_pos = next(
+            p["probabilityDecimal"]
+            for p in risk["prediction"]
+            if p["outcome"]["coding"][0]["code"] == "pos"
+        )
         assert p_pos == pytest.approx(plain.json()["probabilities"]["pos"])
-        denied = c.post("/v1/models/notes/predict", files=files, headers={"Accept": "application/fhir+json"})
+        denied = c.post(
+            "/v1/models/notes/predict", files=files, headers={"Accept": "application/fhir+json"}
+        )
         assert denied.status_code == 401 and denied.json()["resourceType"] == "OperationOutcome"
-        bad = c.post("/v1/models/notes/predict", files={"record": (None, "{oops")}, headers={**h, "Accept": "application/fhir+json"})
+        bad = c.post(
+            "/v1/models/notes/predict",
+            files={"record": (None, "{oops")},
+            headers={**h, "Accept": "application/fhir+json"},
+        )
         assert bad.status_code == 422 and "record" in bad.json()["issue"][0]["diagnostics"]
-        r = c.post("/v1/models/notes/fhir", content=json.dumps(patient_bundle()), headers={**h, "Content-Type": "application/fhir+json"})
+        r = c.post(
+            "/v1/models/notes/fhir",
+            content=json.dumps(patient_bundle()),
+            headers={**h, "Content-Type": "application/fhir+json"},
+        )
         assert r.status_code == 200, r.text
         validate(r.json())
         assert c.post("/v1/models/notes/fhir", content=b"[]", headers=h).status_code == 422
