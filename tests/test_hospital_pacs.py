@@ -130,12 +130,16 @@ def test_covid_xrays_and_pydicom_files_round_trip(
         pacs.store([ds])
         studies.append(ds.StudyInstanceUID)
     for uid in studies:
-        outcome = run_dicomweb_study(entry, pacs, uid)
+        outcome = run_dicomweb_study(entry, pacs, uid, explain=uid == studies[0])
         assert outcome.prediction.results and not outcome.prediction.skipped
         [sr] = _sr_of(pacs, uid)
         refs = {g["source_sop_instance_uid"] for g in read_sr(sr)["groups"]}
         assert refs == {str(r.source.SOPInstanceUID) for r in outcome.prediction.results}
         assert validate_sr(sr)["highdicom"] == "ok"
+    heat = [d for d in pacs.fetch_study(studies[0]) if d.get("SeriesNumber") == 9902]
+    assert len(heat) == 2 and heat[0].PatientID == xrays[0].PatientID  # one per X-ray, same study
+    assert heat[0].pixel_array.ndim == 3 and heat[0].pixel_array.shape[-1] == 3
+    assert "gradcam" in heat[0].SeriesDescription
 
 
 def test_missing_study_and_unreachable_pacs_are_one_line_errors(

@@ -381,11 +381,17 @@ def predict(
     audit_log: Annotated[
         Path | None, typer.Option(help="With --dicomweb: append hash-chained audit entries here.")
     ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="With --dicomweb: also store each heat map as a Secondary Capture."
+        ),
+    ] = False,
 ) -> None:
     """Predict class probabilities for a manifest or an image folder -> CSV; or for studies of a
     PACS (--dicomweb URL --study UID: DICOM SR stored back), or for a FHIR Bundle."""
     if dicomweb is not None or study:
-        _predict_dicomweb(checkpoint, dicomweb, study, out_csv, store_sr, fhir, audit_log)
+        _predict_dicomweb(checkpoint, dicomweb, study, out_csv, store_sr, fhir, audit_log, explain)
         return
     if source is None:
         raise MedmodalError(
@@ -415,6 +421,7 @@ def _predict_dicomweb(
     store_sr: bool,
     fhir: Path | None,
     audit_log: Path | None,
+    explain: bool = False,
 ) -> None:
     """``predict --dicomweb URL --study UID``: fetch, predict, SR back, CSV (+ FHIR)."""
     from medmodal.hospital import commands
@@ -423,7 +430,7 @@ def _predict_dicomweb(
     if url is None or not studies:
         raise MedmodalError("--dicomweb URL and --study UID go together")
     summaries = commands.predict_studies(
-        checkpoint, url, list(studies), store_sr=store_sr, audit_log=audit_log
+        checkpoint, url, list(studies), store_sr=store_sr, audit_log=audit_log, explain=explain
     )
     commands.write_instances_csv(out_csv, summaries)
     for s in summaries:
@@ -431,7 +438,8 @@ def _predict_dicomweb(
         where = f"stored in {url}" if sr["stored"] else "not stored (--no-store-sr)"
         out.print(
             f"study {s['study']}: {len(s['instances'])} image(s) predicted, "
-            f"{len(s['skipped'])} skipped; SR {sr['sop_instance_uid']} {where}",
+            f"{len(s['skipped'])} skipped, {len(s['heatmaps'])} heat map(s); "
+            f"SR {sr['sop_instance_uid']} {where}",
             highlight=False,
         )
     out.print(f"predictions: {out_csv}")

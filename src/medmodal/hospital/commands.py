@@ -32,6 +32,7 @@ def predict_studies(
     store_sr: bool = True,
     audit_log: Path | None = None,
     modality: str | None = None,
+    explain: bool = False,
 ) -> list[dict[str, Any]]:
     """Each study fetched from the DICOMweb ``url``, predicted, its SR stored back."""
     for uid in studies:
@@ -42,7 +43,14 @@ def predict_studies(
         out = []
         for uid in studies:
             outcome = run_dicomweb_study(
-                entry, pacs, uid, store_sr=store_sr, audit=audit, caller="cli", modality=modality
+                entry,
+                pacs,
+                uid,
+                store_sr=store_sr,
+                audit=audit,
+                caller="cli",
+                modality=modality,
+                explain=explain,
             )
             out.append({"study": uid, **outcome.summary()})
         return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -28,6 +28,7 @@ class StudyOutcome:
     sr: Dataset
     stored: bool
     audit_head: str | None = None
+    heatmaps: list[Dataset] = field(default_factory=list)  # Secondary Captures (explain=True)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: model, modality, per-instance outputs (by SOP instance UID), SR UID,
@@ -46,6 +47,7 @@ class StudyOutcome:
             ],
             "skipped": p.skipped,
             "sr": {"sop_instance_uid": str(self.sr.SOPInstanceUID), "stored": self.stored},
+            "heatmaps": [str(d.SOPInstanceUID) for d in self.heatmaps],
             "seconds": {k: round(v, 4) for k, v in p.timings.items()},
             "audit": self.audit_head,
         }
@@ -60,14 +62,17 @@ def run_study(
     caller: str = "pacs",
     modality: str | None = None,
     fetch_seconds: float = 0.0,
+    explain: bool = False,
 ) -> StudyOutcome:
-    """Predict every image instance of one study, make the SR, store it when ``store`` is given."""
+    """Predict every image instance of one study, make the SR (and with ``explain`` the heat
+    maps as Secondary Captures), store them when ``store`` is given."""
     pred = predict_study(entry, datasets, modality, fetch_seconds)
     with pred.timed("sr"):
         sr = build_sr(pred, ModelIdentity.of(entry.card))
+    heatmaps = _heatmaps(entry, pred) if explain else []
     if store is not None:
         with pred.timed("store"):
-            store([sr])
+            store([sr, *heatmaps])
     head = None
     if audit is not None:
         for r in pred.results:
@@ -78,7 +83,21 @@ def run_study(
             head = audit.append(
                 token=caller, model=entry.name, inputs={pred.modality: r.digest}, output=summary
             )
-    return StudyOutcome(pred, sr, store is not None, head)
+    return StudyOutcome(pred, sr, store is not None, head, heatmaps)
+
+
+def _heatmaps(entry: ModelEntry, pred: StudyPrediction) -> list[Dataset]:
+    from pydicom.uid import generate_uid
+
+    from medmodal.hospital.heatmap import explanation_sc
+
+    series, out = generate_uid(), []
+    with pred.timed("explain"):
+        for i, r in enumerate(pred.results, 1):
+            sc = explanation_sc(entry, r.source, r.row, r.output, series, i)
+            if sc is not None:
+                out.append(sc)
+    return out
 
 
 def run_dicomweb_study(
@@ -90,8 +109,9 @@ def run_dicomweb_study(
     audit: AuditLog | None = None,
     caller: str = "dicomweb",
     modality: str | None = None,
+    explain: bool = False,
 ) -> StudyOutcome:
-    """QIDO/WADO-RS fetch of ``study_uid``, prediction, SR back by STOW-RS (``store_sr``)."""
+    """WADO-RS fetch of ``study_uid``, prediction, SR (+ heat maps) back by STOW-RS."""
     start = time.perf_counter()
     datasets = pacs.fetch_study(study_uid)
     fetched = time.perf_counter() - start
@@ -103,4 +123,5 @@ def run_dicomweb_study(
         caller=caller,
         modality=modality,
         fetch_seconds=fetched,
+        explain=explain,
     )

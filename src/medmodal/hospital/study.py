@@ -37,6 +37,7 @@ class InstanceResult:
     source: Dataset = field(repr=False)
     output: dict[str, Any]
     digest: str
+    row: dict[str, Any] = field(default_factory=dict, repr=False)  # the de-identified input
 
 
 @dataclass
@@ -112,7 +113,7 @@ def predict_study(
     column = entry.predictor.schema.modalities[mod].column
     assert column is not None
     pred = StudyPrediction(entry.name, mod, [], timings={"fetch": fetch_seconds})
-    kept: list[tuple[Dataset, dict[str, Any], str]] = []
+    kept: list[tuple[Dataset, dict[str, Any], str, dict[str, Any]]] = []
     for ds in image_instances(datasets):
         with pred.timed("deidentify"):
             try:
@@ -121,18 +122,19 @@ def predict_study(
                 pred.skipped.append(f"instance {ds.get('InstanceNumber', '?')}: {exc.reason}")
                 continue
         with pred.timed("predict"):  # reading the pixels is part of predicting
+            row = {column: Blob(clean, mod)}
             try:
-                sample = entry.predictor.sample({column: Blob(clean, mod)}, sample_id="input")
+                sample = entry.predictor.sample(row, sample_id="input")
             except DataError as exc:
                 pred.skipped.append(f"instance {ds.get('InstanceNumber', '?')}: {exc.reason}")
                 continue
-        kept.append((ds, sample, hashlib.sha256(clean).hexdigest()))
+        kept.append((ds, sample, hashlib.sha256(clean).hexdigest(), row))
     if not kept:
         why = "; ".join(pred.skipped[:3]) or "the study holds no image instance"
         raise DataError(f"no image of the study could be used: {why}", modality=mod)
     with pred.timed("predict"):
-        outputs = entry.run_batch([s for _, s, _ in kept])
+        outputs = entry.run_batch([k[1] for k in kept])
     pred.results = [
-        InstanceResult(ds, out, d) for (ds, _, d), out in zip(kept, outputs, strict=True)
+        InstanceResult(ds, out, d, row) for (ds, _, d, row), out in zip(kept, outputs, strict=True)
     ]
     return pred

@@ -80,9 +80,15 @@ def _add_pacs_routes(
 
     @app.post("/v1/models/{name}/pacs/{study}", tags=["pacs"])
     async def predict_study(
-        name: str, study: str, request: Request, store_sr: bool = True, token: str = Depends(auth)
+        name: str,
+        study: str,
+        request: Request,
+        store_sr: bool = True,
+        explain: bool = False,
+        token: str = Depends(auth),
     ) -> JSONResponse:
-        """Fetch the study (WADO-RS), predict each image, store the SR back (STOW-RS)."""
+        """Fetch the study (WADO-RS), predict each image, store the SR back (STOW-RS); with
+        ``explain``, each heat map too, as a Secondary Capture."""
         from medmodal.hospital.pipeline import run_dicomweb_study
 
         pacs = _pacs(request)
@@ -96,6 +102,7 @@ def _add_pacs_routes(
             store_sr=store_sr,
             audit=audit,
             caller=token,
+            explain=explain,
         )
         return JSONResponse({"study": study, **outcome.summary()})
 
