@@ -183,8 +183,8 @@ def test_cli_bundle_in_validated_report_out(note_ckpt: Path, tmp_path: Path) -> 
 
 
 def test_service_answers_fhir_when_asked(note_ckpt: Path, tmp_path: Path) -> None:
-    from medmodal.hospital.commands import configure_hospital
     from medmodal.serve.app import create_app
+    from medmodal.serve.hospital import configure_hospital
 
     token = create_token(tmp_path / "tokens.json", "ehr")
     models = {"notes": ModelEntry("notes", note_ckpt)}

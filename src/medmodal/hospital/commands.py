@@ -115,26 +115,6 @@ def write_instances_csv(path: Path, summaries: list[dict[str, Any]]) -> Path:
     return path
 
 
-def configure_hospital(
-    app: Any, models: dict[str, ModelEntry], dicomweb: str | None, fhir_mappings: list[str]
-) -> None:
-    """``serve --dicomweb URL --fhir-mapping NAME=map.yaml``: the PACS and the FHIR mappings."""
-    from medmodal.errors import ConfigError
-
-    app.state.pacs = Pacs(dicomweb) if dicomweb else None
-    mappings = {}
-    for spec in fhir_mappings:
-        name, sep, path = spec.partition("=")
-        if not sep and len(models) == 1:
-            name, path = next(iter(models)), spec
-        if name not in models:
-            raise ConfigError(
-                f"--fhir-mapping {spec!r}: use NAME=map.yaml with NAME one of {', '.join(models)}"
-            )
-        mappings[name] = read_mapping(Path(path), models[name].predictor)
-    app.state.fhir_mappings = mappings
-
-
 def listen_until_stopped(
     checkpoints: list[str],
     *,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -235,3 +236,25 @@ def wants_fhir(scope: Any) -> bool:
     return "application/json" not in kinds or kinds.index(FHIR_JSON) < kinds.index(
         "application/json"
     )
+
+
+def configure_hospital(
+    app: Any, models: dict[str, ModelEntry], dicomweb: str | None, fhir_mappings: list[str]
+) -> None:
+    """``serve --dicomweb URL --fhir-mapping NAME=map.yaml``: the PACS and the FHIR mappings."""
+    from medmodal.errors import ConfigError
+    from medmodal.hospital.dicomweb import Pacs
+    from medmodal.hospital.fhir_input import read_mapping
+
+    app.state.pacs = Pacs(dicomweb) if dicomweb else None
+    mappings = {}
+    for spec in fhir_mappings:
+        name, sep, path = spec.partition("=")
+        if not sep and len(models) == 1:
+            name, path = next(iter(models)), spec
+        if name not in models:
+            raise ConfigError(
+                f"--fhir-mapping {spec!r}: use NAME=map.yaml with NAME one of {', '.join(models)}"
+            )
+        mappings[name] = read_mapping(Path(path), models[name].predictor)
+    app.state.fhir_mappings = mappings

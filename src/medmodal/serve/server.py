@@ -65,7 +65,7 @@ def build_app(
     limits = Limits(max_bytes=int(max_upload_mb * MB), timeout=timeout)
     app = create_app(models, store, audit, limits)
     if dicomweb or fhir_mappings:
-        from medmodal.hospital.commands import configure_hospital
+        from medmodal.serve.hospital import configure_hospital
 
         configure_hospital(app, models, dicomweb, fhir_mappings or [])
     return app
