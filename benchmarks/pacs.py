@@ -123,11 +123,10 @@ def make_studies(arrays: list[np.ndarray], syntax: str, tag: str) -> list[list[A
 
 # -- arms ------------------------------------------------------------------------------------
 def arm_local(entry: Any, studies: list[list[Any]]) -> dict[str, Any]:
-    """No PACS: each study's DICOM bytes de-identified and predicted in process."""
+    """No PACS: each study's DICOM bytes parsed, de-identified and predicted in process."""
     from pydicom import dcmread
 
-    from medmodal.hospital.pipeline import run_study
-    from medmodal.hospital.study import part10_bytes
+    from medmodal.hospital.study import part10_bytes, predict_study
 
     blobs = [[part10_bytes(ds) for ds in s] for s in studies]  # as files on disk would be
     start, timings, probs = time.perf_counter(), [], []
@@ -135,9 +134,9 @@ def arm_local(entry: Any, studies: list[list[Any]]) -> dict[str, Any]:
         import io
 
         datasets = [dcmread(io.BytesIO(b)) for b in study]
-        out = run_study(entry, datasets)
-        timings.append(out.prediction.timings)
-        probs.append(_probs(out))
+        pred = predict_study(entry, datasets)  # no SR, no store: what an upload costs
+        timings.append(pred.timings)
+        probs.append([p for r in pred.results for p in r.output["probabilities"].values()])
     return _summary(time.perf_counter() - start, timings, len(studies), probs=probs)
 
 
@@ -243,6 +242,7 @@ def run_model(
     from medmodal.hospital.orthanc import start_orthanc
 
     out: dict[str, Any] = {
+        "provenance": common.provenance(),
         "model": name,
         "studies": len(studies),
         "pixels": list(studies[0][0].pixel_array.shape),
@@ -300,48 +300,7 @@ def render(res: dict[str, Any]) -> str:
         "",
     ]
     for m in res.get("models", []):
-        lines += [
-            f"## {m['model']} ({m['studies']} studies, {m['transfer_syntax']}, {m['pixels']} px)",
-            "",
-        ]
-        rows = []
-        for arm in ARMS:
-            a = m.get(arm)
-            if not a:
-                continue
-            st = a["stages"]
-            rows.append(
-                [
-                    arm,
-                    a["done"],
-                    common.num(a["studies_per_minute"], 1),
-                    common.num(a["seconds_per_study"], 4),
-                    *[common.num(st.get(s, {}).get("mean"), 4) if s in st else "-" for s in STAGES],
-                    common.num(a.get("max_abs_prob_diff_vs_local"), 6) if arm != "local" else "ref",
-                ]
-            )
-        lines += common.table(
-            [
-                "arm",
-                "studies",
-                "studies/min",
-                "s/study (wall)",
-                *[f"{s} s" for s in STAGES],
-                "max |p - local|",
-            ],
-            rows,
-        )
-        v = m["sr_validation"]
-        lines += [
-            "",
-            f"SR validation: {v['highdicom_ok']}/{v['srs']} re-read by highdicom (TID 1500 content tree); "
-            f"dciodvfy (dicom3tools) run on {v['dciodvfy_run']}: {v['dciodvfy_errors']} error(s)"
-            + (f" ({'; '.join(v['dciodvfy_first_errors'])})" if v["dciodvfy_errors"] else "")
-            + ".",
-        ]
-        if m.get("dimse", {}).get("errors"):
-            lines.append(f"DIMSE errors: {m['dimse']['errors'][:3]}")
-        lines.append("")
+        lines += model_section(m)
     lines += [
         "Stage means are per study (seconds). For `dimse`, `fetch` is the span over which the study's",
         "instances arrived; `store` is the C-STORE of the SR. Where medmodal loses: the PACS path",
@@ -349,8 +308,45 @@ def render(res: dict[str, Any]) -> str:
         "with 1-image studies at 28 px the model is a small part of the time.",
         "",
     ]
-    lines += common.reproduce_section([], res.get("environment", {}))
+    lines += common.reproduce_section(res.get("models", []), res.get("environment", {}))
     return "\n".join(lines) + "\n"
+
+
+def model_section(m: dict[str, Any]) -> list[str]:
+    """One model's table (arms x stages) and its SR validation line."""
+    lines = [
+        f"## {m['model']} ({m['studies']} studies, {m['transfer_syntax']}, {m['pixels']} px)",
+        "",
+    ]
+    rows = []
+    for arm in ARMS:
+        a = m.get(arm)
+        if not a:
+            continue
+        st = a["stages"]
+        rows.append(
+            [
+                arm,
+                a["done"],
+                common.num(a["studies_per_minute"], 1),
+                common.num(a["seconds_per_study"], 4),
+                *[common.num(st[s]["mean"], 4) if s in st else "-" for s in STAGES],
+                common.num(a.get("max_abs_prob_diff_vs_local"), 6) if arm != "local" else "ref",
+            ]
+        )
+    heads = ["arm", "studies", "studies/min", "s/study (wall)", *[f"{s} s" for s in STAGES]]
+    lines += common.table([*heads, "max |p - local|"], rows)
+    v = m["sr_validation"]
+    first = f" ({'; '.join(v['dciodvfy_first_errors'])})" if v["dciodvfy_errors"] else ""
+    lines += [
+        "",
+        f"SR validation: {v['highdicom_ok']}/{v['srs']} re-read by highdicom (TID 1500 content "
+        f"tree); dciodvfy (dicom3tools) run on {v['dciodvfy_run']}: {v['dciodvfy_errors']} "
+        f"error(s){first}.",
+    ]
+    if m.get("dimse", {}).get("errors"):
+        lines.append(f"DIMSE errors: {m['dimse']['errors'][:3]}")
+    return [*lines, ""]
 
 
 def main() -> None:

@@ -927,17 +927,13 @@ def listen(
 ) -> None:
     """DIMSE Storage SCP: a PACS routes studies here (C-STORE); each complete study is predicted
     and its DICOM SR sent to --destination, with audit entries as the service writes."""
-    from medmodal.hospital.commands import listen_until_stopped
+    from medmodal.hospital.commands import ListenSettings, listen_until_stopped
 
+    settings = ListenSettings(aet, port, host, tuple(allow or ()), destination, quiet)
     listen_until_stopped(
         list(checkpoints),
-        aet=aet,
-        port=port,
-        host=host,
-        allow=list(allow or []),
-        destination=destination,
-        quiet=quiet,
-        audit_log=audit_log,
+        settings,
+        audit_log,
         threads=threads,
         say=lambda text: err.print(text, highlight=False),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +116,21 @@ def write_instances_csv(path: Path, summaries: list[dict[str, Any]]) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class ListenSettings:
+    """``medmodal listen``'s network options."""
+
+    aet: str = "MEDMODAL"
+    port: int = 11112
+    host: str = "127.0.0.1"
+    allow: tuple[str, ...] = ()
+    destination: str | None = None
+    quiet: float = 5.0
+
+
 def listen_until_stopped(
     checkpoints: list[str],
-    *,
-    aet: str,
-    port: int,
-    host: str,
-    allow: list[str],
-    destination: str | None,
-    quiet: float,
+    settings: ListenSettings,
     audit_log: Path,
     threads: int = 1,
     say: Any = print,
@@ -138,30 +145,39 @@ def listen_until_stopped(
     from medmodal.serve.server import load_models
 
     torch.set_num_threads(threads)
-    dest = Destination.parse(destination) if destination else None
+    s = settings
+    dest = Destination.parse(s.destination) if s.destination else None
     audit = AuditLog(audit_log)
-    listener = Listener(load_models(checkpoints), allow, dest, quiet, audit)
-    listener.start(aet, port, host)
+    listener = Listener(load_models(checkpoints), list(s.allow), dest, s.quiet, audit)
+    listener.start(s.aet, s.port, s.host)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     say(
-        f"medmodal listen: {aet} on {host}:{port}; accepts {', '.join(allow)}; SRs to {destination or 'nowhere (no --destination)'}"
+        f"medmodal listen: {s.aet} on {s.host}:{s.port}; accepts {', '.join(s.allow)}; "
+        f"SRs to {s.destination or 'nowhere (no --destination)'}"
     )
-    seen, errors = 0, 0
     try:
-        while not stop.wait(0.5):
-            for outcome in list(listener.outcomes)[seen:]:
-                s = outcome.summary()
-                say(
-                    f"study of {len(s['instances'])} image(s) by {s['model']}: SR {s['sr']['sop_instance_uid']} ({'sent' if s['sr']['stored'] else 'kept'})"
-                )
-            seen = len(listener.outcomes)
-            for text in list(listener.errors)[errors:]:
-                say(f"error: {text}")
-            errors = len(listener.errors)
+        _report_until(stop, listener, say)
     except KeyboardInterrupt:
         pass
     finally:
         listener.stop()
         audit.close()
         say("medmodal listen: stopped")
+
+
+def _report_until(stop: Any, listener: Any, say: Any) -> None:
+    """Say each finished study and each error as it appears, until ``stop`` is set."""
+    seen, errors = 0, 0
+    while not stop.wait(0.5):
+        for outcome in list(listener.outcomes)[seen:]:
+            s = outcome.summary()
+            sent = "sent" if s["sr"]["stored"] else "kept"
+            say(
+                f"study of {len(s['instances'])} image(s) by {s['model']}: "
+                f"SR {s['sr']['sop_instance_uid']} ({sent})"
+            )
+        seen = len(listener.outcomes)
+        for text in list(listener.errors)[errors:]:
+            say(f"error: {text}")
+        errors = len(listener.errors)
