@@ -147,13 +147,16 @@ def arm_dicomweb(
     from medmodal.hospital.pipeline import run_dicomweb_study
 
     pacs = Pacs(orthanc.dicomweb)
-    start, timings, probs, srs = time.perf_counter(), [], [], []
+    start, timings, probs, srs, outs = time.perf_counter(), [], [], [], []
     for s in studies:
         out = run_dicomweb_study(entry, pacs, str(s[0].StudyInstanceUID))
+        outs.append(out)
         timings.append(out.prediction.timings)
         probs.append(_probs(out))
         srs.append(out.sr)
-    return _summary(time.perf_counter() - start, timings, len(studies), probs=probs), srs
+    res = _summary(time.perf_counter() - start, timings, len(studies), probs=probs)
+    res["received_syntaxes"] = _syntaxes(outs)
+    return res, srs
 
 
 def arm_dimse(
@@ -193,7 +196,16 @@ def arm_dimse(
     ]
     res = _summary(wall, [o.prediction.timings for o in outs], len(studies), probs=probs)
     res.update(c_store_seconds=round(sent, 3), quiet_seconds=quiet, errors=list(listener.errors))
+    res["received_syntaxes"] = _syntaxes(outs)
     return res, [o.sr for o in outs]
+
+
+def _syntaxes(outcomes: list[Any]) -> list[str]:
+    """Transfer syntaxes of the instances as they reached the model (DIMSE may transcode)."""
+    names = {
+        r.source.file_meta.TransferSyntaxUID.name for o in outcomes for r in o.prediction.results
+    }
+    return sorted(names)
 
 
 def _probs(outcome: Any) -> list[float]:
@@ -344,6 +356,11 @@ def model_section(m: dict[str, Any]) -> list[str]:
         f"tree); dciodvfy (dicom3tools) run on {v['dciodvfy_run']}: {v['dciodvfy_errors']} "
         f"error(s){first}.",
     ]
+    for arm in ("dicomweb", "dimse"):
+        if m.get(arm, {}).get("received_syntaxes"):
+            lines.append(
+                f"{arm}: instances reached the model as {', '.join(m[arm]['received_syntaxes'])}."
+            )
     if m.get("dimse", {}).get("errors"):
         lines.append(f"DIMSE errors: {m['dimse']['errors'][:3]}")
     return [*lines, ""]
