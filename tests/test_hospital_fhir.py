@@ -188,7 +188,10 @@ def test_service_answers_fhir_when_asked(note_ckpt: Path, tmp_path: Path) -> Non
 
     token = create_token(tmp_path / "tokens.json", "ehr")
     models = {"notes": ModelEntry("notes", note_ckpt)}
-    app = create_app(models, TokenStore.load(tmp_path / "tokens.json"))
+    from medmodal.serve.audit_log import AuditLog
+
+    audit = AuditLog(tmp_path / "audit.jsonl")
+    app = create_app(models, TokenStore.load(tmp_path / "tokens.json"), audit)
     (tmp_path / "map.yaml").write_text(yaml.safe_dump(MAPPING))
     configure_hospital(app, models, None, [f"notes={tmp_path / 'map.yaml'}"])
     files = {
@@ -236,3 +239,7 @@ def test_service_answers_fhir_when_asked(note_ckpt: Path, tmp_path: Path) -> Non
         assert r.status_code == 200, r.text
         validate(r.json())
         assert c.post("/v1/models/notes/fhir", content=b"[]", headers=h).status_code == 422
+    audit.close()
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [e["token"] for e in lines] == ["ehr", "ehr", "ehr"]  # 2 predicts + 1 bundle
+    assert set(lines[-1]["inputs"]) == {"note", "record"}

@@ -39,7 +39,7 @@ def add_hospital_routes(
     app.state.pacs = getattr(app.state, "pacs", None)
     app.state.fhir_mappings = getattr(app.state, "fhir_mappings", {})
     _add_pacs_routes(app, models, audit, auth)
-    _add_fhir_route(app, models, auth)
+    _add_fhir_route(app, models, audit, auth)
     app.add_middleware(FhirNegotiation, models=models)  # type: ignore[arg-type]
 
     @app.get("/hospital/pacs.js", include_in_schema=False)
@@ -127,9 +127,11 @@ def _entry(models: dict[str, ModelEntry], name: str) -> ModelEntry:
     return models[name]
 
 
-def _add_fhir_route(app: FastAPI, models: dict[str, ModelEntry], auth: Any) -> None:
+def _add_fhir_route(
+    app: FastAPI, models: dict[str, ModelEntry], audit: AuditLog | None, auth: Any
+) -> None:
     @app.post("/v1/models/{name}/fhir", tags=["models"])
-    async def predict_bundle(name: str, request: Request, _: str = Depends(auth)) -> Response:
+    async def predict_bundle(name: str, request: Request, token: str = Depends(auth)) -> Response:
         """A FHIR Bundle (Patient, Observations, DocumentReference, Media) -> a FHIR report."""
         from medmodal.hospital.fhir import report_bundle
         from medmodal.hospital.fhir_input import bundle_parts
@@ -152,6 +154,9 @@ def _add_fhir_route(app: FastAPI, models: dict[str, ModelEntry], auth: Any) -> N
             raise HTTPException(422, str(exc)) from None
         prepared = await run_in_threadpool(entry.prepare, parts)
         out = await entry.predict(prepared)
+        if audit is not None:
+            summary = {"prediction": out["prediction"], "probabilities": out["probabilities"]}
+            audit.append(token=token, model=name, inputs=prepared.digests, output=summary)
         patient = next(
             (
                 e.get("fullUrl")
