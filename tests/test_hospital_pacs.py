@@ -28,7 +28,8 @@ from medmodal.serve.audit_log import AuditLog, verify  # noqa: E402
 from medmodal.serve.inference import ModelEntry  # noqa: E402
 from medmodal.serve.limits import Part  # noqa: E402
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow tier: starts a real Orthanc process and trains a model (about 20 s together)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @pytest.fixture(scope="module")
