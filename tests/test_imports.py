@@ -33,7 +33,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("medmodal.train", "medmodal.export", "medmodal.whatif"),  # built on a Predictor
     ("medmodal.run",),  # a run as named steps
     ("medmodal.explain", "medmodal.pretrain", "medmodal.tune"),  # built on runs
-    ("medmodal.api", "medmodal.serve"),  # fronts (api.serve starts the service)
+    (
+        "medmodal.api",
+        "medmodal.serve",
+        "medmodal.hospital",
+    ),  # fronts (api.serve starts the service)
     ("medmodal.cli",),
 ]
 

@@ -123,6 +123,12 @@ DatasetOptionOpt = Annotated[
     list[str] | None,
     typer.Option("--option", "-o", help="Dataset option key=value, e.g. -o target=survival."),
 ]
+DicomwebOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dicomweb", help="DICOMweb URL of a PACS, e.g. http://127.0.0.1:8042/dicom-web (Orthanc)."
+    ),
+]
 TokensOpt = Annotated[
     Path, typer.Option(help="Token file (from `medmodal token create`; only hashes are stored).")
 ]
@@ -335,7 +341,13 @@ def evaluate(
 @friendly
 def predict(
     checkpoint: CheckpointArg,
-    source: SourceArg,
+    source: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A manifest (any subset of modalities), a folder of images, or a FHIR Bundle "
+            "(.json, with --fhir-mapping); leave out with --dicomweb."
+        ),
+    ] = None,
     out_csv: Annotated[Path, typer.Option("--out", help="CSV of probabilities.")] = Path(
         "predictions.csv"
     ),
@@ -347,8 +359,49 @@ def predict(
             "--amp", help="bf16 autocast on CPU / fp16 on CUDA: faster, probabilities ~1e-2 off."
         ),
     ] = False,
+    dicomweb: DicomwebOpt = None,
+    study: Annotated[
+        list[str] | None,
+        typer.Option("--study", help="With --dicomweb: a Study Instance UID to predict (repeat)."),
+    ] = None,
+    store_sr: Annotated[
+        bool,
+        typer.Option(help="With --dicomweb: store the DICOM SR back in the PACS (STOW-RS)."),
+    ] = True,
+    fhir: Annotated[
+        Path | None,
+        typer.Option(
+            "--fhir", help="Also write the result as FHIR R4 (DiagnosticReport Bundle, JSON)."
+        ),
+    ] = None,
+    fhir_mapping: Annotated[
+        Path | None,
+        typer.Option(help="SOURCE is a FHIR Bundle: YAML mapping of its resources onto inputs."),
+    ] = None,
+    audit_log: Annotated[
+        Path | None, typer.Option(help="With --dicomweb: append hash-chained audit entries here.")
+    ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="With --dicomweb: also store each heat map as a Secondary Capture."
+        ),
+    ] = False,
 ) -> None:
-    """Predict class probabilities for a manifest or an image folder -> CSV."""
+    """Predict class probabilities for a manifest or an image folder -> CSV; or for studies of a
+    PACS (--dicomweb URL --study UID: DICOM SR stored back), or for a FHIR Bundle."""
+    if dicomweb is not None or study:
+        _predict_dicomweb(checkpoint, dicomweb, study, out_csv, store_sr, fhir, audit_log, explain)
+        return
+    if source is None:
+        raise MedmodalError(
+            "give SOURCE (a manifest, an image folder or a FHIR Bundle) or --dicomweb URL --study UID"
+        )
+    if fhir_mapping is not None:
+        _predict_fhir_bundle(checkpoint, source, fhir_mapping, fhir)
+        return
+    if fhir is not None:
+        raise MedmodalError("--fhir applies to --dicomweb studies and FHIR Bundle sources")
     from medmodal import api
 
     frame = api.predict(checkpoint, source, root=root, skip_bad=skip_bad, out=out_csv, amp=amp)
@@ -358,6 +411,59 @@ def predict(
         err.print(
             f"[yellow]{len(skipped)} sample(s) skipped[/]: see {out_csv.with_suffix('.skipped.json')}"
         )
+
+
+def _predict_dicomweb(
+    checkpoint: Path,
+    url: str | None,
+    studies: list[str] | None,
+    out_csv: Path,
+    store_sr: bool,
+    fhir: Path | None,
+    audit_log: Path | None,
+    explain: bool = False,
+) -> None:
+    """``predict --dicomweb URL --study UID``: fetch, predict, SR back, CSV (+ FHIR)."""
+    from medmodal.hospital import commands
+    from medmodal.utils.io import dump_json
+
+    if url is None or not studies:
+        raise MedmodalError("--dicomweb URL and --study UID go together")
+    summaries = commands.predict_studies(
+        checkpoint, url, list(studies), store_sr=store_sr, audit_log=audit_log, explain=explain
+    )
+    commands.write_instances_csv(out_csv, summaries)
+    for s in summaries:
+        sr = s["sr"]
+        where = f"stored in {url}" if sr["stored"] else "not stored (--no-store-sr)"
+        out.print(
+            f"study {s['study']}: {len(s['instances'])} image(s) predicted, "
+            f"{len(s['skipped'])} skipped, {len(s['heatmaps'])} heat map(s); "
+            f"SR {sr['sop_instance_uid']} {where}",
+            highlight=False,
+        )
+    out.print(f"predictions: {out_csv}")
+    if fhir is not None:
+        card = commands.load_entry(checkpoint).card
+        bundles = [b for s in summaries for b in commands.study_fhir(s, card)]
+        out.print(f"FHIR: {dump_json(fhir, bundles[0] if len(bundles) == 1 else bundles)}")
+
+
+def _predict_fhir_bundle(checkpoint: Path, source: Path, mapping: Path, fhir: Path | None) -> None:
+    """``predict CHECKPOINT bundle.json --fhir-mapping map.yaml [--fhir report.json]``."""
+    from medmodal.hospital import commands
+    from medmodal.utils.io import dump_json
+
+    result, report = commands.predict_bundle(checkpoint, source, mapping)
+    probs = result.get("calibrated_probabilities") or result["probabilities"]
+    shown = ", ".join(f"{c} {p:.3f}" for c, p in probs.items())
+    out.print(
+        f"prediction: {result['prediction']} ({shown}); inputs used: "
+        f"{', '.join(result['modalities']['used'])}",
+        highlight=False,
+    )
+    if fhir is not None:
+        out.print(f"FHIR DiagnosticReport bundle: {dump_json(fhir, report)}")
 
 
 @app.command()
@@ -761,8 +867,17 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Largest micro-batch.")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 2.0,
     threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    dicomweb: DicomwebOpt = None,
+    fhir_mapping: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fhir-mapping",
+            help="NAME=map.yaml: how a FHIR Bundle posted to /v1/models/NAME/fhir maps onto inputs.",
+        ),
+    ] = None,
 ) -> None:
-    """Serve checkpoints over HTTP: predict, model cards, /metrics and a web page at /."""
+    """Serve checkpoints over HTTP: predict, model cards, /metrics and a web page at /
+    (with --dicomweb, the page can pick a study from that PACS)."""
     from medmodal import api
 
     err.print(f"medmodal serve: http://{host}:{port}/ (models: {', '.join(checkpoints)})")
@@ -778,6 +893,49 @@ def serve(
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         threads=threads,
+        dicomweb=dicomweb,
+        fhir_mappings=fhir_mapping,
+    )
+
+
+@app.command()
+@friendly
+def listen(
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Checkpoints to run on each study: PATH or NAME=PATH.")
+    ],
+    aet: Annotated[str, typer.Option(help="This node's AE title.")] = "MEDMODAL",
+    port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow", help="A calling AE title allowed to send (repeat); others refused."
+        ),
+    ] = None,
+    destination: Annotated[
+        str | None,
+        typer.Option(help="Where the DICOM SRs go by C-STORE: AET@host:port (e.g. the PACS)."),
+    ] = None,
+    quiet: Annotated[
+        float, typer.Option(help="A study is complete after this many seconds without an instance.")
+    ] = 5.0,
+    audit_log: Annotated[Path, typer.Option(help="Append-only, hash-chained audit log.")] = Path(
+        "audit.jsonl"
+    ),
+    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+) -> None:
+    """DIMSE Storage SCP: a PACS routes studies here (C-STORE); each complete study is predicted
+    and its DICOM SR sent to --destination, with audit entries as the service writes."""
+    from medmodal.hospital.commands import ListenSettings, listen_until_stopped
+
+    settings = ListenSettings(aet, port, host, tuple(allow or ()), destination, quiet)
+    listen_until_stopped(
+        list(checkpoints),
+        settings,
+        audit_log,
+        threads=threads,
+        say=lambda text: err.print(text, highlight=False),
     )
 
 

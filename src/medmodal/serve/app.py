@@ -20,6 +20,7 @@ from medmodal import __version__
 from medmodal.serve.audit_log import AuditLog
 from medmodal.serve.auth import TokenStore
 from medmodal.serve.explain import explain_one
+from medmodal.serve.hospital import add_hospital_routes
 from medmodal.serve.inference import ModelEntry
 from medmodal.serve.limits import BadRequest, BodyLimit, Limits, read_parts
 from medmodal.serve.metrics import Metrics, MetricsMiddleware
@@ -50,6 +51,7 @@ def create_app(
     _add_handlers(app)
     _add_info_routes(app, models, metrics, auth)
     _add_predict_route(app, models, audit, limits, auth)
+    add_hospital_routes(app, models, audit, auth)  # FHIR out/in, studies from the PACS
     _add_page_routes(app)
     app.add_middleware(BodyLimit, max_bytes=limits.max_bytes)  # type: ignore[arg-type]
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # type: ignore[arg-type]

@@ -54,6 +54,8 @@ def build_app(
     timeout: float = 30,
     max_batch: int = 64,
     max_wait_ms: float = 2.0,
+    dicomweb: str | None = None,
+    fhir_mappings: list[str] | None = None,
 ) -> Any:
     from medmodal.serve.app import create_app
 
@@ -61,7 +63,12 @@ def build_app(
     models = load_models(checkpoints, runtime, max_batch, max_wait_ms)
     audit = AuditLog(audit_log) if audit_log else None
     limits = Limits(max_bytes=int(max_upload_mb * MB), timeout=timeout)
-    return create_app(models, store, audit, limits)
+    app = create_app(models, store, audit, limits)
+    if dicomweb or fhir_mappings:
+        from medmodal.serve.hospital import configure_hospital
+
+        configure_hospital(app, models, dicomweb, fhir_mappings or [])
+    return app
 
 
 def serve(

@@ -54,6 +54,12 @@ META_FIELDS = (
     "RescaleIntercept",
 )
 Window = Sequence[float] | None
+
+
+class NoPreambleWarning(UserWarning):
+    """A DICOM file read without its preamble / 'DICM' marker (pydicom's ``force=True``)."""
+
+
 Frames = int | str | None
 
 
@@ -164,9 +170,32 @@ def _open(path: Source, *, pixels: bool = True) -> Dataset:
         src = path.open() if isinstance(path, Blob) else path
         return dcmread(src, force=False, stop_before_pixels=not pixels)
     except InvalidDicomError:
-        raise DataError("not a DICOM file (no 'DICM' file meta header)", path=path) from None
+        if isinstance(path, Blob):  # an upload must be a Part 10 file (it is de-identified first)
+            raise DataError("not a DICOM file (no 'DICM' file meta header)", path=path) from None
     except Exception as exc:  # pydicom raises many types for damaged headers
         raise DataError(f"cannot parse DICOM header: {_one_line(exc)}", path=path) from None
+    assert not isinstance(path, Blob)
+    return _open_without_preamble(path, pixels)
+
+
+def _open_without_preamble(path: Path, pixels: bool) -> Dataset:
+    """A file without the 128-byte preamble and 'DICM' (older or raw data sets), read as pydicom's
+    ``force=True`` does, with a warning; DataError unless it holds a SOP class or pixel data."""
+    try:
+        with warnings.catch_warnings():  # pydicom's own warnings may quote header values
+            warnings.simplefilter("ignore")
+            ds = dcmread(path, force=True, stop_before_pixels=not pixels)
+    except Exception:
+        ds = None
+    if ds is None or not ("SOPClassUID" in ds or any(k in ds for k in PIXEL_KEYWORDS)):
+        raise DataError("not a DICOM file (no 'DICM' file meta header)", path=path) from None
+    warnings.warn(
+        f"{path.name}: DICOM file without the 128-byte preamble and 'DICM' marker; read anyway "
+        "(transfer syntax taken from its encoding)",
+        NoPreambleWarning,
+        stacklevel=4,
+    )
+    return ds
 
 
 def _transfer_syntax(ds: Dataset) -> Any:
@@ -235,7 +264,7 @@ def _decode(ds: Dataset, path: Source, index: int | None = None) -> tuple[np.nda
             warnings.simplefilter("ignore")
             arr, info = decoder.as_array(ds, index=index, as_rgb=True)
     except Exception as exc:  # truncated / corrupt / inconsistent pixel module
-        raise DataError(_decode_reason(exc), path=path) from None
+        raise DataError(_decode_reason(exc, ts), path=path) from None
     pi = str(info.get("photometric_interpretation") or ds.get("PhotometricInterpretation") or "")
     framed = arr.ndim == 2 or (arr.ndim == 3 and int(info.get("samples_per_pixel", 1)) > 1)
     if framed:  # one frame: add the frame axis
@@ -243,10 +272,12 @@ def _decode(ds: Dataset, path: Source, index: int | None = None) -> tuple[np.nda
     return arr, pi
 
 
-def _decode_reason(exc: Exception) -> str:
+def _decode_reason(exc: Exception, ts: Any) -> str:
     msg = _one_line(exc)
     if "less than expected" in msg or "truncat" in msg.lower():
         return f"truncated pixel data: {msg}"
+    if getattr(ts, "is_compressed", False):  # every installed plugin tried and failed
+        return f"cannot decode {ts.name} pixel data (corrupt or unsupported variant?): {msg}"
     return f"cannot decode pixel data (corrupt file?): {msg}"
 
 
@@ -254,7 +285,7 @@ def _install_hint(missing: Sequence[str]) -> str:
     """'gdcm - requires gdcm>=3.0.10' -> 'pip install python-gdcm>=3.0.10' (one per plugin)."""
     hints = []
     for line in missing:
-        reqs = line.split("requires", 1)[-1].replace(" and ", " ").split()
+        reqs = line.split("requires", 1)[-1].replace(" and ", " ").replace(",", " ").split()
         pkgs = ["python-gdcm" + r[4:] if r.startswith("gdcm") else r for r in reqs]
         pkgs = [p for p in pkgs if p != "numpy"]
         if pkgs:
