@@ -116,6 +116,18 @@ class EnsembleConfig(Strict):
     time_budget: float | None = Field(
         default=None, gt=0, description="seconds; members not started by then are skipped"
     )
+    selection_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="share of the validation patients held back from the deep members' epoch "
+        "choice and used for the selection alone (0: both on all validation rows)",
+    )
+    keep_all: bool = Field(
+        default=False,
+        description="keep the members not chosen in the checkpoint too (weight 0), e.g. to "
+        "score each member on the test split afterwards",
+    )
 
 
 class ModelConfig(Strict):

@@ -50,6 +50,8 @@ class EnsembleModel(nn.Module):
             raise RuntimeError("the ensemble has no member (it is not fitted)")
         total = None
         for w, m, c, s in zip(self.weights, self.members, self.center, self.scale, strict=True):
+            if w <= 0:  # a member kept for comparison only (model.ensemble.keep_all)
+                continue
             view = member_view(m(inputs, present).float().cpu(), self.task, c, s) * w
             total = view if total is None else total + view
         assert total is not None

@@ -21,6 +21,7 @@ from medmodal.classical.learners import DEFAULT_LEARNERS, check_learner
 from medmodal.classical.model import ClassicalModel, learner_of, plan_features
 from medmodal.config import ExperimentConfig, MemberSpec
 from medmodal.data.dataset import MultimodalDataset
+from medmodal.data.splits import patient_split
 from medmodal.ensemble.combine import member_view, standardiser
 from medmodal.ensemble.members import classical_member, deep_member
 from medmodal.ensemble.model import EnsembleModel
@@ -124,30 +125,37 @@ def fit_ensemble(predictor: Predictor, model: EnsembleModel, train: MultimodalDa
     metric = metric_for(e.metric, task)
     members = resolve_members(cfg, task)
     plans = check_members(members, predictor)
-    y = np.asarray(val.labels)
-    score = scorer(metric, task, y)
+    deep = any(m.learner is None for m in members)
+    epoch_val, select_val = split_validation(val, e.selection_fraction if deep else 0.0, cfg.seed)
+    score = scorer(metric, task, np.asarray(select_val.labels))
     t0, done = time.perf_counter(), []
     for k, spec in enumerate(members):
         if e.time_budget is not None and time.perf_counter() - t0 > e.time_budget:
             done.append(Candidate(spec, None, extra={"skipped": "time budget spent"}))
             continue
-        cand = train_member(spec, predictor, train, val, cfg, progress, console)
+        vals = (epoch_val, select_val)
+        cand = train_member(spec, predictor, train, vals, cfg, progress, console)
         cand.planned = plans.get(k, {})
         cand.score = _finite(score(cand.view))
         done.append(cand)
         if console is not None:
             console.print(f"ensemble member {spec.name}: validation {metric} {cand.score}")
-    return _select(model, done, score, metric, e.rounds)
+    return _select(model, done, score, metric, e.rounds, e.keep_all)
 
 
 def _select(
-    model: EnsembleModel, done: list[Candidate], score: Any, metric: str, rounds: int
+    model: EnsembleModel,
+    done: list[Candidate],
+    score: Any,
+    metric: str,
+    rounds: int,
+    keep_all: bool = False,
 ) -> TrainState:
     ready = [c for c in done if c.view is not None]
     sel = greedy_select([c.view for c in ready], score, rounds)
     for c, w in zip(ready, sel.weights, strict=True):
         c.extra["weight"] = float(w)
-    chosen = [(c, w) for c, w in zip(ready, sel.weights, strict=True) if w > 0]
+    chosen = [(c, w) for c, w in zip(ready, sel.weights, strict=True) if w > 0 or keep_all]
     model.set_members([c.module for c, _ in chosen], [w for _, w in chosen],
                       [c.about(metric) for c, _ in chosen],
                       [c.center for c, _ in chosen], [c.scale for c, _ in chosen])  # fmt: skip
@@ -158,9 +166,39 @@ def _select(
     return TrainState(epoch=0, best_epoch=-1, history=list(model.candidates))
 
 
-def train_member(spec: MemberSpec, predictor: Predictor, train: MultimodalDataset, val: MultimodalDataset,
-                 cfg: ExperimentConfig, progress: Any, console: Any) -> Candidate:  # fmt: skip
-    """Train one member on ``train`` and compute its validation view."""
+def split_validation(
+    val: MultimodalDataset, fraction: float, seed: int
+) -> tuple[MultimodalDataset, MultimodalDataset]:
+    """(rows the deep members pick their epoch on, rows the selection scores): a seeded,
+    patient-grouped, stratified share ``fraction`` of the validation patients for the
+    selection, the rest for the epochs; with ``fraction`` 0 (or too few patients) both are
+    the whole validation split. Deep members' selection scores are then not those their epoch
+    was chosen on, so the selection does not favour them for it."""
+    if fraction <= 0 or len(set(val.patients)) < 4:
+        return val, val
+    y = np.asarray(val.labels)
+    strata = y[:, 1].astype(int) if y.dtype.kind == "f" and y.ndim == 2 else y
+    if strata.ndim > 1:  # multilabel: stratify on the first label
+        strata = strata[:, 0]
+    parts = patient_split(list(val.patients), strata, fraction, 0.0, seed=seed + 7919)
+    sel, epoch = np.flatnonzero(parts == "val"), np.flatnonzero(parts == "train")
+    if len(sel) == 0 or len(epoch) == 0:
+        return val, val
+    return val.subset(epoch).finalize("memory"), val.subset(sel).finalize("memory")
+
+
+def train_member(
+    spec: MemberSpec,
+    predictor: Predictor,
+    train: MultimodalDataset,
+    vals: tuple[MultimodalDataset, MultimodalDataset],
+    cfg: ExperimentConfig,
+    progress: Any,
+    console: Any,
+) -> Candidate:
+    """Train one member on ``train`` (a deep one picks its epoch on ``vals[0]``) and compute its
+    view of the selection rows ``vals[1]``."""
+    epoch_val, val = vals
     ens = predictor.model
     assert isinstance(ens, EnsembleModel)
     t0 = time.perf_counter()
@@ -169,7 +207,7 @@ def train_member(spec: MemberSpec, predictor: Predictor, train: MultimodalDatase
     extra: dict[str, Any] = {}
     if spec.learner is None:
         module = deep_member(cfg.model, ens.ctx)
-        state = _train_deep(module, predictor, train, val, cfg, seed, progress, console)
+        state = _train_deep(module, predictor, train, epoch_val, cfg, seed, progress, console)
         extra.update(best_epoch=state.best_epoch, epochs_run=state.epoch)
     else:
         module = classical_member(spec.learner, spec.features, ens.ctx, seed)
