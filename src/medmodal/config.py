@@ -114,7 +114,9 @@ class EnsembleConfig(Strict):
         "auto", "auroc", "log_loss", "accuracy", "balanced_accuracy", "f1_macro", "c_index"
     ] = Field(default="auto", description="validation score to maximise (auto: AUROC / C)")
     time_budget: float | None = Field(
-        default=None, gt=0, description="seconds; members not started by then are skipped"
+        default=None,
+        gt=0,
+        description="seconds; members not started by then are skipped (the first always runs)",
     )
     selection_fraction: float = Field(
         default=0.5,

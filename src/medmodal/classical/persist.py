@@ -25,7 +25,7 @@ def _skops() -> Any:
         import skops.io as sio
     except ImportError:
         raise ConfigError(
-            "classical learners need skops to store fitted models: pip install 'medmodal[classical]'"
+            "classical learners need skops to store fitted models: pip install skops"
         ) from None
     return sio
 

@@ -130,7 +130,8 @@ def fit_ensemble(predictor: Predictor, model: EnsembleModel, train: MultimodalDa
     score = scorer(metric, task, np.asarray(select_val.labels))
     t0, done = time.perf_counter(), []
     for k, spec in enumerate(members):
-        if e.time_budget is not None and time.perf_counter() - t0 > e.time_budget:
+        spent = time.perf_counter() - t0
+        if e.time_budget is not None and done and spent > e.time_budget:  # the first always runs
             done.append(Candidate(spec, None, extra={"skipped": "time budget spent"}))
             continue
         vals = (epoch_val, select_val)
