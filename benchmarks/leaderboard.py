@@ -56,23 +56,37 @@ class Case:
 
 
 # -- the cases ---------------------------------------------------------------------------------
-def survival_case(name: str) -> Case:
+def survival_case(name: str, drop: tuple[str, ...] = ()) -> Case:
     import survival as S
 
     def build(data: Path, work: Path, seed: int) -> dict[str, Any]:
         from medmodal.datasets import prepare_dataset
 
-        n = (
-            len(prepare_dataset(name, work / "size", None, {}).manifest.read_text().splitlines())
-            - 1
-        )
+        prepared = prepare_dataset(name, work / "data", None, {})
+        n = len(prepared.manifest.read_text().splitlines()) - 1
         cfg = S.deep_config(name, n, seed, work, "cox")
         cfg["train"]["threads"] = 2
+        if drop:  # the same rows and folds, the record without these columns
+            schema = Schema.load(prepared.schema)
+            rec = schema.modalities["record"]
+            keep = [c for c in rec.columns or [] if c not in drop]
+            cats = [c for c in rec.categorical if c not in drop]
+            schema.modalities["record"] = rec.model_copy(
+                update={"columns": keep, "categorical": cats}
+            )
+            cfg["data"] = {"manifest": str(prepared.manifest), "val_fraction": 0.2,
+                           "schema": schema.model_dump(mode="json", exclude_none=True)}  # fmt: skip
         return cfg
 
     ref = {"whas500": "CoxPH 0.771", "gbsg2": "RSF 0.691", "veterans": "CoxPH 0.701",
            "aids": "RSF 0.750", "flchain": "GB 0.798"}[name]  # fmt: skip
-    return Case(name, build, "c_index", k=5, reference=f"survival.md best classical: {ref}")
+    label = name + "".join(f"_no_{c}" for c in drop)
+    note = (
+        f"; without {', '.join(drop)} (flagged: equals the time of in-hospital deaths)"
+        if drop
+        else ""
+    )
+    return Case(label, build, "c_index", k=5, reference=f"survival.md best classical: {ref}{note}")
 
 
 def medmnist_case(name: str, deep_seeds: int) -> Case:
@@ -178,6 +192,7 @@ CASES: dict[str, Callable[[], Case]] = {
         n: (lambda n=n: survival_case(n))
         for n in ("whas500", "gbsg2", "veterans", "aids", "flchain")
     },
+    "whas500_no_los": lambda: survival_case("whas500", ("los",)),
     "breastmnist": lambda: medmnist_case("breastmnist", 2),
     "mitdb": mitdb_case,
     "ptbxl": ptbxl_case,

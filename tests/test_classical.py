@@ -253,3 +253,11 @@ def test_classical_model_config_round_trips() -> None:
                                  "features": {"x": ["pixels", {"name": "histogram", "bins": 8}]}}})  # fmt: skip
     again = load_config(cfg.to_dict())
     assert again.model == cfg.model
+
+
+def test_whas500_flags_los_which_equals_the_time_of_in_hospital_deaths(tmp_path: Path) -> None:
+    ds = get_dataset("whas500")
+    assert "'los'" in ds.info.notes and "40 patients who died in hospital" in ds.info.notes
+    frame = pd.read_csv(ds.prepare(tmp_path / "w").manifest)
+    same = np.isclose(frame["los"], frame["time"])
+    assert same.sum() == 40 and (frame.loc[same, "event"] == 1).all()
