@@ -261,3 +261,22 @@ def test_whas500_flags_los_which_equals_the_time_of_in_hospital_deaths(tmp_path:
     frame = pd.read_csv(ds.prepare(tmp_path / "w").manifest)
     same = np.isclose(frame["los"], frame["time"])
     assert same.sum() == 40 and (frame.loc[same, "event"] == 1).all()
+
+
+def test_small_functions_in_classical_and_ensemble() -> None:
+    import ast
+
+    src = Path(__file__).resolve().parents[1] / "src" / "medmodal"
+    files = [*(src / "classical").rglob("*.py"), *(src / "ensemble").rglob("*.py"),
+             src / "explain" / "occlusion_map.py"]  # fmt: skip
+    bad = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+                n -= bool(a.args and a.args[0].arg in ("self", "cls"))
+                lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if n > 8 or lines > 60:
+                    bad.append(f"{path.name}:{node.lineno} {node.name} ({n}, {lines})")
+    assert not bad, bad

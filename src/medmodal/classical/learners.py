@@ -11,7 +11,10 @@ import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import Field
+
 from medmodal.errors import ConfigError
+from medmodal.options import Strict
 from medmodal.registry import Registry
 
 LEARNERS: Registry[Any] = Registry("learner", context=("task", "seed"))
@@ -60,21 +63,25 @@ def logistic(
     return LogisticRegression(C=C, class_weight=_weights(class_weight), max_iter=max_iter)
 
 
+class LightGBMOptions(Strict):
+    """LightGBM's options (``model.learner: {name: lightgbm, n_estimators: 500, ...}``)."""
+
+    n_estimators: int = Field(default=300, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0)
+    num_leaves: int = Field(default=15, ge=2)
+    min_child_samples: int = Field(default=10, ge=1)
+    subsample: float = Field(default=0.8, gt=0, le=1)
+    colsample_bytree: float = Field(default=0.5, gt=0, le=1)
+    reg_lambda: float = Field(default=1.0, ge=0)
+    class_weight: Weights = "none"
+
+
 @LEARNERS.register(
-    "lightgbm", capabilities=LearnerCapabilities(CLASSIFY, onnx="onnxmltools", handles_nan=True)
+    "lightgbm",
+    options=LightGBMOptions,
+    capabilities=LearnerCapabilities(CLASSIFY, onnx="onnxmltools", handles_nan=True),
 )
-def lightgbm(
-    task: str,
-    seed: int,
-    n_estimators: int = 300,
-    learning_rate: float = 0.05,
-    num_leaves: int = 15,
-    min_child_samples: int = 10,
-    subsample: float = 0.8,
-    colsample_bytree: float = 0.5,
-    reg_lambda: float = 1.0,
-    class_weight: Weights = "none",
-) -> Any:
+def lightgbm(task: str, seed: int, options: LightGBMOptions) -> Any:
     """LightGBM gradient-boosted trees (missing values handled natively)."""
     try:
         from lightgbm import LGBMClassifier
@@ -82,11 +89,12 @@ def lightgbm(
         raise ConfigError(
             "learner lightgbm needs LightGBM: pip install 'medmodal[classical]'"
         ) from None
+    o = options
     return LGBMClassifier(
-        n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
-        min_child_samples=min_child_samples, subsample=subsample, subsample_freq=1,
-        colsample_bytree=colsample_bytree, reg_lambda=reg_lambda,
-        class_weight=_weights(class_weight), random_state=seed, n_jobs=threads(),
+        n_estimators=o.n_estimators, learning_rate=o.learning_rate, num_leaves=o.num_leaves,
+        min_child_samples=o.min_child_samples, subsample=o.subsample, subsample_freq=1,
+        colsample_bytree=o.colsample_bytree, reg_lambda=o.reg_lambda,
+        class_weight=_weights(o.class_weight), random_state=seed, n_jobs=threads(),
         deterministic=True, force_row_wise=True, verbose=-1,
     )  # fmt: skip
 

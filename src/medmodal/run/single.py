@@ -72,8 +72,7 @@ def train_and_evaluate(
     }
     if init_check:
         metrics["encoder_init"] = init_check
-    composite = composite_summary(predictor.model)
-    if composite is not None:
+    if (composite := composite_summary(predictor.model)) is not None:  # classical / ensemble
         metrics["model"] = composite
     result = RunResult(run_dir, run_dir / "best.pt", metrics, state.history, loaded.bad_list)
     if not is_main():  # under torchrun, rank 0 alone scores the test split and writes
