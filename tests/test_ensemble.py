@@ -244,3 +244,8 @@ def test_survival_ensemble_standardises_member_risks(tmp_path: Path) -> None:
     run = api.fit(cfg, progress=False)
     p = Predictor.load(run.checkpoint)
     assert all(s > 0 for s in p.model.scale) and run.metrics["test"]["c_index"] > 0.55
+
+
+def test_predict_amp_takes_an_ensemble(best_run: Any) -> None:
+    frame = api.predict(best_run.checkpoint, best_run.run_dir / "data" / "manifest.csv", amp=True)
+    assert len(frame) == 569 and frame["prob_malignant"].between(0, 1).all()

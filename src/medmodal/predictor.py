@@ -280,7 +280,7 @@ class Predictor:
             ) from None
         model.to(device).eval()
         if amp:
-            for encoder in model.encoders.values():
+            for encoder in getattr(model, "encoders", {}).values():  # none: classical / ensemble
                 to_channels_last(encoder)
         return cls(schema, label_map, processors, model, cfg, temperature, conformal, survival, amp)
 

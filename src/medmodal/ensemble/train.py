@@ -30,6 +30,7 @@ from medmodal.ensemble.select import greedy_select
 from medmodal.errors import ConfigError
 from medmodal.predictor import Predictor, predict_logits
 from medmodal.survival import SurvivalModel
+from medmodal.train.distributed import world
 from medmodal.train.trainer import Trainer, TrainState
 from medmodal.utils.runtime import seed_everything
 
@@ -67,6 +68,8 @@ def fit_composite(predictor: Predictor, parts: dict[str, MultimodalDataset], cfg
     """Fit ``predictor.model`` (a classical model or an ensemble) on ``parts["train"]`` (the
     ensemble also reads ``parts["val"]``); the returned state's history says what was fitted."""
     model, train, val = predictor.model, parts["train"], parts.get("val")
+    if world()[1] > 1:
+        raise ConfigError("classical learners and ensembles train in one process (drop --nproc)")
     if isinstance(model, ClassicalModel):
         info = fit_classical(model, train)
         return TrainState(epoch=0, best_epoch=-1, history=[info])
