@@ -280,3 +280,21 @@ def test_small_functions_in_classical_and_ensemble() -> None:
                 if n > 8 or lines > 60:
                     bad.append(f"{path.name}:{node.lineno} {node.name} ({n}, {lines})")
     assert not bad, bad
+
+
+def test_signal_features_defaults_and_rhythm() -> None:
+    from medmodal.classical.features import default_features
+
+    record = {"in_channels": 12, "length": 1000, "fs": 100.0}
+    beat = {"in_channels": 1, "length": 256, "fs": 360.0}
+    assert default_features("signal", record) == ["lead_stats", "rhythm"]
+    assert default_features("signal", beat) == ["lead_stats", "beat_shape"]
+    x = np.zeros((2, 12, 1000), dtype=np.float32)
+    x[:, :, ::80] = 1.0  # a beat every 0.8 s: 75 per minute
+    for name, info in (("rhythm", record), ("lead_stats", record), ("beat_shape", beat)):
+        e = FEATURES.create(name, {}, info=info, processor=None)
+        inp = torch.from_numpy(x if info is record else x[:, :1, :256].copy())
+        f = e.transform(inp)
+        assert f.shape == (2, len(e.names())) and np.isfinite(f).all()
+    hr = FEATURES.create("rhythm", {}, info=record, processor=None).transform(torch.from_numpy(x))
+    assert abs(hr[0, 0] - 75.0) < 1.0

@@ -30,14 +30,21 @@ class FeatureCapabilities:
     types: tuple[str, ...]
     default: bool = False
     dims: int | None = None
+    when: Callable[[Mapping[str, Any]], bool] | None = None  # default only when it holds
 
 
 def register_features(
-    name: str, types: tuple[str, ...], *, default: bool = False, dims: int | None = None
+    name: str,
+    types: tuple[str, ...],
+    *,
+    default: bool = False,
+    dims: int | None = None,
+    when: Callable[[Mapping[str, Any]], bool] | None = None,
 ) -> Callable[[Callable[..., FeatureExtractor]], Callable[..., FeatureExtractor]]:
-    """Register an extractor constructor ``fn(info, processor, **typed options)``."""
+    """Register an extractor constructor ``fn(info, processor, **typed options)``; ``default``:
+    in its types' default set (for ``dims`` spatial dimensions, when ``when(info)`` holds)."""
     _TYPES[name] = types
-    return FEATURES.register(name, capabilities=FeatureCapabilities(types, default, dims))
+    return FEATURES.register(name, capabilities=FeatureCapabilities(types, default, dims, when))
 
 
 def default_features(mtype: str, info: Mapping[str, Any]) -> list[str]:
@@ -46,7 +53,8 @@ def default_features(mtype: str, info: Mapping[str, Any]) -> list[str]:
     out = []
     for name in FEATURES.ordered():
         cap: FeatureCapabilities = FEATURES.capabilities(name)
-        if mtype in cap.types and cap.default and (cap.dims is None or cap.dims == dims):
+        fits = (cap.dims is None or cap.dims == dims) and (cap.when is None or cap.when(info))
+        if mtype in cap.types and cap.default and fits:
             out.append(name)
     if mtype == "text" and info.get("tokenizer") == "minilm_embed":
         return ["embedding"]

@@ -101,6 +101,47 @@ class BeatShape(FeatureExtractor):
         return [f"lead{lead}_{s}" for lead in range(self.leads) for s in per]
 
 
+class Rhythm(FeatureExtractor):
+    """Beats found on the lead with the most 5-15 Hz energy (band-passed envelope peaks at
+    least 0.3 s apart): heart rate, RR sd / min / max, RMSSD, beat count, and each lead's median
+    amplitude at the beats. NaN where fewer than three beats are found."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        self.leads = int(info.get("in_channels") or 1)
+        self.fs = float(info["fs"])
+
+    def transform(self, x: torch.Tensor) -> np.ndarray:
+        from scipy.signal import butter, find_peaks, sosfiltfilt
+
+        v = as_numpy(x).astype(np.float64)
+        sos = butter(2, [5, min(15, 0.45 * self.fs)], btype="band", fs=self.fs, output="sos")
+        band = np.abs(sosfiltfilt(sos, v, axis=-1))
+        rows = []
+        for rec, env in zip(v, band, strict=True):
+            lead = int(np.argmax((env**2).sum(-1)))
+            e = env[lead]
+            peaks, _ = find_peaks(e, distance=max(1, int(0.3 * self.fs)),
+                                  height=0.35 * np.percentile(e, 99))  # fmt: skip
+            rr = np.diff(peaks) / self.fs
+            if len(rr) < 2:
+                rows.append(np.full(6 + self.leads, np.nan))
+                continue
+            hr = [60 / rr.mean(), rr.std(), rr.min(), rr.max(),
+                  np.sqrt(np.mean(np.diff(rr) ** 2)), len(peaks)]  # fmt: skip
+            rows.append(np.concatenate([hr, np.median(rec[:, peaks], axis=1)]))
+        return np.asarray(rows, dtype=np.float32)
+
+    def names(self) -> list[str]:
+        base = ["heart_rate", "rr_sd", "rr_min", "rr_max", "rmssd", "beats"]
+        return base + [f"lead{lead}_r_amplitude" for lead in range(self.leads)]
+
+
+def long_window(info: dict[str, Any]) -> bool:
+    """A record of at least 2 s (rhythm features); shorter windows are single beats."""
+    fs, length = info.get("fs"), info.get("length")
+    return bool(fs and length and length / fs >= 2.0)
+
+
 @register_features("lead_stats", ("signal",), default=True)
 def lead_stats(
     info: dict[str, Any], processor: Any, bands: tuple[tuple[float, float], ...] = BANDS
@@ -109,7 +150,15 @@ def lead_stats(
     return LeadStats(info, bands)
 
 
-@register_features("beat_shape", ("signal",))
+@register_features("rhythm", ("signal",), default=True, when=long_window)
+def rhythm(info: dict[str, Any], processor: Any) -> FeatureExtractor:
+    """Heart rate and RR variability from detected beats, R amplitudes per lead (>= 2 s)."""
+    if not info.get("fs"):
+        raise ValueError("rhythm features need the sampling rate (preprocess.fs)")
+    return Rhythm(info)
+
+
+@register_features("beat_shape", ("signal",), default=True, when=lambda i: not long_window(i))
 def beat_shape(info: dict[str, Any], processor: Any, points: int = 32) -> FeatureExtractor:
     """ECG beat morphology: the pooled waveform and its extrema per lead."""
     if points < 2:
