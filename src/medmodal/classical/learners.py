@@ -144,7 +144,7 @@ def svm(
 
 @LEARNERS.register("coxph", capabilities=LearnerCapabilities(("survival",), True))
 def coxph(
-    task: str, seed: int, alpha: float = 0.1, ties: Literal["breslow", "efron"] = "efron"
+    task: str, seed: int, alpha: float = 0.01, ties: Literal["breslow", "efron"] = "efron"
 ) -> Any:
     """Cox proportional hazards (ridge penalty ``alpha``) on standardised features."""
     from sksurv.linear_model import CoxPHSurvivalAnalysis
@@ -156,16 +156,16 @@ def coxph(
 def rsf(
     task: str,
     seed: int,
-    n_estimators: int = 200,
-    min_samples_leaf: int = 10,
+    n_estimators: int = 100,
+    min_samples_leaf: int = 15,
     max_features: float | Literal["sqrt", "log2"] | None = "sqrt",
 ) -> Any:
-    """Random survival forest (scikit-survival)."""
+    """Random survival forest (scikit-survival; risk scores only: low_memory)."""
     from sksurv.ensemble import RandomSurvivalForest
 
     return RandomSurvivalForest(
         n_estimators=n_estimators, min_samples_leaf=min_samples_leaf, max_features=max_features,
-        random_state=seed, n_jobs=threads(),
+        random_state=seed, n_jobs=threads(), low_memory=True,
     )  # fmt: skip
 
 
@@ -173,10 +173,10 @@ def rsf(
 def gb_survival(
     task: str,
     seed: int,
-    n_estimators: int = 200,
-    learning_rate: float = 0.05,
+    n_estimators: int = 100,
+    learning_rate: float = 0.1,
     max_depth: int = 3,
-    subsample: float = 0.8,
+    subsample: float = 1.0,
 ) -> Any:
     """Gradient-boosted Cox model on regression trees (scikit-survival)."""
     from sksurv.ensemble import GradientBoostingSurvivalAnalysis
