@@ -249,3 +249,23 @@ def test_survival_ensemble_standardises_member_risks(tmp_path: Path) -> None:
 def test_predict_amp_takes_an_ensemble(best_run: Any) -> None:
     frame = api.predict(best_run.checkpoint, best_run.run_dir / "data" / "manifest.csv", amp=True)
     assert len(frame) == 569 and frame["prob_malignant"].between(0, 1).all()
+
+
+def test_cli_presets_and_models_list(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "medmodal.cli", *args], capture_output=True,
+                              text=True, env={**os.environ, "CI": "true"}, timeout=600)  # fmt: skip
+
+    res = cli("models", "list")
+    assert res.returncode == 0 and "lightgbm" in res.stdout and "tfidf" in res.stdout
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(wdbc(tmp_path)))
+    res = cli("train", str(cfg), "--preset", "bets")
+    assert res.returncode == 2 and "unknown preset 'bets'; presets: best, fast" in res.stderr
+    assert "Traceback" not in res.stderr
