@@ -171,7 +171,7 @@ def covid_case() -> Case:
     import covid_cxr as V
 
     def build(data: Path, work: Path, seed: int) -> dict[str, Any]:
-        args = argparse.Namespace(image_size=64, bootstrap=0, epochs=30)
+        args = argparse.Namespace(image_size=64, bootstrap=0, epochs=20)
         recipe = V.recipe_of(args)
         return {
             "name": "covid", "seed": seed, "output_dir": str(work / "run"),
