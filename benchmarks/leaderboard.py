@@ -483,8 +483,11 @@ def not_run(res: dict[str, Any]) -> list[str]:
     missing = [c for c in CASES if c not in done]
     if not missing:
         return []
-    return ["", "## Not run", "", "Not measured in this run (compute budget: 2 shared CPU "
-            f"cores): {', '.join(missing)}. No figure is filled in for them."]  # fmt: skip
+    return ["", "## Not run", "",
+            f"Not measured yet: {', '.join(missing)}. The machine has 2 CPU cores shared by "
+            "several sessions and heavy runs take turns under one lock; these cases did not get "
+            "their turn in the session that wrote this file. No figure is filled in for them; "
+            "`python benchmarks/leaderboard.py --cases <case> --merge` adds one."]  # fmt: skip
 
 
 # -- entry -------------------------------------------------------------------------------------
