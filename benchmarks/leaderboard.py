@@ -193,7 +193,7 @@ CASES: dict[str, Callable[[], Case]] = {
         for n in ("whas500", "gbsg2", "veterans", "aids", "flchain")
     },
     "whas500_no_los": lambda: survival_case("whas500", ("los",)),
-    "breastmnist": lambda: medmnist_case("breastmnist", 2),
+    "breastmnist": lambda: medmnist_case("breastmnist", 1),
     "mitdb": mitdb_case,
     "ptbxl": ptbxl_case,
     "retinamnist": lambda: medmnist_case("retinamnist", 1),
