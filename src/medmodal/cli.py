@@ -161,6 +161,17 @@ def train(
     rdzv_id: Annotated[
         str | None, typer.Option(help="Job id shared by the machines of one run (multi-node).")
     ] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="best: the config's deep model (several seeds) + classical learners, ensembled "
+            "on validation into one checkpoint; fast: one model (no ensemble)."
+        ),
+    ] = None,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(help="Seconds for an ensemble's members (--preset best); later ones skipped."),
+    ] = None,
 ) -> None:
     """Train a model from a config; writes best.pt, metrics.json and report.html."""
     from medmodal import api
@@ -174,7 +185,15 @@ def train(
         sets.append("data.skip_bad=true")
     if seed is not None:
         sets.append(f"seed={seed}")
-    run = api.fit(config, sets, progress=_progress(), resume=resume, console=err)
+    run = api.fit(
+        config,
+        sets,
+        progress=_progress(),
+        resume=resume,
+        console=err,
+        preset=preset,
+        time_budget=time_budget,
+    )
     main_rank = distributed.is_main()
     distributed.shutdown()
     if not main_rank:  # under torchrun, rank 0 alone reports
@@ -825,7 +844,8 @@ def datasets_prepare(
 
 @models_app.command("list")
 def models_list() -> None:
-    """Encoders (by modality), fusions and heads."""
+    """Encoders (by modality), fusions, heads, classical learners (by task) and feature
+    extractors (by modality type)."""
     from medmodal.fusion import FUSIONS
     from medmodal.models.encoders import ENCODERS
     from medmodal.models.encoders.base import encoder_modalities
@@ -840,6 +860,13 @@ def models_list() -> None:
         table.add_row("fusion", n, "", d)
     for n, d in HEADS.describe().items():
         table.add_row("head", n, "", d)
+    from medmodal.classical.features import FEATURES
+    from medmodal.classical.learners import LEARNERS
+
+    for n, d in LEARNERS.describe().items():
+        table.add_row("learner", n, ", ".join(LEARNERS.capabilities(n).tasks), d)
+    for n, d in FEATURES.describe().items():
+        table.add_row("features", n, ", ".join(FEATURES.capabilities(n).types), d)
     out.print(table)
 
 
