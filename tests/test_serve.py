@@ -349,30 +349,6 @@ def test_cli_token_audit_and_export(breast_ckpt: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0 and out.stat().st_size > 1000
 
 
-@pytest.mark.parametrize("encoder", [{"name": "bigru"}, {}])
-def test_onnx_refuses_an_encoder_that_declares_no_export(encoder: dict[str, Any]) -> None:
-    """bigru (named, or the text default) declares no ONNX export at its registration."""
-    from types import SimpleNamespace
-
-    from medmodal.config import ExperimentConfig
-    from medmodal.data.schema import Schema
-    from medmodal.export.onnx import check_exportable
-
-    schema = Schema.load(
-        {
-            "target": {"task": "binary", "column": "y", "classes": ["a", "b"]},
-            "modalities": {"note": {"type": "text", "column": "t"}},
-        }
-    )
-    cfg = ExperimentConfig.model_validate({"model": {"encoders": {"note": encoder}}})
-    with pytest.raises(
-        ConfigError,
-        match=r"modality 'note': the bigru encoder has no ONNX export \(packed sequences; use "
-        r"tokenizer minilm_embed with embedding_mlp\); text encoders that export: embedding_mlp",
-    ):
-        check_exportable(SimpleNamespace(schema=schema, config=cfg))  # type: ignore[arg-type]
-
-
 def test_onnx_runtime_entry_matches_pytorch(
     breast_ckpt: Path, breast_images: np.ndarray, tmp_path: Path
 ) -> None:
