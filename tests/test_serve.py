@@ -95,7 +95,7 @@ def test_predict_png_named_dcm_reads_by_content_and_audits(
     out = r.json()
     assert set(out["probabilities"]) == {"normal, benign", "malignant"}
     assert abs(sum(out["probabilities"].values()) - 1) < 1e-5
-    assert out["modalities"] == {"used": ["image"], "missing": []}
+    assert out["modalities"] == {"used": ["image"], "missing": [], "empty": []}
     assert out["calibration"] == "none in this checkpoint" and out["prediction_set"] is None
     assert out["explanation"]["available"] is False
     line = json.loads(service["audit"].read_text().splitlines()[-1])
