@@ -761,10 +761,25 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Largest micro-batch.")] = 64,
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 2.0,
     threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    max_decodes: Annotated[
+        int, typer.Option(help="Requests decoding at once (others wait, then 503 + Retry-After).")
+    ] = 2,
+    request_mb: Annotated[
+        float, typer.Option(help="Decoding memory of one request, from headers (413 beyond).")
+    ] = 512,
+    max_pixels: Annotated[int, typer.Option(help="Largest 2D image in pixels (413 beyond).")] = (
+        36_000_000
+    ),
+    allow_burned_in: Annotated[
+        bool,
+        typer.Option(help="Accept DICOM images flagged BurnedInAnnotation=YES (not removed)."),
+    ] = False,
 ) -> None:
     """Serve checkpoints over HTTP: predict, model cards, /metrics and a web page at /."""
     from medmodal import api
+    from medmodal.serve.limits import Limits
 
+    limits = Limits(max_decodes=max_decodes, request_mb=request_mb, max_pixels=max_pixels)
     err.print(f"medmodal serve: http://{host}:{port}/ (models: {', '.join(checkpoints)})")
     api.serve(
         list(checkpoints),
@@ -778,6 +793,8 @@ def serve(
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         threads=threads,
+        limits=limits,
+        allow_burned_in=allow_burned_in,
     )
 
 

@@ -1,7 +1,14 @@
-"""Load checkpoints and run the service under uvicorn."""
+"""Load checkpoints and run the service under uvicorn.
+
+The HTTP protocol is uvicorn's own with one guard (:func:`guarded_protocol`): a connection that
+has not sent complete request headers within ``header_timeout`` seconds of opening, or of its
+last response, is closed (a client that connects and sends nothing, or a header a byte at a
+time, holds nothing for long). A stalled body is the app's: its one request timeout (408).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,32 @@ def load_models(
     }
 
 
+def guarded_protocol(header_timeout: float) -> type:
+    """uvicorn's HTTP protocol, closing connections that send no request headers in time."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class Guarded(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def _arm(self) -> None:
+            armed = self.cycle  # no new request by the deadline: the same (or no) cycle
+
+            def expire() -> None:
+                if self.cycle is armed and not self.transport.is_closing():
+                    self.transport.close()
+
+            self.loop.call_later(header_timeout, expire)
+
+    return Guarded
+
+
 def build_app(
     checkpoints: list[str],
     tokens: str | Path,
@@ -54,13 +87,20 @@ def build_app(
     timeout: float = 30,
     max_batch: int = 64,
     max_wait_ms: float = 2.0,
+    limits: Limits | None = None,
+    allow_burned_in: bool = False,
 ) -> Any:
+    """The app over ``checkpoints``; ``limits`` (else the defaults with ``max_upload_mb`` and
+    ``timeout``) bound what a request may take."""
     from medmodal.serve.app import create_app
 
     store = TokenStore.load(tokens)
+    audit = AuditLog(audit_log) if audit_log else None  # a damaged log stops here, by name
     models = load_models(checkpoints, runtime, max_batch, max_wait_ms)
-    audit = AuditLog(audit_log) if audit_log else None
-    limits = Limits(max_bytes=int(max_upload_mb * MB), timeout=timeout)
+    for entry in models.values():
+        entry.allow_burned_in = allow_burned_in
+    limits = limits or Limits()
+    limits = dataclasses.replace(limits, max_bytes=int(max_upload_mb * MB), timeout=timeout)
     return create_app(models, store, audit, limits)
 
 
@@ -80,4 +120,13 @@ def serve(
     logging.getLogger("pydicom").setLevel(logging.ERROR)  # its warnings may quote header values
     torch.set_num_threads(threads)
     app = build_app(checkpoints, tokens, **options)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    limits = app.state.limits
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http=guarded_protocol(limits.header_timeout),
+        timeout_keep_alive=5,
+    )
