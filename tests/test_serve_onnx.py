@@ -247,3 +247,27 @@ def test_onnx_runtime_serves_a_record_without_categorical_fields(tmp_path: Path)
     a = torch_entry.run_batch([torch_entry.prepare(parts).sample])[0]
     b = onnx_entry.run_batch([onnx_entry.prepare(parts).sample])[0]
     assert a["probabilities"] == pytest.approx(b["probabilities"], abs=1e-5)
+
+
+def test_a_note_model_gives_the_same_answers_through_the_service_on_onnx(
+    real_rows: dict[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """Through the service, 12 of 40 note-only predictions flipped class with the old export."""
+    from medmodal.serve.inference import ModelEntry
+    from medmodal.serve.limits import Part
+
+    rows = real_rows["text"][:40]
+    pred = random_predictor("text", "bigru", rows)
+    ckpt = pred.save(tmp_path / "note.pt")
+    onnx = export_onnx(pred, tmp_path / "note.onnx")
+    torch_entry = ModelEntry("n", ckpt)
+    onnx_entry = ModelEntry("n", ckpt, runtime="onnx", onnx_path=onnx)
+    samples = [torch_entry.prepare({"x": Part(r["x"].encode())}).sample for r in rows]
+    a, b = torch_entry.run_batch(samples), onnx_entry.run_batch(samples)
+    assert [x["prediction"] for x in a] == [x["prediction"] for x in b]
+    diff = max(
+        abs(x["probabilities"][k] - y["probabilities"][k])
+        for x, y in zip(a, b, strict=True)
+        for k in x["probabilities"]
+    )
+    assert diff < 1e-5
