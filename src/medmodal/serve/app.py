@@ -138,13 +138,27 @@ def _add_info_routes(
 
 
 def _schema(app: FastAPI, names: list[str]) -> dict[str, Any]:
-    """The OpenAPI schema, with ``name`` listing the served models."""
+    """The OpenAPI schema, with ``name`` listing the served models and links from the model
+    list to the operations on one model (what a stateful client, or schemathesis, follows)."""
     schema = app.openapi()
     for ops in schema["paths"].values():
         for op in ops.values():
             for param in op.get("parameters", []):
                 if param["name"] == "name" and param["in"] == "path":
                     param["schema"] = {"type": "string", "enum": names, "title": "Name"}
+    paths = schema["paths"]
+    listing = paths.get("/v1/models", {}).get("get", {}).get("responses", {}).get("200")
+    if listing is not None:
+        name = {"name": "$response.body#/models/0/name"}
+        listing["links"] = {
+            f"{method}_{path.rsplit('/', 1)[-1].strip('{}')}": {
+                "operationId": op["operationId"],
+                "parameters": name,
+            }
+            for path, ops in paths.items()
+            if path.startswith("/v1/models/{name}")
+            for method, op in ops.items()
+        }
     return schema
 
 

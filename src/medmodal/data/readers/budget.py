@@ -91,9 +91,12 @@ def check_decode(kind: Kind, count: int, nbytes: int, source: object, what: str)
 def npy_header(fh: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
     """(shape, dtype) of a ``.npy`` stream from its header only (the stream is left after it);
     ValueError when it is no ``.npy`` header."""
-    version = np.lib.format.read_magic(fh)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-    else:
-        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-    return tuple(int(n) for n in shape), np.dtype(dtype)
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        return tuple(int(n) for n in shape), np.dtype(dtype)
+    except Exception as exc:  # numpy parses the header as Python literals: SyntaxError & co.
+        raise ValueError(f"not a readable .npy header ({type(exc).__name__})") from None
