@@ -58,7 +58,9 @@ def read_pil(path: Source) -> np.ndarray:
     except Image.DecompressionBombError as exc:
         raise DecodeLimitError(f"image too large to decode: {exc}", path=path) from None
     except UnidentifiedImageError:
-        raise DataError("cannot identify the image (not a PNG/JPEG/TIFF/BMP?)", path=path) from None
+        raise DataError(
+            "cannot decode image: Pillow cannot identify it (corrupt?)", path=path
+        ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DataError(f"cannot decode image (corrupt or truncated?): {exc}", path=path) from None
     if not np.isfinite(arr).all():

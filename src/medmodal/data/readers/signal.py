@@ -328,7 +328,7 @@ def upload_format(blob: Blob) -> str:
                 raise DataError(fmt.upload_error, path=blob)
             return name
     raise DataError(
-        "not a .npy array, a WFDB header or CSV text by its content",
+        "not a .npy array or CSV text by its content (nor a WFDB header)",
         path=blob,
     )
 
@@ -383,8 +383,8 @@ WFDB = SignalFormat(
     WFDB_SUFFIXES,
     _is_wfdb_header,
     _wfdb_header,
-    upload_error="a WFDB header by its content, without its signal files: send the header and "
-    "the signal files it names as files of the same part (or the signal as .npy or .csv)",
+    upload_error="a WFDB header by its content, without its signal files: send the files it "
+    "names in the same part, or upload the signal as .npy or .csv",
 )
 CSV = SignalFormat((".csv",), _is_text, _existing_file)
 
