@@ -59,7 +59,12 @@ def png(arr: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def real_rows(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
-    """A few real inputs of every modality type (as row cells / uploads)."""
+    return real_inputs(data_dir)
+
+
+def real_inputs(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """A few real inputs of every modality type (as row cells / uploads); benchmarks/serve.py
+    measures the per-encoder parity on them too."""
     imgs = np.load(data_dir / "medmnist" / "breastmnist.npz")["test_images"][:12]
     meta = pd.read_csv(data_dir / "covid_cxr" / "metadata.csv")
     notes = meta["clinical_notes"].dropna().drop_duplicates().head(60).tolist()
