@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -177,13 +177,15 @@ async def error(send: Any, status: int, detail: str, retry: int | None = None) -
 
 class DecodeSlots:
     """At most ``n`` jobs (decoding, explaining) at once, each in its own worker thread under
-    the decode limits; a job that waits more than ``wait`` seconds for a slot raises Busy."""
+    the decode limits; a job that waits more than ``wait`` seconds for a slot raises Busy.
+    Waiters sleep until a slot is given back (woken from the worker thread), never poll."""
 
     def __init__(self, n: int, wait: float, limits: DecodeLimits | None = None) -> None:
         self.n, self.wait, self.limits = n, wait, limits
         self.busy = 0
         self.refused = 0
         self._lock = threading.Lock()
+        self._waiters: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = deque()
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="medmodal-decode")
 
     def _take(self) -> bool:
@@ -196,16 +198,34 @@ class DecodeSlots:
     def _give(self) -> None:
         with self._lock:
             self.busy -= 1
+            while self._waiters:  # wake the first waiter still waiting
+                loop, fut = self._waiters.popleft()
+                if not fut.done() and not loop.is_closed():
+                    loop.call_soon_threadsafe(_wake, fut)
+                    break
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in a worker thread once a slot is free (Busy after ``wait`` s)."""
-        deadline = time.monotonic() + self.wait
+    async def _acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait
         while not self._take():
-            if time.monotonic() >= deadline:
+            left = deadline - loop.time()
+            if left <= 0:
                 with self._lock:
                     self.refused += 1
                 raise Busy(f"{self.n} requests are decoding; retry", retry_after=2)
-            await asyncio.sleep(0.005)
+            fut: asyncio.Future[None] = loop.create_future()
+            with self._lock:
+                self._waiters.append((loop, fut))
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), min(left, 1.0))
+            except TimeoutError:
+                pass
+            finally:
+                fut.cancel()  # a wake-up meant for it goes to the next waiter
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread once a slot is free (Busy after ``wait`` s)."""
+        await self._acquire()
 
         def job() -> T:
             try:
@@ -224,6 +244,11 @@ class DecodeSlots:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 @dataclass
