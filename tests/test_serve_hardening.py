@@ -160,6 +160,7 @@ def test_a_request_with_no_usable_input_is_422(service: Any, parts: dict[str, An
     assert "no usable input" in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_every_subset_is_explained(service: Any, inputs: dict[str, Any]) -> None:
     """On this four-modality model 14 of 15 subsets failed to explain (KeyError / DataError)."""
     parts = parts_of(inputs)
@@ -271,6 +272,7 @@ def test_uploads_held_at_once_are_bounded(
     assert r.status_code == 503 and r.headers["retry-after"].isdigit()
 
 
+@pytest.mark.slow
 def test_a_stalled_client_is_cut_off(ckpt: Path, tmp_path: Path) -> None:
     """A connection that sends nothing is closed after the header timeout; a body that stops
     arriving ends with a 408 within the request timeout."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -37,7 +39,10 @@ def read_pil(path: Source) -> np.ndarray:
     16-bit images are scaled by 65535, 8-bit by 255.
     """
     try:
-        with Image.open(path.open() if isinstance(path, Blob) else path) as img:
+        with warnings.catch_warnings():  # the size is checked from the header just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path.open() if isinstance(path, Blob) else path)
+        with img:
             check_size(img, path)
             img.load()
             img = ImageOps.exif_transpose(img)
