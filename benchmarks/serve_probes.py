@@ -327,19 +327,26 @@ def peak_rss(pid: int, run: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
     }
 
 
-async def healthz_during(url: str, work: Callable[[], Any]) -> tuple[Any, float]:
-    """Run blocking ``work`` in a thread while timing /healthz: (result, worst latency s)."""
+async def healthz_during(url: str, work: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
+    """Run blocking ``work`` in a thread while timing /healthz every 20 ms: (result, latency
+    p50 / p95 / max in ms)."""
     import httpx
 
-    worst = 0.0
+    seconds: list[float] = []
     task = asyncio.get_running_loop().run_in_executor(None, work)
     async with httpx.AsyncClient(timeout=30) as c:
         while not task.done():
             t = time.perf_counter()
             await c.get(url + "/healthz")
-            worst = max(worst, time.perf_counter() - t)
-            await asyncio.sleep(0.05)
-    return await task, worst
+            seconds.append(time.perf_counter() - t)
+            await asyncio.sleep(0.02)
+    ms = np.asarray(seconds or [0.0]) * 1000
+    return await task, {
+        "p50_ms": round(float(np.percentile(ms, 50)), 1),
+        "p95_ms": round(float(np.percentile(ms, 95)), 1),
+        "max_ms": round(float(ms.max()), 1),
+        "polls": len(seconds),
+    }
 
 
 def as_parts(kind: str, part: str, data: bytes) -> Parts:
