@@ -7,7 +7,7 @@ content is written. The log is created readable by its owner only (0600).
 
 :func:`verify` recomputes the chain: an edited, inserted or deleted line breaks it. Lines cut from
 the end (or cut and re-chained) leave an intact chain, so the head of the chain is also kept
-outside the log: in ``<log>.head`` (``seq hash``, rewritten atomically after every line) and on
+outside the log: in ``<log>.head`` (``seq hash``, overwritten in place after every line) and on
 ``/metrics``; ``verify`` compares the log's head with the head file by default (``expect_head``:
 a head kept elsewhere). The server refuses to start on a log whose chain or head does not verify
 (a :class:`~medmodal.errors.ConfigError` naming the file and the line), never with a traceback;
@@ -66,6 +66,12 @@ class AuditLog:
         except OSError:
             pass
         self._fh = os.fdopen(fd, "a", encoding="ascii")
+        head = os.open(head_path(self.path), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.fchmod(head, 0o600)
+        except OSError:
+            pass
+        self._head_fd = head
         self._write_head()
 
     def append(self, **fields: Any) -> str:
@@ -85,16 +91,15 @@ class AuditLog:
             return self.head
 
     def _write_head(self) -> None:
-        target = head_path(self.path)
-        tmp = target.with_name(target.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(f"{self.seq} {self.head}\n")
-        tmp.replace(target)
+        """One fixed-width write at offset 0 of the open head file (no rename per line)."""
+        line = f"{self.seq:>20} {self.head}\n".encode("ascii")
+        os.pwrite(self._head_fd, line, 0)
+        os.ftruncate(self._head_fd, len(line))
 
     def close(self) -> None:
         with self._lock:
             self._fh.close()
+            os.close(self._head_fd)
 
 
 def _checked_tail(path: Path) -> tuple[int, str]:
