@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 FUSIONS = ["concat", "mean", "sum", "late", "attention", "gated"]
-ARMS = ["parity", "load", "schemathesis", "probes", "memory"]
+ARMS = ["parity", "load", "schemathesis", "probes", "memory", "ab"]
 TARGET_RPS, TARGET_P99_MS, TARGET_RATIO = 500, 50, 0.8
 
 
@@ -586,6 +586,40 @@ def _mixed(sp: Any, url: str, token: str, mixed: list[tuple[str, Any]]) -> dict[
     return sp.summarise([s for s, _ in results], [t for _, t in results])
 
 
+def ab_arm(ckpt: Path, parts: list[Any], work: Path, baseline_src: str, reps: int = 2) -> Any:
+    """The same locust load (breast_cnn, 16 users, 20 s) against a server running the code at
+    ``baseline_src`` (another checkout's ``src``) and this one, alternated: the request rate of
+    each and their ratio, measured beside whatever else runs on the machine at that time."""
+    from medmodal.serve.auth import create_token
+
+    bodies = write_bodies(parts, work / "bodies_ab.npz")
+    tokens = work / "tokens_ab.json"
+    tokens.unlink(missing_ok=True)
+    token = create_token(tokens, "ab")
+    own = os.environ.get("PYTHONPATH", "")
+    runs: list[dict[str, Any]] = []
+    try:
+        for _ in range(reps):
+            for code, src in (("baseline", baseline_src), ("this", str(HERE.parent / "src"))):
+                os.environ["PYTHONPATH"] = src
+                proc, url = start_server([f"breast_cnn={ckpt}"], tokens, work, "pytorch")
+                try:
+                    load_test(url, token, "breast_cnn", bodies, work, 16, 5)  # warm-up
+                    run = load_test(url, token, "breast_cnn", bodies, work, 16, 20)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+                runs.append({"code": code, **run})
+                print("ab", code, run, flush=True)
+    finally:
+        os.environ["PYTHONPATH"] = own
+    mean = {
+        c: float(np.mean([r["rps"] for r in runs if r["code"] == c])) for c in ("baseline", "this")
+    }
+    return {"baseline_src": baseline_src, "runs": runs, "mean_rps": mean,
+            "ratio": mean["this"] / mean["baseline"]}  # fmt: skip
+
+
 def memory_arm(ckpt: Path, work: Path, users: int = 16) -> dict[str, Any]:
     """Peak server RSS while ``users`` clients send maximum-size images at once (a grey
     gradient at the pixel limit), and /healthz's worst latency meanwhile."""
@@ -641,6 +675,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=30, help="locust run time per model and runtime")
     ap.add_argument("--users", type=int, default=16, help="concurrent locust users (closed loop)")
     ap.add_argument("--examples", type=int, default=100, help="schemathesis examples per operation")
+    ap.add_argument(
+        "--baseline-src", default=None, help="arm ab: the src folder of the code to compare"
+    )
     args = ap.parse_args()
     old = common.previous_results(args, args.out, _previous, render)
     if old is None:  # --render-only
@@ -684,6 +721,10 @@ def main() -> None:
         result["probes"] = probes_arm(served, parts, data, work)
     if "memory" in args.arms:
         result["memory"] = memory_arm(models["breast_cnn"], work)
+    if "ab" in args.arms:
+        if not args.baseline_src:
+            raise SystemExit("--arms ab needs --baseline-src (another checkout's src folder)")
+        result["ab"] = ab_arm(models["breast_cnn"], bparts, work, args.baseline_src)
     if "load" in args.arms or "schemathesis" in args.arms:
         for ckpt in models.values():
             if not ckpt.with_suffix(".onnx").is_file():
@@ -883,6 +924,15 @@ def _hardening_lines(r: dict[str, Any]) -> list[str]:
         lines += common.table(["encoder", "modality", "samples", "max abs logit diff"], rows)
         lines += ["", f"Target <= 1e-4 for every exported model: worst {worst:.2e}, "
                   f"**{'met' if worst <= 1e-4 else 'missed'}**.", ""]  # fmt: skip
+    ab = r.get("ab")
+    if ab:
+        m = ab["mean_rps"]
+        lines += ["## Request rate against the code before this hardening (A/B, same run)", "",
+                  f"breast_cnn, 16 locust users, 20 s per run, alternated x{len(ab['runs']) // 2}: "
+                  f"before {m['baseline']:.0f} requests/s, after {m['this']:.0f} requests/s "
+                  f"(ratio {ab['ratio']:.2f}); runs: "
+                  + ", ".join(f"{x['code']} {x['rps']:.0f} (p99 {x['p99_ms']:.0f} ms, load "
+                              f"{x['load_average_before'][0]})" for x in ab["runs"]), ""]  # fmt: skip
     svc = r.get("parity_service") or {}
     if svc:
         rows = [[k, v["requests"], v["errors"], f"{v['max_abs_prob_diff']:.2e}", v["flips"]]
