@@ -108,9 +108,7 @@ def run_cases(data_dir: str, work: Path) -> dict[str, Any]:
         t0 = time.perf_counter()
         run = api.fit(config, progress=False)
         results[name] = {"metrics": flatten(run.metrics), "seconds": time.perf_counter() - t0}
-        print(
-            f"{name}: test {run.metrics['test'].get('auroc', run.metrics['test'].get('c_index'))}"
-        )
+        print(f"{name}: test {run.metrics['test'].get('auroc', run.metrics['test'].get('c_index'))}")
         if name == "image_breastmnist":
             results["explain_breastmnist"] = explain_case(api, run, work)
     results["cv_wdbc"] = cv_case(api, work)
@@ -250,10 +248,7 @@ def main() -> None:
     c.add_argument("after")
     c.add_argument("--out", default="benchmarks/results/parity")
     args = ap.parse_args()
-    commands: dict[str, Callable[[argparse.Namespace], None]] = {
-        "run": cmd_run,
-        "compare": cmd_compare,
-    }
+    commands: dict[str, Callable[[argparse.Namespace], None]] = {"run": cmd_run, "compare": cmd_compare}
     commands[args.cmd](args)
 
 
