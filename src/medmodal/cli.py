@@ -902,11 +902,26 @@ def serve(
             help="NAME=map.yaml: how a FHIR Bundle posted to /v1/models/NAME/fhir maps onto inputs.",
         ),
     ] = None,
+    max_decodes: Annotated[
+        int, typer.Option(help="Requests decoding at once (others wait, then 503 + Retry-After).")
+    ] = 2,
+    request_mb: Annotated[
+        float, typer.Option(help="Decoding memory of one request, from headers (413 beyond).")
+    ] = 512,
+    max_pixels: Annotated[int, typer.Option(help="Largest 2D image in pixels (413 beyond).")] = (
+        36_000_000
+    ),
+    allow_burned_in: Annotated[
+        bool,
+        typer.Option(help="Accept DICOM images flagged BurnedInAnnotation=YES (not removed)."),
+    ] = False,
 ) -> None:
     """Serve checkpoints over HTTP: predict, model cards, /metrics and a web page at /
     (with --dicomweb, the page can pick a study from that PACS)."""
     from medmodal import api
+    from medmodal.serve.limits import Limits
 
+    limits = Limits(max_decodes=max_decodes, request_mb=request_mb, max_pixels=max_pixels)
     err.print(f"medmodal serve: http://{host}:{port}/ (models: {', '.join(checkpoints)})")
     api.serve(
         list(checkpoints),
@@ -922,6 +937,8 @@ def serve(
         threads=threads,
         dicomweb=dicomweb,
         fhir_mappings=fhir_mapping,
+        limits=limits,
+        allow_burned_in=allow_burned_in,
     )
 
 

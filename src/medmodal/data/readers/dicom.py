@@ -32,6 +32,7 @@ from pydicom.pixels import (
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medmodal.data.readers.blob import Blob, Source, source_of
+from medmodal.data.readers.budget import check_decode
 from medmodal.data.readers.table import image_reader
 from medmodal.data.readers.window import check_window
 from medmodal.errors import ConfigError, DataError
@@ -61,6 +62,9 @@ class NoPreambleWarning(UserWarning):
 
 
 Frames = int | str | None
+# Peak bytes a decoded value costs: the stored array, modality values and a temporary (float64),
+# the float32 result.
+BYTES_PER_VALUE = 24
 
 
 # --------------------------------------------------------------------------- public API
@@ -96,6 +100,7 @@ def read_dicom(
     index = None if frames is None else _frame_index(frames, n_frames, path)
     # Min-max needs every frame (one scale for the volume); a window needs only the one asked.
     decode_all = index is None or _needs_volume_stats(ds, win)
+    check_size(ds, n_frames if decode_all else 1, path)
     raw, pi = _decode(ds, path, index=None if decode_all else index)
     out = _to_unit(raw, ds, win, pi, path)
     if index is None:
@@ -123,6 +128,7 @@ def read_dicom_series(
     slices = [(p, _open(p)) for p in files]
     _check_series(slices, directory)
     slices = _order_slices(slices, directory)
+    check_size(slices[0][1], len(slices), directory)
     index = None if frames is None else _frame_index(frames, len(slices), directory)
     decoded = [_decode(ds, p) for p, ds in slices]
     pis = {pi for _, pi in decoded}
@@ -196,6 +202,26 @@ def _open_without_preamble(path: Path, pixels: bool) -> Dataset:
         stacklevel=4,
     )
     return ds
+
+
+def check_size(ds: Dataset, frames: int, path: Source) -> None:
+    """The decode limits (:mod:`.budget`) from the header (rows, columns, samples per pixel,
+    the frames to decode), before any pixel is decoded."""
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        spp = max(int(ds.get("SamplesPerPixel") or 1), 1)
+    except (TypeError, ValueError):
+        raise DataError(
+            "DICOM Rows / Columns / SamplesPerPixel are not numbers", path=path
+        ) from None
+    if rows < 0 or cols < 0:
+        raise DataError(f"DICOM image size {rows} x {cols} is negative", path=path)
+    nbytes = frames * rows * cols * spp * BYTES_PER_VALUE
+    if frames <= 1:
+        check_decode("pixels", rows * cols, nbytes, path, f"{rows} x {cols} DICOM image")
+    else:
+        what = f"{frames}-frame {rows} x {cols} DICOM image"
+        check_decode("voxels", frames * rows * cols, nbytes, path, what)
 
 
 def _transfer_syntax(ds: Dataset) -> Any:
