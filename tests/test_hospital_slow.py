@@ -92,7 +92,10 @@ def pacs_server(orthanc: Any, breast_ckpt: Path, tmp_path_factory: pytest.TempPa
     d = tmp_path_factory.mktemp("pacs_page")
     token = create_token(d / "tokens.json", "radiologist")
     app = build_app(
-        [f"breast={breast_ckpt}"], d / "tokens.json", d / "audit.jsonl", dicomweb=orthanc.dicomweb
+        [f"breast={breast_ckpt}"],
+        d / "tokens.json",
+        audit_log=d / "audit.jsonl",
+        dicomweb=orthanc.dicomweb,
     )
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

@@ -82,7 +82,7 @@ def server(
     d = tmp_path_factory.mktemp("page_server")
     token = create_token(d / "tokens.json", "page-test")
     app = build_app(
-        [f"{k}={v}" for k, v in checkpoints.items()], d / "tokens.json", d / "audit.jsonl"
+        [f"{k}={v}" for k, v in checkpoints.items()], d / "tokens.json", audit_log=d / "audit.jsonl"
     )
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))

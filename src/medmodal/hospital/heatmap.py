@@ -36,7 +36,7 @@ def explanation_sc(
     number: int,
 ) -> Dataset | None:
     """The overlay as a Secondary Capture referencing the source's study, or None."""
-    ex = explain_one(entry.predictor, row, target_probs(out))
+    ex = explain_one(entry.predictor, entry.prepare_row(row), target_probs(out))
     if not ex.get("available"):
         return None
     rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(ex["png_base64"]))).convert("RGB"))

@@ -13,6 +13,7 @@ are not served (a ConfigError when the model is loaded).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,12 @@ class ModelEntry:
         """Parts -> Sample; every bad part is a BadRequest naming it (413 for a decode limit,
         else 422), and so is a request from which nothing could be read."""
         row, digests = parse_parts(self.predictor, parts, self.allow_burned_in)
+        return self.prepare_row(row, digests, names=list(parts))
+
+    def prepare_row(
+        self, row: dict[str, Any], digests: dict[str, str] | None = None, names: Sequence[str] = ()
+    ) -> Prepared:
+        """A row of raw inputs (column -> value) -> Prepared (``names``: the parts sent)."""
         full = {
             c: None for s in self.predictor.schema.modalities.values() for c in s.input_columns()
         }
@@ -89,7 +96,7 @@ class ModelEntry:
             raws[m] = _read(proc, full, m) if sent else None
             sample["present"][m] = raws[m] is not None
             sample[m] = proc.missing() if raws[m] is None else _transform(proc, raws[m], m)
-        empty = [m for m in parts if m in raws and raws[m] is None]
+        empty = [m for m in names if m in raws and raws[m] is None]
         if not any(sample["present"].values()):
             what = ", ".join(repr(m) for m in empty) or "none"
             raise BadRequest(
@@ -97,7 +104,7 @@ class ModelEntry:
                 f"record of nulls); send at least one of {', '.join(self.predictor.processors)}",
                 part=empty[0] if len(empty) == 1 else None,
             )
-        return Prepared(sample, digests, full, raws, empty)
+        return Prepared(sample, digests or {}, full, raws, empty)
 
     # -- model --------------------------------------------------------------------------------
     def logits(self, samples: list[dict[str, Any]]) -> torch.Tensor:

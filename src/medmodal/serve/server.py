@@ -97,6 +97,7 @@ class ServeSettings:
 def build_app(
     checkpoints: list[str],
     tokens: str | Path,
+    *,
     settings: ServeSettings | None = None,
     **fields: Any,
 ) -> Any:
