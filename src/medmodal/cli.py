@@ -14,6 +14,51 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medmodal.cli_options import (  # the options, declared once
+    AllowBurnedInOpt,
+    AmpOpt,
+    AuditLogOpt,
+    CheckpointArg,
+    CheckpointsArg,
+    ConfigArg,
+    DataDirOpt,
+    DatasetOptionOpt,
+    DicomwebOpt,
+    ExplainScOpt,
+    FhirBundleMappingOpt,
+    FhirMappingsOpt,
+    FhirOutOpt,
+    HostOpt,
+    MaxBatchOpt,
+    MaxDecodesOpt,
+    MaxPixelsOpt,
+    MaxUploadOpt,
+    MaxWaitOpt,
+    NnodesOpt,
+    NprocOpt,
+    OutCsvOpt,
+    PortOpt,
+    PredictSourceArg,
+    PresetOpt,
+    RdzvEndpointOpt,
+    RdzvIdOpt,
+    RequestMbOpt,
+    ResumeOpt,
+    RootOpt,
+    RunDirOpt,
+    RuntimeOpt,
+    SeedOpt,
+    SetOpt,
+    SkipBadOpt,
+    SourceArg,
+    StoreSrOpt,
+    StudyAuditLogOpt,
+    StudyOpt,
+    ThreadsOpt,
+    TimeBudgetOpt,
+    TimeoutOpt,
+    TokensOpt,
+)
 from medmodal.errors import MedmodalError
 
 app = typer.Typer(
@@ -89,89 +134,21 @@ def _summary(metrics: dict[str, Any], split: str = "test") -> None:
     out.print(table)
 
 
-# -- options shared by several commands, declared once ------------------------------------------
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a config field, e.g. --set train.epochs=5"),
-]
-RunDirOpt = Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>).")]
-ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Continue from <run dir>/last.pt after an interruption.")
-]
-SeedOpt = Annotated[int | None, typer.Option(help="Random seed (overrides the config).")]
-CheckpointArg = Annotated[Path, typer.Argument(help="best.pt from `medmodal train`.")]
-SourceArg = Annotated[
-    Path, typer.Argument(help="A manifest (any subset of modalities) or a folder of images.")
-]
-RootOpt = Annotated[
-    Path | None,
-    typer.Option(help="Base folder for relative paths (default: the manifest's folder)."),
-]
-SkipBadOpt = Annotated[
-    bool,
-    typer.Option(
-        "--skip-bad",
-        help="Skip unreadable samples and list them in the output (report, metrics.json, "
-        "<out>.skipped.json or explanations.json).",
-    ),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(help="Folder with the datasets' raw files (default $MEDMODAL_DATA_DIR)."),
-]
-DatasetOptionOpt = Annotated[
-    list[str] | None,
-    typer.Option("--option", "-o", help="Dataset option key=value, e.g. -o target=survival."),
-]
-DicomwebOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--dicomweb", help="DICOMweb URL of a PACS, e.g. http://127.0.0.1:8042/dicom-web (Orthanc)."
-    ),
-]
-TokensOpt = Annotated[
-    Path, typer.Option(help="Token file (from `medmodal token create`; only hashes are stored).")
-]
-
-
 @app.command()
 @friendly
 def train(
-    config: Annotated[Path, typer.Argument(help="Experiment YAML (data, model, train, evaluate).")],
+    config: ConfigArg,
     overrides: SetOpt = None,
     output_dir: RunDirOpt = None,
     skip_bad: SkipBadOpt = False,
     resume: ResumeOpt = False,
     seed: SeedOpt = None,
-    nproc: Annotated[
-        int,
-        typer.Option(
-            help="Processes per machine: data-parallel training through torchrun (gloo on "
-            "CPU, NCCL on GPUs); train.batch_size stays the global batch."
-        ),
-    ] = 1,
-    nnodes: Annotated[
-        str,
-        typer.Option(help="Machines (torchrun --nnodes, e.g. 2 or 1:4); >1 needs --rdzv-endpoint."),
-    ] = "1",
-    rdzv_endpoint: Annotated[
-        str | None,
-        typer.Option(help="host:port of the rendezvous, the same on every machine (multi-node)."),
-    ] = None,
-    rdzv_id: Annotated[
-        str | None, typer.Option(help="Job id shared by the machines of one run (multi-node).")
-    ] = None,
-    preset: Annotated[
-        str | None,
-        typer.Option(
-            help="best: the config's deep model (several seeds) + classical learners, ensembled "
-            "on validation into one checkpoint; fast: one model (no ensemble)."
-        ),
-    ] = None,
-    time_budget: Annotated[
-        float | None,
-        typer.Option(help="Seconds for an ensemble's members (--preset best); later ones skipped."),
-    ] = None,
+    nproc: NprocOpt = 1,
+    nnodes: NnodesOpt = "1",
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    rdzv_id: RdzvIdOpt = None,
+    preset: PresetOpt = None,
+    time_budget: TimeBudgetOpt = None,
 ) -> None:
     """Train a model from a config; writes best.pt, metrics.json and report.html."""
     from medmodal import api
@@ -360,52 +337,18 @@ def evaluate(
 @friendly
 def predict(
     checkpoint: CheckpointArg,
-    source: Annotated[
-        Path | None,
-        typer.Argument(
-            help="A manifest (any subset of modalities), a folder of images, or a FHIR Bundle "
-            "(.json, with --fhir-mapping); leave out with --dicomweb."
-        ),
-    ] = None,
-    out_csv: Annotated[Path, typer.Option("--out", help="CSV of probabilities.")] = Path(
-        "predictions.csv"
-    ),
+    source: PredictSourceArg = None,
+    out_csv: OutCsvOpt = Path("predictions.csv"),
     root: RootOpt = None,
     skip_bad: SkipBadOpt = False,
-    amp: Annotated[
-        bool,
-        typer.Option(
-            "--amp", help="bf16 autocast on CPU / fp16 on CUDA: faster, probabilities ~1e-2 off."
-        ),
-    ] = False,
+    amp: AmpOpt = False,
     dicomweb: DicomwebOpt = None,
-    study: Annotated[
-        list[str] | None,
-        typer.Option("--study", help="With --dicomweb: a Study Instance UID to predict (repeat)."),
-    ] = None,
-    store_sr: Annotated[
-        bool,
-        typer.Option(help="With --dicomweb: store the DICOM SR back in the PACS (STOW-RS)."),
-    ] = True,
-    fhir: Annotated[
-        Path | None,
-        typer.Option(
-            "--fhir", help="Also write the result as FHIR R4 (DiagnosticReport Bundle, JSON)."
-        ),
-    ] = None,
-    fhir_mapping: Annotated[
-        Path | None,
-        typer.Option(help="SOURCE is a FHIR Bundle: YAML mapping of its resources onto inputs."),
-    ] = None,
-    audit_log: Annotated[
-        Path | None, typer.Option(help="With --dicomweb: append hash-chained audit entries here.")
-    ] = None,
-    explain: Annotated[
-        bool,
-        typer.Option(
-            "--explain", help="With --dicomweb: also store each heat map as a Secondary Capture."
-        ),
-    ] = False,
+    study: StudyOpt = None,
+    store_sr: StoreSrOpt = True,
+    fhir: FhirOutOpt = None,
+    fhir_mapping: FhirBundleMappingOpt = None,
+    audit_log: StudyAuditLogOpt = None,
+    explain: ExplainScOpt = False,
 ) -> None:
     """Predict class probabilities for a manifest or an image folder -> CSV; or for studies of a
     PACS (--dicomweb URL --study UID: DICOM SR stored back), or for a FHIR Bundle."""
@@ -873,48 +816,23 @@ def models_list() -> None:
 @app.command()
 @friendly
 def serve(
-    checkpoints: Annotated[
-        list[str], typer.Argument(help="Checkpoints to serve: PATH or NAME=PATH.")
-    ],
+    checkpoints: CheckpointsArg,
     tokens: TokensOpt = Path("tokens.json"),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    runtime: Annotated[
-        str,
-        typer.Option(
-            help="pytorch, pytorch-bf16 (autocast, as `predict --amp`), or onnx "
-            "(CHECKPOINT.onnx from `medmodal export`)."
-        ),
-    ] = "pytorch",
-    audit_log: Annotated[Path, typer.Option(help="Append-only, hash-chained audit log.")] = Path(
-        "audit.jsonl"
-    ),
-    max_upload_mb: Annotated[float, typer.Option(help="Largest request body (413 beyond).")] = 50,
-    timeout: Annotated[float, typer.Option(help="Seconds a prediction may take.")] = 30,
-    max_batch: Annotated[int, typer.Option(help="Largest micro-batch.")] = 64,
-    max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 2.0,
-    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    runtime: RuntimeOpt = "pytorch",
+    audit_log: AuditLogOpt = Path("audit.jsonl"),
+    max_upload_mb: MaxUploadOpt = 50,
+    timeout: TimeoutOpt = 30,
+    max_batch: MaxBatchOpt = 64,
+    max_wait_ms: MaxWaitOpt = 2.0,
+    threads: ThreadsOpt = 1,
     dicomweb: DicomwebOpt = None,
-    fhir_mapping: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--fhir-mapping",
-            help="NAME=map.yaml: how a FHIR Bundle posted to /v1/models/NAME/fhir maps onto inputs.",
-        ),
-    ] = None,
-    max_decodes: Annotated[
-        int, typer.Option(help="Requests decoding at once (others wait, then 503 + Retry-After).")
-    ] = 2,
-    request_mb: Annotated[
-        float, typer.Option(help="Decoding memory of one request, from headers (413 beyond).")
-    ] = 512,
-    max_pixels: Annotated[int, typer.Option(help="Largest 2D image in pixels (413 beyond).")] = (
-        36_000_000
-    ),
-    allow_burned_in: Annotated[
-        bool,
-        typer.Option(help="Accept DICOM images flagged BurnedInAnnotation=YES (not removed)."),
-    ] = False,
+    fhir_mapping: FhirMappingsOpt = None,
+    max_decodes: MaxDecodesOpt = 2,
+    request_mb: RequestMbOpt = 512,
+    max_pixels: MaxPixelsOpt = 36_000_000,
+    allow_burned_in: AllowBurnedInOpt = False,
 ) -> None:
     """Serve checkpoints over HTTP: predict, model cards, /metrics and a web page at /
     (with --dicomweb, the page can pick a study from that PACS)."""
