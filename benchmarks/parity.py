@@ -1,6 +1,6 @@
 """Same numbers before and after a refactor: one real run per modality, at two commits.
 
-``run`` trains, evaluates and explains one short real case per modality through the public API
+``run`` (resumable: cases already in ``--out`` are kept) trains, evaluates and explains one short real case per modality through the public API
 (images: BreastMNIST ResNet-18 with temperature scaling and conformal sets, plus Grad-CAM;
 audio: heart sounds; ECG + demographics: PTB-XL; notes + X-ray + record: covid_cxr; records:
 WDBC with 3-fold cross-validation; survival: GBSG2) and writes every metric to JSON.
@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import re
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import read_json, write_json, write_result  # noqa: E402
+from medmodal.utils.io import dump_json  # in every version this script compares (not common.py)
 
 TRAIN = {"batch_size": 64, "lr": 1e-3, "threads": 2, "scheduler": "cosine"}
 EVALUATE = {"bootstrap": 200, "report": False}
@@ -100,19 +100,23 @@ def digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def run_cases(data_dir: str, work: Path) -> dict[str, Any]:
+def run_cases(data_dir: str, work: Path, done: dict[str, Any], save: Callable[[], None]) -> None:
+    """Run every case not in ``done`` yet, adding each to it and saving as soon as it ends (a
+    crash loses one case, not the run)."""
     from medmodal import api
 
-    results: dict[str, Any] = {}
     for name, config in case_configs(data_dir, work).items():
+        if name in done:
+            continue
         t0 = time.perf_counter()
         run = api.fit(config, progress=False)
-        results[name] = {"metrics": flatten(run.metrics), "seconds": time.perf_counter() - t0}
-        print(f"{name}: test {run.metrics['test'].get('auroc', run.metrics['test'].get('c_index'))}")
+        done[name] = {"metrics": flatten(run.metrics), "seconds": time.perf_counter() - t0}
         if name == "image_breastmnist":
-            results["explain_breastmnist"] = explain_case(api, run, work)
-    results["cv_wdbc"] = cv_case(api, work)
-    return results
+            done["explain_breastmnist"] = explain_case(api, run, work)
+        save()
+    if "cv_wdbc" not in done:
+        done["cv_wdbc"] = cv_case(api, work)
+        save()
 
 
 def explain_case(api: Any, run: Any, work: Path) -> dict[str, Any]:
@@ -131,7 +135,7 @@ def cv_case(api: Any, work: Path) -> dict[str, Any]:
         "train": {**TRAIN, "epochs": 10}, "evaluate": EVALUATE,
     }  # fmt: skip
     cv = api.cross_validate(cfg, k=3)
-    return {"metrics": flatten(cv.metrics)}
+    return {"metrics": flatten({"pooled": cv.pooled, "per_fold": cv.per_fold})}
 
 
 def commit_of(module_file: str) -> str:
@@ -148,13 +152,18 @@ def cmd_run(args: argparse.Namespace) -> None:
     import medmodal
 
     t0 = time.perf_counter()
+    res = read_json(args.out) or {"cases": {}, "wall_seconds": 0.0}
+    res.update(label=args.label, commit=commit_of(medmodal.__file__))
+    res["code"] = str(Path(medmodal.__file__).parent)
+    start = res["wall_seconds"]
+
+    def save() -> None:
+        res["wall_seconds"] = start + time.perf_counter() - t0
+        dump_json(args.out, res)
+
     with tempfile.TemporaryDirectory() as tmp:
-        cases = run_cases(str(Path(args.data_dir).resolve()), Path(tmp))
-    write_json(args.out, {
-        "label": args.label, "commit": commit_of(medmodal.__file__),
-        "code": str(Path(medmodal.__file__).parent), "wall_seconds": time.perf_counter() - t0,
-        "cases": cases,
-    })  # fmt: skip
+        run_cases(str(Path(args.data_dir).resolve()), Path(tmp), res["cases"], save)
+    save()
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -163,7 +172,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for case in sorted(set(a["cases"]) | set(b["cases"])):
         ma = a["cases"].get(case, {}).get("metrics", {})
         mb = b["cases"].get(case, {}).get("metrics", {})
-        common = sorted(set(ma) & set(mb))
+        common = sorted(k for k in set(ma) & set(mb) if not TIMING.search(k))
         diffs = [(k, _diff(ma[k], mb[k])) for k in common]
         unequal = [(k, d) for k, d in diffs if d != 0.0]
         out[case] = {
@@ -175,6 +184,9 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
             "headline": {k: (ma.get(k), mb.get(k)) for k in HEADLINE if k in ma or k in mb},
         }
     return out
+
+
+TIMING = re.compile(r"seconds|per_s(ec)?\b|_per_second")  # wall / CPU times: not compared
 
 
 HEADLINE = ("test.auroc", "test.c_index", "test.accuracy", "test.ece", "pooled.auroc",
@@ -196,9 +208,12 @@ def render(res: dict[str, Any]) -> str:
         "",
         f"Before: commit `{a['commit']}` ({a['label']}); after: commit `{b['commit']}` "
         f"({b['label']}). Each case is one short real run per modality through `api.fit` (seed 0, "
-        "CPU, 2 threads), every number of its `metrics.json` compared exactly; the explanation "
+        "CPU, 2 threads), every number of its `metrics.json` compared exactly (times, which depend on the "
+        "shared machine, are left out); the explanation "
         "case compares the SHA-256 of all Grad-CAM / IG maps rounded to 6 decimals. Command: "
-        "`python benchmarks/parity.py` (see its docstring).",
+        "`python benchmarks/parity.py` (see its docstring); the two runs: `parity_before.json`, "
+        "`parity_after.json`. These are short runs (2-20 epochs) to show equality, not headline "
+        "figures.",
         "",
         "| case | numbers compared | unequal | largest difference | keys only before / after | headline (before -> after) |",
         "|---|---|---|---|---|---|",
@@ -224,11 +239,22 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else (str(v)[:12] if v is not None else "-")
 
 
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    p = Path(path)
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def write_result(out: str | Path, res: dict[str, Any]) -> None:
+    out = Path(out)
+    dump_json(out.with_suffix(".json"), res)
+    out.with_suffix(".md").write_text(render(read_json(out.with_suffix(".json")) or {}))
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     a, b = read_json(args.before), read_json(args.after)
     assert a is not None and b is not None, "both result files must exist"
     res = {"before": _meta(a), "after": _meta(b), "cases": compare(a, b)}
-    write_result(args.out, res, render)
+    write_result(args.out, res)
     print(render(res))
 
 
@@ -248,7 +274,10 @@ def main() -> None:
     c.add_argument("after")
     c.add_argument("--out", default="benchmarks/results/parity")
     args = ap.parse_args()
-    commands: dict[str, Callable[[argparse.Namespace], None]] = {"run": cmd_run, "compare": cmd_compare}
+    commands: dict[str, Callable[[argparse.Namespace], None]] = {
+        "run": cmd_run,
+        "compare": cmd_compare,
+    }
     commands[args.cmd](args)
 
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 import common  # noqa: E402
 
 FUSIONS = ["concat", "mean", "sum", "late", "attention", "gated"]
-ARMS = ["parity", "load", "schemathesis"]
+ARMS = ["parity", "load", "schemathesis", "probes", "memory", "ab"]
 TARGET_RPS, TARGET_P99_MS, TARGET_RATIO = 500, 50, 0.8
 
 
@@ -73,6 +73,76 @@ def covid_config(work: Path, data: Path, fusion: str, epochs: int) -> dict[str, 
         "train": {"epochs": epochs, "batch_size": 32, "lr": 1e-3, "threads": 1},
         "evaluate": {"bootstrap": 1000 if epochs > 1 else 0, "report": False, "ablation": False},
     }
+
+
+def covid_bigru_config(work: Path, data: Path, epochs: int) -> dict[str, Any]:
+    """covid_cxr with notes through a word-tokenizer BiGRU (the encoder that exported wrongly)."""
+    cfg = covid_config(work, data, "attention", epochs)
+    cfg["name"], cfg["output_dir"] = "covid_bigru", str(work / f"covid_bigru_{epochs}ep")
+    cfg["data"]["dataset_options"]["text_tokenizer"] = "word"
+    cfg["model"]["encoders"]["note"] = {"name": "bigru", "hidden": 64, "embed_dim": 64}
+    cfg["evaluate"]["calibrate"] = {"method": "temperature"}
+    return cfg
+
+
+def mitdb_config(work: Path, data: Path, epochs: int) -> dict[str, Any]:
+    """MIT-BIH beats (signal + numeric-only rr record: the model whose ONNX runtime failed)."""
+    from medmodal.datasets import get_dataset
+
+    records = ["106", "119", "209", "100", "220", "228", "232"]
+    prepared = work / "mitdb_data" / "schema.yaml"
+    if not prepared.is_file():
+        get_dataset("mitdb").prepare(work / "mitdb_data", data / "mitdb", records=records,
+                                     val_records=["220"])  # fmt: skip
+    return {
+        "name": "mitdb",
+        "seed": 0,
+        "output_dir": str(work / f"mitdb_{epochs}ep"),
+        "data": {"manifest": str(work / "mitdb_data" / "manifest.csv"), "schema": str(prepared)},
+        "model": {
+            "encoders": {
+                "signal": {"name": "cnn1d", "channels": [8, 16]},
+                "rr": {"name": "mlp", "hidden": [32]},
+            }
+        },  # fmt: skip
+        "train": {
+            "epochs": epochs,
+            "batch_size": 256,
+            "lr": 3e-3,
+            "threads": 1,
+            "class_weights": "balanced",
+            "monitor": "loss",
+        },  # fmt: skip
+        "evaluate": {"bootstrap": 200, "report": False, "ablation": False},
+    }
+
+
+def mitdb_parts(ckpt: Path, n: int) -> list[dict[str, tuple[str, bytes]]]:
+    """Real MIT-BIH test beats as the service takes them: the beat window as a one-lead .npy at
+    its native 360 Hz (``signal.fs``) and the rr fields as JSON."""
+    import json
+
+    import pandas as pd
+
+    from medmodal.data.readers.signal import parse_ref, read_signal
+    from medmodal.predictor import Predictor
+
+    run = ckpt.parent
+    frame = pd.read_csv(run.parent / "mitdb_data" / "manifest.csv")
+    test_ids = set(pd.read_csv(run / "predictions_test.csv")["sample_id"].astype(str))
+    test = frame[frame["sample_id"].astype(str).isin(test_ids)]
+    test = test.sample(n=min(n, len(test)), random_state=0)
+    rr = Predictor.load(ckpt).schema.modalities["rr"].input_columns()
+    out = []
+    for _, row in test.iterrows():
+        path, start, stop = parse_ref(row["signal"])
+        x, _, _ = read_signal(f"{path}#{start}:{stop}", ["MLII", "V5"], lead_fallback=True)
+        b = io.BytesIO()
+        np.save(b, x.astype(np.float32))
+        fields = {c: float(row[c]) for c in rr if pd.notna(row.get(c))}
+        out.append({"signal": ("beat.npy", b.getvalue()), "signal.fs": ("", b"360"),
+                    "rr": ("", json.dumps(fields).encode())})  # fmt: skip
+    return out
 
 
 def trained(cfg: dict[str, Any]) -> Path:
@@ -143,10 +213,10 @@ def multipart(parts: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
 
 
 def parts_to_samples(ckpt: Path, parts: list[dict[str, tuple[str, bytes]]]) -> list[dict[str, Any]]:
-    """The Samples the service builds from these parts (same path: serve.inference.parse_parts)."""
+    """The Samples the service builds from these parts (same path: serve.parts.parse_parts)."""
     from medmodal.predictor import Predictor
-    from medmodal.serve.inference import parse_parts
     from medmodal.serve.limits import Part
+    from medmodal.serve.parts import parse_parts
 
     pred = Predictor.load(ckpt)
     samples = []
@@ -362,12 +432,252 @@ def parity_arm(
     return out
 
 
+def encoder_parity(data: Path) -> dict[str, Any]:
+    """Every registered encoder, random weights over processors fitted on real inputs
+    (tests/test_serve_onnx.py's models): max |logit difference| PyTorch vs ONNX Runtime."""
+    import tempfile
+
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from test_serve_onnx import export_parity, random_predictor, real_inputs
+
+    from medmodal.errors import ConfigError
+    from medmodal.models.encoders.base import ENCODERS, encoder_modalities
+
+    rows = real_inputs(data)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ENCODERS.names():
+            kind = encoder_modalities(name)[0]
+            pred = random_predictor(kind, name, rows[kind])
+            try:
+                diff = export_parity(pred, rows[kind], Path(tmp) / f"{name}.onnx")
+                out[name] = {"modality": kind, "samples": len(rows[kind]), "max_abs_diff": diff}
+            except ConfigError as exc:
+                out[name] = {"modality": kind, "refused": str(exc)}
+            print("encoder parity", name, out[name], flush=True)
+    return out
+
+
+def service_parity(
+    names: dict[str, Path], parts: dict[str, list[Any]], work: Path
+) -> dict[str, Any]:
+    """The same requests to a PyTorch and an ONNX Runtime server: answers compared."""
+    import httpx
+
+    from medmodal.serve.auth import create_token
+
+    tokens = work / "tokens_parity.json"
+    tokens.unlink(missing_ok=True)
+    token = create_token(tokens, "parity")
+    h = {"Authorization": f"Bearer {token}"}
+    answers: dict[str, dict[str, list[Any]]] = {}
+    for runtime in ("pytorch", "onnx"):
+        proc, url = start_server([f"{n}={p}" for n, p in names.items()], tokens, work, runtime)
+        try:
+            for name in names:
+                got = []
+                for p in parts[name]:
+                    files = {k: (fn or None, v) for k, (fn, v) in p.items()}
+                    got.append(httpx.post(f"{url}/v1/models/{name}/predict", files=files,
+                                          headers=h, timeout=60).json())  # fmt: skip
+                answers.setdefault(name, {})[runtime] = got
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    out = {}
+    for name, by in answers.items():
+        a, b = by["pytorch"], by["onnx"]
+        errors = sum("probabilities" not in x for x in a + b)
+        ok = [
+            (x, y)
+            for x, y in zip(a, b, strict=True)
+            if "probabilities" in x and "probabilities" in y
+        ]
+        diff = max((abs(x["probabilities"][k] - y["probabilities"][k]) for x, y in ok
+                    for k in x["probabilities"]), default=float("nan"))  # fmt: skip
+        flips = sum(x["prediction"] != y["prediction"] for x, y in ok)
+        out[name] = {
+            "requests": len(a),
+            "errors": errors,
+            "max_abs_prob_diff": diff,
+            "flips": flips,
+        }
+        print("service parity", name, out[name], flush=True)
+    return out
+
+
+def probes_arm(
+    names: dict[str, Path], parts: dict[str, list[Any]], data: Path, work: Path
+) -> dict[str, Any]:
+    """The probe table: bad files as every modality, crafted JSON, bombs, mixed concurrency,
+    stalled clients; against one PyTorch server with every model."""
+    import random
+
+    import serve_probes as sp
+
+    from medmodal.predictor import Predictor
+    from medmodal.serve.auth import create_token
+    from medmodal.serve.limits import Limits
+
+    rng = random.Random(0)
+    tokens = work / "tokens_probes.json"
+    tokens.unlink(missing_ok=True)
+    token = create_token(tokens, "probes")
+    proc, url = start_server([f"{n}={p}" for n, p in names.items()], tokens, work, "pytorch")
+    samples = sp.sample_files(data)
+    rows: dict[str, Any] = {}
+    try:
+        for name, ckpt in names.items():
+            mods = Predictor.load(ckpt).schema.modalities
+            for m, spec in mods.items():
+                bodies = [sp.as_parts(spec.type, m, f) for f in sp.bad_files(samples, rng)]
+                if spec.type == "tabular":
+                    bodies += [sp.as_parts("tabular", m, j) for j in sp.crafted_json(rng)]
+                key = f"bad files as {spec.type} ({name}.{m})"
+                rows[key] = sp.probe(f"{url}/v1/models/{name}/predict", token, bodies)
+                print(key, rows[key], flush=True)
+        target = {
+            "image": "breast_cnn",
+            "signal": "mitdb",
+            "tabular": "covid",
+            "audio": "breast_cnn",
+        }
+        part = {"image": "image", "signal": "signal", "tabular": "record", "audio": "image"}
+        for label, (kind, blob) in sp.bombs(data).items():
+            base = kind.split("#")[0]
+            model = target[base]
+            body = sp.as_parts(kind, part[base], blob)
+            for q in ("", "?explain=true"):
+                key = f"bomb: {label}{' + explain' if q else ''}"
+                rows[key] = sp.probe(f"{url}/v1/models/{model}/predict{q}", token, [body], 1)
+                print(key, rows[key], flush=True)
+        good = [("covid", p) for p in parts["covid"][:40]] + [
+            ("mitdb", p) for p in parts["mitdb"][:40]
+        ]
+        bad = [("covid", sp.as_parts("image", "image", f)) for f in sp.bad_files(samples, rng)][:80]
+        mixed = good * 3 + bad * 3
+        rng.shuffle(mixed)
+        key = f"concurrency: {len(mixed)} good and bad mixed, 64 at once"
+        rows[key] = _mixed(sp, url, token, mixed)
+        print(key, rows[key], flush=True)
+        limits = Limits()
+        key = "stalled: 20 idle connections + 20 bodies that stop"
+        path = "/v1/models/covid/predict"
+        rows[key] = sp.stalled(url, path, token, 20, limits.header_timeout, limits.timeout)
+        print(key, rows[key], flush=True)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return rows
+
+
+def _mixed(sp: Any, url: str, token: str, mixed: list[tuple[str, Any]]) -> dict[str, Any]:
+    import asyncio
+
+    async def run() -> Any:
+        by_model: dict[str, list[Any]] = {}
+        for name, body in mixed:
+            by_model.setdefault(name, []).append(body)
+        outs = await asyncio.gather(*(sp._many(f"{url}/v1/models/{n}/predict", token, b, 32, 60)
+                                      for n, b in by_model.items()))  # fmt: skip
+        return [x for o in outs for x in o]
+
+    results = asyncio.run(run())
+    return sp.summarise([s for s, _ in results], [t for _, t in results])
+
+
+def ab_arm(ckpt: Path, parts: list[Any], work: Path, baseline_src: str, reps: int = 2) -> Any:
+    """The same locust load (breast_cnn, 16 users, 20 s) against a server running the code at
+    ``baseline_src`` (another checkout's ``src``) and this one, alternated: the request rate of
+    each and their ratio, measured beside whatever else runs on the machine at that time."""
+    from medmodal.serve.auth import create_token
+
+    bodies = write_bodies(parts, work / "bodies_ab.npz")
+    tokens = work / "tokens_ab.json"
+    tokens.unlink(missing_ok=True)
+    token = create_token(tokens, "ab")
+    own = os.environ.get("PYTHONPATH", "")
+    runs: list[dict[str, Any]] = []
+    try:
+        for _ in range(reps):
+            for code, src in (("baseline", baseline_src), ("this", str(HERE.parent / "src"))):
+                os.environ["PYTHONPATH"] = src
+                proc, url = start_server([f"breast_cnn={ckpt}"], tokens, work, "pytorch")
+                try:
+                    load_test(url, token, "breast_cnn", bodies, work, 16, 5)  # warm-up
+                    run = load_test(url, token, "breast_cnn", bodies, work, 16, 20)
+                finally:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+                runs.append({"code": code, **run})
+                print("ab", code, run, flush=True)
+    finally:
+        os.environ["PYTHONPATH"] = own
+    mean = {
+        c: float(np.mean([r["rps"] for r in runs if r["code"] == c])) for c in ("baseline", "this")
+    }
+    return {"baseline_src": baseline_src, "runs": runs, "mean_rps": mean,
+            "ratio": mean["this"] / mean["baseline"]}  # fmt: skip
+
+
+def memory_arm(ckpt: Path, work: Path, users: int = 16) -> dict[str, Any]:
+    """Peak server RSS while ``users`` clients send maximum-size images at once (a grey
+    gradient at the pixel limit), and /healthz's worst latency meanwhile."""
+    import asyncio
+    import math
+
+    import serve_probes as sp
+
+    from medmodal.serve.auth import create_token
+    from medmodal.serve.limits import Limits
+
+    limits = Limits()
+    side = math.isqrt(limits.max_pixels)
+    img = sp.gradient_png(side)
+    tokens = work / "tokens_memory.json"
+    tokens.unlink(missing_ok=True)
+    token = create_token(tokens, "memory")
+    proc, url = start_server([f"breast_cnn={ckpt}"], tokens, work, "pytorch")
+    try:
+        body = {"image": ("max.png", img)}
+        sp.probe(f"{url}/v1/models/breast_cnn/predict", token, [body], 1)  # warm-up
+
+        def run() -> Any:
+            return sp.probe(
+                f"{url}/v1/models/breast_cnn/predict", token, [body] * (4 * users), users
+            )
+
+        (counts, worst), rss = sp.peak_rss(
+            proc.pid, lambda: asyncio.run(sp.healthz_during(url, run))
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {
+        "image": f"{side} x {side} grey PNG ({len(img) / 2**20:.1f} MB file)",
+        "concurrent": users,
+        "requests": counts,
+        "rss": {k: round(v, 1) for k, v in rss.items()},
+        "budget_mb": limits.memory_budget_mb,
+        "limits": {
+            "max_decodes": limits.max_decodes,
+            "request_mb": limits.request_mb,
+            "bodies_mb": limits.bodies_mb,
+            "max_pixels": limits.max_pixels,
+        },  # fmt: skip
+        "healthz": worst,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common.add_common_args(ap, "serve", arms=ARMS)
     ap.add_argument("--seconds", type=int, default=30, help="locust run time per model and runtime")
     ap.add_argument("--users", type=int, default=16, help="concurrent locust users (closed loop)")
     ap.add_argument("--examples", type=int, default=100, help="schemathesis examples per operation")
+    ap.add_argument(
+        "--baseline-src", default=None, help="arm ab: the src folder of the code to compare"
+    )
     args = ap.parse_args()
     old = common.previous_results(args, args.out, _previous, render)
     if old is None:  # --render-only
@@ -393,8 +703,28 @@ def main() -> None:
     }
     result["targets"] = {"rps": TARGET_RPS, "p99_ms": TARGET_P99_MS, "resnet18_ratio": TARGET_RATIO}
     result["test_metrics"] = {n: _test_auroc(p) for n, p in models.items()}
+    hard = {  # the models the hardening issue (#26) probed: a BiGRU note model, MIT-BIH
+        "covid_bigru": trained(covid_bigru_config(work, data, 8)),
+        "mitdb": trained(mitdb_config(work, data, 2)),
+    }
+    parts["covid_bigru"] = covid_parts(hard["covid_bigru"], 80)
+    parts["mitdb"] = mitdb_parts(hard["mitdb"], 80)
     if "parity" in args.arms:
         result["parity"] = parity_arm(work, data, models, parts)
+        result["parity_encoders"] = encoder_parity(data)
+        served = {"breast_cnn": models["breast_cnn"], "covid": models["covid"], **hard}
+        for ckpt in served.values():
+            onnx_parity(ckpt, parts[[k for k, v in served.items() if v == ckpt][0]][:8])
+        result["parity_service"] = service_parity(served, parts, work)
+    if "probes" in args.arms:
+        served = {"breast_cnn": models["breast_cnn"], "covid": models["covid"], **hard}
+        result["probes"] = probes_arm(served, parts, data, work)
+    if "memory" in args.arms:
+        result["memory"] = memory_arm(models["breast_cnn"], work)
+    if "ab" in args.arms:
+        if not args.baseline_src:
+            raise SystemExit("--arms ab needs --baseline-src (another checkout's src folder)")
+        result["ab"] = ab_arm(models["breast_cnn"], bparts, work, args.baseline_src)
     if "load" in args.arms or "schemathesis" in args.arms:
         for ckpt in models.values():
             if not ckpt.with_suffix(".onnx").is_file():
@@ -538,6 +868,81 @@ def _other_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
+PROBE_HEADERS = ["probe", "requests", "2xx", "4xx", "5xx", "503 busy", "hangs", "other", "max s"]
+
+
+def _healthz_line(mem: dict[str, Any]) -> str:
+    h = mem.get("healthz") or {}
+    if "p50_ms" not in h:  # an earlier run recorded the worst latency only
+        return f"- /healthz worst latency meanwhile: {mem.get('healthz_worst_s', 0) * 1000:.0f} ms"
+    return (f"- /healthz meanwhile (every 20 ms, {h['polls']} polls): p50 {h['p50_ms']:.0f} ms, "
+            f"p95 {h['p95_ms']:.0f} ms, max {h['max_ms']:.0f} ms; decoding runs in worker threads, "
+            "not on the event loop")  # fmt: skip
+
+
+def _hardening_lines(r: dict[str, Any]) -> list[str]:
+    """The probe table, memory under maximum-size requests, ONNX parity per encoder and through
+    the service, against the issue's targets (0 5xx, 0 hangs, RSS in budget, parity <= 1e-4)."""
+    lines: list[str] = []
+    probes = dict(r.get("probes") or {})
+    st = r.get("schemathesis")
+    if probes or st:
+        rows = [[k, v["requests"], v["2xx"], v["4xx"], v["5xx"], v.get("503_busy", 0), v["hangs"],
+                 v.get("other", 0), v.get("max_seconds", "")] for k, v in probes.items()]  # fmt: skip
+        if st:
+            rows.append(["schemathesis (stateful + every operation; see below)", "see below", "", "",
+                         0 if st.get("exit_code") == 0 else "see log", "", "", "", ""])  # fmt: skip
+        five = sum(v["5xx"] for v in probes.values())
+        hangs = sum(v["hangs"] for v in probes.values())
+        lines += ["## Hostile-client probes (issue #26)", ""]
+        lines += common.table(PROBE_HEADERS, rows) + [""]
+        lines += [f"Targets: 0 5xx ({five}: **{'met' if five == 0 else 'missed'}**), 0 hangs "
+                  f"({hangs}: **{'met' if hangs == 0 else 'missed'}**). 503 busy = refused with "
+                  "Retry-After at the decode / upload bound (by design, not an error); 'other' = "
+                  "connection errors seen by the client (a closed idle connection is 'closed').", ""]  # fmt: skip
+    mem = r.get("memory")
+    if mem:
+        rss = mem["rss"]
+        ok = rss["growth_mb"] <= mem["budget_mb"]
+        lines += ["## Memory: 16 concurrent maximum-size requests", "",
+                  f"- {mem['concurrent']} clients, {mem['requests']['requests']} requests of a "
+                  f"{mem['image']}: {mem['requests']['2xx']} answered, "
+                  f"{mem['requests'].get('503_busy', 0)} told to retry (503), "
+                  f"{mem['requests']['5xx']} 5xx, {mem['requests']['hangs']} hangs",
+                  f"- server RSS: baseline {rss['baseline_mb']:.0f} MB, peak {rss['peak_mb']:.0f} MB "
+                  f"(+{rss['growth_mb']:.0f} MB) against the configured budget of "
+                  f"{mem['budget_mb']:.0f} MB over the loaded models "
+                  f"({mem['limits']}): **{'within' if ok else 'over'}**",
+                  _healthz_line(mem), ""]  # fmt: skip
+    enc = r.get("parity_encoders") or {}
+    if enc:
+        rows = [[k, v["modality"], v.get("samples", ""),
+                 f"{v['max_abs_diff']:.2e}" if "max_abs_diff" in v else "refused: " + v["refused"]]
+                for k, v in enc.items()]  # fmt: skip
+        worst = max((v["max_abs_diff"] for v in enc.values() if "max_abs_diff" in v), default=0)
+        lines += ["## ONNX parity per registered encoder (random weights, real inputs)", ""]
+        lines += common.table(["encoder", "modality", "samples", "max abs logit diff"], rows)
+        lines += ["", f"Target <= 1e-4 for every exported model: worst {worst:.2e}, "
+                  f"**{'met' if worst <= 1e-4 else 'missed'}**.", ""]  # fmt: skip
+    ab = r.get("ab")
+    if ab:
+        m = ab["mean_rps"]
+        lines += ["## Request rate against the code before this hardening (A/B, same run)", "",
+                  f"breast_cnn, 16 locust users, 20 s per run, alternated x{len(ab['runs']) // 2}: "
+                  f"before {m['baseline']:.0f} requests/s, after {m['this']:.0f} requests/s "
+                  f"(ratio {ab['ratio']:.2f}); runs: "
+                  + ", ".join(f"{x['code']} {x['rps']:.0f} (p99 {x['p99_ms']:.0f} ms, load "
+                              f"{x['load_average_before'][0]})" for x in ab["runs"]), ""]  # fmt: skip
+    svc = r.get("parity_service") or {}
+    if svc:
+        rows = [[k, v["requests"], v["errors"], f"{v['max_abs_prob_diff']:.2e}", v["flips"]]
+                for k, v in svc.items()]  # fmt: skip
+        lines += ["## ONNX through the service (same requests to a PyTorch and an ONNX server)", ""]
+        lines += common.table(["model", "requests", "errors", "max abs prob diff", "flipped"], rows)
+        lines += [""]
+    return lines
+
+
 def render(r: dict[str, Any]) -> str:
     lines = ["# Prediction service under load", "", common.env_line(r.get("environment", {})), ""]
     lines += [
@@ -554,6 +959,7 @@ def render(r: dict[str, Any]) -> str:
         "throughput (ONNX Runtime's own was not measured).",
         "",
     ]
+    lines += _hardening_lines(r)
     return "\n".join(lines + _parity_lines(r.get("parity") or {}) + _other_lines(r))
 
 

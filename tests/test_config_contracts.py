@@ -300,7 +300,12 @@ def test_a_data_set_too_small_to_split_is_a_data_error(tmp_path: Path) -> None:
 
 def test_no_message_talks_about_issues() -> None:
     src = Path(__file__).resolve().parents[1] / "src" / "medmodal"
-    hits = [p.name for p in src.rglob("*.py") if re.search(r"\bissue\b", p.read_text())]
+    # a quoted "issue" is FHIR's OperationOutcome.issue field (serve/hospital.py), not a message
+    hits = [
+        p.name
+        for p in src.rglob("*.py")
+        if re.search(r"\bissue\b", re.sub(r"[\"']issue[\"']", "", p.read_text()))
+    ]
     assert not hits, hits
 
 

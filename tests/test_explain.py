@@ -164,7 +164,8 @@ def test_bad_modality_or_method_is_a_config_error(
     with pytest.raises(ConfigError, match="'gradcam' does not fit modality 'text' \\(text\\)"):
         plan(p, methods=["gradcam"], modalities=["text"])
     with pytest.raises(
-        ConfigError, match="unknown explanation method 'lime'; known: attention_rollout, gradcam"
+        ConfigError,
+        match="unknown explanation method 'lime'; known: attention_rollout, feature_occlusion, gradcam",
     ):
         plan(p, methods=["lime"])
     with pytest.raises(ConfigError, match="unknown option 'stepz'"):

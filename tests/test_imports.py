@@ -29,11 +29,17 @@ LAYERS: list[tuple[str, ...]] = [
     ("medmodal.data.manifest", "medmodal.data.preprocess", "medmodal.data.cache"),
     ("medmodal.data.dataset",),
     ("medmodal.datasets", "medmodal.audit", "medmodal.fusion", "medmodal.models"),
+    ("medmodal.classical", "medmodal.ensemble"),  # classical learners, ensembles: models too
     ("medmodal.predictor",),  # the one prediction path
     ("medmodal.train", "medmodal.export", "medmodal.whatif"),  # built on a Predictor
-    ("medmodal.run",),  # a run as named steps
+    ("medmodal.classical.onnx",),  # a classical Predictor's learner as ONNX
+    ("medmodal.run", "medmodal.ensemble.train"),  # a run as named steps (+ fitting members)
     ("medmodal.explain", "medmodal.pretrain", "medmodal.tune"),  # built on runs
-    ("medmodal.api", "medmodal.serve"),  # fronts (api.serve starts the service)
+    (
+        "medmodal.api",
+        "medmodal.serve",
+        "medmodal.hospital",
+    ),  # fronts (api.serve starts the service)
     ("medmodal.cli",),
 ]
 

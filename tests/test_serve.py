@@ -95,7 +95,7 @@ def test_predict_png_named_dcm_reads_by_content_and_audits(
     out = r.json()
     assert set(out["probabilities"]) == {"normal, benign", "malignant"}
     assert abs(sum(out["probabilities"].values()) - 1) < 1e-5
-    assert out["modalities"] == {"used": ["image"], "missing": []}
+    assert out["modalities"] == {"used": ["image"], "missing": [], "empty": []}
     assert out["calibration"] == "none in this checkpoint" and out["prediction_set"] is None
     assert out["explanation"]["available"] is False
     line = json.loads(service["audit"].read_text().splitlines()[-1])
@@ -347,30 +347,6 @@ def test_cli_token_audit_and_export(breast_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     r = runner.invoke(app, ["export", str(breast_ckpt), "--format", "onnx", "--out", str(out)])
     assert r.exit_code == 0 and out.stat().st_size > 1000
-
-
-@pytest.mark.parametrize("encoder", [{"name": "bigru"}, {}])
-def test_onnx_refuses_an_encoder_that_declares_no_export(encoder: dict[str, Any]) -> None:
-    """bigru (named, or the text default) declares no ONNX export at its registration."""
-    from types import SimpleNamespace
-
-    from medmodal.config import ExperimentConfig
-    from medmodal.data.schema import Schema
-    from medmodal.export.onnx import check_exportable
-
-    schema = Schema.load(
-        {
-            "target": {"task": "binary", "column": "y", "classes": ["a", "b"]},
-            "modalities": {"note": {"type": "text", "column": "t"}},
-        }
-    )
-    cfg = ExperimentConfig.model_validate({"model": {"encoders": {"note": encoder}}})
-    with pytest.raises(
-        ConfigError,
-        match=r"modality 'note': the bigru encoder has no ONNX export \(packed sequences; use "
-        r"tokenizer minilm_embed with embedding_mlp\); text encoders that export: embedding_mlp",
-    ):
-        check_exportable(SimpleNamespace(schema=schema, config=cfg))  # type: ignore[arg-type]
 
 
 def test_onnx_runtime_entry_matches_pytorch(

@@ -57,7 +57,12 @@ def checkpoints(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
             "fusion": {"name": "attention"},
         },
         "train": {"epochs": 2, "batch_size": 32, "threads": 1},
-        "evaluate": {"bootstrap": 50, "report": False, "ablation": False},
+        "evaluate": {
+            "bootstrap": 50,
+            "report": False,
+            "ablation": False,
+            "calibrate": {"method": "temperature"},
+        },
     }
     return {
         "breast": api.fit(breast, progress=False).checkpoint,
@@ -77,7 +82,7 @@ def server(
     d = tmp_path_factory.mktemp("page_server")
     token = create_token(d / "tokens.json", "page-test")
     app = build_app(
-        [f"{k}={v}" for k, v in checkpoints.items()], d / "tokens.json", d / "audit.jsonl"
+        [f"{k}={v}" for k, v in checkpoints.items()], d / "tokens.json", audit_log=d / "audit.jsonl"
     )
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
@@ -131,8 +136,32 @@ def test_breastmnist_image_gives_a_result(
     text = page.inner_text("#result")
     assert "Prediction:" in text and "malignant" in text and "%" in text
     assert "Modalities used: image" in text
-    assert "Intended use" in page.inner_text("#card") and "auroc" in page.inner_text("#card")
+    card = page.inner_text("#card")
+    assert "Intended use" in card and "auroc" in card
+    assert "recall (class malignant)" in card  # a per-class figure names its class
+    assert page.locator("#versions td", has_text="served_by_medmodal").count() == 1
+    # the heat map lies over the image (same box), its opacity follows the slider
+    base = page.locator(".overlay img").first.bounding_box()
+    heat = page.locator("#heat").bounding_box()
+    assert (
+        base and heat and abs(base["x"] - heat["x"]) < 1 and abs(base["width"] - heat["width"]) < 1
+    )
+    page.fill("#opacity", "20")
+    page.dispatch_event("#opacity", "input")
+    assert page.eval_on_selector("#heat", "e => e.style.opacity") == "0.2"
     page.screenshot(path=str(server["dir"] / "breast.png"), full_page=True)
+
+
+def test_an_error_shows_next_to_the_predict_button(page: Any, server: dict[str, Any]) -> None:
+    _connect(page, server, server["token"])
+    page.wait_for_selector("#model option[value=covid]", state="attached")
+    page.select_option("#model", "covid")
+    page.fill("#part-note", "   ")  # nothing usable: the page sends no part -> 422 from the API
+    page.fill("#field-record-age", "x" * 2000)
+    page.click("#predict")
+    page.wait_for_selector("#predict-status.error")
+    assert "Error 422" in page.inner_text("#predict-status")
+    assert page.inner_text("#status").startswith("Connected")
 
 
 def test_covid_xray_with_its_note_gives_a_result(
@@ -154,5 +183,8 @@ def test_covid_xray_with_its_note_gives_a_result(
     text = page.inner_text("#result")
     assert "COVID-19" in text and "Prediction:" in text
     assert "Modalities used: image, note" in text
+    # the calibrated probability is the primary figure, the raw one beside it
+    assert page.inner_text("#probs-primary") == "calibrated probability"
+    assert "raw" in page.inner_text("#probs-secondary")
     page.screenshot(path=str(server["dir"] / "covid.png"), full_page=True)
     print(server["dir"])

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from rich.console import Console
 
+from medmodal.ensemble.presets import apply_preset
 from medmodal.errors import DataError
 from medmodal.explain import gallery as _gallery  # noqa: F401  (the report's gallery section)
 from medmodal.options import Strict, parse_options
@@ -44,8 +45,15 @@ def fit(
     progress: Progress = True,
     resume: bool = False,
     console: Console | None = None,
+    preset: str | None = None,
+    time_budget: float | None = None,
 ) -> RunResult:
     """Train and evaluate one experiment; writes checkpoint, metrics, report into the run dir.
+
+    ``preset``: ``best`` trains the config's deep model (``model.ensemble.deep_seeds`` seeds)
+    and the task's classical learners and ensembles them with weights chosen on the validation
+    split (one checkpoint); ``fast``: one model (the config without ``model.ensemble``).
+    ``time_budget`` (seconds): ensemble members not started by then are skipped.
 
     The data are split by the manifest's split column or a seeded patient-level split; the
     best epoch is chosen on validation; validation and test are scored through the same
@@ -55,6 +63,7 @@ def fit(
     every batch (DistributedDataParallel); rank 0 prepares the data first, audits, scores and
     writes; the other ranks return a result without test metrics.
     """
+    config, overrides = apply_preset(config, overrides, preset, time_budget)
     return fit_experiment(config, overrides, progress, resume, console)
 
 
@@ -65,6 +74,7 @@ def cross_validate(
     k: int = 5,
     progress: Progress = False,
     console: Console | None = None,
+    preset: str | None = None,
 ) -> CVResult:
     """Patient-grouped, stratified k-fold cross-validation.
 
@@ -72,7 +82,9 @@ def cross_validate(
     epoch selection) with processors fitted on its own training rows, and predicts the held-out
     fold. Out-of-fold predictions are pooled for metrics with patient-grouped bootstrap CIs;
     per-fold mean and standard deviation are reported too. A manifest split column is ignored.
+    ``preset``: as for :func:`fit` (every fold trains the preset's model).
     """
+    config, overrides = apply_preset(config, overrides, preset)
     return cross_validate_experiment(config, overrides, k, progress, console)
 
 

@@ -14,6 +14,51 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from medmodal.cli_options import (  # the options, declared once
+    AllowBurnedInOpt,
+    AmpOpt,
+    AuditLogOpt,
+    CheckpointArg,
+    CheckpointsArg,
+    ConfigArg,
+    DataDirOpt,
+    DatasetOptionOpt,
+    DicomwebOpt,
+    ExplainScOpt,
+    FhirBundleMappingOpt,
+    FhirMappingsOpt,
+    FhirOutOpt,
+    HostOpt,
+    MaxBatchOpt,
+    MaxDecodesOpt,
+    MaxPixelsOpt,
+    MaxUploadOpt,
+    MaxWaitOpt,
+    NnodesOpt,
+    NprocOpt,
+    OutCsvOpt,
+    PortOpt,
+    PredictSourceArg,
+    PresetOpt,
+    RdzvEndpointOpt,
+    RdzvIdOpt,
+    RequestMbOpt,
+    ResumeOpt,
+    RootOpt,
+    RunDirOpt,
+    RuntimeOpt,
+    SeedOpt,
+    SetOpt,
+    SkipBadOpt,
+    SourceArg,
+    StoreSrOpt,
+    StudyAuditLogOpt,
+    StudyOpt,
+    ThreadsOpt,
+    TimeBudgetOpt,
+    TimeoutOpt,
+    TokensOpt,
+)
 from medmodal.errors import MedmodalError
 
 app = typer.Typer(
@@ -89,72 +134,21 @@ def _summary(metrics: dict[str, Any], split: str = "test") -> None:
     out.print(table)
 
 
-# -- options shared by several commands, declared once ------------------------------------------
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a config field, e.g. --set train.epochs=5"),
-]
-RunDirOpt = Annotated[Path | None, typer.Option(help="Run directory (default runs/<name>).")]
-ResumeOpt = Annotated[
-    bool, typer.Option("--resume", help="Continue from <run dir>/last.pt after an interruption.")
-]
-SeedOpt = Annotated[int | None, typer.Option(help="Random seed (overrides the config).")]
-CheckpointArg = Annotated[Path, typer.Argument(help="best.pt from `medmodal train`.")]
-SourceArg = Annotated[
-    Path, typer.Argument(help="A manifest (any subset of modalities) or a folder of images.")
-]
-RootOpt = Annotated[
-    Path | None,
-    typer.Option(help="Base folder for relative paths (default: the manifest's folder)."),
-]
-SkipBadOpt = Annotated[
-    bool,
-    typer.Option(
-        "--skip-bad",
-        help="Skip unreadable samples and list them in the output (report, metrics.json, "
-        "<out>.skipped.json or explanations.json).",
-    ),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(help="Folder with the datasets' raw files (default $MEDMODAL_DATA_DIR)."),
-]
-DatasetOptionOpt = Annotated[
-    list[str] | None,
-    typer.Option("--option", "-o", help="Dataset option key=value, e.g. -o target=survival."),
-]
-TokensOpt = Annotated[
-    Path, typer.Option(help="Token file (from `medmodal token create`; only hashes are stored).")
-]
-
-
 @app.command()
 @friendly
 def train(
-    config: Annotated[Path, typer.Argument(help="Experiment YAML (data, model, train, evaluate).")],
+    config: ConfigArg,
     overrides: SetOpt = None,
     output_dir: RunDirOpt = None,
     skip_bad: SkipBadOpt = False,
     resume: ResumeOpt = False,
     seed: SeedOpt = None,
-    nproc: Annotated[
-        int,
-        typer.Option(
-            help="Processes per machine: data-parallel training through torchrun (gloo on "
-            "CPU, NCCL on GPUs); train.batch_size stays the global batch."
-        ),
-    ] = 1,
-    nnodes: Annotated[
-        str,
-        typer.Option(help="Machines (torchrun --nnodes, e.g. 2 or 1:4); >1 needs --rdzv-endpoint."),
-    ] = "1",
-    rdzv_endpoint: Annotated[
-        str | None,
-        typer.Option(help="host:port of the rendezvous, the same on every machine (multi-node)."),
-    ] = None,
-    rdzv_id: Annotated[
-        str | None, typer.Option(help="Job id shared by the machines of one run (multi-node).")
-    ] = None,
+    nproc: NprocOpt = 1,
+    nnodes: NnodesOpt = "1",
+    rdzv_endpoint: RdzvEndpointOpt = None,
+    rdzv_id: RdzvIdOpt = None,
+    preset: PresetOpt = None,
+    time_budget: TimeBudgetOpt = None,
 ) -> None:
     """Train a model from a config; writes best.pt, metrics.json and report.html."""
     from medmodal import api
@@ -168,7 +162,15 @@ def train(
         sets.append("data.skip_bad=true")
     if seed is not None:
         sets.append(f"seed={seed}")
-    run = api.fit(config, sets, progress=_progress(), resume=resume, console=err)
+    run = api.fit(
+        config,
+        sets,
+        progress=_progress(),
+        resume=resume,
+        console=err,
+        preset=preset,
+        time_budget=time_budget,
+    )
     main_rank = distributed.is_main()
     distributed.shutdown()
     if not main_rank:  # under torchrun, rank 0 alone reports
@@ -335,20 +337,33 @@ def evaluate(
 @friendly
 def predict(
     checkpoint: CheckpointArg,
-    source: SourceArg,
-    out_csv: Annotated[Path, typer.Option("--out", help="CSV of probabilities.")] = Path(
-        "predictions.csv"
-    ),
+    source: PredictSourceArg = None,
+    out_csv: OutCsvOpt = Path("predictions.csv"),
     root: RootOpt = None,
     skip_bad: SkipBadOpt = False,
-    amp: Annotated[
-        bool,
-        typer.Option(
-            "--amp", help="bf16 autocast on CPU / fp16 on CUDA: faster, probabilities ~1e-2 off."
-        ),
-    ] = False,
+    amp: AmpOpt = False,
+    dicomweb: DicomwebOpt = None,
+    study: StudyOpt = None,
+    store_sr: StoreSrOpt = True,
+    fhir: FhirOutOpt = None,
+    fhir_mapping: FhirBundleMappingOpt = None,
+    audit_log: StudyAuditLogOpt = None,
+    explain: ExplainScOpt = False,
 ) -> None:
-    """Predict class probabilities for a manifest or an image folder -> CSV."""
+    """Predict class probabilities for a manifest or an image folder -> CSV; or for studies of a
+    PACS (--dicomweb URL --study UID: DICOM SR stored back), or for a FHIR Bundle."""
+    if dicomweb is not None or study:
+        _predict_dicomweb(checkpoint, dicomweb, study, out_csv, store_sr, fhir, audit_log, explain)
+        return
+    if source is None:
+        raise MedmodalError(
+            "give SOURCE (a manifest, an image folder or a FHIR Bundle) or --dicomweb URL --study UID"
+        )
+    if fhir_mapping is not None:
+        _predict_fhir_bundle(checkpoint, source, fhir_mapping, fhir)
+        return
+    if fhir is not None:
+        raise MedmodalError("--fhir applies to --dicomweb studies and FHIR Bundle sources")
     from medmodal import api
 
     frame = api.predict(checkpoint, source, root=root, skip_bad=skip_bad, out=out_csv, amp=amp)
@@ -358,6 +373,59 @@ def predict(
         err.print(
             f"[yellow]{len(skipped)} sample(s) skipped[/]: see {out_csv.with_suffix('.skipped.json')}"
         )
+
+
+def _predict_dicomweb(
+    checkpoint: Path,
+    url: str | None,
+    studies: list[str] | None,
+    out_csv: Path,
+    store_sr: bool,
+    fhir: Path | None,
+    audit_log: Path | None,
+    explain: bool = False,
+) -> None:
+    """``predict --dicomweb URL --study UID``: fetch, predict, SR back, CSV (+ FHIR)."""
+    from medmodal.hospital import commands
+    from medmodal.utils.io import dump_json
+
+    if url is None or not studies:
+        raise MedmodalError("--dicomweb URL and --study UID go together")
+    summaries = commands.predict_studies(
+        checkpoint, url, list(studies), store_sr=store_sr, audit_log=audit_log, explain=explain
+    )
+    commands.write_instances_csv(out_csv, summaries)
+    for s in summaries:
+        sr = s["sr"]
+        where = f"stored in {url}" if sr["stored"] else "not stored (--no-store-sr)"
+        out.print(
+            f"study {s['study']}: {len(s['instances'])} image(s) predicted, "
+            f"{len(s['skipped'])} skipped, {len(s['heatmaps'])} heat map(s); "
+            f"SR {sr['sop_instance_uid']} {where}",
+            highlight=False,
+        )
+    out.print(f"predictions: {out_csv}")
+    if fhir is not None:
+        card = commands.load_entry(checkpoint).card
+        bundles = [b for s in summaries for b in commands.study_fhir(s, card)]
+        out.print(f"FHIR: {dump_json(fhir, bundles[0] if len(bundles) == 1 else bundles)}")
+
+
+def _predict_fhir_bundle(checkpoint: Path, source: Path, mapping: Path, fhir: Path | None) -> None:
+    """``predict CHECKPOINT bundle.json --fhir-mapping map.yaml [--fhir report.json]``."""
+    from medmodal.hospital import commands
+    from medmodal.utils.io import dump_json
+
+    result, report = commands.predict_bundle(checkpoint, source, mapping)
+    probs = result.get("calibrated_probabilities") or result["probabilities"]
+    shown = ", ".join(f"{c} {p:.3f}" for c, p in probs.items())
+    out.print(
+        f"prediction: {result['prediction']} ({shown}); inputs used: "
+        f"{', '.join(result['modalities']['used'])}",
+        highlight=False,
+    )
+    if fhir is not None:
+        out.print(f"FHIR DiagnosticReport bundle: {dump_json(fhir, report)}")
 
 
 @app.command()
@@ -719,7 +787,8 @@ def datasets_prepare(
 
 @models_app.command("list")
 def models_list() -> None:
-    """Encoders (by modality), fusions and heads."""
+    """Encoders (by modality), fusions, heads, classical learners (by task) and feature
+    extractors (by modality type)."""
     from medmodal.fusion import FUSIONS
     from medmodal.models.encoders import ENCODERS
     from medmodal.models.encoders.base import encoder_modalities
@@ -734,37 +803,43 @@ def models_list() -> None:
         table.add_row("fusion", n, "", d)
     for n, d in HEADS.describe().items():
         table.add_row("head", n, "", d)
+    from medmodal.classical.features import FEATURES
+    from medmodal.classical.learners import LEARNERS
+
+    for n, d in LEARNERS.describe().items():
+        table.add_row("learner", n, ", ".join(LEARNERS.capabilities(n).tasks), d)
+    for n, d in FEATURES.describe().items():
+        table.add_row("features", n, ", ".join(FEATURES.capabilities(n).types), d)
     out.print(table)
 
 
 @app.command()
 @friendly
 def serve(
-    checkpoints: Annotated[
-        list[str], typer.Argument(help="Checkpoints to serve: PATH or NAME=PATH.")
-    ],
+    checkpoints: CheckpointsArg,
     tokens: TokensOpt = Path("tokens.json"),
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    runtime: Annotated[
-        str,
-        typer.Option(
-            help="pytorch, pytorch-bf16 (autocast, as `predict --amp`), or onnx "
-            "(CHECKPOINT.onnx from `medmodal export`)."
-        ),
-    ] = "pytorch",
-    audit_log: Annotated[Path, typer.Option(help="Append-only, hash-chained audit log.")] = Path(
-        "audit.jsonl"
-    ),
-    max_upload_mb: Annotated[float, typer.Option(help="Largest request body (413 beyond).")] = 50,
-    timeout: Annotated[float, typer.Option(help="Seconds a prediction may take.")] = 30,
-    max_batch: Annotated[int, typer.Option(help="Largest micro-batch.")] = 64,
-    max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill.")] = 2.0,
-    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8000,
+    runtime: RuntimeOpt = "pytorch",
+    audit_log: AuditLogOpt = Path("audit.jsonl"),
+    max_upload_mb: MaxUploadOpt = 50,
+    timeout: TimeoutOpt = 30,
+    max_batch: MaxBatchOpt = 64,
+    max_wait_ms: MaxWaitOpt = 2.0,
+    threads: ThreadsOpt = 1,
+    dicomweb: DicomwebOpt = None,
+    fhir_mapping: FhirMappingsOpt = None,
+    max_decodes: MaxDecodesOpt = 2,
+    request_mb: RequestMbOpt = 512,
+    max_pixels: MaxPixelsOpt = 36_000_000,
+    allow_burned_in: AllowBurnedInOpt = False,
 ) -> None:
-    """Serve checkpoints over HTTP: predict, model cards, /metrics and a web page at /."""
+    """Serve checkpoints over HTTP: predict, model cards, /metrics and a web page at /
+    (with --dicomweb, the page can pick a study from that PACS)."""
     from medmodal import api
+    from medmodal.serve.limits import Limits
 
+    limits = Limits(max_decodes=max_decodes, request_mb=request_mb, max_pixels=max_pixels)
     err.print(f"medmodal serve: http://{host}:{port}/ (models: {', '.join(checkpoints)})")
     api.serve(
         list(checkpoints),
@@ -778,6 +853,51 @@ def serve(
         max_batch=max_batch,
         max_wait_ms=max_wait_ms,
         threads=threads,
+        dicomweb=dicomweb,
+        fhir_mappings=fhir_mapping,
+        limits=limits,
+        allow_burned_in=allow_burned_in,
+    )
+
+
+@app.command()
+@friendly
+def listen(
+    checkpoints: Annotated[
+        list[str], typer.Argument(help="Checkpoints to run on each study: PATH or NAME=PATH.")
+    ],
+    aet: Annotated[str, typer.Option(help="This node's AE title.")] = "MEDMODAL",
+    port: Annotated[int, typer.Option(help="DICOM port to listen on.")] = 11112,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow", help="A calling AE title allowed to send (repeat); others refused."
+        ),
+    ] = None,
+    destination: Annotated[
+        str | None,
+        typer.Option(help="Where the DICOM SRs go by C-STORE: AET@host:port (e.g. the PACS)."),
+    ] = None,
+    quiet: Annotated[
+        float, typer.Option(help="A study is complete after this many seconds without an instance.")
+    ] = 5.0,
+    audit_log: Annotated[Path, typer.Option(help="Append-only, hash-chained audit log.")] = Path(
+        "audit.jsonl"
+    ),
+    threads: Annotated[int, typer.Option(help="Torch threads.")] = 1,
+) -> None:
+    """DIMSE Storage SCP: a PACS routes studies here (C-STORE); each complete study is predicted
+    and its DICOM SR sent to --destination, with audit entries as the service writes."""
+    from medmodal.hospital.commands import ListenSettings, listen_until_stopped
+
+    settings = ListenSettings(aet, port, host, tuple(allow or ()), destination, quiet)
+    listen_until_stopped(
+        list(checkpoints),
+        settings,
+        audit_log,
+        threads=threads,
+        say=lambda text: err.print(text, highlight=False),
     )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from medmodal.errors import ConfigError
 from medmodal.options import Strict, parse_options
@@ -75,12 +75,94 @@ class SurvivalOptions(Strict):
     bins: int = Field(default=20, ge=2, le=200, description="logistic_hazard: time intervals")
 
 
+class LearnerSpec(ComponentSpec):
+    """A classical learner by ``name`` (``medmodal models list``); other keys are its options."""
+
+    name: str
+
+
+class FeatureSpec(ComponentSpec):
+    """A feature extractor by ``name``; other keys are its options."""
+
+    name: str
+
+
+FeatureEntry = str | FeatureSpec | list[str | FeatureSpec]
+
+
+class MemberSpec(Strict):
+    """One ensemble member: the config's deep model trained with ``seed`` (no ``learner``), or a
+    classical ``learner`` on ``features`` (per modality; default: each type's defaults)."""
+
+    name: str | None = Field(default=None, description="label in the report")
+    seed: int | None = Field(default=None, description="deep member: its training seed")
+    learner: str | LearnerSpec | None = None
+    features: dict[str, FeatureEntry] = Field(default_factory=dict)
+
+
+class EnsembleConfig(Strict):
+    """Members chosen and weighted on the validation split by greedy ensemble selection with
+    replacement (Caruana et al. 2004). ``members`` empty: ``deep_seeds`` copies of the config's
+    deep model (seeds ``seed``, ``seed + 1``, ...) and each of ``learners`` (None: the task's
+    defaults) on the default features."""
+
+    members: list[MemberSpec] = Field(default_factory=list)
+    deep_seeds: int = Field(default=2, ge=0, le=20)
+    learners: list[str | LearnerSpec] | None = None
+    rounds: int = Field(default=25, ge=1, le=1000, description="selection steps")
+    metric: Literal[
+        "auto", "auroc", "log_loss", "accuracy", "balanced_accuracy", "f1_macro", "c_index"
+    ] = Field(default="auto", description="validation score to maximise (auto: AUROC / C)")
+    time_budget: float | None = Field(
+        default=None,
+        gt=0,
+        description="seconds; members not started by then are skipped (the first always runs)",
+    )
+    selection_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="share of the validation patients held back from the deep members' epoch "
+        "choice and used for the selection alone (0: both on all validation rows)",
+    )
+    keep_all: bool = Field(
+        default=False,
+        description="keep the members not chosen in the checkpoint too (weight 0), e.g. to "
+        "score each member on the test split afterwards",
+    )
+
+
 class ModelConfig(Strict):
     encoders: dict[str, EncoderSpec] = Field(default_factory=dict)
     fusion: FusionSpec = Field(default_factory=FusionSpec)
     head: HeadSpec = Field(default_factory=HeadSpec)
     modality_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     survival: SurvivalOptions = Field(default_factory=SurvivalOptions)
+    # -- classical learners and ensembles (medmodal.classical, medmodal.ensemble) --
+    learner: str | LearnerSpec | None = Field(
+        default=None, description="a classical learner instead of the deep model"
+    )
+    features: dict[str, FeatureEntry] = Field(
+        default_factory=dict, description="classical features per modality (default: by type)"
+    )
+    ensemble: EnsembleConfig | None = Field(
+        default=None, description="members chosen on validation (`--preset best`)"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelConfig:
+        if self.learner is not None and self.ensemble is not None:
+            raise ValueError(
+                "model.learner and model.ensemble exclude each other (an ensemble "
+                "names its learners in model.ensemble.learners or .members)"
+            )
+        if self.features and self.learner is None:
+            raise ValueError("model.features are the inputs of a classical model.learner")
+        return self
+
+    def deep_only(self) -> ModelConfig:
+        """This model section without the classical learner, features and ensemble."""
+        return self.model_copy(update={"learner": None, "features": {}, "ensemble": None})
 
 
 class OneCycleOptions(Strict):

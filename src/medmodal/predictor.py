@@ -24,6 +24,7 @@ from medmodal.data.dataset import MultimodalDataset, collate
 from medmodal.data.manifest import LabelMap, check_columns, encode_labels, patient_ids, sample_ids
 from medmodal.data.preprocess import ModalityProcessor, create_processor
 from medmodal.data.schema import Schema
+from medmodal.ensemble.build import BuildContext, composite_model, is_composite
 from medmodal.errors import BadSampleLog, CheckpointError, DataError, MedmodalError
 from medmodal.evaluate.conformal import ConformalFit, fit_conformal
 from medmodal.evaluate.decision import decide
@@ -49,15 +50,16 @@ def model_for(
 ) -> MultimodalModel:
     """The configured model for fitted ``processors`` (their ``info`` sizes the encoders)."""
     bins = survival_for(label_map, cfg)
+    types = {m: spec.type for m, spec in schema.modalities.items()}
+    infos = {m: p.info() for m, p in processors.items()}
+    n_outputs = n_outputs_for(
+        label_map.task, len(label_map.classes), bins.n_outputs if bins else None
+    )
+    if is_composite(cfg.model):  # a classical learner or an ensemble (medmodal.ensemble)
+        ctx = BuildContext(types, infos, processors, label_map.task, n_outputs)
+        return composite_model(cfg.model, ctx, cfg.seed, load_init)  # type: ignore[return-value]
     return build_model(
-        {m: spec.type for m, spec in schema.modalities.items()},
-        {m: p.info() for m, p in processors.items()},
-        cfg.model,
-        task=label_map.task,
-        n_outputs=n_outputs_for(
-            label_map.task, len(label_map.classes), bins.n_outputs if bins else None
-        ),
-        load_init=load_init,
+        types, infos, cfg.model, task=label_map.task, n_outputs=n_outputs, load_init=load_init
     )
 
 
@@ -278,7 +280,7 @@ class Predictor:
             ) from None
         model.to(device).eval()
         if amp:
-            for encoder in model.encoders.values():
+            for encoder in getattr(model, "encoders", {}).values():  # none: classical / ensemble
                 to_channels_last(encoder)
         return cls(schema, label_map, processors, model, cfg, temperature, conformal, survival, amp)
 

@@ -104,6 +104,14 @@ SURVIVAL_TABLES: dict[str, dict[str, str]] = {
 # Columns known only after the outcome (a label leak), kept in the manifest but not model inputs:
 # FLCHAIN's ``chapter`` is the ICD chapter of the cause of death (empty for the living).
 NOT_INPUTS: dict[str, list[str]] = {"flchain": ["chapter"]}
+# Inputs kept but flagged: they carry part of the outcome for some rows.
+FLAGGED: dict[str, str] = {
+    "whas500": "'los' (length of hospital stay, days) equals the survival time (lenfol) for the "
+    "40 patients who died in hospital (all 40 are events), so for them it reveals the outcome; "
+    "it is kept as an input (it is known at discharge), but a model that leans on it partly "
+    "reads the answer: compare with the record without 'los' (benchmarks/results/leaderboard.md "
+    "gives both).",
+}
 
 
 class SurvivalTable(BuiltinDataset):
@@ -128,7 +136,8 @@ class SurvivalTable(BuiltinDataset):
                 f"Not model inputs (known only after the outcome): {NOT_INPUTS[name]}."
                 if name in NOT_INPUTS
                 else ""
-            ),
+            )
+            + (f"Flagged input: {FLAGGED[name]}" if name in FLAGGED else ""),
         )
 
     def locate(self, data_dir: Path | None) -> Path:

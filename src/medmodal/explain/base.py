@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from medmodal.ensemble.build import is_composite
 from medmodal.errors import ConfigError
 from medmodal.explain.forward import Item
 from medmodal.models.encoders.base import (
@@ -103,6 +104,11 @@ def require_type(
 ) -> str:
     """``modality``'s type when ``method`` explains that type, else a ConfigError naming both."""
     mtype = modality_type(predictor, modality, method)
+    if is_composite(predictor.config.model):
+        raise ConfigError(
+            f"method {method!r} reads a deep encoder; this model is a classical learner or an "
+            "ensemble: explain it with feature_occlusion (per modality) or shapley"
+        )
     if mtype not in types:
         raise ConfigError(
             f"method {method!r} does not fit modality {modality!r} ({mtype}); "

@@ -23,6 +23,9 @@ name                     modalities / encoders                      attribution
                          (vit; 2D/3D)
 ``occlusion``            text, any tokenizer (frozen sentence       leave-one-word-out: the note is
                          embeddings: the only one that fits)        re-read without each word
+``feature_occlusion``    image, audio, signal, text (ids), tabular; probability drop when a patch /
+                         any model (classical learners and          block / lead segment / word /
+                         ensembles: their default)                  field is hidden
 ``shapley``              the whole sample, 2 to 6 modalities        exact Shapley values of the
                                                                     modalities (missing-modality
                                                                     path), probability scale
@@ -33,10 +36,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from medmodal.ensemble.build import is_composite
 from medmodal.errors import ConfigError
 
 # the method modules register themselves in METHODS when imported
-from medmodal.explain import gradcam, ig, rollout, shapley, text  # noqa: F401
+from medmodal.explain import gradcam, ig, occlusion_map, rollout, shapley, text  # noqa: F401
 from medmodal.explain.base import (
     METHODS,
     SAMPLE_METHODS,
@@ -88,6 +92,8 @@ def default_methods(predictor: Predictor, modality: str) -> list[str]:
     """The methods run when none is named: Grad-CAM (convolutional encoders) or attention rollout
     (ViT), and Integrated Gradients; leave-one-word-out occlusion for frozen sentence
     embeddings."""
+    if is_composite(predictor.config.model):  # a classical learner or an ensemble
+        return ["feature_occlusion"]
     order = ("gradcam", "attention_rollout", "integrated_gradients")
     names = [n for n in order if fits(n, predictor, modality)]
     return names or ["occlusion"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from medmodal.ensemble.build import is_composite
 from medmodal.errors import BadSampleLog, ConfigError, ManifestError
 from medmodal.predictor import Predictor
 from medmodal.run.report import ReportContent, write_run_report
@@ -103,10 +104,17 @@ def whatif_checkpoint(
 
 
 def export_checkpoint(checkpoint: str | Path, out: str | Path | None, fmt: str) -> Path:
-    """The checkpoint's model as ONNX at ``out`` (default: beside it, ``.onnx``)."""
+    """The checkpoint's model as ONNX at ``out`` (default: beside it, ``.onnx``); a classical
+    learner exports its learner on the feature vector (:mod:`medmodal.classical.onnx`), an
+    ensemble is refused."""
     from medmodal.export.onnx import export_onnx
 
     if fmt != "onnx":
         raise ConfigError(f"export format must be onnx, not {fmt!r}")
     path = Path(checkpoint)
-    return export_onnx(Predictor.load(path), out or path.with_suffix(".onnx"))
+    predictor = Predictor.load(path)
+    if is_composite(predictor.config.model):  # a classical learner: its learner's graph
+        from medmodal.classical.onnx import export_classical
+
+        return export_classical(predictor, out or path.with_suffix(".onnx"))
+    return export_onnx(predictor, out or path.with_suffix(".onnx"))

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from medmodal.ensemble.train import composite_summary, composite_tables
 from medmodal.predictor import Predictor
 from medmodal.run.context import Progress
 from medmodal.run.data import LoadedData, cache_dir
@@ -71,6 +72,8 @@ def train_and_evaluate(
     }
     if init_check:
         metrics["encoder_init"] = init_check
+    if (composite := composite_summary(predictor.model)) is not None:  # classical / ensemble
+        metrics["model"] = composite
     result = RunResult(run_dir, run_dir / "best.pt", metrics, state.history, loaded.bad_list)
     if not is_main():  # under torchrun, rank 0 alone scores the test split and writes
         return result
@@ -122,14 +125,19 @@ def _report(
         scored = Scored(result.test_probs, m[split], raw_probs=result.test_raw_probs)
     else:
         scored = Scored(predictor.predict_proba(parts[split]), m[split])
+    chosen = (
+        f"The model, {m['model']['describe']}, was fitted"
+        if "model" in m
+        else f"The best epoch, {state.best_epoch} of the {state.epoch} run, was chosen on "
+        f"validation {monitor_for(spec.task, loaded.cfg.train)}. Training took"
+    )
     notes = [
-        f"Evaluated on the {split} split ({len(parts[split])} samples). The best epoch, "
-        f"{state.best_epoch} of the {state.epoch} run, was chosen on validation "
-        f"{monitor_for(spec.task, loaded.cfg.train)}. Training took "
+        f"Evaluated on the {split} split ({len(parts[split])} samples). {chosen} in "
         f"{m['train_seconds']:.1f} s.",
         missing_note(m["missing_modalities"]),
         *(f"Encoder init ({k}): {v['summary']}." for k, v in m.get("encoder_init", {}).items()),
     ]
-    content = ReportContent(notes, result.bad_samples, predictor=predictor)
+    tables = composite_tables(m.get("model"))
+    content = ReportContent(notes, result.bad_samples, tables, predictor=predictor)
     path = result.run_dir / "report.html"
     return write_run_report(path, loaded.cfg, spec, parts[split], scored, content)

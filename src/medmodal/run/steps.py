@@ -16,6 +16,8 @@ from medmodal.checkpoint import read_checkpoint
 from medmodal.data.dataset import MultimodalDataset
 from medmodal.data.preprocess import ModalityProcessor
 from medmodal.data.schema import Schema
+from medmodal.ensemble.build import is_composite
+from medmodal.ensemble.train import fit_composite
 from medmodal.errors import ConfigError, ManifestError
 from medmodal.evaluate import bootstrap_ci, metrics_for, paired_bootstrap_delta
 from medmodal.evaluate.conformal import ConformalFit, set_summary
@@ -96,8 +98,11 @@ def train_model(
     console: Any = None,
 ) -> TrainState:
     """Train on ``parts["train"]``, pick the best epoch on ``parts["val"]``; ``last.pt`` after every
-    epoch makes the run resumable (refused if the manifest changed since)."""
+    epoch makes the run resumable (refused if the manifest changed since). A classical learner
+    or an ensemble is fitted by :func:`medmodal.ensemble.train.fit_composite` instead."""
     cfg, last = loaded.cfg, run_dir / "last.pt"
+    if is_composite(cfg.model):  # a classical learner or an ensemble: its own fitting
+        return fit_composite(predictor, parts, cfg, progress, console)
 
     def save_last(state: TrainState, trainer: Trainer) -> None:
         if trainer.rank == 0:  # under torchrun, rank 0 alone writes

@@ -1,17 +1,19 @@
 """One served model: uploads -> a Sample (through the Predictor's processors) -> micro-batched
 logits (PyTorch or ONNX Runtime) -> probabilities, calibrated probabilities, prediction set.
 
-The probability and decision steps are the Predictor's (``probs_from_logits``, ``decide``); a
-checkpoint that carries a temperature or a conformal fit (``probs_from_logits`` /
-``prediction_sets``) surfaces them, others say they have none. Survival checkpoints are not
-served (a ConfigError when the model is loaded).
+Inputs are read as :meth:`Predictor.sample <medmodal.predictor.Predictor.sample>` reads them (the
+processors' ``read`` then ``transform``), keeping the raw reads for the explanation. Every failure
+names its part: a decode limit is a 413, anything else a 422 (whatever the library raised), and
+a request from which no modality could be read is a 422 that says so. The probability and
+decision steps are the Predictor's (``probs_from_logits``, ``decide``); a checkpoint that carries
+a temperature or a conformal fit surfaces them, others say they have none. Survival checkpoints
+are not served (a ConfigError when the model is loaded).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,24 +22,28 @@ import numpy as np
 import torch
 
 from medmodal.checkpoint import read_checkpoint
-from medmodal.data.readers.blob import Blob
+from medmodal.data.readers.budget import DecodeLimitError
 from medmodal.errors import ConfigError, DataError
 from medmodal.predictor import Predictor
 from medmodal.serve.batching import MicroBatcher
 from medmodal.serve.card import model_card
-from medmodal.serve.deid import deidentify_bytes, is_dicom
-from medmodal.serve.limits import BadRequest, Part
+from medmodal.serve.limits import BadRequest, Busy, Part
+from medmodal.serve.parts import parse_parts
 
-HEAVY = ("text", "audio", "signal")  # reading these takes milliseconds: done off the event loop
+_ADDRESS = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
 
 
 @dataclass
 class Prepared:
-    """A request's inputs: the Sample, SHA-256 per part (after de-identification), the row."""
+    """A request's inputs: the Sample, SHA-256 per part (after de-identification), the full
+    row of raw inputs, each modality's ``read`` output (None: absent) and the parts sent that
+    held nothing (an empty note, a record of nulls)."""
 
     sample: dict[str, Any]
     digests: dict[str, str]
     row: dict[str, Any] = field(repr=False)
+    raws: dict[str, Any] = field(default_factory=dict, repr=False)
+    empty: list[str] = field(default_factory=list)
 
 
 class ModelEntry:
@@ -51,9 +57,11 @@ class ModelEntry:
         onnx_path: str | Path | None = None,
         max_batch: int = 64,
         max_wait: float = 0.002,
+        allow_burned_in: bool = False,
     ) -> None:
         path = Path(checkpoint)
         self.name = name
+        self.allow_burned_in = allow_burned_in
         self.predictor = Predictor.load(path, amp=runtime == "pytorch-bf16")
         if self.predictor.label_map.task == "survival":
             raise ConfigError(f"{path}: survival models are not served (use predict / whatif)")
@@ -64,22 +72,39 @@ class ModelEntry:
 
             self.session = onnx_session(onnx_path or path.with_suffix(".onnx"))
         self.card = model_card(name, read_checkpoint(path), path, runtime, self.predictor.eval_spec)
-        types = [s.type for s in self.predictor.schema.modalities.values()]
-        self.heavy = any(t in HEAVY for t in types)
         self.batcher = MicroBatcher(self.run_batch, max_batch=max_batch, max_wait=max_wait)
 
     # -- inputs -----------------------------------------------------------------------------
     def prepare(self, parts: dict[str, Part]) -> Prepared:
-        """Parts -> Sample; every bad part is a BadRequest naming it (422)."""
-        try:
-            row, digests = parse_parts(self.predictor, parts)
-            sample = self.predictor.sample(row, sample_id="input")
-        except DataError as exc:
-            part = exc.modality or "input"
-            raise BadRequest(f"part {part!r}: {exc.reason}", part=part) from None
-        except (ValueError, TypeError, KeyError) as exc:
-            raise BadRequest(f"input cannot be used: {exc}") from None
-        return Prepared(sample, digests, row)
+        """Parts -> Sample; every bad part is a BadRequest naming it (413 for a decode limit,
+        else 422), and so is a request from which nothing could be read."""
+        row, digests = parse_parts(self.predictor, parts, self.allow_burned_in)
+        return self.prepare_row(row, digests, names=list(parts))
+
+    def prepare_row(
+        self, row: dict[str, Any], digests: dict[str, str] | None = None, names: Sequence[str] = ()
+    ) -> Prepared:
+        """A row of raw inputs (column -> value) -> Prepared (``names``: the parts sent)."""
+        full = {
+            c: None for s in self.predictor.schema.modalities.values() for c in s.input_columns()
+        }
+        full.update(row)
+        sample: dict[str, Any] = {"id": "input", "patient_id": "input", "present": {}}
+        raws: dict[str, Any] = {}
+        for m, proc in self.predictor.processors.items():
+            sent = any(c in row for c in proc.spec.input_columns())
+            raws[m] = _read(proc, full, m) if sent else None
+            sample["present"][m] = raws[m] is not None
+            sample[m] = proc.missing() if raws[m] is None else _transform(proc, raws[m], m)
+        empty = [m for m in names if m in raws and raws[m] is None]
+        if not any(sample["present"].values()):
+            what = ", ".join(repr(m) for m in empty) or "none"
+            raise BadRequest(
+                f"no usable input: every part sent held nothing ({what}: an empty note, a "
+                f"record of nulls); send at least one of {', '.join(self.predictor.processors)}",
+                part=empty[0] if len(empty) == 1 else None,
+            )
+        return Prepared(sample, digests or {}, full, raws, empty)
 
     # -- model --------------------------------------------------------------------------------
     def logits(self, samples: list[dict[str, Any]]) -> torch.Tensor:
@@ -100,58 +125,38 @@ class ModelEntry:
         return await self.batcher.submit(prepared.sample)
 
 
-def parse_parts(
-    predictor: Predictor, parts: dict[str, Part]
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Multipart parts -> a row of raw inputs (Blobs, record fields) and digests per part."""
-    mods = predictor.schema.modalities
-    unknown = sorted(set(parts) - set(mods))
-    if unknown:
-        raise BadRequest(
-            f"part {unknown[0]!r} is not an input of this model; it takes: {', '.join(mods)}",
-            part=unknown[0],
-        )
-    if not parts:
-        raise BadRequest(f"no input: send at least one part of {', '.join(mods)}")
-    row: dict[str, Any] = {}
-    digests = {}
-    for name, part in parts.items():
-        spec = mods[name]
-        data = part.data
-        if spec.type == "tabular":
-            row.update(record_fields(name, data, spec.input_columns()))
-        else:
-            if is_dicom(data):
-                data = deidentify_bytes(data, name)  # before anything else sees it
-            assert spec.column is not None
-            row[spec.column] = Blob(data, name)
-        digests[name] = hashlib.sha256(data).hexdigest()
-    return row, digests
-
-
-def record_fields(part: str, data: bytes, columns: list[str]) -> dict[str, Any]:
-    """A JSON object of record fields; unknown fields and non-scalar values name the part."""
+def _read(proc: Any, row: dict[str, Any], part: str) -> Any:
+    """``proc.read`` with every failure turned into a BadRequest naming the part."""
     try:
-        fields = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadRequest(
-            f"part {part!r}: record fields must be a JSON object ({exc})", part=part
-        ) from None
-    if not isinstance(fields, dict):
-        raise BadRequest(f"part {part!r}: record fields must be a JSON object", part=part)
-    unknown = sorted(set(fields) - set(columns))
-    if unknown:
-        raise BadRequest(
-            f"part {part!r}: unknown field {unknown[0]!r}; fields: {', '.join(columns)}", part=part
-        )
-    for k, v in fields.items():
-        if not (v is None or isinstance(v, str | int | float | bool)):
-            raise BadRequest(
-                f"part {part!r}: field {k!r} must be a number, text or null", part=part
-            )
-        if isinstance(v, float) and not math.isfinite(v):
-            raise BadRequest(f"part {part!r}: field {k!r} is not finite", part=part)
-    return {k: (np.nan if v is None else v) for k, v in fields.items()}
+        return proc.read(row, None)
+    except DecodeLimitError as exc:
+        raise BadRequest(f"part {part!r}: {clean(exc.reason)}", part=part, status=413) from None
+    except DataError as exc:
+        raise BadRequest(f"part {part!r}: {clean(exc.reason)}", part=part) from None
+    except MemoryError:
+        raise Busy(f"part {part!r}: out of memory while decoding; retry later") from None
+    except Exception as exc:  # a library's own error on a malformed file: still the part's fault
+        raise BadRequest(f"part {part!r} cannot be read: {describe(exc)}", part=part) from None
+
+
+def _transform(proc: Any, raw: Any, part: str) -> Any:
+    try:
+        return proc.transform(raw)
+    except DataError as exc:
+        raise BadRequest(f"part {part!r}: {clean(exc.reason)}", part=part) from None
+    except Exception as exc:
+        raise BadRequest(f"part {part!r} cannot be used: {describe(exc)}", part=part) from None
+
+
+def clean(text: str) -> str:
+    """A message without memory addresses (``<_io.BytesIO object at 0x...>``), one line."""
+    line = (text.strip().splitlines() or [""])[0]
+    line = _ADDRESS.sub("the upload", line)
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {clean(str(exc))}" if str(exc) else type(exc).__name__
 
 
 def outputs(predictor: Predictor, logits: torch.Tensor, ids: list[str]) -> list[dict[str, Any]]:

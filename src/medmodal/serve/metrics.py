@@ -36,6 +36,7 @@ class Metrics:
         self.hist: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
         self.sums: dict[str, float] = defaultdict(float)
         self.gauges: dict[str, float] = {}
+        self.labels: dict[str, str] = {}  # info metrics: name -> value, exposed as a label
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -70,6 +71,8 @@ class Metrics:
                 lines.append(f'medmodal_request_seconds_count{{route="{route}"}} {total}')
             for name, value in sorted(self.gauges.items()):
                 lines += [f"# TYPE {name} gauge", f"{name} {value:g}"]
+            for name, text in sorted(self.labels.items()):
+                lines += [f"# TYPE {name} gauge", f'{name}{{value="{text}"}} 1']
         return "\n".join(lines) + "\n"
 
 

@@ -19,16 +19,28 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": Error, "description": "malformed request"},
     401: {"model": Error, "description": "missing or wrong bearer token"},
     404: {"model": Error, "description": "no such model"},
-    413: {"model": Error, "description": "body larger than the upload limit"},
+    408: {"model": Error, "description": "the request body did not arrive in time"},
+    413: {
+        "model": Error,
+        "description": "body larger than the upload limit, or a part that "
+        "would decode beyond the size limits (the detail names it)",
+    },
     415: {"model": Error, "description": "not multipart/form-data"},
-    422: {"model": Error, "description": "a part cannot be used (the detail names it)"},
-    503: {"model": Error, "description": "the prediction timed out"},
+    422: {
+        "model": Error,
+        "description": "a part cannot be used, or no part held any input (the detail names it)",
+    },
+    503: {
+        "model": Error,
+        "description": "busy (retry after the Retry-After seconds) or the prediction timed out",
+    },
 }
 
 
 class Modalities(BaseModel):
     used: list[str]
     missing: list[str]
+    empty: list[str] = []
 
 
 class Prediction(BaseModel):
@@ -76,6 +88,12 @@ def multipart_body(models: dict[str, ModelEntry]) -> dict[str, Any]:
     props: dict[str, Any] = {}
     for entry in models.values():
         for m, spec in entry.predictor.schema.modalities.items():
+            if spec.type == "signal":
+                props[f"{m}.leads"] = {
+                    "type": "string",
+                    "description": f"lead names of a .npy {m}, in its order (e.g. MLII,V5)",
+                }
+                props[f"{m}.fs"] = {"type": "string", "description": f"sampling rate of {m}, Hz"}
             if spec.type == "tabular":
                 props[m] = {"type": "string", "description": "record fields as a JSON object"}
             elif spec.type == "text":

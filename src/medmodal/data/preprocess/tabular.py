@@ -75,7 +75,8 @@ class TabularProcessor(ModalityProcessor):
       replaces :data:`DEFAULT_NA_VALUES`. Empty cells / NaN / None are always missing.
     * ``coerce``: ``false`` (default): a numeric cell that is neither a number nor an NA value
       raises :class:`DataError` naming column and value; ``true``: it becomes missing.
-    * ``inf``: ``"missing"`` (default): +/-inf become missing (ratios divided by 0, overflow);
+    * ``inf``: ``"missing"`` (default): +/-inf become missing (ratios divided by 0, overflow,
+      integers beyond the float range);
       ``"error"``: raise :class:`DataError`.
     * ``indicators``: ``"auto"`` (default: one 0/1 column per numeric column that had a missing
       value in train), ``"all"`` or ``"none"``.
@@ -157,6 +158,8 @@ class TabularProcessor(ModalityProcessor):
                 x = float(value)  # type: ignore[arg-type]
             else:
                 raise TypeError
+        except OverflowError:  # an integer beyond float's range: infinite, as "1e400" is
+            x = math.inf if value > 0 else -math.inf  # type: ignore[operator]
         except (TypeError, ValueError):
             if self.coerce:
                 return math.nan

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from medmodal.data.readers.blob import Blob, Source, source_of
+from medmodal.data.readers.budget import check_decode
 from medmodal.errors import DataError
 
 RESAMPLE_TYPE = "soxr_hq"  # deterministic, band-limited (librosa's default)
@@ -22,6 +23,9 @@ CLIP_LEVEL = 0.999
 # The real heart-sound set has up to 1.4% of samples at full scale in 12 mildly clipped
 # AS recordings: 5% keeps them, while a grossly clipped recording (tens of %) is rejected.
 CLIP_FRACTION = 0.05
+# Peak bytes per decoded sample: the float32 frames, the mono mix, the resampled wave and the
+# features computed from it.
+BYTES_PER_SAMPLE = 24
 
 
 def read_audio(path: str | Path | Blob, sample_rate: int | None = None) -> tuple[np.ndarray, int]:
@@ -108,7 +112,12 @@ def _decode(path: Source) -> tuple[np.ndarray, int]:
         with sf.SoundFile(src) as fh:
             sr = int(fh.samplerate)
             declared = fh.frames
+            count = max(int(declared), 0) * int(fh.channels)
+            what = f"{declared:,}-frame {fh.channels}-channel recording"
+            check_decode("samples", count, count * BYTES_PER_SAMPLE, path, what)
             data = fh.read(dtype="float32", always_2d=True)
+    except DataError:
+        raise
     except (sf.SoundFileError, RuntimeError, ValueError, OSError, struct.error) as exc:
         raise DataError(f"unreadable or corrupt audio: {_first_line(exc)}", path=path) from None
     if data.shape[0] == 0:

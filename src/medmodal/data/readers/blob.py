@@ -9,16 +9,24 @@ from __future__ import annotations
 import gzip
 import io
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
 @dataclass(frozen=True)
 class Blob:
-    """A file held in memory: ``data`` and a ``name`` (the upload's part, for messages)."""
+    """A file held in memory: ``data`` and a ``name`` (the upload's part, for messages).
+
+    What the client said of it, for formats that do not carry it: ``files`` (the other files
+    of a record by file name, e.g. the signal files a WFDB header names), ``leads`` (lead
+    names of a ``.npy`` signal, in its channel order) and ``fs`` (its sampling rate)."""
 
     data: bytes
     name: str = "upload"
+    files: Mapping[str, bytes] | None = field(default=None, compare=False, repr=False)
+    leads: tuple[str, ...] | None = None
+    fs: float | None = None
 
     def open(self) -> io.BytesIO:
         return io.BytesIO(self.data)

@@ -32,6 +32,7 @@ from pydicom.pixels import (
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medmodal.data.readers.blob import Blob, Source, source_of
+from medmodal.data.readers.budget import check_decode
 from medmodal.data.readers.table import image_reader
 from medmodal.data.readers.window import check_window
 from medmodal.errors import ConfigError, DataError
@@ -54,7 +55,16 @@ META_FIELDS = (
     "RescaleIntercept",
 )
 Window = Sequence[float] | None
+
+
+class NoPreambleWarning(UserWarning):
+    """A DICOM file read without its preamble / 'DICM' marker (pydicom's ``force=True``)."""
+
+
 Frames = int | str | None
+# Peak bytes a decoded value costs: the stored array, modality values and a temporary (float64),
+# the float32 result.
+BYTES_PER_VALUE = 24
 
 
 # --------------------------------------------------------------------------- public API
@@ -90,6 +100,7 @@ def read_dicom(
     index = None if frames is None else _frame_index(frames, n_frames, path)
     # Min-max needs every frame (one scale for the volume); a window needs only the one asked.
     decode_all = index is None or _needs_volume_stats(ds, win)
+    check_size(ds, n_frames if decode_all else 1, path)
     raw, pi = _decode(ds, path, index=None if decode_all else index)
     out = _to_unit(raw, ds, win, pi, path)
     if index is None:
@@ -117,6 +128,7 @@ def read_dicom_series(
     slices = [(p, _open(p)) for p in files]
     _check_series(slices, directory)
     slices = _order_slices(slices, directory)
+    check_size(slices[0][1], len(slices), directory)
     index = None if frames is None else _frame_index(frames, len(slices), directory)
     decoded = [_decode(ds, p) for p, ds in slices]
     pis = {pi for _, pi in decoded}
@@ -164,9 +176,52 @@ def _open(path: Source, *, pixels: bool = True) -> Dataset:
         src = path.open() if isinstance(path, Blob) else path
         return dcmread(src, force=False, stop_before_pixels=not pixels)
     except InvalidDicomError:
-        raise DataError("not a DICOM file (no 'DICM' file meta header)", path=path) from None
+        if isinstance(path, Blob):  # an upload must be a Part 10 file (it is de-identified first)
+            raise DataError("not a DICOM file (no 'DICM' file meta header)", path=path) from None
     except Exception as exc:  # pydicom raises many types for damaged headers
         raise DataError(f"cannot parse DICOM header: {_one_line(exc)}", path=path) from None
+    assert not isinstance(path, Blob)
+    return _open_without_preamble(path, pixels)
+
+
+def _open_without_preamble(path: Path, pixels: bool) -> Dataset:
+    """A file without the 128-byte preamble and 'DICM' (older or raw data sets), read as pydicom's
+    ``force=True`` does, with a warning; DataError unless it holds a SOP class or pixel data."""
+    try:
+        with warnings.catch_warnings():  # pydicom's own warnings may quote header values
+            warnings.simplefilter("ignore")
+            ds = dcmread(path, force=True, stop_before_pixels=not pixels)
+    except Exception:
+        ds = None
+    if ds is None or not ("SOPClassUID" in ds or any(k in ds for k in PIXEL_KEYWORDS)):
+        raise DataError("not a DICOM file (no 'DICM' file meta header)", path=path) from None
+    warnings.warn(
+        f"{path.name}: DICOM file without the 128-byte preamble and 'DICM' marker; read anyway "
+        "(transfer syntax taken from its encoding)",
+        NoPreambleWarning,
+        stacklevel=4,
+    )
+    return ds
+
+
+def check_size(ds: Dataset, frames: int, path: Source) -> None:
+    """The decode limits (:mod:`.budget`) from the header (rows, columns, samples per pixel,
+    the frames to decode), before any pixel is decoded."""
+    try:
+        rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+        spp = max(int(ds.get("SamplesPerPixel") or 1), 1)
+    except (TypeError, ValueError):
+        raise DataError(
+            "DICOM Rows / Columns / SamplesPerPixel are not numbers", path=path
+        ) from None
+    if rows < 0 or cols < 0:
+        raise DataError(f"DICOM image size {rows} x {cols} is negative", path=path)
+    nbytes = frames * rows * cols * spp * BYTES_PER_VALUE
+    if frames <= 1:
+        check_decode("pixels", rows * cols, nbytes, path, f"{rows} x {cols} DICOM image")
+    else:
+        what = f"{frames}-frame {rows} x {cols} DICOM image"
+        check_decode("voxels", frames * rows * cols, nbytes, path, what)
 
 
 def _transfer_syntax(ds: Dataset) -> Any:
@@ -235,7 +290,7 @@ def _decode(ds: Dataset, path: Source, index: int | None = None) -> tuple[np.nda
             warnings.simplefilter("ignore")
             arr, info = decoder.as_array(ds, index=index, as_rgb=True)
     except Exception as exc:  # truncated / corrupt / inconsistent pixel module
-        raise DataError(_decode_reason(exc), path=path) from None
+        raise DataError(_decode_reason(exc, ts), path=path) from None
     pi = str(info.get("photometric_interpretation") or ds.get("PhotometricInterpretation") or "")
     framed = arr.ndim == 2 or (arr.ndim == 3 and int(info.get("samples_per_pixel", 1)) > 1)
     if framed:  # one frame: add the frame axis
@@ -243,10 +298,12 @@ def _decode(ds: Dataset, path: Source, index: int | None = None) -> tuple[np.nda
     return arr, pi
 
 
-def _decode_reason(exc: Exception) -> str:
+def _decode_reason(exc: Exception, ts: Any) -> str:
     msg = _one_line(exc)
     if "less than expected" in msg or "truncat" in msg.lower():
         return f"truncated pixel data: {msg}"
+    if getattr(ts, "is_compressed", False):  # every installed plugin tried and failed
+        return f"cannot decode {ts.name} pixel data (corrupt or unsupported variant?): {msg}"
     return f"cannot decode pixel data (corrupt file?): {msg}"
 
 
@@ -254,7 +311,7 @@ def _install_hint(missing: Sequence[str]) -> str:
     """'gdcm - requires gdcm>=3.0.10' -> 'pip install python-gdcm>=3.0.10' (one per plugin)."""
     hints = []
     for line in missing:
-        reqs = line.split("requires", 1)[-1].replace(" and ", " ").split()
+        reqs = line.split("requires", 1)[-1].replace(" and ", " ").replace(",", " ").split()
         pkgs = ["python-gdcm" + r[4:] if r.startswith("gdcm") else r for r in reqs]
         pkgs = [p for p in pkgs if p != "numpy"]
         if pkgs:

@@ -19,6 +19,7 @@ whole volume (also when one slice is returned, so slices of one scan share a sca
 from __future__ import annotations
 
 import gzip
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,12 +27,16 @@ import nibabel as nib
 import numpy as np
 
 from medmodal.data.readers.blob import Blob, Source, source_of
+from medmodal.data.readers.budget import check_decode
 from medmodal.data.readers.table import image_reader
 from medmodal.data.readers.window import check_window
 from medmodal.errors import ConfigError, DataError
 
 PERCENTILES = (0.5, 99.5)
 MAX_UNZIPPED = 1 << 30  # an upload may not inflate beyond 1 GiB (gzip bomb)
+# Peak bytes per voxel beyond the stored ones: float32 data, its canonical copy and the scaling
+# temporaries (percentiles sort a copy; the window builds a few float arrays).
+BYTES_PER_VOXEL = 28
 SliceIndex = int | str | None
 
 
@@ -74,15 +79,36 @@ def read_nifti(
     return np.ascontiguousarray(out[:, _slice(slice_index, out.shape[1], path)])
 
 
+def _is_nifti2(head: bytes) -> bool:
+    return head[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
+
+
+def check_size(header: nib.Nifti1Header, path: Source) -> int:
+    """The decode limits (:mod:`.budget`) from the header; returns the bytes the file needs
+    (header, extensions and stored voxels), so an upload is inflated no further."""
+    shape = tuple(int(n) for n in header.get_data_shape())
+    if any(n < 0 for n in shape):
+        raise DataError(f"NIfTI header declares a negative size {shape}", path=path)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 0
+    stored = count * header.get_data_dtype().itemsize
+    what = " x ".join(map(str, shape)) + " NIfTI volume"
+    check_decode("voxels", count, stored + count * BYTES_PER_VOXEL, path, what)
+    return int(header.get_data_offset()) + stored
+
+
 def _from_bytes(blob: Blob) -> nib.Nifti1Image | nib.Nifti2Image:
-    """A NIfTI image from an upload in memory (gzip inflated, at most MAX_UNZIPPED bytes)."""
+    """A NIfTI image from an upload in memory: its header checked against the decode limits
+    first, then (gzip) inflated no further than the header says the file needs."""
+    head = blob.head(540)
+    two = _is_nifti2(head)
+    header_type = nib.Nifti2Header if two else nib.Nifti1Header
+    need = check_size(header_type.from_fileobj(io.BytesIO(head), check=False), blob)
     data = blob.data
     if data[:2] == b"\x1f\x8b":
         with gzip.open(blob.open(), "rb") as gz:
-            data = gz.read(MAX_UNZIPPED + 1)
+            data = gz.read(min(need, MAX_UNZIPPED + 1))
         if len(data) > MAX_UNZIPPED:
             raise DataError(f"NIfTI inflates beyond {MAX_UNZIPPED >> 20} MiB", path=blob)
-    two = data[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")
     return (nib.Nifti2Image if two else nib.Nifti1Image).from_bytes(data)
 
 
@@ -94,6 +120,8 @@ def _load_canonical(path: Source) -> np.ndarray:
         img = _from_bytes(path) if isinstance(path, Blob) else nib.load(path)
         if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
             raise DataError(f"not a NIfTI image (nibabel read {type(img).__name__})", path=path)
+        if not isinstance(path, Blob):
+            check_size(img.header, path)
         img = nib.as_closest_canonical(img)
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except DataError:

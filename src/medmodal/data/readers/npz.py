@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medmodal.data.readers.blob import Blob, Source
+from medmodal.data.readers.budget import check_decode, npy_header
 from medmodal.data.readers.table import image_reader
 from medmodal.errors import DataError
 
@@ -69,9 +71,30 @@ def read_npz_member(ref: str) -> np.ndarray:
 
 
 @image_reader("npy", suffixes=(".npy",), sniff=lambda head: head.startswith(b"\x93NUMPY"))
-def read_npy_image(path: Path) -> np.ndarray:
+def read_npy_image(path: Source) -> np.ndarray:
+    """A numeric ``.npy`` array as an image: (H, W), (H, W, C), (D, H, W), (C, D, H, W) or
+    (D, H, W, C); uint8 / uint16 scaled by their range. Its header is checked against the
+    decode limits first."""
     try:
-        arr = np.load(path, allow_pickle=False)
+        with path.open() if isinstance(path, Blob) else open(path, "rb") as fh:
+            shape, dtype = npy_header(fh)
+            _check_size(shape, dtype, path)
+            fh.seek(0)
+            arr = np.load(fh, allow_pickle=False)
+    except DataError:
+        raise
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"cannot read .npy (corrupt or truncated?): {exc}", path=path) from None
     return to_channel_first(arr, str(path))
+
+
+def _check_size(shape: tuple[int, ...], dtype: np.dtype, path: Source) -> None:
+    if dtype.kind not in "biuf":
+        raise DataError(f"an image .npy holds numbers, not {dtype} values", path=path)
+    if not 2 <= len(shape) <= 4:
+        raise DataError(f"unexpected image array shape {shape}", path=path)
+    count = int(np.prod(shape, dtype=object))
+    planar = len(shape) == 2 or (len(shape) == 3 and shape[-1] in (3, 4))
+    kind = "pixels" if planar else "voxels"
+    what = " x ".join(map(str, shape)) + " array"
+    check_decode(kind, count, count * (dtype.itemsize + 12), path, what)

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from medmodal.data.readers.blob import Blob, Source
+from medmodal.data.readers.budget import check_decode, npy_header
 from medmodal.errors import ConfigError, DataError
 from medmodal.registry import Registry
 
@@ -58,6 +59,10 @@ WFDB_BITS: dict[str, float] = {
     "311": 32 / 3,
 }
 TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "v": 1e3}
+MAX_LEADS = 1024  # more columns than this is no signal (a CSV's header is checked first)
+# Peak bytes per sample beyond the stored ones: float32 copies, then the processor's float64
+# band-pass and resampling temporaries.
+BYTES_PER_SAMPLE = 48
 DEFAULT_CACHE_MB = float(os.environ.get("MEDMODAL_SIGNAL_CACHE_MB", 1024))
 
 Leads = Sequence[str | int | Sequence[str | int]] | str | int | None
@@ -193,7 +198,8 @@ def load_record(
 ) -> Record:
     """The whole record at ``path`` (no segment), from the LRU cache when possible; an upload
     (:class:`Blob`) is read by content as ``.npy`` or ``.csv`` and never cached."""
-    if isinstance(path, Blob):
+    if isinstance(path, Blob):  # what the client said of the upload wins
+        fs, lead_names = path.fs or fs, path.leads or lead_names
         return SIGNAL_FORMATS.get(upload_format(path))(path, fs, lead_names)
     name, file = locate(Path(path))
     key = (*record_key(path), fs, tuple(lead_names or ()))
@@ -313,17 +319,16 @@ def locate(path: Path) -> tuple[str, Path]:
 
 
 def upload_format(blob: Blob) -> str:
-    """The format of an upload, by its content only (a WFDB record is two files)."""
+    """The format of an upload, by its content only (a WFDB header with its signal files)."""
     head = blob.data[:HEAD_BYTES]
     for name in SIGNAL_FORMATS.ordered():
         fmt = _format(name)
         if fmt.sniff(head):
-            if fmt.upload_error:
+            if fmt.upload_error and not blob.files:
                 raise DataError(fmt.upload_error, path=blob)
             return name
     raise DataError(
-        "not a .npy array or CSV text by its content (a WFDB record is two files: "
-        "upload the signal as .npy or .csv)",
+        "not a .npy array or CSV text by its content (nor a WFDB header)",
         path=blob,
     )
 
@@ -332,10 +337,10 @@ def _format(name: str) -> SignalFormat:
     return SIGNAL_FORMATS.capabilities(name)
 
 
-def _head(path: Path) -> bytes:
+def _head(path: Path, n: int = HEAD_BYTES) -> bytes:
     try:
         with open(path, "rb") as fh:
-            return fh.read(HEAD_BYTES)
+            return fh.read(n)
     except OSError:
         return b""
 
@@ -378,8 +383,8 @@ WFDB = SignalFormat(
     WFDB_SUFFIXES,
     _is_wfdb_header,
     _wfdb_header,
-    upload_error="a WFDB header by its content; a WFDB record is two files: upload the signal "
-    "as .npy or .csv",
+    upload_error="a WFDB header by its content, without its signal files: send the files it "
+    "names in the same part, or upload the signal as .npy or .csv",
 )
 CSV = SignalFormat((".csv",), _is_text, _existing_file)
 
@@ -387,8 +392,11 @@ CSV = SignalFormat((".csv",), _is_text, _existing_file)
 @signal_format("wfdb", WFDB, priority=20)
 def _wfdb_record(hea: Source, fs: float | None, lead_names: Sequence[str] | None) -> Record:
     """WFDB record (header + signal files), physical units in mV; rate and leads from the header."""
-    if isinstance(hea, Blob):  # upload_format never picks it
-        raise DataError(WFDB.upload_error or "a WFDB record is two files", path=hea)
+    if isinstance(hea, Blob):  # a header upload with its signal files (``Blob.files``)
+        from medmodal.data.readers.wfdb_upload import read_wfdb_upload
+
+        x, rate, names = read_wfdb_upload(hea)
+        return Record(x, rate, names, str(hea))
     return _load_wfdb(hea.with_suffix(""))
 
 
@@ -483,36 +491,79 @@ def _need_fs(fs: float | None, path: Source) -> float:
 
 @signal_format("npy", NPY, priority=30)
 def _load_npy(path: Source, fs: float | None, lead_names: Sequence[str] | None) -> Record:
-    """A (C, T) or (T, C) numeric array (the longer axis is time); ``fs`` required."""
+    """A (C, T) or (T, C) numeric array (the longer axis is time); ``fs`` required. Its
+    header is checked against the decode limits before the array is read."""
     rate = _need_fs(fs, path)
     try:
-        arr = np.load(path.open() if isinstance(path, Blob) else path, allow_pickle=False)
+        with path.open() if isinstance(path, Blob) else open(path, "rb") as fh:
+            shape, dtype = npy_header(fh)
+            _check_samples(shape, dtype, path)
+            fh.seek(0)
+            arr = np.load(fh, allow_pickle=False)
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"unreadable .npy: {_first_line(exc)}", path=path) from None
     if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
         raise DataError("the .npy file does not hold a numeric array", path=path)
+    if np.iscomplexobj(arr):
+        raise DataError("the .npy file holds complex numbers, not a signal", path=path)
     x = np.ascontiguousarray(_orient(arr, path), dtype=np.float32)
-    names = [str(n) for n in lead_names] if lead_names else [str(i) for i in range(x.shape[0])]
-    if len(names) != x.shape[0]:
-        raise DataError(f"{x.shape[0]} leads in the file, {len(names)} lead_names given", path=path)
-    return Record(x, rate, names, str(path))
+    return Record(x, rate, _lead_names(lead_names, x.shape[0], path), str(path))
+
+
+def _check_samples(shape: tuple[int, ...], dtype: np.dtype, path: Source) -> None:
+    if not 1 <= len(shape) <= 2:
+        raise DataError(f"expected a (C, T) or (T, C) array, got shape {shape}", path=path)
+    if len(shape) == 2 and min(shape) > MAX_LEADS:
+        raise DataError(f"array of shape {shape}: more than {MAX_LEADS} leads", path=path)
+    count = math.prod(shape)
+    nbytes = count * (dtype.itemsize + BYTES_PER_SAMPLE)
+    check_decode("samples", count, nbytes, path, f"{' x '.join(map(str, shape))} signal")
+
+
+def _lead_names(given: Sequence[str] | None, n: int, path: Source) -> list[str]:
+    names = [str(v) for v in given] if given else [str(i) for i in range(n)]
+    if len(names) != n:
+        raise DataError(f"{n} leads in the file, {len(names)} lead names given", path=path)
+    return names
 
 
 @signal_format("csv", CSV, priority=10)
 def _load_csv(path: Source, fs: float | None, lead_names: Sequence[str] | None = None) -> Record:
-    """One numeric column per lead, named by the header row; ``fs`` required."""
+    """One numeric column per lead, named by the header row; ``fs`` required. The header's
+    column count and the number of values are checked before pandas parses the text."""
     import pandas as pd
 
     rate = _need_fs(fs, path)
+    data = path.data if isinstance(path, Blob) else None
+    head = data[: HEAD_BYTES * 64] if data is not None else _head(path, HEAD_BYTES * 64)
+    columns = head.split(b"\n", 1)[0].count(b",") + 1
+    if columns > MAX_LEADS:
+        raise DataError(f"a signal .csv has at most {MAX_LEADS} columns; this has {columns}",
+                        path=path)  # fmt: skip
+    size = len(data) if data is not None else _size(path)
+    count = size // 2 + 1  # each value takes a digit and a separator at least
+    check_decode("samples", count, count * (8 + BYTES_PER_SAMPLE), path, f"{size:,}-byte CSV")
     try:
         df = pd.read_csv(path.open() if isinstance(path, Blob) else path)
     except Exception as exc:
         raise DataError(f"unreadable .csv: {_first_line(exc)}", path=path) from None
-    bad = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
+    bad = [str(c) for c in df.columns if not pd.api.types.is_numeric_dtype(df[c])]
     if bad or df.empty:
-        raise DataError(f"a signal .csv needs numeric columns only; non-numeric: {bad}", path=path)
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DataError(
+            f"a signal .csv needs numeric columns only; non-numeric: [{shown}]", path=path
+        )
     x = np.ascontiguousarray(df.to_numpy(dtype=np.float32).T)
     return Record(x, rate, [str(c) for c in df.columns], str(path))
+
+
+def _size(path: Source) -> int:
+    try:
+        return Path(str(path)).stat().st_size
+    except OSError:
+        return 0
 
 
 def _lead_index(want: str | int, lower: Sequence[str]) -> int | None:

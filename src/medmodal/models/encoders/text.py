@@ -51,6 +51,11 @@ def _require(info: dict[str, Any], encoder: str, *tokenizers: str) -> None:
 class RNNTextEncoder(nn.Module):
     """Embedding -> bidirectional GRU/LSTM (packed, so padding is never read) ->
     masked mean and max over time, concatenated -> optional Linear to ``out_dim``.
+
+    ONNX has no packed sequences, so under ``torch.onnx.export`` the same weights run
+    :meth:`padded_states`: each direction as its own one-directional RNN over the padded batch,
+    the backward one over each sequence reversed within its own length (an index gather). At the
+    positions the pooling reads (those under the mask), the states equal the packed ones.
     """
 
     def __init__(
@@ -84,14 +89,58 @@ class RNNTextEncoder(nn.Module):
         self.out_dim = pooled if out_dim is None else int(out_dim)
 
     def forward(self, x: TokenBatch) -> torch.Tensor:
-        ids, mask = _trim(*_ids_and_mask(x, self.pad_id))
+        exporting = torch.onnx.is_in_onnx_export()
+        ids, mask = _ids_and_mask(x, self.pad_id)
+        if not exporting:  # the trimmed width would be traced as a constant
+            ids, mask = _trim(ids, mask)
         emb = self.dropout(self.embedding(ids))
+        states = self.padded_states(emb, mask) if exporting else self.packed_states(emb, mask)
+        pooled = torch.cat(_mean_max(states, mask), dim=-1)
+        return self.proj(self.dropout(pooled))
+
+    def packed_states(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, 2H) states of the packed bidirectional RNN (zeros at padding)."""
         lengths = mask.sum(1).clamp(min=1).cpu()
         packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
         out, _ = self.rnn(packed)
-        states, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
-        pooled = torch.cat(_mean_max(states, mask), dim=-1)
-        return self.proj(self.dropout(pooled))
+        states, _ = pad_packed_sequence(out, batch_first=True, total_length=emb.shape[1])
+        return states
+
+    def padded_states(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, 2H) states without packing: equal to :meth:`packed_states` under the mask
+        (other positions hold values the pooling never reads)."""
+        lengths = mask.sum(1, keepdim=True).clamp(min=1)
+        pos = torch.ones_like(mask).cumsum(1) - 1
+        flip = torch.where(pos < lengths, lengths - 1 - pos, pos)  # an involution
+        flip = flip.unsqueeze(-1)
+        x = emb
+        for layer in range(self.rnn.num_layers):
+            forward, backward = _directions(self.rnn, layer)
+            fwd, _ = forward(x)
+            rev = torch.gather(x, 1, flip.expand(-1, -1, x.shape[-1]))
+            bwd, _ = backward(rev)
+            bwd = torch.gather(bwd, 1, flip.expand(-1, -1, bwd.shape[-1]))
+            x = torch.cat([fwd, bwd], dim=-1)
+            if layer < self.rnn.num_layers - 1 and self.training:
+                x = nn.functional.dropout(x, self.rnn.dropout)
+        return x
+
+
+def _directions(rnn: nn.RNNBase, layer: int) -> tuple[nn.RNNBase, nn.RNNBase]:
+    """One layer of a bidirectional GRU/LSTM as two one-directional RNNs sharing its weights."""
+    out = []
+    for suffix in ("", "_reverse"):
+        one = type(rnn)(
+            rnn.input_size if layer == 0 else 2 * rnn.hidden_size,
+            rnn.hidden_size,
+            batch_first=True,
+            bias=rnn.bias,
+        )
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            if hasattr(rnn, f"{name}_l{layer}{suffix}"):
+                setattr(one, f"{name}_l0", getattr(rnn, f"{name}_l{layer}{suffix}"))
+        out.append(one.to(rnn.weight_ih_l0.device))
+    return out[0], out[1]
 
 
 def _mean_max(states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,11 +161,7 @@ def _rnn(info: dict[str, Any], name: str, rnn: str, **kwargs: Any) -> nn.Module:
     return RNNTextEncoder(int(vocab), pad_id=int(info.get("pad_id", 0)), rnn=rnn, **kwargs)
 
 
-RNN_CAPS = EncoderCapabilities(
-    token_embedding=lambda m: m.embedding,
-    onnx=False,
-    notes={"onnx": "packed sequences; use tokenizer minilm_embed with embedding_mlp"},
-)
+RNN_CAPS = EncoderCapabilities(token_embedding=lambda m: m.embedding)
 
 
 @register_encoder("bigru", TEXT, default=True, capabilities=RNN_CAPS)
@@ -185,7 +230,9 @@ class MiniLMEncoder(nn.Module):
             self.freeze = frozen
 
     def forward(self, x: TokenBatch) -> torch.Tensor:
-        ids, mask = _trim(*_ids_and_mask(x, self.pad_id))
+        ids, mask = _ids_and_mask(x, self.pad_id)
+        if not torch.onnx.is_in_onnx_export():  # the trimmed width would be traced as a constant
+            ids, mask = _trim(ids, mask)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             states = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
             out = masked_mean(states, mask)

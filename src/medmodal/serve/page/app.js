@@ -75,6 +75,7 @@ function chooseModel() {
   }
   showCard(card);
   $("result").hidden = true;
+  setPredictStatus("");
 }
 
 function formData() {
@@ -94,18 +95,23 @@ function formData() {
   return data;
 }
 
+function setPredictStatus(text, error) {
+  $("predict-status").textContent = text;
+  $("predict-status").className = error ? "error" : "";
+}
+
 async function predict(event) {
   event.preventDefault();
   const name = $("model").value;
-  setStatus("Predicting...");
+  setPredictStatus("Predicting...");
   try {
     const q = $("explain").checked ? "?explain=true" : "";
     const r = await api(`/v1/models/${encodeURIComponent(name)}/predict${q}`, { method: "POST", body: formData() });
     showResult(r);
-    setStatus("Done.");
+    setPredictStatus("Done.");
   } catch (err) {
     $("result").hidden = true;
-    setStatus(err.message, true);
+    setPredictStatus(err.message, true);  // next to the button, where the eye is
   }
 }
 
@@ -113,33 +119,74 @@ function pct(p) { return p === null || p === undefined ? "n/a" : (100 * p).toFix
 
 function showResult(r) {
   $("result").hidden = false;
+  const calibrated = r.calibrated_probabilities;
+  const primary = calibrated || r.probabilities;  // the decision uses the calibrated one
   const pred = Array.isArray(r.prediction) ? r.prediction.join(", ") || "(none)" : r.prediction;
-  $("prediction").textContent = `Prediction: ${pred}` + (r.positive_class ? ` (positive class ${r.positive_class} when p > ${r.threshold})` : "");
+  const decided = r.positive_class ? ` (positive class ${r.positive_class} when its ${calibrated ? "calibrated " : ""}probability > ${r.threshold})` : "";
+  $("prediction").textContent = `Prediction: ${pred}` + decided;
+  $("probs-primary").textContent = calibrated ? "calibrated probability" : "probability";
+  $("probs-secondary").textContent = calibrated ? "raw (before calibration)" : "calibrated";
   const body = $("probs").querySelector("tbody");
   body.innerHTML = "";
-  for (const [cls, p] of Object.entries(r.probabilities)) {
-    const cal = r.calibrated_probabilities ? r.calibrated_probabilities[cls] : null;
-    body.insertAdjacentHTML("beforeend", `<tr><td>${esc(cls)}</td><td><span class="bar" style="width:${Math.round(100 * p)}px"></span>${pct(p)}</td><td>${cal === null ? "not calibrated" : pct(cal)}</td></tr>`);
+  for (const [cls, p] of Object.entries(primary)) {
+    const other = calibrated ? pct(r.probabilities[cls]) : "not calibrated in this checkpoint";
+    body.insertAdjacentHTML("beforeend", `<tr><td>${esc(cls)}</td><td><span class="bar" style="width:${Math.round(100 * p)}px"></span>${pct(p)}</td><td class="secondary">${other}</td></tr>`);
   }
   $("set").textContent = r.prediction_set ? `Prediction set: {${r.prediction_set.join(", ")}}` : `Prediction set: ${r.conformal}.`;
-  $("used").textContent = `Modalities used: ${r.modalities.used.join(", ") || "none"}; missing: ${r.modalities.missing.join(", ") || "none"}.`;
-  const ex = r.explanation || {};
-  $("explanation").innerHTML = ex.available
-    ? `<p>Explanation (${esc(ex.method)} on ${esc(ex.modality)}):</p><img alt="explanation overlay" src="data:image/png;base64,${ex.png_base64}">`
-    : `<p>Explanation: ${esc(ex.reason || "not available")}</p>`;
+  const m = r.modalities;
+  const empty = (m.empty || []).length ? ` Sent but empty: ${m.empty.join(", ")}.` : "";
+  $("used").textContent = `Modalities used: ${m.used.join(", ") || "none"}; missing: ${m.missing.join(", ") || "none"}.` + empty;
+  showExplanation(r.explanation || {});
+}
+
+function showExplanation(ex) {
+  const box = $("explanation");
+  if (!ex.available) {
+    box.innerHTML = `<p>Explanation: ${esc(ex.reason || "not available")}</p>`;
+    return;
+  }
+  let html = `<p>Explanation (${esc(ex.method)} on ${esc(ex.modality)}):</p>`;
+  if (ex.overlay) {
+    html += `<div class="overlay"><img alt="input as the model saw it" src="data:image/png;base64,${ex.overlay.image_png}"><img class="heat" id="heat" alt="${esc(ex.method)} heat map over the input" src="data:image/png;base64,${ex.overlay.heatmap_png}" style="opacity:0.7"></div>
+      <label for="opacity">heat map opacity</label><input id="opacity" type="range" min="0" max="100" value="70">`;
+  } else {
+    html += `<img alt="explanation" src="data:image/png;base64,${ex.png_base64}">`;
+  }
+  for (const other of (ex.modalities || []).slice(1)) {
+    html += other.available
+      ? `<p>${esc(other.method)} on ${esc(other.modality)}:</p><img alt="explanation of ${esc(other.modality)}" src="data:image/png;base64,${other.png_base64}">`
+      : `<p>${esc(other.modality)}: ${esc(other.reason || "no explanation")} (methods: ${esc((other.methods || []).join(", ") || "none")})</p>`;
+  }
+  box.innerHTML = html;
+  const slider = $("opacity");
+  if (slider) slider.addEventListener("input", () => { $("heat").style.opacity = slider.value / 100; });
+}
+
+function fmt(v) { return typeof v === "number" ? v.toFixed(3) : "n/a"; }
+
+function versionRows(versions) {
+  const rows = [];
+  for (const [k, v] of Object.entries(versions || {})) {
+    if (v && typeof v === "object") {
+      for (const [k2, v2] of Object.entries(v)) rows.push([`${k}: ${k2}`, v2]);
+    } else rows.push([k, v === null ? "not recorded" : v]);
+  }
+  return rows.map(([k, v]) => `<tr><td>${esc(k)}</td><td><code>${esc(v)}</code></td></tr>`).join("");
 }
 
 function showCard(card) {
   $("card").hidden = false;
   const test = (card.metrics || {}).test || {};
-  const rows = Object.entries(test).map(([k, v]) => `<tr><td>${esc(k)}</td><td>${v.value.toFixed(3)}</td><td>${v.ci95 && v.ci95[0] !== null ? `[${v.ci95[0].toFixed(3)}, ${v.ci95[1].toFixed(3)}]` : ""}</td></tr>`).join("");
+  const rows = Object.entries(test).map(([k, v]) => `<tr><td>${esc(k)}${v.class ? ` (class ${esc(v.class)})` : ""}</td><td>${fmt(v.value)}</td><td>${v.ci95 && v.ci95[0] !== null ? `[${fmt(v.ci95[0])}, ${fmt(v.ci95[1])}]` : ""}</td></tr>`).join("");
+  const perClass = Object.entries(card.per_class || {}).map(([c, v]) => `<tr${v.predicted === 0 ? ' class="warning"' : ""}><td>${esc(c)}</td><td>${fmt(v.recall)}</td><td>${fmt(v.precision)}</td><td>${v.support ?? ""}</td><td>${v.predicted ?? ""}${v.predicted === 0 ? " (never predicted)" : ""}</td></tr>`).join("");
   const data = card.training_data || {};
   $("card-body").innerHTML = `<dl>
     <dt>Intended use</dt><dd>${esc(card.intended_use)}</dd>
     <dt>Training data</dt><dd>${esc(data.dataset || data.manifest || "not recorded")}; data hash <code>${esc(data.data_hash || "not recorded")}</code></dd>
     <dt>Test metrics (95% CI)</dt><dd><table><tr><th>metric</th><th>value</th><th>95% CI</th></tr>${rows}</table></dd>
-    <dt>Known limits</dt><dd><ul>${(card.known_limits || []).map((l) => `<li>${esc(l)}</li>`).join("")}</ul></dd>
-    <dt>Versions</dt><dd><code>${esc(JSON.stringify(card.versions))}</code></dd></dl>`;
+    <dt>Per class (test)</dt><dd><table><tr><th>class</th><th>recall</th><th>precision</th><th>samples</th><th>predicted</th></tr>${perClass}</table></dd>
+    <dt>Known limits</dt><dd><ul>${(card.known_limits || []).map((l) => `<li${l.includes("never predicted") ? ' class="warning"' : ""}>${esc(l)}</li>`).join("")}</ul></dd>
+    <dt>Versions</dt><dd><table id="versions"><tr><th>component</th><th>version</th></tr>${versionRows(card.versions)}</table></dd></dl>`;
 }
 
 $("connect").addEventListener("click", connect);
