@@ -62,6 +62,8 @@ MONDEJAR = {
 }
 # Issue #28's targets: DS2 sensitivity per class (%), and accuracy above the LDA baseline's.
 TARGETS = {"N": 90.0, "S": 85.0, "V": 95.0, "F": 30.0}
+# The mitdb dataset options of every arm (RR reference, per-record median-beat templates).
+DATA_OPTIONS: dict[str, Any] = {"rr_reference": "record", "templates": False}
 ARMS: dict[str, list[str]] = {"fused": ["signal", "rr"], "waveform": ["signal"], "rr": ["rr"]}
 DEEP_ARMS = [*ARMS, "fused_monitor_val_loss", "random_fused"]
 BASELINE_ARMS = ["lda", "logreg"]
