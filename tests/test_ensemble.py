@@ -251,6 +251,7 @@ def test_predict_amp_takes_an_ensemble(best_run: Any) -> None:
     assert len(frame) == 569 and frame["prob_malignant"].between(0, 1).all()
 
 
+@pytest.mark.slow  # three medmodal processes (the slow tier holds the CLI processes)
 def test_cli_presets_and_models_list(tmp_path: Path) -> None:
     import os
     import subprocess
