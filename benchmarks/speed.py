@@ -13,7 +13,7 @@
   through ONNX Runtime (a plain ``torch.onnx.export`` of the bare network) when installed.
 * PTB-XL scaling (arm ``ptbxl``): one subprocess per size (the records with the smallest
   ecg_ids, standard folds 1-8 / 9 / 10) measures preparing, reading (decoding every record),
-  training (the reference recipe and ECG ResNet-1D of ``benchmarks/ptbxl.py``, for
+  training (the reference recipe and ECG encoder (xresnet1d) of ``benchmarks/ptbxl.py``, for
   ``--ptbxl-epochs`` epochs) and scoring, with the peak resident memory (RSS) of the process,
   with ``train.cache: memory`` and ``disk`` (decoded inputs and tensors memory-mapped). The classical baseline (per-lead
   statistics + gradient boosting, from ``benchmarks/multimodal.py``) runs on the same records.
@@ -688,7 +688,7 @@ def to_markdown(res: dict[str, Any]) -> str:
     lines += ["## Prediction throughput (624 test images, batch 256)", "", *predict_table(res), ""]
     lines += ["## PTB-XL: time and memory against the number of records", "",
               "One fresh process per row (the records with the smallest ecg_ids, standard folds "
-              "1-8 / 9 / 10; the reference recipe and ECG ResNet-1D of `benchmarks/ptbxl.py`: "
+              "1-8 / 9 / 10; the reference recipe and ECG encoder (xresnet1d) of `benchmarks/ptbxl.py`: "
               "random 2.5 s crops, one-cycle, bf16, the mean over half-overlapping windows at "
               f"validation and test, {_epochs(res)} epochs, so the deep AUROC is that of short "
               "training; `benchmarks/results/ptbxl.md` has the 20-epoch figures). *prepare*: the "
