@@ -462,7 +462,8 @@ def _breast(r: dict[str, Any] | None) -> str:
 def _heart(r: dict[str, Any] | None) -> str:
     pending = (
         "the issue's deep recipe (random 2 s crops, one-cycle LR, sliding-window test "
-        "aggregation) waits for issue 28's mechanisms, not on main yet"
+        "aggregation): its mechanisms are on main (audio `crop` / `windows`, `onecycle`), "
+        "the recipe is not configured or run yet"
     )
     if r is None:
         return f"- heart sounds (block-grouped) >= 95 %: not measured; {pending}."
