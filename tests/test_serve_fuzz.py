@@ -118,13 +118,16 @@ READERS = {
 def test_readers_raise_only_data_errors(kind: str, real_files: dict[str, list[bytes]]) -> None:
     read = READERS[kind]
     files = real_files.get(kind) or [b"a clinical note\n"]
+    tried: list[int] = []
 
     @FUZZ
     @given(data=st.binary(max_size=2048) | mutated(files))
     def run(data: bytes) -> None:
-        _only_data_errors(read, data)
+        tried.append(len(data))
+        _only_data_errors(read, data)  # anything but a DataError (or a clean read) fails here
 
     run()
+    assert len(tried) > 1, f"{kind}: the fuzzer ran {len(tried)} example(s)"
 
 
 @FUZZ
