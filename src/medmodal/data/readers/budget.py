@@ -10,7 +10,7 @@ limited here (training reads what it is given); Pillow's own bomb check still ap
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -100,3 +100,12 @@ def npy_header(fh: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
         return tuple(int(n) for n in shape), np.dtype(dtype)
     except Exception as exc:  # numpy parses the header as Python literals: SyntaxError & co.
         raise ValueError(f"not a readable .npy header ({type(exc).__name__})") from None
+
+
+def load_npy(fh: BinaryIO, check: Callable[[tuple[int, ...], np.dtype], None]) -> np.ndarray:
+    """A ``.npy`` stream read after ``check(shape, dtype)`` has seen its header (the decode
+    limits of the caller's kind raise there, before the array is allocated)."""
+    shape, dtype = npy_header(fh)
+    check(shape, dtype)
+    fh.seek(0)
+    return np.load(fh, allow_pickle=False)

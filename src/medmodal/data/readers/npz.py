@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medmodal.data.readers.blob import Blob, Source
-from medmodal.data.readers.budget import check_decode, npy_header
+from medmodal.data.readers.budget import check_decode, load_npy
 from medmodal.data.readers.table import image_reader
 from medmodal.errors import DataError
 
@@ -77,10 +77,7 @@ def read_npy_image(path: Source) -> np.ndarray:
     decode limits first."""
     try:
         with path.open() if isinstance(path, Blob) else open(path, "rb") as fh:
-            shape, dtype = npy_header(fh)
-            _check_size(shape, dtype, path)
-            fh.seek(0)
-            arr = np.load(fh, allow_pickle=False)
+            arr = load_npy(fh, lambda shape, dtype: _check_size(shape, dtype, path))
     except DataError:
         raise
     except (ValueError, OSError, EOFError) as exc:

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from medmodal.data.readers.blob import Blob, Source
-from medmodal.data.readers.budget import check_decode, npy_header
+from medmodal.data.readers.budget import check_decode, load_npy
 from medmodal.errors import ConfigError, DataError
 from medmodal.registry import Registry
 
@@ -496,10 +496,7 @@ def _load_npy(path: Source, fs: float | None, lead_names: Sequence[str] | None) 
     rate = _need_fs(fs, path)
     try:
         with path.open() if isinstance(path, Blob) else open(path, "rb") as fh:
-            shape, dtype = npy_header(fh)
-            _check_samples(shape, dtype, path)
-            fh.seek(0)
-            arr = np.load(fh, allow_pickle=False)
+            arr = load_npy(fh, lambda shape, dtype: _check_samples(shape, dtype, path))
     except DataError:
         raise
     except Exception as exc:
