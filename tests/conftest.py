@@ -141,6 +141,25 @@ def medmnist_pngs(data_dir: Path) -> Callable[..., list[tuple[str, int]]]:
     return write
 
 
+def interrupt_fit(monkeypatch: pytest.MonkeyPatch, fit: Callable[[], Any], at: int = 3) -> None:
+    """Run ``fit`` until its ``at``-th validation, where a KeyboardInterrupt stops it (as Ctrl-C
+    would); validation is restored afterwards, so the run can be resumed."""
+    from medmodal.train.trainer import Trainer
+
+    original, calls = Trainer.validate, {"n": 0}
+
+    def interrupted(self: Trainer, ds: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == at:
+            raise KeyboardInterrupt
+        return original(self, ds)
+
+    monkeypatch.setattr(Trainer, "validate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit()
+    monkeypatch.setattr(Trainer, "validate", original)
+
+
 def synthetic_table(
     n: int = 240,
     *,

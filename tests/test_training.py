@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import interrupt_fit
 
 from medmodal import api
 from medmodal.datasets import get_dataset
 from medmodal.errors import DataError, ManifestError
-from medmodal.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -93,19 +93,10 @@ def test_resume_after_interruption_matches_uninterrupted(
     breast_png: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     full = api.fit(_config(*breast_png, tmp_path / "full", epochs=3), progress=False)
-    calls = {"n": 0}
-    original = Trainer.validate
-
-    def interrupt_in_third_epoch(self: Trainer, ds):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, ds)
-
-    monkeypatch.setattr(Trainer, "validate", interrupt_in_third_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        api.fit(_config(*breast_png, tmp_path / "cut", epochs=3), progress=False)
-    monkeypatch.setattr(Trainer, "validate", original)
+    interrupt_fit(  # in the third epoch
+        monkeypatch,
+        lambda: api.fit(_config(*breast_png, tmp_path / "cut", epochs=3), progress=False),
+    )
     resumed = api.fit(_config(*breast_png, tmp_path / "cut", epochs=3), progress=False, resume=True)
     assert [round(h["train_loss"], 6) for h in resumed.history] == [
         round(h["train_loss"], 6) for h in full.history

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_table, table_config
+from conftest import interrupt_fit, synthetic_table, table_config
 
 from medmodal import api
 from medmodal.errors import ConfigError
@@ -126,24 +126,11 @@ def test_onecycle_resumed_run_matches_uninterrupted(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Interrupted mid-cycle and resumed: the same losses (lr and beta1 restored)."""
-    from medmodal.train.trainer import Trainer
-
     train = {"epochs": 4, "lr": 0.01, "optimizer": "adamw", "scheduler": "onecycle"}
     frame = synthetic_table(240, split=SPLIT)
     full = _fit(table_config(frame, tmp_path / "full", train=train))
-    original, calls = Trainer.validate, {"n": 0}
-
-    def interrupt_in_third_epoch(self: Trainer, ds):  # type: ignore[no-untyped-def]
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return original(self, ds)
-
-    monkeypatch.setattr(Trainer, "validate", interrupt_in_third_epoch)
     cfg = table_config(frame, tmp_path / "cut", train=train)
-    with pytest.raises(KeyboardInterrupt):
-        _fit(cfg)
-    monkeypatch.setattr(Trainer, "validate", original)
+    interrupt_fit(monkeypatch, lambda: _fit(cfg))  # in the third epoch
     resumed = api.fit(cfg, progress=False, resume=True)
     assert [h["train_loss"] for h in resumed.history] == pytest.approx(
         [h["train_loss"] for h in full.history], rel=1e-6
