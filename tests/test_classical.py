@@ -228,6 +228,35 @@ def test_onnx_export_of_a_classical_learner_matches(wdbc_logistic: Any, tmp_path
     export_classical(p, tmp_path / "again.onnx", sample=x)  # parity checked inside
 
 
+def test_the_service_runs_a_classical_learner_through_onnx(
+    wdbc_logistic: Any, tmp_path: Path
+) -> None:
+    """``serve --runtime onnx`` on a classical checkpoint: medmodal's extractors, then the
+    learner's graph; the same probabilities as PyTorch; another model's graph is refused."""
+    from medmodal.serve.inference import ModelEntry
+
+    run = wdbc_logistic
+    onnx = api.export(run.checkpoint, tmp_path / "lr.onnx")
+    torch_entry = ModelEntry("t", run.checkpoint)
+    onnx_entry = ModelEntry("o", run.checkpoint, runtime="onnx", onnx_path=onnx)
+    rows = pd.read_csv(run.run_dir / "data" / "manifest.csv").head(12)
+    cols = torch_entry.predictor.schema.modalities["record"].input_columns()
+    samples = [torch_entry.prepare_row({c: float(r[c]) for c in cols}).sample
+               for _, r in rows.iterrows()]  # fmt: skip
+    a = torch_entry.run_batch(samples)
+    b = onnx_entry.run_batch(samples)
+    for x, y in zip(a, b, strict=True):
+        for k, v in x["probabilities"].items():
+            assert abs(v - y["probabilities"][k]) < 1e-4
+    # the same learner and features with other weights: refused by the probe rows
+    other = api.fit(wdbc_config(tmp_path / "lr2", {"learner": {"name": "logistic", "C": 50.0}}),
+                    progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="not the ONNX graph"):
+        ModelEntry("x", other.checkpoint, runtime="onnx", onnx_path=onnx)
+    with pytest.raises(ConfigError, match="no ONNX file"):
+        ModelEntry("x", other.checkpoint, runtime="onnx", onnx_path=tmp_path / "none.onnx")
+
+
 def test_onnx_refusals_name_what_exports(tmp_path: Path) -> None:
     cfg = {"output_dir": str(tmp_path / "cox"), "data": {"dataset": "veterans", "audit": False},
            "model": {"learner": "coxph"}, "evaluate": {"bootstrap": 0, "report": False}}  # fmt: skip

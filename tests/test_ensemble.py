@@ -207,8 +207,12 @@ def test_the_service_shows_an_ensemble_as_one_model(best_run: Any, tmp_path: Pat
 
 
 def test_ensemble_onnx_export_is_refused(best_run: Any, tmp_path: Path) -> None:
+    from medmodal.serve.inference import ModelEntry
+
     with pytest.raises(ConfigError, match="ensemble"):
         api.export(best_run.checkpoint, tmp_path / "e.onnx")
+    with pytest.raises(ConfigError, match="serve it with PyTorch"):  # serve --runtime onnx
+        ModelEntry("e", best_run.checkpoint, runtime="onnx", onnx_path=tmp_path / "e.onnx")
 
 
 def test_presets_and_time_budget(tmp_path: Path) -> None:

@@ -122,12 +122,17 @@ def estimator_logits(model: ClassicalModel, x: np.ndarray) -> np.ndarray:
     if task == "multilabel":
         p = np.column_stack([_positive(q) for q in est.predict_proba(x)])
         return _logit(p)
-    p = est.predict_proba(x)
-    if task == "binary":
+    return proba_logits(model, est.predict_proba(x))
+
+
+def proba_logits(model: ClassicalModel, p: np.ndarray) -> np.ndarray:
+    """(B, n_outputs) logits from the estimator's ``predict_proba`` columns (``classes_`` order;
+    the ONNX graph gives the same columns)."""
+    if model.task == "binary":
         col = model.classes_.index(1) if 1 in model.classes_ else None
-        pos = p[:, col] if col is not None else np.zeros(len(x))
+        pos = p[:, col] if col is not None else np.zeros(len(p))
         return _logit(pos).reshape(-1, 1)
-    full = np.full((len(x), model.n_outputs), EPS)
+    full = np.full((len(p), model.n_outputs), EPS)
     full[:, model.classes_] = p
     full /= full.sum(1, keepdims=True)
     return np.log(np.clip(full, EPS, 1.0))

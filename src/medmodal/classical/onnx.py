@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from medmodal.classical.learners import exporting
 from medmodal.classical.model import ClassicalModel
@@ -101,6 +102,45 @@ def onnx_probabilities(path: str | Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(outs[-1], dtype=np.float64)
 
 
+def classical_session(predictor: Predictor, path: str | Path) -> Any:
+    """An ONNX Runtime session for the service: the checkpoint must export (else the refusal
+    of :func:`check_classical_export`) and ``path`` must be its learner's graph."""
+    import onnxruntime as ort
+
+    model = check_classical_export(predictor)
+    if not Path(path).is_file():
+        raise ConfigError(f"{path}: no ONNX file; write it with `medmodal export CHECKPOINT`")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    names = model.feature_names()
+    same = meta.get("medmodal.kind") == "classical"
+    same = same and meta.get("medmodal.learner") == model.learner_name
+    if same and json.loads(meta.get("medmodal.features", "[]")) == names:
+        probe = np.random.default_rng(0).normal(size=(8, len(names))).astype(np.float32)
+        got = np.asarray(sess.run(None, {"features": probe})[-1], dtype=np.float64)
+        same = bool(np.abs(got - model.estimator.predict_proba(probe)).max() <= 1e-3)
+    else:
+        same = False
+    if not same:
+        raise ConfigError(
+            f"{path}: not the ONNX graph of this checkpoint's {model.learner_name!r} learner "
+            "(another model's export, or it predicts differently); export this checkpoint again"
+        )
+    return sess
+
+
+def classical_onnx_logits(
+    model: ClassicalModel, session: Any, inputs: Any, present: Any
+) -> torch.Tensor:
+    """The service's logits through the learner's graph: medmodal's extractors compute the
+    feature vector, ONNX Runtime the probabilities, :func:`proba_logits` the logits."""
+    from medmodal.classical.fit import proba_logits
+
+    x = model.features(inputs, present)
+    probs = np.asarray(session.run(None, {"features": x})[-1], dtype=np.float64)
+    return torch.from_numpy(proba_logits(model, probs).astype(np.float32))
+
+
 def parity_classical(model: ClassicalModel, path: str | Path, x: np.ndarray) -> float:
     """Max |probability difference| between ONNX Runtime and the learner on rows ``x``."""
     ref = model.estimator.predict_proba(x)
@@ -110,4 +150,10 @@ def parity_classical(model: ClassicalModel, path: str | Path, x: np.ndarray) -> 
     return diff
 
 
-__all__ = ["check_classical_export", "export_classical", "onnx_probabilities"]
+__all__ = [
+    "check_classical_export",
+    "classical_onnx_logits",
+    "classical_session",
+    "export_classical",
+    "onnx_probabilities",
+]

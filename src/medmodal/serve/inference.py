@@ -23,6 +23,7 @@ import torch
 
 from medmodal.checkpoint import read_checkpoint
 from medmodal.data.readers.budget import DecodeLimitError
+from medmodal.ensemble.build import is_composite
 from medmodal.errors import ConfigError, DataError
 from medmodal.predictor import Predictor
 from medmodal.serve.batching import MicroBatcher
@@ -68,9 +69,7 @@ class ModelEntry:
         self.runtime = runtime
         self.session = None
         if runtime == "onnx":
-            from medmodal.export.onnx import onnx_session
-
-            self.session = onnx_session(onnx_path or path.with_suffix(".onnx"))
+            self.session = _session(self.predictor, Path(onnx_path or path.with_suffix(".onnx")))
         self.card = model_card(name, read_checkpoint(path), path, runtime, self.predictor.eval_spec)
         self.batcher = MicroBatcher(self.run_batch, max_batch=max_batch, max_wait=max_wait)
 
@@ -113,7 +112,12 @@ class ModelEntry:
         from medmodal.data.dataset import collate
         from medmodal.export.onnx import onnx_logits
 
-        return onnx_logits(self.session, self.predictor, collate(samples))
+        batch, model = collate(samples), self.predictor.model
+        if is_composite(self.predictor.config.model):  # a classical learner's graph
+            from medmodal.classical.onnx import classical_onnx_logits
+
+            return classical_onnx_logits(model, self.session, batch["inputs"], batch["present"])
+        return onnx_logits(self.session, self.predictor, batch)
 
     def run_batch(self, samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The batcher's function: one model call for the batch, outputs per sample."""
@@ -123,6 +127,23 @@ class ModelEntry:
 
     async def predict(self, prepared: Prepared) -> dict[str, Any]:
         return await self.batcher.submit(prepared.sample)
+
+
+def _session(predictor: Predictor, path: Path) -> Any:
+    """The ONNX Runtime session of ``path``: a deep model's graph, or a classical learner's
+    (ensembles and learners without a converter are refused with what exports)."""
+    if is_composite(predictor.config.model):
+        from medmodal.classical.onnx import classical_session
+
+        return classical_session(predictor, path)
+    from medmodal.export.onnx import onnx_session
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: no ONNX file; write it with `medmodal export CHECKPOINT`")
+    session = onnx_session(path)
+    if session.get_modelmeta().custom_metadata_map.get("medmodal.kind") == "classical":
+        raise ConfigError(f"{path}: a classical learner's graph, not this deep checkpoint's")
+    return session
 
 
 def _read(proc: Any, row: dict[str, Any], part: str) -> Any:
