@@ -59,24 +59,25 @@ def test_selection_keeps_the_best_prefix() -> None:
 
 # -- a planted test-set signal -------------------------------------------------------------------
 class LeakReader:
-    """Predicts from one feature column alone (the planted 'leak'); fits nothing."""
+    """Predicts from one feature column alone (the planted 'leak'); fits nothing. ``sign`` -1:
+    the reverse (high values mean the negative class)."""
 
-    def __init__(self, column: int) -> None:
-        self.column = column
+    def __init__(self, column: int, sign: float = 1.0) -> None:
+        self.column, self.sign = column, sign
         self.classes_ = np.array([0, 1])
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> LeakReader:
         return self
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        p = 1 / (1 + np.exp(-5 * np.nan_to_num(x[:, self.column])))
+        p = 1 / (1 + np.exp(-5 * self.sign * np.nan_to_num(x[:, self.column])))
         return np.column_stack([1 - p, p])
 
 
 @pytest.fixture
 def leak_reader() -> Any:
-    def build(task: str, seed: int, column: int = 0) -> LeakReader:
-        return LeakReader(column)
+    def build(task: str, seed: int, column: int = 0, sign: float = 1.0) -> LeakReader:
+        return LeakReader(column, sign)
 
     LEARNERS.register(
         "leak_reader", capabilities=LearnerCapabilities(("binary",), handles_nan=True)
@@ -118,7 +119,13 @@ def test_selection_cannot_see_a_planted_test_signal(
         seen.extend(len(p) for p in preds)
         return real(preds, score, rounds)
 
+    def stack_spy(views: list[np.ndarray], y: np.ndarray, *args: Any) -> Any:
+        seen.extend([len(y), *(len(v) for v in views)])
+        return real_stack(views, y, *args)
+
+    real_stack = ensemble_train.fit_stack
     monkeypatch.setattr(ensemble_train, "greedy_select", spy)
+    monkeypatch.setattr(ensemble_train, "fit_stack", stack_spy)
     run = api.fit(planted(tmp_path), progress=False)
     weights = {c["name"]: c["weight"] for c in run.metrics["model"]["candidates"]}
     assert weights["leak_reader"] == 0.0 and weights["logistic"] == 1.0
@@ -133,6 +140,57 @@ def test_selection_cannot_see_a_planted_test_signal(
     leak = p.model.members[0].features(*stack_inputs(ds))[:, 0]  # what the reader reads
     assert auc(np.asarray(ds.labels))(LeakReader(0).predict_proba(leak[:, None])[:, 1]) == 1.0
     assert run.metrics["test"]["auroc"] < 0.99
+
+
+# -- the stack ----------------------------------------------------------------------------------
+def test_a_stack_uses_a_reversed_member_that_weights_cannot() -> None:
+    from medmodal.ensemble.stack import Stack, fit_stack
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    weak = 1 / (1 + np.exp(-(y - 0.5 + rng.normal(0, 1.5, 300))))
+    reversed_ = 1 / (1 + np.exp(y - 0.5 + rng.normal(0, 0.5, 300)))  # informative, upside down
+    views = [weak[:, None], reversed_[:, None]]
+    score = auc(y)
+    greedy = greedy_select(views, lambda p: score(p[:, 0]), rounds=10)
+    stack = fit_stack(views, y, [f"p{i}" for i in range(300)], "binary",
+                      lambda p: score(p[:, 0]), seed=0)  # fmt: skip
+    assert stack is not None and stack.score > greedy.score + 0.1
+    assert stack.coef[0, 1] < 0  # it turned the reversed member around
+    again = Stack.from_state(stack.state())
+    assert np.allclose(again.logits(views), stack.logits(views))
+    # no stack when a class has fewer patients than two folds
+    assert fit_stack(views, np.r_[1, np.zeros(299)], list(range(300)), "binary", score, 0) is None
+
+
+def test_the_ensemble_uses_the_stack_when_it_wins_out_of_fold(
+    leak_reader: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medmodal.classical import persist
+
+    # the stored readers must load again (this test's own class, trusted for it alone)
+    monkeypatch.setattr(
+        persist, "TRUSTED_TYPES", (*persist.TRUSTED_TYPES, f"{__name__}.LeakReader")
+    )
+    cfg = planted(tmp_path)
+    cfg["model"]["ensemble"]["learners"] = [
+        {"name": "leak_reader", "column": 0},  # noise on validation
+        {"name": "leak_reader", "column": 1, "sign": -1.0},  # x1 read upside down
+    ]
+    run = api.fit(cfg, progress=False)
+    sel = run.metrics["model"]["selection"]
+    assert sel["stack"]["used"] and sel["stack"]["oof_score"] > sel["val_score"]
+    assert "stack" in run.metrics["model"]["describe"]
+    p = Predictor.load(run.checkpoint)
+    assert p.model.stack is not None and len(p.model.members) == 2
+    assert run.metrics["test"]["auroc"] > 0.7  # the reversed reader, turned around
+    pred = api.predict(run.checkpoint, tmp_path / "m.csv")
+    test = pd.read_csv(run.run_dir / "predictions_test.csv")
+    both = test.merge(pred, on="sample_id", suffixes=("", "_again"))
+    assert np.allclose(both["prob_pos"], both["prob_pos_again"], atol=1e-6)
+    off = {**cfg, "output_dir": str(tmp_path / "off")}
+    off["model"] = {"ensemble": {**cfg["model"]["ensemble"], "stack": False}}
+    assert api.fit(off, progress=False).metrics["model"]["selection"]["stack"] is None
 
 
 # -- the best preset -----------------------------------------------------------------------------

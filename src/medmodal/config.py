@@ -130,6 +130,12 @@ class EnsembleConfig(Strict):
         description="keep the members not chosen in the checkpoint too (weight 0), e.g. to "
         "score each member on the test split afterwards",
     )
+    stack: bool = Field(
+        default=True,
+        description="binary / multiclass: also fit a logistic-regression stack on the members' "
+        "validation log-probabilities (cross-fitted) and use it when its out-of-fold score "
+        "beats the weighted ensemble's (medmodal.ensemble.stack)",
+    )
 
 
 class ModelConfig(Strict):

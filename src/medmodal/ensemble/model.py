@@ -14,6 +14,7 @@ from torch import nn
 from medmodal.config import FeatureSpec, LearnerSpec, ModelConfig
 from medmodal.ensemble.combine import member_view, to_logits
 from medmodal.ensemble.members import BuildContext, classical_member, deep_member
+from medmodal.ensemble.stack import Stack
 from medmodal.errors import CheckpointError
 
 
@@ -32,6 +33,7 @@ class EnsembleModel(nn.Module):
         self.scale: list[float] = []
         self.candidates: list[dict[str, Any]] = []  # every member tried, chosen or not
         self.selection: dict[str, Any] = {}
+        self.stack: Stack | None = None  # when set, it combines every member (not the weights)
         self.anchor = nn.Parameter(torch.zeros(0), requires_grad=False)
 
     def set_members(self, members: list[nn.Module], weights: list[float], about: list[dict[str, Any]],
@@ -48,6 +50,11 @@ class EnsembleModel(nn.Module):
     ) -> torch.Tensor:
         if not self.members:
             raise RuntimeError("the ensemble has no member (it is not fitted)")
+        if self.stack is not None:
+            views = [member_view(m(inputs, present).float().cpu(), self.task).numpy()
+                     for m in self.members]  # fmt: skip
+            z = torch.from_numpy(self.stack.logits(views)).float()
+            return z.to(self.anchor.device)
         total = None
         for w, m, c, s in zip(self.weights, self.members, self.center, self.scale, strict=True):
             if w <= 0:  # a member kept for comparison only (model.ensemble.keep_all)
@@ -58,6 +65,9 @@ class EnsembleModel(nn.Module):
         return to_logits(total, self.task).to(self.anchor.device)
 
     def describe(self) -> str:
+        if self.stack is not None:
+            names = ", ".join(a["name"] for a in self.about)
+            return f"logistic-regression stack of {names}"
         return " + ".join(
             f"{w:.2f} x {a['name']}" for w, a in zip(self.weights, self.about, strict=True)
         )
@@ -65,7 +75,8 @@ class EnsembleModel(nn.Module):
     # -- state -------------------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
         return {"weights": self.weights, "about": self.about, "center": self.center,
-                "scale": self.scale, "candidates": self.candidates, "selection": self.selection}  # fmt: skip
+                "scale": self.scale, "candidates": self.candidates, "selection": self.selection,
+                "stack": None if self.stack is None else self.stack.state()}  # fmt: skip
 
     def set_extra_state(self, state: Any) -> None:
         self.weights = [float(w) for w in state["weights"]]
@@ -74,6 +85,8 @@ class EnsembleModel(nn.Module):
         self.about = list(state["about"])
         self.candidates = list(state.get("candidates", []))
         self.selection = dict(state.get("selection", {}))
+        stack = state.get("stack")
+        self.stack = None if stack is None else Stack.from_state(stack)
 
     def load_state_dict(
         self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False

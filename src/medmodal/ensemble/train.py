@@ -10,6 +10,7 @@ weights from those validation predictions: the test split is not an argument of 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from medmodal.ensemble.members import classical_member, deep_member
 from medmodal.ensemble.model import EnsembleModel
 from medmodal.ensemble.scores import metric_for, scorer
 from medmodal.ensemble.select import greedy_select
+from medmodal.ensemble.stack import STACK_TASKS, Stack, fit_stack
 from medmodal.errors import ConfigError
 from medmodal.predictor import Predictor, predict_logits
 from medmodal.survival import SurvivalModel
@@ -144,7 +146,11 @@ def fit_ensemble(predictor: Predictor, model: EnsembleModel, train: MultimodalDa
         done.append(cand)
         if console is not None:
             console.print(f"ensemble member {spec.name}: validation {metric} {cand.score}")
-    return _select(model, done, score, metric, e.rounds, e.keep_all)
+    stacker = None
+    if e.stack and task in STACK_TASKS:
+        y, groups = np.asarray(select_val.labels), list(select_val.patients)
+        stacker = lambda views: fit_stack(views, y, groups, task, score, cfg.seed)  # noqa: E731
+    return _select(model, done, score, metric, e.rounds, e.keep_all, stacker)
 
 
 def _select(
@@ -154,19 +160,27 @@ def _select(
     metric: str,
     rounds: int,
     keep_all: bool = False,
+    stacker: Callable[[list[np.ndarray]], Stack | None] | None = None,
 ) -> TrainState:
     ready = [c for c in done if c.view is not None]
     sel = greedy_select([c.view for c in ready], score, rounds)
     for c, w in zip(ready, sel.weights, strict=True):
         c.extra["weight"] = float(w)
-    chosen = [(c, w) for c, w in zip(ready, sel.weights, strict=True) if w > 0 or keep_all]
+    stack = stacker([c.view for c in ready]) if stacker is not None else None
+    use_stack = stack is not None and stack.score > sel.score
+    model.stack = stack if use_stack else None
+    chosen = [(c, w) for c, w in zip(ready, sel.weights, strict=True)
+              if w > 0 or keep_all or use_stack]  # fmt: skip
     model.set_members([c.module for c, _ in chosen], [w for _, w in chosen],
                       [c.about(metric) for c, _ in chosen],
                       [c.center for c, _ in chosen], [c.scale for c, _ in chosen])  # fmt: skip
     model.candidates = [c.about(metric) for c in done]
     traj = [_finite(v) for v in sel.trajectory]
     model.selection = {"metric": metric, "val_score": _finite(sel.score), "trajectory": traj,
-                       "picks": [ready[i].spec.name for i in sel.picks], "rounds": rounds}  # fmt: skip
+                       "picks": [ready[i].spec.name for i in sel.picks], "rounds": rounds,
+                       "stack": None if stack is None else {"oof_score": stack.score,
+                                                            "folds": stack.folds,
+                                                            "used": use_stack}}  # fmt: skip
     return TrainState(epoch=0, best_epoch=-1, history=list(model.candidates))
 
 
@@ -269,4 +283,10 @@ def composite_tables(summary: dict[str, Any] | None) -> dict[str, list[dict[str,
     rows.append({"member": "ensemble", "kind": "weighted", "weight": 1.0,
                  f"validation {sel.get('metric', '')}": sel.get("val_score"), "seconds": None,
                  "note": f"greedy selection with replacement, {sel.get('rounds')} rounds"})  # fmt: skip
+    stack = sel.get("stack")
+    if stack:
+        rows.append({"member": "stack", "kind": "logistic regression", "weight": None,
+                     f"validation {sel.get('metric', '')}": stack["oof_score"], "seconds": None,
+                     "note": f"out-of-fold ({stack['folds']} folds); "
+                     + ("used instead of the weights" if stack["used"] else "not better: unused")})  # fmt: skip
     return {"Ensemble members (chosen on the validation split)": rows}
