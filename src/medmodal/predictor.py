@@ -8,7 +8,7 @@ checkpoint holds: :meth:`Predictor.save` writes it, :meth:`Predictor.load` reads
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -177,6 +177,19 @@ def to_device(x: Any, device: torch.device) -> Any:
     return x
 
 
+Step = Callable[[ModalityProcessor, Any, str], Any]
+
+
+@dataclass
+class ReadSample:
+    """:meth:`Predictor.read_sample`'s result: the Sample, the full row of raw inputs and each
+    modality's ``read`` output (None: absent)."""
+
+    sample: dict[str, Any]
+    row: dict[str, Any]
+    raws: dict[str, Any]
+
+
 @dataclass
 class Predictor:
     """A trained model with everything needed to predict from raw inputs.
@@ -327,21 +340,35 @@ class Predictor:
         file references, in-memory uploads (:class:`~medmodal.data.readers.Blob`) or cells.
         A modality whose columns the row lacks is absent (whatever ``allow_missing`` says:
         the model predicts from any subset); a bad input is a DataError naming its modality."""
+        return self.read_sample(row, sample_id).sample
+
+    def read_sample(self, row: Mapping[str, Any], sample_id: str = "input", *,
+                    read: Step | None = None, transform: Step | None = None) -> ReadSample:  # fmt: skip
+        """:meth:`sample` with what it read: the full row (every input column, None where not
+        sent) and each modality's ``read`` output (None: absent). ``read(proc, full_row, m)``
+        and ``transform(proc, raw, m)`` replace the processors' own calls (the service turns
+        their errors into its responses); by default a DataError gets the sample's context."""
         full: dict[str, Any] = {
             c: None for spec in self.schema.modalities.values() for c in spec.input_columns()
         }
         full.update(row)
+
+        def own_read(proc: ModalityProcessor, values: dict[str, Any], m: str) -> Any:
+            try:
+                return proc.read(values, None)
+            except DataError as err:
+                raise err.with_context(sample_id=sample_id, modality=m) from None
+
+        read = read or own_read
+        transform = transform or (lambda proc, raw, m: proc.transform(raw))
         out: dict[str, Any] = {"id": sample_id, "patient_id": sample_id, "present": {}}
+        raws: dict[str, Any] = {}
         for m, proc in self.processors.items():
-            raw = None
-            if any(c in row for c in proc.spec.input_columns()):
-                try:
-                    raw = proc.read(full, None)
-                except DataError as err:
-                    raise err.with_context(sample_id=sample_id, modality=m) from None
-            out["present"][m] = raw is not None
-            out[m] = proc.missing() if raw is None else proc.transform(raw)
-        return out
+            sent = any(c in row for c in proc.spec.input_columns())
+            raws[m] = read(proc, full, m) if sent else None
+            out["present"][m] = raws[m] is not None
+            out[m] = proc.missing() if raws[m] is None else transform(proc, raws[m], m)
+        return ReadSample(out, full, raws)
 
     def sample_logits(self, samples: list[dict[str, Any]]) -> torch.Tensor:
         """Logits of Samples from :meth:`sample`, as one batch (the server's micro-batches)."""

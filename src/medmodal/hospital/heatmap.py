@@ -14,6 +14,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from medmodal.hospital.study import InstanceResult
 from medmodal.serve.explain import explain_one
 from medmodal.serve.inference import ModelEntry
 
@@ -28,15 +29,13 @@ def target_probs(out: dict[str, Any]) -> list[float]:
 
 
 def explanation_sc(
-    entry: ModelEntry,
-    source: Dataset,
-    row: dict[str, Any],
-    out: dict[str, Any],
-    series_uid: str,
-    number: int,
+    entry: ModelEntry, result: InstanceResult, series_uid: str, number: int
 ) -> Dataset | None:
-    """The overlay as a Secondary Capture referencing the source's study, or None."""
-    ex = explain_one(entry.predictor, entry.prepare_row(row), target_probs(out))
+    """The overlay of one scored instance (explained from the Sample it was scored on) as a
+    Secondary Capture referencing the source's study, or None."""
+    assert result.prepared is not None
+    source = result.source
+    ex = explain_one(entry.predictor, result.prepared, target_probs(result.output))
     if not ex.get("available"):
         return None
     rgb = np.asarray(Image.open(io.BytesIO(base64.b64decode(ex["png_base64"]))).convert("RGB"))

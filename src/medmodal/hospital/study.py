@@ -24,7 +24,7 @@ from pydicom.dataset import Dataset
 from medmodal.data.readers.blob import Blob
 from medmodal.errors import ConfigError, DataError
 from medmodal.serve.deid import deidentify_bytes
-from medmodal.serve.inference import ModelEntry
+from medmodal.serve.inference import ModelEntry, Prepared
 
 NOT_IMAGES = {"SR", "KO", "PR", "SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "DOC", "ECG"}
 STAGES = ("fetch", "deidentify", "predict", "sr", "store")
@@ -37,7 +37,7 @@ class InstanceResult:
     source: Dataset = field(repr=False)
     output: dict[str, Any]
     digest: str
-    row: dict[str, Any] = field(default_factory=dict, repr=False)  # the de-identified input
+    prepared: Prepared | None = field(default=None, repr=False)  # the de-identified input, read
 
 
 @dataclass
@@ -113,7 +113,7 @@ def predict_study(
     column = entry.predictor.schema.modalities[mod].column
     assert column is not None
     pred = StudyPrediction(entry.name, mod, [], timings={"fetch": fetch_seconds})
-    kept: list[tuple[Dataset, dict[str, Any], str, dict[str, Any]]] = []
+    kept: list[tuple[Dataset, Prepared, str]] = []
     for ds in image_instances(datasets):
         with pred.timed("deidentify"):
             try:
@@ -122,19 +122,19 @@ def predict_study(
                 pred.skipped.append(f"instance {ds.get('InstanceNumber', '?')}: {exc.reason}")
                 continue
         with pred.timed("predict"):  # reading the pixels is part of predicting
-            row = {column: Blob(clean, mod)}
-            try:
-                sample = entry.predictor.sample(row, sample_id="input")
+            try:  # read once: the heat map explains the same Sample
+                got = entry.predictor.read_sample({column: Blob(clean, mod)}, sample_id="input")
             except DataError as exc:
                 pred.skipped.append(f"instance {ds.get('InstanceNumber', '?')}: {exc.reason}")
                 continue
-        kept.append((ds, sample, hashlib.sha256(clean).hexdigest(), row))
+        prepared = Prepared(got.sample, {}, got.row, got.raws)
+        kept.append((ds, prepared, hashlib.sha256(clean).hexdigest()))
     if not kept:
         why = "; ".join(pred.skipped[:3]) or "the study holds no image instance"
         raise DataError(f"no image of the study could be used: {why}", modality=mod)
     with pred.timed("predict"):
-        outputs = entry.run_batch([k[1] for k in kept])
+        outputs = entry.run_batch([k[1].sample for k in kept])
     pred.results = [
-        InstanceResult(ds, out, d, row) for (ds, _, d, row), out in zip(kept, outputs, strict=True)
+        InstanceResult(ds, out, d, p) for (ds, p, d), out in zip(kept, outputs, strict=True)
     ]
     return pred

@@ -84,17 +84,8 @@ class ModelEntry:
         self, row: dict[str, Any], digests: dict[str, str] | None = None, names: Sequence[str] = ()
     ) -> Prepared:
         """A row of raw inputs (column -> value) -> Prepared (``names``: the parts sent)."""
-        full = {
-            c: None for s in self.predictor.schema.modalities.values() for c in s.input_columns()
-        }
-        full.update(row)
-        sample: dict[str, Any] = {"id": "input", "patient_id": "input", "present": {}}
-        raws: dict[str, Any] = {}
-        for m, proc in self.predictor.processors.items():
-            sent = any(c in row for c in proc.spec.input_columns())
-            raws[m] = _read(proc, full, m) if sent else None
-            sample["present"][m] = raws[m] is not None
-            sample[m] = proc.missing() if raws[m] is None else _transform(proc, raws[m], m)
+        got = self.predictor.read_sample(row, read=_read, transform=_transform)
+        sample, full, raws = got.sample, got.row, got.raws
         empty = [m for m in names if m in raws and raws[m] is None]
         if not any(sample["present"].values()):
             what = ", ".join(repr(m) for m in empty) or "none"
