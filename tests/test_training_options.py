@@ -204,6 +204,30 @@ def test_balanced_class_weights_are_inverse_frequencies() -> None:
     assert _class_weights(multi, "multiclass", 3).tolist() == pytest.approx(want)
 
 
+def test_sqrt_class_weights_are_the_square_root_and_reach_the_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medmodal.train import trainer as trainer_module
+    from medmodal.train.losses import class_weights, make_loss
+
+    multi = np.array([0] * 60 + [1] * 30 + [2] * 10)
+    want = [(100 / (3 * n)) ** 0.5 for n in (60, 30, 10)]
+    assert class_weights(multi, "multiclass", 3, 0.5).tolist() == pytest.approx(want)
+    frame = synthetic_table(200, prevalence=0.1, noise=1.0, split=(0.6, 0.2, 0.2))
+    seen: list[Any] = []
+
+    def spy(task: str, weights: Any = None, smoothing: float = 0.0) -> Any:
+        seen.append(weights)
+        return make_loss(task, weights, smoothing)
+
+    monkeypatch.setattr(trainer_module, "make_loss", spy)
+    cfg = table_config(frame, tmp_path / "sqrt", train={"class_weights": "sqrt", "epochs": 1})
+    _fit(cfg)
+    y = (frame[frame["split"] == "train"]["label"] == "pos").to_numpy()  # the training rows
+    want = ((~y).sum() / y.sum()) ** 0.5
+    assert seen and seen[0].tolist() == pytest.approx([want])
+
+
 def test_class_weights_raise_minority_recall(tmp_path: Path) -> None:
     frame = synthetic_table(600, prevalence=0.1, noise=1.0)
     recall = {}

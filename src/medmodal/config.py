@@ -203,7 +203,11 @@ class TrainConfig(Strict):
     gamma: float = Field(default=0.1, gt=0, le=1)
     plateau_patience: int = Field(default=3, ge=0, description="plateau: epochs without gain")
     warmup_epochs: int = Field(default=0, ge=0)
-    class_weights: Literal["none", "balanced"] = "none"
+    class_weights: Literal["none", "balanced", "sqrt"] = Field(
+        default="none",
+        description="loss weights: balanced (inverse class frequency) or sqrt (its square root, "
+        "a softer push towards rare classes)",
+    )
     sampler: Literal["none", "balanced"] = "none"
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     monitor: Literal[

@@ -7,16 +7,20 @@ import torch
 from torch import nn
 
 
-def class_weights(labels: np.ndarray, task: str, n_classes: int) -> torch.Tensor:
-    """'balanced' weights: binary/multilabel -> pos_weight per output; multiclass -> weight per class."""
+def class_weights(
+    labels: np.ndarray, task: str, n_classes: int, power: float = 1.0
+) -> torch.Tensor:
+    """'balanced' weights (``power`` 1) or softened ones (``power`` 0.5: ``sqrt``):
+    multiclass -> weight per class, (n / (K count_k)) ** power; binary / multilabel ->
+    pos_weight per output, (negatives / positives) ** power."""
     if task == "multiclass":
         counts = np.bincount(labels.astype(int), minlength=n_classes).astype(float)
-        w = counts.sum() / (n_classes * np.maximum(counts, 1))
+        w = (counts.sum() / (n_classes * np.maximum(counts, 1))) ** power
         return torch.tensor(w, dtype=torch.float32)
     y = labels.reshape(len(labels), -1).astype(float)
     pos = y.sum(0)
     neg = len(y) - pos
-    return torch.tensor(neg / np.maximum(pos, 1), dtype=torch.float32)
+    return torch.tensor((neg / np.maximum(pos, 1)) ** power, dtype=torch.float32)
 
 
 def make_loss(

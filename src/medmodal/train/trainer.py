@@ -230,16 +230,17 @@ class Trainer:
         weights = None
         if self.survival is not None:
             c = self.cfg
-            if "balanced" in (c.class_weights, c.sampler) or c.label_smoothing:
+            if c.class_weights != "none" or c.sampler != "none" or c.label_smoothing:
                 raise ConfigError(
                     "train.class_weights, train.sampler and train.label_smoothing are for "
                     "classes; a survival target takes none of them"
                 )
             self.loss_fn = self.survival.loss().to(self.device)
         else:
-            if self.cfg.class_weights == "balanced":
+            if self.cfg.class_weights != "none":
                 y = np.asarray(train_ds.labels)
-                weights = class_weights(y, self.task, len(self.spec.classes))
+                power = 0.5 if self.cfg.class_weights == "sqrt" else 1.0
+                weights = class_weights(y, self.task, len(self.spec.classes), power)
             self.loss_fn = make_loss(self.task, weights, self.cfg.label_smoothing).to(self.device)
         # a fresh one-cycle schedule also resets the momentum: keep the interrupted step's
         momenta = [
