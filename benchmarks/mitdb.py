@@ -533,6 +533,9 @@ def _arm_row(r: dict[str, Any]) -> list[Any]:
     met = all((t["sensitivity"][c] or 0) >= v for c, v in TARGETS.items())
     label = r["arm"] + (" (**leaky**, beat-level random split)" if "random" in r["arm"] else "")
     label += " (classical)" if r.get("kind") == "baseline" else ""
+    weights = ((r.get("config") or {}).get("train") or {}).get("class_weights")
+    if weights and weights != TRAIN["class_weights"]:  # a row run with an earlier recipe
+        label += f" ({weights} class weights, earlier run)"
     epochs = f"{r['best_epoch']} / {r['epochs']}" if r.get("epochs") else "-"
     seed = "-" if r["seed"] is None else r["seed"]
     wall = f"{r['wall_seconds'] / 60:.1f} min"
