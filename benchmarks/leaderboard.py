@@ -186,7 +186,7 @@ def covid_case() -> Case:
         return {
             "name": "covid", "seed": seed, "output_dir": str(work / "run"),
             "data": {"dataset": "covid_cxr", "data_dir": str(data),
-                     "dataset_options": {"target": "covid", "image_size": 64,
+                     "dataset_options": {"target": "finding", "image_size": 64,
                                          "image_augment": recipe["image_augment"]},
                      "val_fraction": recipe["val_fraction"]},
             "model": {"encoders": recipe["encoders"], "modality_dropout": 0.1},
