@@ -502,8 +502,9 @@ def _stacks(r: dict[str, Any]) -> str:
         return ""
     used = sum(bool(s and s["used"]) for s in stacks)
     oof = ", ".join("-" if not s else f"{s['oof_score']:.3f}" for s in stacks)
-    return (f" Stack (out-of-fold validation score per part: {oof}): used in {used} of "
-            f"{len(stacks)} part(s), the weights elsewhere.")
+    where = ("not used: the weighted ensemble scored higher on validation" if not used
+             else f"used in {used} of {len(stacks)} part(s), the weights elsewhere")  # fmt: skip
+    return f" Stack (out-of-fold validation score per part: {oof}): {where}."
 
 
 def not_run(res: dict[str, Any]) -> list[str]:
