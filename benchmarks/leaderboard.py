@@ -338,6 +338,7 @@ def summarise(case: Case, loaded: Any, results: list[dict[str, Any]], folds: Any
         "val_scores": [{c["name"]: c.get("val_score") for c in r["model"]["candidates"]}
                        for r in results],
         "stacks": [r["model"]["selection"].get("stack") for r in results],
+        "equal_weights": [r["model"]["selection"].get("equal_weights") for r in results],
         "reference": case.reference, "seconds": round(sum(r["seconds"] for r in results), 1),
         "provenance": C.provenance(),
     }  # fmt: skip
@@ -497,8 +498,19 @@ def details(rows: list[dict[str, Any]]) -> list[str]:
         arms = ", ".join(f"{a} ({r['kinds'].get(a)}) {_cell(v, m)}" for a, v in r["arms"].items())
         out += [f"- **{r['case']}** ({r['n_test']} test rows, {r['parts']} part(s), "
                 f"{r['seconds'] / 60:.1f} min): {arms}. Weights per part: {r['weights']}."
-                + _stacks(r)]  # fmt: skip
+                + _stacks(r) + _equal(r)]  # fmt: skip
     return out
+
+
+def _equal(r: dict[str, Any]) -> str:
+    eq = r.get("equal_weights")
+    if eq is None:
+        return " (run before model.ensemble.min_selection_rows existed)"
+    n = sum(e is not None for e in eq)
+    if not n:
+        return ""
+    first = next(e for e in eq if e is not None)
+    return f" Equal weights in {n} of {len(eq)} part(s): {first.split(':')[0]}."
 
 
 def _stacks(r: dict[str, Any]) -> str:

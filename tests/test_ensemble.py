@@ -193,6 +193,23 @@ def test_the_ensemble_uses_the_stack_when_it_wins_out_of_fold(
     assert api.fit(off, progress=False).metrics["model"]["selection"]["stack"] is None
 
 
+def test_too_few_selection_rows_give_equal_weights(leak_reader: Any, tmp_path: Path) -> None:
+    from medmodal.ensemble.train import scarce_rows
+
+    cfg = planted(tmp_path)
+    cfg["model"]["ensemble"]["min_selection_rows"] = 31  # the 60 validation rows hold fewer
+    run = api.fit(cfg, progress=False)
+    m = run.metrics["model"]
+    assert [c["weight"] for c in m["candidates"]] == [0.5, 0.5]
+    assert "weighted equally" in m["selection"]["equal_weights"]
+    assert m["selection"]["stack"] is None
+    y = np.array([0] * 50 + [1] * 9)
+    assert "9 rows of a class" in scarce_rows(y, "binary", 2, 10)
+    assert scarce_rows(np.r_[y, 1], "binary", 2, 10) is None
+    events = np.column_stack([np.arange(20.0), np.r_[np.ones(4), np.zeros(16)]])
+    assert "4 events" in scarce_rows(events, "survival", 1, 10)
+
+
 # -- the best preset -----------------------------------------------------------------------------
 def wdbc(tmp_path: Path, **model: Any) -> dict[str, Any]:
     return {"name": "wdbc", "seed": 0, "output_dir": str(tmp_path / "run"),

@@ -130,6 +130,13 @@ class EnsembleConfig(Strict):
         description="keep the members not chosen in the checkpoint too (weight 0), e.g. to "
         "score each member on the test split afterwards",
     )
+    min_selection_rows: int = Field(
+        default=10,
+        ge=0,
+        description="fewest rows of any class (multilabel: positives of any label; survival: "
+        "events) the selection rows must hold for weights to be chosen there; below it the "
+        "scores are noise and every member gets the same weight (no stack)",
+    )
     stack: bool = Field(
         default=True,
         description="binary / multiclass: also fit a logistic-regression stack on the members' "

@@ -27,7 +27,7 @@ from medmodal.ensemble.combine import member_view, standardiser
 from medmodal.ensemble.members import classical_member, deep_member
 from medmodal.ensemble.model import EnsembleModel
 from medmodal.ensemble.scores import metric_for, scorer
-from medmodal.ensemble.select import greedy_select
+from medmodal.ensemble.select import Selection, greedy_select
 from medmodal.ensemble.stack import STACK_TASKS, Stack, fit_stack
 from medmodal.errors import ConfigError
 from medmodal.predictor import Predictor, predict_logits
@@ -146,11 +146,32 @@ def fit_ensemble(predictor: Predictor, model: EnsembleModel, train: MultimodalDa
         done.append(cand)
         if console is not None:
             console.print(f"ensemble member {spec.name}: validation {metric} {cand.score}")
+    y = np.asarray(select_val.labels)
+    scarce = scarce_rows(y, task, len(predictor.label_map.classes), e.min_selection_rows)
     stacker = None
-    if e.stack and task in STACK_TASKS:
-        y, groups = np.asarray(select_val.labels), list(select_val.patients)
+    if e.stack and task in STACK_TASKS and scarce is None:
+        groups = list(select_val.patients)
         stacker = lambda views: fit_stack(views, y, groups, task, score, cfg.seed)  # noqa: E731
-    return _select(model, done, score, metric, e.rounds, e.keep_all, stacker)
+    rounds = 0 if scarce is not None else e.rounds
+    state = _select(model, done, score, metric, rounds, e.keep_all, stacker)
+    model.selection["equal_weights"] = scarce
+    return state
+
+
+def scarce_rows(y: np.ndarray, task: str, n_classes: int, minimum: int) -> str | None:
+    """Why the selection rows are too few to choose weights on (None: enough): the rarest
+    class (survival: events; multilabel: positives of a label) has fewer than ``minimum``."""
+    if task == "survival":
+        count, what = int((y[:, 1] > 0).sum()), "events"
+    elif task == "multilabel":
+        count, what = int(y.sum(0).min()), "positives of a label"
+    else:
+        count = int(np.bincount(y.astype(int).reshape(-1), minlength=n_classes).min())
+        what = "rows of a class"
+    if count >= minimum:
+        return None
+    return (f"the selection rows hold {count} {what} (< model.ensemble.min_selection_rows = "
+            f"{minimum}): every member weighted equally")  # fmt: skip
 
 
 def _select(
@@ -163,7 +184,7 @@ def _select(
     stacker: Callable[[list[np.ndarray]], Stack | None] | None = None,
 ) -> TrainState:
     ready = [c for c in done if c.view is not None]
-    sel = greedy_select([c.view for c in ready], score, rounds)
+    sel = greedy_select([c.view for c in ready], score, rounds) if rounds else _equal(ready, score)
     for c, w in zip(ready, sel.weights, strict=True):
         c.extra["weight"] = float(w)
     stack = stacker([c.view for c in ready]) if stacker is not None else None
@@ -182,6 +203,13 @@ def _select(
                                                             "folds": stack.folds,
                                                             "used": use_stack}}  # fmt: skip
     return TrainState(epoch=0, best_epoch=-1, history=list(model.candidates))
+
+
+def _equal(ready: list[Candidate], score: Any) -> Selection:
+    """Every member the same weight (too few selection rows to choose on)."""
+    w = np.full(len(ready), 1.0 / len(ready))
+    s = score(sum(c.view for c in ready) / len(ready))
+    return Selection(w, [s], list(range(len(ready))), s)
 
 
 def split_validation(
@@ -282,7 +310,8 @@ def composite_tables(summary: dict[str, Any] | None) -> dict[str, list[dict[str,
     sel = summary.get("selection", {})
     rows.append({"member": "ensemble", "kind": "weighted", "weight": 1.0,
                  f"validation {sel.get('metric', '')}": sel.get("val_score"), "seconds": None,
-                 "note": f"greedy selection with replacement, {sel.get('rounds')} rounds"})  # fmt: skip
+                 "note": sel.get("equal_weights")
+                 or f"greedy selection with replacement, {sel.get('rounds')} rounds"})  # fmt: skip
     stack = sel.get("stack")
     if stack:
         rows.append({"member": "stack", "kind": "logistic regression", "weight": None,
