@@ -228,6 +228,7 @@ def test_onnx_export_of_a_classical_learner_matches(wdbc_logistic: Any, tmp_path
     export_classical(p, tmp_path / "again.onnx", sample=x)  # parity checked inside
 
 
+@pytest.mark.slow  # two ensemble / learner fits and an ONNX export
 def test_the_service_runs_a_classical_learner_through_onnx(
     wdbc_logistic: Any, tmp_path: Path
 ) -> None:

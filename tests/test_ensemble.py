@@ -163,6 +163,7 @@ def test_a_stack_uses_a_reversed_member_that_weights_cannot() -> None:
     assert fit_stack(views, np.r_[1, np.zeros(299)], list(range(300)), "binary", score, 0) is None
 
 
+@pytest.mark.slow  # two ensemble / learner fits and an ONNX export
 def test_the_ensemble_uses_the_stack_when_it_wins_out_of_fold(
     leak_reader: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
