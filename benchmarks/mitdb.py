@@ -500,7 +500,7 @@ def targets(agg: dict[str, Any], base: list[dict[str, Any]]) -> list[str]:
     if TRAIN["class_weights"] != "balanced":
         b = BALANCED_RUN
         out.append(
-            f"- The same recipe with balanced class weights (the previous run, commit "
+            f"- The same recipe with balanced class weights (the previous run, in mitdb.json at commit "
             f"{b['commit']}, seeds 0-2): Se N {b['N']}, S {b['S']}, V {b['V']}, F {b['F']} %, "
             f"accuracy {b['accuracy']} %: S met, N / V / F and accuracy missed. The weight "
             "strength trades S and F sensitivity against N sensitivity and accuracy; neither "
