@@ -17,6 +17,7 @@ def test_without_data():
 """
 
 
+@pytest.mark.slow  # two pytest processes
 @pytest.mark.parametrize("ci", ["", "true"])
 def test_missing_data_skips_or_fails_under_ci(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, ci: str

@@ -113,8 +113,8 @@ def _config(tmp_path: Path, manifest: Path, schema: Path) -> Path:
 
 @pytest.mark.parametrize(
     "case, expect",
-    [  # one case in the fast tier: each starts a medmodal process (several seconds)
-        ("missing", "file not found"),
+    [  # all in the slow tier: each starts a medmodal process (several seconds)
+        pytest.param("missing", "file not found", marks=pytest.mark.slow),
         pytest.param("truncated_png", "cannot decode image", marks=pytest.mark.slow),
         pytest.param("corrupt_dicom", "truncated", marks=pytest.mark.slow),
         pytest.param("text_as_nifti", ".nii", marks=pytest.mark.slow),

@@ -310,6 +310,7 @@ def test_no_message_talks_about_issues() -> None:
 
 
 # -- report notes read as sentences -----------------------------------------------------------
+@pytest.mark.slow  # a full run with the report
 def test_report_notes_are_sentences_not_dicts(tmp_path: Path) -> None:
     frame = synthetic_table(160, split=(0.6, 0.2, 0.2))
     frame.loc[::7, "x2"] = np.nan

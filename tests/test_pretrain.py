@@ -430,6 +430,7 @@ def test_allow_option_is_checked(tmp_path: Path, option: dict[str, Any], message
 
 
 # -- resume ----------------------------------------------------------------------------------------
+@pytest.mark.slow  # three pretraining runs
 def test_resume_continues_to_the_same_weights(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -230,6 +230,7 @@ def test_channels_last_encoder_trains_and_saves_an_ordinary_checkpoint(tmp_path:
     assert np.abs(p32 - p16).max() < 0.05 and not np.array_equal(p32, p16)
 
 
+@pytest.mark.slow  # two tuning processes
 def test_two_tuning_workers_share_one_sqlite_study(tmp_path: Path) -> None:
     pytest.importorskip("optuna")
     from medmodal.tune import tune

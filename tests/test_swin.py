@@ -139,6 +139,7 @@ def swin_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> run_mo
     return pretrain(cfg)
 
 
+@pytest.mark.slow  # a 4-epoch pretraining run (shared with the next test)
 def test_pretraining_on_pneumoniamnist_lowers_the_loss(swin_run: run_mod.PretrainResult) -> None:
     h = swin_run.history
     assert [r["epoch"] for r in h] == [0, 1, 2, 3] and swin_run.images == 512
@@ -148,6 +149,7 @@ def test_pretraining_on_pneumoniamnist_lowers_the_loss(swin_run: run_mod.Pretrai
     assert body["encoder"]["name"] == "swin" and body["info"]["size"] == [28, 28]
 
 
+@pytest.mark.slow
 def test_classifier_init_loads_every_swin_weight(swin_run: run_mod.PretrainResult) -> None:
     body = torch.load(swin_run.checkpoint, weights_only=True)
     saved, shape = body["encoder_state"], body["info"]
