@@ -315,7 +315,7 @@ def covid(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[
     return lambda target: CovidCXR().prepare(out / target, data_dir, target=target)
 
 
-@pytest.mark.parametrize("target", ["finding", "survival"])
+@pytest.mark.parametrize("target", ["finding", pytest.param("survival", marks=pytest.mark.slow)])
 def test_covid_cxr_every_identical_image_pair_listed_and_merged(
     covid: Callable[[str], Any], target: str
 ) -> None:

@@ -28,6 +28,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.slow  # --help of every command
 def test_help_on_every_command() -> None:
     for cmd in (
         [],

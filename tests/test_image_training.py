@@ -160,7 +160,12 @@ def test_3d_encoder_forward_and_backward(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["densenet121", pytest.param("resnet50", marks=pytest.mark.slow), "vit"]
+    "name",
+    [
+        pytest.param("densenet121", marks=pytest.mark.slow),
+        pytest.param("resnet50", marks=pytest.mark.slow),
+        "vit",
+    ],
 )
 def test_3d_encoder_fits_one_epoch_and_predicts(tmp_path: Path, name: str) -> None:
     spec, size = ENCODERS_3D[name]

@@ -369,6 +369,7 @@ def test_allowed_overlap_is_trained_and_recorded(
     assert check["pretrain_images"] == 779 and len(check["overlap_ids"]) == 5
 
 
+@pytest.mark.slow  # a pretraining run
 def test_checkpoint_without_the_record_warns(
     breast_run: run_mod.PretrainResult, data_dir: Path, tmp_path: Path
 ) -> None:

@@ -199,6 +199,7 @@ def test_launch_command_and_options() -> None:
     assert distributed.world() == (0, 1) and distributed.is_main()
 
 
+@pytest.mark.slow  # a ResNet-18 training run
 def test_channels_last_encoder_trains_and_saves_an_ordinary_checkpoint(tmp_path: Path) -> None:
     _images(tmp_path)
     schema = {

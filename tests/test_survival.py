@@ -209,7 +209,7 @@ def fast_config(tmp: Path, schema: dict, **model: object) -> dict:
     [
         {"fusion": {"name": "concat"}},
         {"fusion": {"name": "late"}, "survival": {"method": "logistic_hazard", "bins": 5}},
-        {"fusion": {"name": "attention"}},
+        pytest.param({"fusion": {"name": "attention"}}, marks=pytest.mark.slow),
     ],
 )
 def test_multimodal_survival_with_a_missing_modality(tmp_path: Path, model: dict) -> None:
