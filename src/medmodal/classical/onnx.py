@@ -94,39 +94,39 @@ def export_classical(
     return path
 
 
+def probabilities(session: Any, x: np.ndarray) -> np.ndarray:
+    """The learner graph's probabilities for feature rows ``x`` through an open session."""
+    outs = session.run(None, {"features": np.asarray(x, dtype=np.float32)})
+    return np.asarray(outs[-1], dtype=np.float64)
+
+
 def onnx_probabilities(path: str | Path, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    outs = sess.run(None, {"features": np.asarray(x, dtype=np.float32)})
-    return np.asarray(outs[-1], dtype=np.float64)
+    return probabilities(sess, x)
 
 
-def classical_session(predictor: Predictor, path: str | Path) -> Any:
-    """An ONNX Runtime session for the service: the checkpoint must export (else the refusal
-    of :func:`check_classical_export`) and ``path`` must be its learner's graph."""
-    import onnxruntime as ort
-
-    model = check_classical_export(predictor)
-    if not Path(path).is_file():
-        raise ConfigError(f"{path}: no ONNX file; write it with `medmodal export CHECKPOINT`")
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    meta = sess.get_modelmeta().custom_metadata_map
+def check_classical_session(model: ClassicalModel, session: Any, path: str | Path) -> None:
+    """ConfigError unless ``session`` (opened from ``path``) is this learner's graph: its
+    metadata names the learner and the feature names, and 8 probe rows give the learner's
+    probabilities (so a graph of the same learner with other weights is refused)."""
+    meta = session.get_modelmeta().custom_metadata_map
     names = model.feature_names()
-    same = meta.get("medmodal.kind") == "classical"
-    same = same and meta.get("medmodal.learner") == model.learner_name
-    if same and json.loads(meta.get("medmodal.features", "[]")) == names:
+    same = (
+        meta.get("medmodal.kind") == "classical"
+        and meta.get("medmodal.learner") == model.learner_name
+        and json.loads(meta.get("medmodal.features", "[]")) == names
+    )
+    if same:
         probe = np.random.default_rng(0).normal(size=(8, len(names))).astype(np.float32)
-        got = np.asarray(sess.run(None, {"features": probe})[-1], dtype=np.float64)
-        same = bool(np.abs(got - model.estimator.predict_proba(probe)).max() <= 1e-3)
-    else:
-        same = False
+        diff = np.abs(probabilities(session, probe) - model.estimator.predict_proba(probe))
+        same = bool(diff.max() <= 1e-3)
     if not same:
         raise ConfigError(
             f"{path}: not the ONNX graph of this checkpoint's {model.learner_name!r} learner "
             "(another model's export, or it predicts differently); export this checkpoint again"
         )
-    return sess
 
 
 def classical_onnx_logits(
@@ -136,8 +136,7 @@ def classical_onnx_logits(
     feature vector, ONNX Runtime the probabilities, :func:`proba_logits` the logits."""
     from medmodal.classical.fit import proba_logits
 
-    x = model.features(inputs, present)
-    probs = np.asarray(session.run(None, {"features": x})[-1], dtype=np.float64)
+    probs = probabilities(session, model.features(inputs, present))
     return torch.from_numpy(proba_logits(model, probs).astype(np.float32))
 
 
@@ -152,8 +151,8 @@ def parity_classical(model: ClassicalModel, path: str | Path, x: np.ndarray) -> 
 
 __all__ = [
     "check_classical_export",
+    "check_classical_session",
     "classical_onnx_logits",
-    "classical_session",
     "export_classical",
     "onnx_probabilities",
 ]

@@ -152,10 +152,7 @@ def fit_ensemble(predictor: Predictor, model: EnsembleModel, train: MultimodalDa
     if e.stack and task in STACK_TASKS and scarce is None:
         groups = list(select_val.patients)
         stacker = lambda views: fit_stack(views, y, groups, task, score, cfg.seed)  # noqa: E731
-    rounds = 0 if scarce is not None else e.rounds
-    state = _select(model, done, score, metric, rounds, e.keep_all, stacker)
-    model.selection["equal_weights"] = scarce
-    return state
+    return _select(model, done, score, metric, e.rounds, e.keep_all, stacker, scarce)
 
 
 def scarce_rows(y: np.ndarray, task: str, n_classes: int, minimum: int) -> str | None:
@@ -182,9 +179,15 @@ def _select(
     rounds: int,
     keep_all: bool = False,
     stacker: Callable[[list[np.ndarray]], Stack | None] | None = None,
+    equal: str | None = None,
 ) -> TrainState:
+    """Weights by greedy selection, or the same for all when ``equal`` says why (too few
+    selection rows); the stack when ``stacker`` fits one that beats the weights."""
     ready = [c for c in done if c.view is not None]
-    sel = greedy_select([c.view for c in ready], score, rounds) if rounds else _equal(ready, score)
+    if equal is not None:
+        sel, rounds = _equal(ready, score), 0
+    else:
+        sel = greedy_select([c.view for c in ready], score, rounds)
     for c, w in zip(ready, sel.weights, strict=True):
         c.extra["weight"] = float(w)
     stack = stacker([c.view for c in ready]) if stacker is not None else None
@@ -199,6 +202,7 @@ def _select(
     traj = [_finite(v) for v in sel.trajectory]
     model.selection = {"metric": metric, "val_score": _finite(sel.score), "trajectory": traj,
                        "picks": [ready[i].spec.name for i in sel.picks], "rounds": rounds,
+                       "equal_weights": equal,
                        "stack": None if stack is None else {"oof_score": stack.score,
                                                             "folds": stack.folds,
                                                             "used": use_stack}}  # fmt: skip

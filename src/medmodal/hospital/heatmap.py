@@ -33,7 +33,6 @@ def explanation_sc(
 ) -> Dataset | None:
     """The overlay of one scored instance (explained from the Sample it was scored on) as a
     Secondary Capture referencing the source's study, or None."""
-    assert result.prepared is not None
     source = result.source
     ex = explain_one(entry.predictor, result.prepared, target_probs(result.output))
     if not ex.get("available"):

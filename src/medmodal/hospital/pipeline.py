@@ -94,7 +94,7 @@ def _heatmaps(entry: ModelEntry, pred: StudyPrediction) -> list[Dataset]:
     series, out = generate_uid(), []
     with pred.timed("explain"):
         for i, r in enumerate(pred.results, 1):
-            sc = None if r.prepared is None else explanation_sc(entry, r, series, i)
+            sc = explanation_sc(entry, r, series, i)
             if sc is not None:
                 out.append(sc)
     return out

@@ -37,7 +37,7 @@ class InstanceResult:
     source: Dataset = field(repr=False)
     output: dict[str, Any]
     digest: str
-    prepared: Prepared | None = field(default=None, repr=False)  # the de-identified input, read
+    prepared: Prepared = field(repr=False)  # the de-identified input, as read and scored
 
 
 @dataclass

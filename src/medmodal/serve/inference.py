@@ -122,17 +122,22 @@ class ModelEntry:
 
 def _session(predictor: Predictor, path: Path) -> Any:
     """The ONNX Runtime session of ``path``: a deep model's graph, or a classical learner's
-    (ensembles and learners without a converter are refused with what exports)."""
-    if is_composite(predictor.config.model):
-        from medmodal.classical.onnx import classical_session
-
-        return classical_session(predictor, path)
+    (ensembles and learners without a converter are refused first, with what exports)."""
     from medmodal.export.onnx import onnx_session
 
+    model = None
+    if is_composite(predictor.config.model):
+        from medmodal.classical.onnx import check_classical_export
+
+        model = check_classical_export(predictor)
     if not path.is_file():
         raise ConfigError(f"{path}: no ONNX file; write it with `medmodal export CHECKPOINT`")
     session = onnx_session(path)
-    if session.get_modelmeta().custom_metadata_map.get("medmodal.kind") == "classical":
+    if model is not None:
+        from medmodal.classical.onnx import check_classical_session
+
+        check_classical_session(model, session, path)
+    elif session.get_modelmeta().custom_metadata_map.get("medmodal.kind") == "classical":
         raise ConfigError(f"{path}: a classical learner's graph, not this deep checkpoint's")
     return session
 
