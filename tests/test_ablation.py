@@ -17,6 +17,7 @@ from medmodal.evaluate import EvalSpec, paired_bootstrap_delta
 N_BOOT = 200
 
 
+@pytest.mark.slow  # trains a model and bootstraps (~7 s)
 def test_ablation_delta_is_present_consistent_and_recomputable(tmp_path: Path) -> None:
     frame = synthetic_table(300, noise=0.3, rows_per_patient=(1, 2))
     cfg = table_config(frame, tmp_path / "abl", evaluate={"bootstrap": N_BOOT})

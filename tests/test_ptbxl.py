@@ -175,6 +175,7 @@ def _flip_byte(path: Path, at: int = 100) -> None:
     path.write_bytes(bytes(raw))
 
 
+@pytest.mark.slow  # copies and alters the folder's files (~4 s)
 def test_altered_or_missing_files_raise(prepared, tmp_path: Path, data_dir: Path) -> None:
     src = data_dir / "ptbxl"
     dat = "records100/01000/01500_lr.dat"

@@ -225,7 +225,7 @@ def signal_config(root: Path, encoder: dict[str, Any], **train: Any) -> dict[str
 @pytest.mark.parametrize(
     "encoder",
     [{"name": "resnet1d", "widths": [4, 8], "blocks": [1, 1]}, {"name": "xresnet1d", **SMALL["xresnet1d"]},
-     {"name": "inception1d", **SMALL["inception1d"]}],
+     pytest.param({"name": "inception1d", **SMALL["inception1d"]}, marks=pytest.mark.slow)],
     ids=lambda e: e["name"],
 )  # fmt: skip
 def test_crops_train_and_windows_predict_export_and_explain(tmp_path: Path, encoder: dict) -> None:
