@@ -99,9 +99,12 @@ def collect(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[
 
 
 def decide(frame: pd.DataFrame, offsets: np.ndarray) -> pd.DataFrame:
-    """``predicted`` = argmax of log-probability + offsets."""
+    """``predicted`` = argmax of log-probability + offsets; the probability columns become the
+    offset, renormalised probabilities, so that a bootstrap taking their argmax scores this rule."""
     out = frame.copy()
     logp = np.log(np.clip(_probs(frame), 1e-12, None)) + offsets
+    adjusted = np.exp(logp - logp.max(1, keepdims=True))
+    out[[f"prob_{c}" for c in CLASSES]] = adjusted / adjusted.sum(1, keepdims=True)
     out["predicted"] = np.array(CLASSES)[logp.argmax(1)]
     return out
 

@@ -31,7 +31,10 @@ def test_offsets_undo_an_under_called_class_and_keep_the_n_floor() -> None:
     offsets, facts = B.choose_offsets(oof)
     assert offsets[0] == 0.0 and offsets[3] > 2.0  # F pushed back up
     assert facts["oof_mean_se"] > facts["oof_mean_se_argmax"] + 10
-    pred = B.decide(oof, offsets)["predicted"].to_numpy()
+    decided = B.decide(oof, offsets)
+    pred = decided["predicted"].to_numpy()
+    probs = decided[[f"prob_{c}" for c in B.CLASSES]].to_numpy()  # what a bootstrap scores
+    assert np.allclose(probs.sum(1), 1) and (np.array(B.CLASSES)[probs.argmax(1)] == pred).all()
     assert 100 * (pred[oof["label"] == "N"] == "N").mean() >= B.N_FLOOR
     assert (B.decide(oof, np.zeros(4))["predicted"] == "F").sum() < (pred == "F").sum()
 
