@@ -502,6 +502,8 @@ def headline(res: dict[str, Any]) -> list[str]:
                 "",
             ]
         lines += [*targets(agg, base, a), ""]
+    if len(aggs) > 1:
+        lines += [_met_summary(aggs, base), ""]
     if "fused" in aggs and TRAIN["class_weights"] != "balanced":
         b = BALANCED_RUN
         lines += [
@@ -512,6 +514,23 @@ def headline(res: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _met(agg: dict[str, Any], base: list[dict[str, Any]]) -> list[str]:
+    """The targets one arm's mean over seeds meets."""
+    met = [f"Se {c}" for c, v in TARGETS.items() if agg["sensitivity"][c]["mean"] >= v]
+    lda = next((b["test"]["accuracy"] for b in base if b["arm"] == "lda"), None)
+    return met + (["accuracy"] if lda is not None and agg["accuracy"]["mean"] > lda else [])
+
+
+def _met_summary(aggs: dict[str, dict[str, Any]], base: list[dict[str, Any]]) -> str:
+    met = {a: _met(agg, base) for a, agg in aggs.items()}
+    n = len(TARGETS) + 1
+    per_arm = "; ".join(f"{a}: {', '.join(m) or 'none'}" for a, m in met.items())
+    verdict = (
+        "no arm meets all of them" if all(len(m) < n for m in met.values()) else "met by one arm"
+    )
+    return f"Targets met (of {n}, mean over seeds): {per_arm}. All {n} at once: **{verdict}**."
 
 
 def targets(agg: dict[str, Any], base: list[dict[str, Any]], arm: str) -> list[str]:
