@@ -60,8 +60,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "preprocess": {"duration": 4.0, "pad": "repeat", "crop": 126, "windows": {}},
         "augment": {"time_mask": 10, "freq_mask": 8, "n_masks": 2},
         "groups": "block",
-        "train": {"epochs": 30, "lr": 3e-3, "weight_decay": 1e-2, "scheduler": "onecycle",
-                  "early_stopping": None},
+        "train": {
+            "epochs": 30,
+            "lr": 3e-3,
+            "weight_decay": 1e-2,
+            "scheduler": "onecycle",
+            "early_stopping": None,
+        },
     },
     # issue 27's recipe, fixed before any run (nothing picked on these folds): 4 s (short clips
     # tiled), random 2 s crops (63 frames at the dataset's hop of 256 samples), time / frequency
@@ -70,8 +75,14 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "preprocess": {"duration": 4.0, "pad": "repeat", "crop": 63, "windows": {}},
         "augment": {"time_mask": 10, "freq_mask": 8, "n_masks": 2},
         "groups": "block",
-        "train": {"epochs": 30, "lr": 3e-3, "weight_decay": 1e-2, "scheduler": "onecycle",
-                  "early_stopping": None, "threads": 2},
+        "train": {
+            "epochs": 30,
+            "lr": 3e-3,
+            "weight_decay": 1e-2,
+            "scheduler": "onecycle",
+            "early_stopping": None,
+            "threads": 2,
+        },
     },
 }
 ARMS = [*SETTINGS, "svm", "checks"]
