@@ -2,7 +2,7 @@
 
 * provenance: :func:`environment` (versions, CPUs, threads, git commit + dirty flag, UTC date,
   load average) and :func:`command_line` (the command that produced a result);
-* one JSON writer (:func:`write_json`, ``medmodal.utils.io.dump_json``) and :func:`merge_rows`
+* one JSON writer (:func:`write_json`, indented, lists of scalars on one line) and :func:`merge_rows`
   for ``--merge`` runs that replace only the arms they ran, each arm keeping its own provenance;
 * Markdown helpers (:func:`table`, :func:`num`, :func:`pct`, :func:`with_ci`, :func:`signed`);
 * the arguments every script takes (:func:`add_common_args`: ``--data-dir``, ``--out``,
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from medmodal.evaluate import EvalSpec, bootstrap_ci, compute_metrics, paired_bootstrap_delta
-from medmodal.utils.io import dump_json
+from medmodal.utils.io import to_jsonable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -56,7 +56,8 @@ def git_state() -> dict[str, Any]:
             )
         except (OSError, subprocess.SubprocessError):
             return ""
-        return out.stdout.strip() if out.returncode == 0 else ""
+        # rstrip only: a porcelain status line starts with a space (" M path")
+        return out.stdout.rstrip() if out.returncode == 0 else ""
 
     status = git("status", "--porcelain", "--untracked-files=no", "--", "src", "benchmarks/*.py")
     paths = [line[3:] for line in status.splitlines() if line.strip()]
@@ -235,7 +236,22 @@ def cpu_seconds() -> float:
 
 # -- JSON -----------------------------------------------------------------------------------
 def write_json(path: str | Path, obj: Any) -> Path:
-    return dump_json(path, obj)
+    """Indented JSON with every list of scalars on one line: stored probabilities and ids stay
+    compact (a value per line made ptbxl.json over 2 MiB) and the rest stays readable."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(_compact(to_jsonable(obj), "") + "\n")
+    return p
+
+
+def _compact(obj: Any, pad: str) -> str:
+    inner = pad + "  "
+    if isinstance(obj, dict) and obj:
+        items = (f"{inner}{json.dumps(k)}: {_compact(v, inner)}" for k, v in obj.items())
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
+        return "[\n" + ",\n".join(inner + _compact(v, inner) for v in obj) + f"\n{pad}]"
+    return json.dumps(obj, allow_nan=False)
 
 
 def read_json(path: str | Path) -> dict[str, Any] | None:
