@@ -47,6 +47,11 @@ PAPER = {"svm_mfcc_dwt": 0.979, "dnn_mfcc_dwt": 0.921}
 AUGMENT = {"time_mask": 10, "freq_mask": 8, "n_masks": 2, "gain_db": 6, "shift": 30}
 MFCC = {"features": "mfcc", "n_mfcc": 20, "deltas": 2}
 BLOCK = 20  # clips per block of consecutive file numbers (10 blocks per class)
+# Issue 27's recipe: 4 s input (short clips tiled), masks, AdamW + one-cycle for 30 epochs.
+RECIPE_INPUT: dict[str, Any] = {"duration": 4.0, "pad": "repeat", "windows": {}}
+RECIPE_MASKS: dict[str, Any] = {"time_mask": 10, "freq_mask": 8, "n_masks": 2}
+RECIPE_TRAIN: dict[str, Any] = {"epochs": 30, "lr": 3e-3, "weight_decay": 1e-2,
+                                "scheduler": "onecycle", "early_stopping": None}  # fmt: skip
 SETTINGS: dict[str, dict[str, Any]] = {
     "logmel": {"preprocess": {}, "augment": None, "groups": "clip"},
     "logmel+aug": {"preprocess": {}, "augment": AUGMENT, "groups": "clip"},
@@ -57,32 +62,19 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # the first run of issue 27's recipe: 126 frames is the whole 4 s input at hop 256, so no
     # random crop and one window at test (masks and one-cycle as below)
     "logmel4s+onecycle/blocks": {
-        "preprocess": {"duration": 4.0, "pad": "repeat", "crop": 126, "windows": {}},
-        "augment": {"time_mask": 10, "freq_mask": 8, "n_masks": 2},
+        "preprocess": {**RECIPE_INPUT, "crop": 126},
+        "augment": RECIPE_MASKS,
         "groups": "block",
-        "train": {
-            "epochs": 30,
-            "lr": 3e-3,
-            "weight_decay": 1e-2,
-            "scheduler": "onecycle",
-            "early_stopping": None,
-        },
+        "train": RECIPE_TRAIN,
     },
     # issue 27's recipe, fixed before any run (nothing picked on these folds): 4 s (short clips
     # tiled), random 2 s crops (63 frames at the dataset's hop of 256 samples), time / frequency
     # masks, AdamW + one-cycle for 30 epochs, the mean over half-overlapping 2 s windows at test
     "logmel+crop/blocks": {
-        "preprocess": {"duration": 4.0, "pad": "repeat", "crop": 63, "windows": {}},
-        "augment": {"time_mask": 10, "freq_mask": 8, "n_masks": 2},
+        "preprocess": {**RECIPE_INPUT, "crop": 63},
+        "augment": RECIPE_MASKS,
         "groups": "block",
-        "train": {
-            "epochs": 30,
-            "lr": 3e-3,
-            "weight_decay": 1e-2,
-            "scheduler": "onecycle",
-            "early_stopping": None,
-            "threads": 2,
-        },
+        "train": {**RECIPE_TRAIN, "threads": 2},
     },
 }
 ARMS = [*SETTINGS, "svm", "checks"]
