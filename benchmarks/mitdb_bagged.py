@@ -87,6 +87,10 @@ def _probs(frame: pd.DataFrame) -> np.ndarray:
     return frame[[f"prob_{c}" for c in CLASSES]].to_numpy(dtype=float)
 
 
+def _logp(frame: pd.DataFrame) -> np.ndarray:
+    return np.log(np.clip(_probs(frame), 1e-12, None))
+
+
 def collect(folders: list[Path]) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
     """OOF predictions (every DS1 training beat once) and the bag's DS2 mean probabilities."""
     read = lambda f, s: pd.read_csv(f / f"predictions_{s}.csv", dtype={"patient_id": str})  # noqa: E731
@@ -102,7 +106,7 @@ def decide(frame: pd.DataFrame, offsets: np.ndarray) -> pd.DataFrame:
     """``predicted`` = argmax of log-probability + offsets; the probability columns become the
     offset, renormalised probabilities, so that a bootstrap taking their argmax scores this rule."""
     out = frame.copy()
-    logp = np.log(np.clip(_probs(frame), 1e-12, None)) + offsets
+    logp = _logp(frame) + offsets
     adjusted = np.exp(logp - logp.max(1, keepdims=True))
     out[[f"prob_{c}" for c in CLASSES]] = adjusted / adjusted.sum(1, keepdims=True)
     out["predicted"] = np.array(CLASSES)[logp.argmax(1)]
@@ -119,7 +123,7 @@ def _score(logp: np.ndarray, y: np.ndarray, offsets: np.ndarray) -> tuple[float,
 def choose_offsets(oof: pd.DataFrame) -> tuple[np.ndarray, dict[str, float]]:
     """Offsets for S / V / F (N at 0): a 0.5-step grid over [-4, 4], then 0.1-step coordinate
     moves; the largest OOF mean Se whose N Se >= N_FLOOR (all zeros if none does)."""
-    logp = np.log(np.clip(_probs(oof), 1e-12, None))
+    logp = _logp(oof)
     y = oof["label"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     best, best_val = np.zeros(4), -1.0
 

@@ -273,74 +273,61 @@ def comparisons(res: dict[str, Any], frame: pd.DataFrame, n_boot: int) -> list[d
     return out
 
 
+def mean_of(rows: list[dict[str, Any]], frame: pd.DataFrame, n_boot: int) -> dict[str, Any]:
+    """The mean of ``rows``' fold-10 probabilities (it trains nothing): macro-AUROC with its CI
+    and the paired delta against ``rows[0]``."""
+    ids = rows[0]["test_ids"]
+    probs = [dict(zip(r["test_ids"], r["test_probs"], strict=True)) for r in rows]
+    mean = np.mean([[p[i] for i in ids] for p in probs], axis=0)
+    y, groups = truth(frame, ids)
+    s = C.scores(y, mean, "multilabel", CLASSES, ["auroc"], groups=groups, n_boot=n_boot, seed=0)
+    d = C.delta(y, mean, np.asarray([probs[0][i] for i in ids]), "multilabel", CLASSES,
+                groups=groups, n_boot=n_boot)  # fmt: skip
+    return {"auroc": s["auroc"], "auroc_ci": s.get("auroc_ci"), "delta_vs_seed0": d}
+
+
 def seed_ensembles(res: dict[str, Any], frame: pd.DataFrame, n_boot: int) -> dict[str, Any]:
-    """Per deep arm: the mean of its seeds' fold-10 probabilities (an ensemble of the seeds,
-    decided before fold 10 was seen; it trains nothing), its macro-AUROC with the CI and the
-    paired delta against seed 0."""
+    """Per deep arm: the mean of its seeds (decided before fold 10 was seen) against seed 0."""
     out: dict[str, Any] = {}
     for arm in ("ecg", "ecg+demo"):
         rows = sorted(main_rows(res, "deep", arm), key=lambda r: r["seed"])
-        if len(rows) < 2:
-            continue
-        ids = rows[0]["test_ids"]
-        probs = [dict(zip(r["test_ids"], r["test_probs"], strict=True)) for r in rows]
-        mean = np.mean([[p[i] for i in ids] for p in probs], axis=0)
-        y, groups = truth(frame, ids)
-        s = C.scores(y, mean, "multilabel", CLASSES, ["auroc"], groups=groups, n_boot=n_boot,
-                     seed=0)  # fmt: skip
-        d = C.delta(y, mean, np.asarray([probs[0][i] for i in ids]), "multilabel", CLASSES,
-                    groups=groups, n_boot=n_boot)  # fmt: skip
-        out[arm] = {"seeds": [r["seed"] for r in rows], "auroc": s["auroc"],
-                    "auroc_ci": s.get("auroc_ci"), "delta_vs_seed0": d}  # fmt: skip
+        if len(rows) >= 2:
+            out[arm] = {"seeds": [r["seed"] for r in rows], **mean_of(rows, frame, n_boot)}
     return out
 
 
 def arch_ensemble(res: dict[str, Any], frame: pd.DataFrame, n_boot: int) -> dict[str, Any]:
-    """The mean of xresnet1d's and inception1d's seed-0 fold-10 probabilities (chosen on fold 9:
-    0.935 there against 0.933 for xresnet1d's three seeds), with the paired delta against
-    xresnet1d seed 0."""
-    pick = {
-        a: [r for r in main_rows(res, "deep", a) if r["seed"] == 0]
-        for a in ("ecg", "ecg_inception")
-    }
-    if not all(pick.values()):
-        return {}
-    x, inc = (dict(zip(v[0]["test_ids"], v[0]["test_probs"], strict=True)) for v in pick.values())
-    ids = pick["ecg"][0]["test_ids"]
-    mean = np.mean([[x[i] for i in ids], [inc[i] for i in ids]], axis=0)
-    y, groups = truth(frame, ids)
-    s = C.scores(y, mean, "multilabel", CLASSES, ["auroc"], groups=groups, n_boot=n_boot, seed=0)
-    d = C.delta(y, mean, np.asarray([x[i] for i in ids]), "multilabel", CLASSES, groups=groups,
-                n_boot=n_boot)  # fmt: skip
-    return {"auroc": s["auroc"], "auroc_ci": s.get("auroc_ci"), "delta_vs_seed0": d}
+    """The mean of xresnet1d's and inception1d's seed 0 (chosen on fold 9: 0.935 there against
+    0.933 for xresnet1d's three seeds) against xresnet1d seed 0."""
+    rows = [
+        r for a in ("ecg", "ecg_inception") for r in main_rows(res, "deep", a) if r["seed"] == 0
+    ]
+    return mean_of(rows, frame, n_boot) if len(rows) == 2 else {}
+
+
+def _ensemble_line(name: str, e: dict[str, Any], against: str, note: str) -> str:
+    lo, hi = e["auroc_ci"] or (None, None)
+    d, gap = e["delta_vs_seed0"], TARGET - e["auroc"]
+    verdict = f"at or above {TARGET}" if gap <= 0 else f"below {TARGET} by {gap:.3f}"
+    return (
+        f"- {name}: {e['auroc']:.3f} [{C.num(lo)}, {C.num(hi)}], {verdict}; against {against} "
+        f"{C.signed(d['delta'])} [{C.signed(d['low'])}, {C.signed(d['high'])}] (paired){note}"
+    )
 
 
 def _ensemble_lines(res: dict[str, Any]) -> list[str]:
     lines = []
-    e = res.get("arch_ensemble")
-    if e:
-        lo, hi = e["auroc_ci"] or (None, None)
-        d, gap = e["delta_vs_seed0"], TARGET - e["auroc"]
-        verdict = f"at or above {TARGET}" if gap <= 0 else f"below {TARGET} by {gap:.3f}"
-        lines.append(
-            f"- ECG only, **xresnet1d + inception1d** (seed 0 of each, mean probability; chosen on "
-            f"fold 9 after fold 10 had been seen): {e['auroc']:.3f} [{C.num(lo)}, {C.num(hi)}], "
-            f"{verdict}; against xresnet1d seed 0 {C.signed(d['delta'])} [{C.signed(d['low'])}, "
-            f"{C.signed(d['high'])}] (paired); inception1d takes about 7x xresnet1d's time."
-        )
+    if res.get("arch_ensemble"):
+        name = ("ECG only, **xresnet1d + inception1d** (seed 0 of each, mean probability; chosen "
+                "on fold 9 after fold 10 had been seen)")  # fmt: skip
+        note = "; inception1d takes about 7x xresnet1d's time."
+        lines.append(_ensemble_line(name, res["arch_ensemble"], "xresnet1d seed 0", note))
     for arm, e in res.get("seed_ensembles", {}).items():
-        lo, hi = e["auroc_ci"] or (None, None)
-        d = e["delta_vs_seed0"]
-        gap = TARGET - e["auroc"]
-        verdict = f"at or above {TARGET}" if gap <= 0 else f"below {TARGET} by {gap:.3f}"
-        lines.append(
-            f"- {LABELS[tuple(arm.split('+'))]}, **ensemble of seeds {e['seeds']}** (mean "
-            f"probability; 3x the training, decided before fold 10 was seen): "
-            f"{e['auroc']:.3f} [{C.num(lo)}, {C.num(hi)}], {verdict}; against seed 0 "
-            f"{C.signed(d['delta'])} [{C.signed(d['low'])}, {C.signed(d['high'])}] (paired). "
-            "The target is read as the single model's mean over seeds (above); this is a "
-            "different, 3x larger model."
-        )
+        name = (f"{LABELS[tuple(arm.split('+'))]}, **ensemble of seeds {e['seeds']}** (mean "
+                "probability; 3x the training, decided before fold 10 was seen)")  # fmt: skip
+        note = (". The target is read as the single model's mean over seeds (above); this is a "
+                "different, 3x larger model.")  # fmt: skip
+        lines.append(_ensemble_line(name, e, "seed 0", note))
     return lines
 
 
